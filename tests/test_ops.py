@@ -1,0 +1,376 @@
+"""Every op against oracles: numpy for values; finite differences and PyTorch for gradients.
+
+Each case builds the op on float64 inputs, then checks
+  1. forward against a numpy reference (float64 and float32),
+  2. runtime backward against central finite differences (vf.check_grad),
+  3. runtime backward against torch.autograd (when torch is installed),
+  4. symbolic vf.grad run on the tape equals runtime backward, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import vertexflow as vf
+
+try:
+    import torch
+    import torch.nn.functional as TF
+except ImportError:  # torch is an optional test extra
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (pip install 'vertexflow[test]')")
+
+
+@dataclass
+class Case:
+    id: str
+    shapes: list[tuple]
+    build: Callable  # (*nodes) -> node
+    numpy: Callable  # (*arrays) -> array
+    torch: Callable | None = None  # (*tensors) -> tensor
+    domain: str = "any"  # "any", "positive", "away0": away from kinks at 0
+    extra: dict[str, Any] = field(default_factory=dict)  # int64 inputs: name -> array
+    rtol: float = 1e-5
+
+
+def _sample(rng, shape, domain):
+    x = rng.normal(size=shape)
+    if domain == "positive":
+        return np.abs(x) + 0.5
+    if domain == "away0":
+        return np.sign(x) * (np.abs(x) + 0.2)
+    return x
+
+
+def _softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _conv_ref(x, w, stride, padding, dilation):
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    ow = (wd + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    out = np.zeros((n, o, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * stride : i * stride + dilation * (kh - 1) + 1 : dilation,
+                       j * stride : j * stride + dilation * (kw - 1) + 1 : dilation]
+            out[:, :, i, j] = np.einsum("nckl,ockl->no", patch, w)
+    return out
+
+
+def _pool_ref(x, k, s, p, reduce, fill):
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = reduce(xp[:, :, i * s : i * s + k, j * s : j * s + k], axis=(2, 3))
+    return out
+
+
+LABELS = np.array([2, 0, 3, 3, 1])
+
+CASES = [
+    Case("add_broadcast", [(3, 4), (4,)], lambda a, b: a + b, np.add, lambda a, b: a + b),
+    Case("sub_broadcast", [(2, 1, 4), (3, 1)], lambda a, b: a - b, np.subtract, lambda a, b: a - b),
+    Case("mul_broadcast", [(3, 4), (3, 1)], lambda a, b: a * b, np.multiply, lambda a, b: a * b),
+    Case("div", [(3, 4), (3, 4)], lambda a, b: a / b, np.divide, lambda a, b: a / b, domain="positive"),
+    Case("pow", [(3, 4), (3, 4)], lambda a, b: a**b, np.power, lambda a, b: a**b, domain="positive"),
+    Case("pow_scalar", [(5,)], lambda a: a**3, lambda a: a**3, lambda a: a**3),
+    Case("rsub_scalar", [(5,)], lambda a: 2.0 - a, lambda a: 2.0 - a, lambda a: 2.0 - a),
+    Case("rdiv_scalar", [(5,)], lambda a: 1.0 / a, lambda a: 1.0 / a, lambda a: 1.0 / a, domain="positive"),
+    Case("neg", [(3, 4)], lambda a: -a, np.negative, lambda a: -a),
+    Case("exp", [(3, 4)], vf.exp, np.exp, torch and torch.exp),
+    Case("log", [(3, 4)], vf.log, np.log, torch and torch.log, domain="positive"),
+    Case("sqrt", [(3, 4)], vf.sqrt, np.sqrt, torch and torch.sqrt, domain="positive"),
+    Case("abs", [(3, 4)], vf.abs, np.abs, torch and torch.abs, domain="away0"),
+    Case("tanh", [(3, 4)], vf.tanh, np.tanh, torch and torch.tanh),
+    Case("sigmoid", [(3, 4)], vf.sigmoid, lambda x: 1 / (1 + np.exp(-x)), torch and torch.sigmoid),
+    Case("relu", [(3, 4)], vf.relu, lambda x: np.maximum(x, 0), torch and torch.relu, domain="away0"),
+    Case(
+        "leaky_relu", [(3, 4)], lambda x: vf.leaky_relu(x, 0.1), lambda x: np.where(x > 0, x, 0.1 * x),
+        torch and (lambda x: TF.leaky_relu(x, 0.1)), domain="away0",
+    ),
+    Case("maximum", [(3, 4), (4,)], vf.maximum, np.maximum, torch and torch.maximum),
+    Case("minimum", [(3, 4), (3, 4)], vf.minimum, np.minimum, torch and torch.minimum),
+    Case(
+        "where", [(3, 4), (3, 4), (4,)], lambda c, a, b: vf.where(c > 0, a, b),
+        lambda c, a, b: np.where(c > 0, a, b), torch and (lambda c, a, b: torch.where(c > 0, a, b)),
+        domain="away0",
+    ),
+    Case("matmul_2d", [(3, 4), (4, 5)], vf.matmul, np.matmul, torch and torch.matmul),
+    Case("matmul_batched", [(2, 3, 4), (4, 5)], vf.matmul, np.matmul, torch and torch.matmul),
+    Case("matmul_batch_broadcast", [(3, 4), (2, 4, 5)], vf.matmul, np.matmul, torch and torch.matmul),
+    Case("matmul_vec_mat", [(4,), (2, 4, 5)], vf.matmul, np.matmul, torch and torch.matmul),
+    Case("matmul_mat_vec", [(2, 3, 4), (4,)], vf.matmul, np.matmul, torch and torch.matmul),
+    Case("matmul_vec_vec", [(4,), (4,)], vf.matmul, np.matmul, torch and torch.matmul),
+    Case("transpose", [(2, 3, 4)], lambda x: vf.transpose(x, (1, 2, 0)),
+         lambda x: np.transpose(x, (1, 2, 0)), lambda x: x.permute(1, 2, 0)),
+    Case("T", [(3, 4)], lambda x: x.T, lambda x: x.T, lambda x: x.T),
+    Case("reshape", [(2, 3, 4)], lambda x: x.reshape(4, -1), lambda x: x.reshape(4, -1), lambda x: x.reshape(4, -1)),
+    Case("broadcast_to", [(3, 1)], lambda x: vf.broadcast_to(x, (2, 3, 4)),
+         lambda x: np.broadcast_to(x, (2, 3, 4)), lambda x: x.expand(2, 3, 4)),
+    Case("expand_squeeze", [(3, 4)], lambda x: vf.squeeze(vf.expand_dims(x, 1) * 2.0, 1),
+         lambda x: x * 2.0, lambda x: x * 2.0),
+    Case("concat", [(2, 3), (4, 3)], lambda a, b: vf.concat([a, b], axis=0),
+         lambda a, b: np.concatenate([a, b]), torch and (lambda a, b: torch.cat([a, b]))),
+    Case("concat_axis1", [(2, 3), (2, 1)], lambda a, b: vf.concat([a, b, a], axis=1),
+         lambda a, b: np.concatenate([a, b, a], 1), torch and (lambda a, b: torch.cat([a, b, a], 1))),
+    Case("getitem_slices", [(4, 5)], lambda x: x[1:3, ::2], lambda x: x[1:3, ::2], lambda x: x[1:3, ::2]),
+    Case("getitem_int_newaxis", [(4, 5)], lambda x: x[2, None, :], lambda x: x[2, None, :], lambda x: x[2, None, :]),
+    Case("getitem_gather_repeats", [(4, 3)], lambda x: x[[0, 2, 2, 3]],
+         lambda x: x[[0, 2, 2, 3]], lambda x: x[[0, 2, 2, 3]]),
+    Case("sum_all", [(3, 4)], vf.sum, np.sum, torch and torch.sum),
+    Case("sum_axis", [(2, 3, 4)], lambda x: vf.sum(x, axis=1), lambda x: x.sum(1), lambda x: x.sum(1)),
+    Case("sum_keepdims", [(2, 3, 4)], lambda x: vf.sum(x, axis=(0, 2), keepdims=True),
+         lambda x: x.sum((0, 2), keepdims=True), lambda x: x.sum((0, 2), keepdim=True)),
+    Case("mean_axis", [(2, 3, 4)], lambda x: vf.mean(x, axis=-1), lambda x: x.mean(-1), lambda x: x.mean(-1)),
+    Case("max_axis", [(3, 4)], lambda x: vf.max(x, axis=1), lambda x: x.max(1), torch and (lambda x: torch.amax(x, 1))),
+    Case("max_all_keepdims", [(3, 4)], lambda x: vf.max(x, keepdims=True), lambda x: x.max(keepdims=True),
+         torch and (lambda x: torch.amax(x, (0, 1), keepdim=True))),
+    Case("softmax", [(3, 5)], vf.softmax, lambda x: _softmax(x, -1), torch and (lambda x: torch.softmax(x, -1))),
+    Case("softmax_axis0", [(3, 5)], lambda x: vf.softmax(x, axis=0), lambda x: _softmax(x, 0),
+         torch and (lambda x: torch.softmax(x, 0))),
+    Case("log_softmax", [(3, 5)], vf.log_softmax, lambda x: np.log(_softmax(x, -1)),
+         torch and (lambda x: torch.log_softmax(x, -1))),
+    Case("cross_entropy", [(5, 4)], lambda x, y: vf.cross_entropy(x, y),
+         lambda x, y: -np.log(_softmax(x, 1))[np.arange(5), y].mean(),
+         torch and (lambda x, y: TF.cross_entropy(x, y)), extra={"labels": LABELS}),
+    Case("mse", [(3, 4), (3, 4)], vf.mse, lambda a, b: ((a - b) ** 2).mean(), torch and TF.mse_loss),
+    Case("conv2d", [(2, 3, 5, 5), (4, 3, 3, 3)], vf.conv2d,
+         lambda x, w: _conv_ref(x, w, 1, 0, 1), torch and TF.conv2d),
+    Case("conv2d_stride_pad_dilation", [(2, 2, 7, 6), (3, 2, 3, 2)],
+         lambda x, w: vf.conv2d(x, w, stride=2, padding=1, dilation=2),
+         lambda x, w: _conv_ref(x, w, 2, 1, 2),
+         torch and (lambda x, w: TF.conv2d(x, w, stride=2, padding=1, dilation=2))),
+    Case("max_pool2d", [(2, 3, 6, 6)], lambda x: vf.max_pool2d(x, 2),
+         lambda x: _pool_ref(x, 2, 2, 0, np.max, -np.inf), torch and (lambda x: TF.max_pool2d(x, 2))),
+    Case("max_pool2d_overlap_pad", [(1, 2, 5, 5)], lambda x: vf.max_pool2d(x, 3, stride=2, padding=1),
+         lambda x: _pool_ref(x, 3, 2, 1, np.max, -np.inf),
+         torch and (lambda x: TF.max_pool2d(x, 3, stride=2, padding=1))),
+    Case("avg_pool2d", [(2, 3, 6, 6)], lambda x: vf.avg_pool2d(x, 2),
+         lambda x: _pool_ref(x, 2, 2, 0, np.mean, 0.0), torch and (lambda x: TF.avg_pool2d(x, 2))),
+    Case("avg_pool2d_overlap_pad", [(1, 2, 5, 5)], lambda x: vf.avg_pool2d(x, 3, stride=2, padding=1),
+         lambda x: _pool_ref(x, 3, 2, 1, np.mean, 0.0),
+         torch and (lambda x: TF.avg_pool2d(x, 3, stride=2, padding=1))),
+]
+
+
+def _build(case: Case, dtype="float64", rng=None):
+    rng = rng or np.random.default_rng(7)
+    g = vf.Graph(case.id)
+    nodes, feeds = [], {}
+    for i, shape in enumerate(case.shapes):
+        node = g.input(f"in{i}", shape=shape, dtype=dtype)
+        nodes.append(node)
+        feeds[node] = _sample(rng, shape, case.domain).astype(dtype)
+    extra_nodes = []
+    for name, value in case.extra.items():
+        node = g.input(name, shape=value.shape, dtype=value.dtype)
+        extra_nodes.append(node)
+        feeds[node] = value
+    out = case.build(*nodes, *extra_nodes)
+    return g, nodes, extra_nodes, out, feeds
+
+
+def _scalarize(out, rng):
+    """sum(out * r) for a fixed random r, so every output element matters to the gradient."""
+    if out.shape == ():
+        return out
+    r = out.graph.const(rng.normal(size=out.shape).astype(out.dtype), name="probe")
+    return vf.sum(out * r, name="objective")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forward_matches_numpy(case, dtype):
+    g, nodes, extra, out, feeds = _build(case, dtype)
+    got = vf.SequentialExecutor(g).run(feeds, out)
+    want = case.numpy(*(feeds[n] for n in nodes), *(feeds[n] for n in extra))
+    assert got.shape == np.shape(want)
+    assert got.dtype == out.dtype
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(got, want, rtol=tol * 10, atol=tol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_gradient_matches_finite_differences(case, rng):
+    g, nodes, extra, out, feeds = _build(case)
+    y = _scalarize(out, rng)
+    vf.check_grad(y, nodes, feeds, eps=1e-6, rtol=1e-5, atol=1e-7)
+
+
+@needs_torch
+@pytest.mark.parametrize("case", [c for c in CASES if c.torch is not None], ids=lambda c: c.id)
+def test_gradient_matches_torch(case, rng):
+    g, nodes, extra, out, feeds = _build(case)
+    y = _scalarize(out, rng)
+    value, grads = vf.SequentialExecutor(g).backward(feeds, y, nodes)
+
+    tensors = [torch.tensor(feeds[n], requires_grad=True) for n in nodes]
+    extras = [torch.tensor(feeds[n]) for n in extra]
+    t_out = case.torch(*tensors, *extras)
+    if out.shape != ():
+        t_out = (t_out * torch.tensor(g["probe"].value)).sum()
+    t_out.backward()
+    np.testing.assert_allclose(value, t_out.item(), rtol=1e-10)
+    for node, t in zip(nodes, tensors):
+        want = np.zeros(t.shape) if t.grad is None else t.grad.numpy()  # torch: None where no gradient flows
+        np.testing.assert_allclose(grads[node], want, rtol=case.rtol, atol=1e-10, err_msg=node.name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_symbolic_grad_equals_runtime_backward_bitwise(case, dtype, rng):
+    g, nodes, extra, out, feeds = _build(case, dtype)
+    y = _scalarize(out, rng)
+    symbolic = vf.grad(y, nodes)
+    ex = vf.SequentialExecutor(g)
+    ran = ex.run(feeds, symbolic)
+    _, runtime = ex.backward(feeds, y, nodes)
+    for node, s in zip(nodes, ran):
+        assert s.dtype == runtime[node].dtype
+        np.testing.assert_array_equal(s, runtime[node], err_msg=node.name)
+
+
+def test_comparisons_give_booleans_and_no_gradient():
+    g = vf.Graph()
+    a = g.input("a", shape=(4,), dtype="float64")
+    b = g.input("b", shape=(4,), dtype="float64")
+    av, bv = np.array([1.0, 2, 3, 4]), np.array([4.0, 2, 1, 4])
+    outs = [a > b, a < b, a >= b, a <= b, a == b, a != b]
+    got = vf.SequentialExecutor(g).run({a: av, b: bv}, outs)
+    want = [av > bv, av < bv, av >= bv, av <= bv, av == bv, av != bv]
+    for o, w in zip(got, want):
+        assert o.dtype == np.bool_
+        np.testing.assert_array_equal(o, w)
+    y = vf.sum(vf.where(a > b, a, b * 2.0))
+    _, grads = vf.SequentialExecutor(g).backward({a: av, b: bv}, y, [a, b])
+    np.testing.assert_array_equal(grads[a], [0, 0, 1, 0])
+    np.testing.assert_array_equal(grads[b], [2, 2, 0, 2])
+
+
+def test_max_splits_gradient_between_ties_like_torch():
+    g = vf.Graph()
+    x = g.input("x", shape=(2, 3), dtype="float64")
+    xv = np.array([[1.0, 5.0, 5.0], [2.0, 2.0, 2.0]])
+    _, grads = vf.SequentialExecutor(g).backward({x: xv}, vf.sum(vf.max(x, axis=1)), [x])
+    np.testing.assert_allclose(grads[x], [[0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+
+
+def test_cross_entropy_is_stable_for_large_logits():
+    g = vf.Graph()
+    x = g.input("x", shape=(2, 3), dtype="float32")
+    y = g.input("y", shape=(2,), dtype="int64")
+    loss = vf.cross_entropy(x, y)
+    value = vf.SequentialExecutor(g).run({x: np.array([[1000.0, 0, -1000], [0, 0, 0]], "float32"), y: [0, 2]}, loss)
+    np.testing.assert_allclose(value, (0 + np.log(3)) / 2, rtol=1e-6)
+
+
+def test_cross_entropy_refuses_labels_out_of_range():
+    g = vf.Graph()
+    x = g.input("x", shape=(2, 3))
+    y = g.input("y", shape=(2,), dtype="int64")
+    loss = vf.cross_entropy(x, y, name="xent")
+    with pytest.raises(vf.VertexError, match=r"'xent'.*labels must lie in \[0, 3\)"):
+        vf.SequentialExecutor(g).run({x: np.zeros((2, 3), "float32"), y: [0, 3]}, loss)
+
+
+def test_float32_stays_float32_with_python_scalars():
+    g = vf.Graph()
+    x = g.input("x", shape=(3,))
+    y = (x * 2 + 1.5) / 3 - 1
+    assert y.dtype == np.float32
+    out = vf.SequentialExecutor(g).run({x: np.ones(3, "float32")}, y)
+    assert out.dtype == np.float32
+
+
+def test_numpy_array_on_the_left_builds_a_vertex():
+    g = vf.Graph()
+    x = g.input("x", shape=(3,), dtype="float64")
+    y = np.array([1.0, 2.0, 3.0]) * x
+    assert isinstance(y, vf.Node)
+    np.testing.assert_array_equal(vf.SequentialExecutor(g).run({x: np.ones(3)}, y), [1, 2, 3])
+
+
+# -- property tests over random shapes, broadcasting included ----------------------
+@st.composite
+def broadcast_pair(draw):
+    ndim = draw(st.integers(1, 3))
+    full = draw(st.lists(st.integers(1, 3), min_size=ndim, max_size=ndim))
+    a = [d if draw(st.booleans()) else 1 for d in full]
+    b = [d if draw(st.booleans()) else 1 for d in full]
+    b = b[draw(st.integers(0, ndim - 1)) :]
+    if draw(st.booleans()):
+        a, b = b, a
+    return tuple(a), tuple(b)
+
+
+BINARY = {
+    "add": (lambda a, b: a + b, np.add),
+    "sub": (lambda a, b: a - b, np.subtract),
+    "mul": (lambda a, b: a * b, np.multiply),
+    "div": (lambda a, b: a / b, np.divide),
+    "maximum": (vf.maximum, np.maximum),
+}
+
+
+@given(shapes=broadcast_pair(), op=st.sampled_from(sorted(BINARY)), seed=st.integers(0, 2**16))
+def test_broadcasting_binary_ops_forward_and_gradient(shapes, op, seed):
+    build, ref = BINARY[op]
+    rng = np.random.default_rng(seed)
+    g = vf.Graph()
+    a = g.input("a", shape=shapes[0], dtype="float64")
+    b = g.input("b", shape=shapes[1], dtype="float64")
+    feeds = {a: rng.normal(size=shapes[0]), b: np.abs(rng.normal(size=shapes[1])) + 0.5}
+    out = build(a, b)
+    got = vf.SequentialExecutor(g).run(feeds, out)
+    np.testing.assert_allclose(got, ref(feeds[a], feeds[b]), rtol=1e-12)
+    y = _scalarize(out, rng)
+    vf.check_grad(y, [a, b], feeds)
+
+
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    reducer=st.sampled_from(["sum", "mean", "max"]),
+    keepdims=st.booleans(),
+    data=st.data(),
+)
+def test_reductions_over_random_axes(shape, reducer, keepdims, data):
+    axis = data.draw(st.one_of(st.none(), st.integers(-len(shape), len(shape) - 1)))
+    rng = np.random.default_rng(len(shape))
+    g = vf.Graph()
+    x = g.input("x", shape=tuple(shape), dtype="float64")
+    xv = rng.normal(size=shape)
+    out = getattr(vf, reducer)(x, axis=axis, keepdims=keepdims)
+    got = vf.SequentialExecutor(g).run({x: xv}, out)
+    np.testing.assert_allclose(got, getattr(np, reducer)(xv, axis=axis, keepdims=keepdims), rtol=1e-12)
+    assert out.shape == np.shape(got)
+    vf.check_grad(_scalarize(out, rng), [x], {x: xv})
+
+
+def test_astype_passes_gradient_back_in_the_source_dtype():
+    g = vf.Graph()
+    x = g.input("x", shape=(3,), dtype="float64")
+    c = np.array([1.0, -2.0, 0.5], "float32")
+    y = vf.sum(vf.astype(x, "float32") * c)
+    assert y.dtype == np.float32
+    _, grads = vf.SequentialExecutor(g).backward({x: np.ones(3)}, y, [x])
+    assert grads[x].dtype == np.float64
+    np.testing.assert_array_equal(grads[x], c.astype("float64"))
+    labels = vf.astype(x, "int64")
+    assert labels.dtype == np.int64
+    with pytest.raises(vf.ShapeError, match="dtype int64"):
+        vf.grad(vf.sum(labels), x)

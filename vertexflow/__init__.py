@@ -1,0 +1,77 @@
+"""vertexflow: dataflow graphs of tensor ops, run as a tape or as a network of vertex actors.
+
+Only re-exports live here; `tests/test_api.py` checks the public names.
+"""
+
+from . import autodiff, init, ops
+from .autodiff import check_grad, grad
+from .errors import (
+    DeviceError,
+    ExecutionTimeout,
+    FeedError,
+    GraphError,
+    InternalError,
+    ShapeError,
+    VertexError,
+    VertexflowError,
+)
+from .executor import Executor, SequentialExecutor
+from .graph import Graph, Node, Spec
+from .ops import (
+    abs,
+    add,
+    astype,
+    avg_pool2d,
+    broadcast_to,
+    concat,
+    conv2d,
+    cross_entropy,
+    divide,
+    equal,
+    exp,
+    expand_dims,
+    greater,
+    greater_equal,
+    leaky_relu,
+    less,
+    less_equal,
+    log,
+    log_softmax,
+    matmul,
+    max,
+    max_pool2d,
+    maximum,
+    mean,
+    minimum,
+    mse,
+    multiply,
+    negative,
+    not_equal,
+    power,
+    relu,
+    reshape,
+    sigmoid,
+    sign,
+    softmax,
+    sqrt,
+    squeeze,
+    subtract,
+    sum,
+    tanh,
+    transpose,
+    where,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Graph", "Node", "Spec", "Executor", "SequentialExecutor",
+    "grad", "check_grad", "autodiff", "init", "ops",
+    "VertexflowError", "ShapeError", "FeedError", "GraphError", "VertexError",
+    "ExecutionTimeout", "DeviceError", "InternalError",
+    "abs", "add", "astype", "avg_pool2d", "broadcast_to", "concat", "conv2d", "cross_entropy",
+    "divide", "equal", "exp", "expand_dims", "greater", "greater_equal", "leaky_relu", "less",
+    "less_equal", "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean",
+    "minimum", "mse", "multiply", "negative", "not_equal", "power", "relu", "reshape",
+    "sigmoid", "sign", "softmax", "sqrt", "squeeze", "subtract", "sum", "tanh", "transpose", "where",
+]

@@ -1,0 +1,77 @@
+"""Symbolic differentiation: `vf.grad` adds gradient vertices to the graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..graph import Node, ancestors
+from ..ops import shape
+from .namespace import GraphMath
+from .reverse import plan_reverse, sweep
+
+
+def grad(y: Node, wrt: Node | str | Sequence[Node | str]) -> Node | list[Node]:
+    """Gradient vertices of scalar `y` with respect to each of `wrt`.
+
+    Each result is a vertex named `d{y}/d{x}`, marked as a gradient vertex, that
+    any executor can run. Gradient vertices are ordinary vertices, so a
+    gradient can be differentiated again. A vertex `y` does not depend on gets
+    a zero gradient. Vertices built along the way that no result uses are
+    removed again.
+
+    Args:
+        y: a scalar, floating-point vertex.
+        wrt: one vertex (or name) or a list of them.
+
+    Returns:
+        One vertex for one `wrt`, else a list in the order given.
+
+    Raises:
+        ShapeError: y is not a scalar, or a wrt vertex is not floating point.
+        GraphError: a wrt vertex is unknown or belongs to another graph.
+    """
+    graph = y.graph
+    single = isinstance(wrt, (Node, str))
+    targets = [graph.resolve(w) for w in ([wrt] if single else wrt)]
+    plan = plan_reverse(y, targets)
+    first_new_id = next(graph._ids)
+
+    def apply_vjp(node: Node, needs, g):
+        return node.op.vjp(GraphMath(needs), g, node.inputs, node)
+
+    totals = sweep(
+        plan,
+        seed=shape.OnesLike()(y, role="grad"),
+        apply_vjp=apply_vjp,
+        add=GraphMath().add,
+        shape_of=lambda n: n.shape,
+    )
+    results = []
+    for target in targets:
+        total = totals.get(target.id)
+        name = _fresh(graph, f"d{y.name}/d{target.name}")
+        if total is None:
+            results.append(shape.ZerosLike()(target, name=name, role="grad"))
+        else:
+            results.append(shape.Identity()(total, name=name, role="grad"))
+    _prune(graph, first_new_id, results)
+    return results[0] if single else results
+
+
+def _fresh(graph, base: str) -> str:
+    if base not in graph:
+        return base
+    k = 2
+    while f"{base}_{k}" in graph:
+        k += 1
+    return f"{base}_{k}"
+
+
+def _prune(graph, first_new_id: int, keep: list[Node]) -> None:
+    """Remove the vertices this call built that no result needs (rules build some eagerly)."""
+    needed = {n.id for n in ancestors(keep)}
+    for node in reversed(graph.nodes):
+        if node.id < first_new_id:
+            break
+        if node.id not in needed:
+            graph._remove(node)

@@ -1,0 +1,169 @@
+"""Reverse mode, shared by `vf.grad` (vertices) and every executor's `backward` (arrays).
+
+A `ReversePlan` says which vertices take part: those on a path from one of
+the `wrt` vertices to the output, through floating-point values. Every
+gradient a consumer sends to one of its inputs is an *edge gradient* with a
+fixed index; each vertex sums its incoming edge gradients in the plan's order
+(by consumer creation, then argument position, never by arrival), applies its
+op's derivative rule and writes one edge gradient per input that needs it.
+
+The sweep here visits the vertices from the output back on one thread; the
+actor executor runs the same plan with one task per vertex.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import GraphError, ShapeError
+from ..graph import Node, ancestors, format_shape
+
+
+@dataclass
+class ReversePlan:
+    """Which vertices a reverse sweep from `output` to `wrt` touches, and how gradients travel.
+
+    Attributes:
+        output: the scalar vertex being differentiated.
+        wrt: the vertices whose gradients are wanted.
+        forward: every vertex the output depends on, in topological order.
+        order: the vertices that receive a gradient, output first.
+        needs: {vertex id: per-input flags, True where the input needs a gradient}.
+        incoming: {vertex id: edge-gradient indices to sum, in summing order}.
+        outgoing: {vertex id: per-input edge-gradient index, or -1 where none is sent}.
+        senders: list, per edge-gradient index, of (consumer, argument position);
+            index 0 is the seed of the output.
+    """
+
+    output: Node
+    wrt: tuple[Node, ...]
+    forward: list[Node]
+    order: list[Node]
+    needs: dict[int, tuple[bool, ...]]
+    incoming: dict[int, tuple[int, ...]]
+    outgoing: dict[int, tuple[int, ...]]
+    senders: list[tuple[Node | None, int]]
+
+
+def differentiable(node: Node) -> bool:
+    return node.dtype.kind == "f"
+
+
+def plan_reverse(output: Node, wrt: Sequence[Node]) -> ReversePlan:
+    """The reverse plan for d(output)/d(wrt).
+
+    Raises:
+        ShapeError: output is not a scalar, or a wrt vertex is not floating point.
+        GraphError: a wrt vertex belongs to another graph.
+    """
+    if output.shape != ():
+        raise ShapeError(
+            f"can only differentiate a scalar, but {output.name!r} has shape {format_shape(output.shape)}; "
+            "reduce it first (vf.sum or vf.mean)"
+        )
+    if not differentiable(output):
+        raise ShapeError(f"cannot differentiate {output.name!r} of dtype {output.dtype}")
+    for w in wrt:
+        output.graph.resolve(w)
+        if not differentiable(w):
+            raise ShapeError(f"cannot differentiate with respect to {w.name!r} of dtype {w.dtype}")
+    forward = ancestors([output])
+    wanted = {w.id for w in wrt}
+    reached: set[int] = set()
+    for node in forward:
+        if differentiable(node) and (node.id in wanted or any(i.id in reached for i in node.inputs)):
+            reached.add(node.id)
+    order = [n for n in reversed(forward) if n.id in reached]
+    needs = {n.id: tuple(i.id in reached for i in n.inputs) for n in order if n.kind == "op"}
+
+    senders: list[tuple[Node | None, int]] = [(None, 0)]  # edge 0: the seed
+    incoming: dict[int, list[int]] = {n.id: [] for n in order}
+    if output.id in incoming:  # else the output depends on no wrt vertex at all
+        incoming[output.id].append(0)
+    outgoing: dict[int, tuple[int, ...]] = {}
+    for consumer in sorted((n for n in order if n.kind == "op"), key=lambda n: n.id):
+        edges = []
+        for pos, (inp, need) in enumerate(zip(consumer.inputs, needs[consumer.id])):
+            if need:
+                edges.append(len(senders))
+                incoming[inp.id].append(len(senders))
+                senders.append((consumer, pos))
+            else:
+                edges.append(-1)
+        outgoing[consumer.id] = tuple(edges)
+    return ReversePlan(
+        output, tuple(wrt), forward, order, needs, {k: tuple(v) for k, v in incoming.items()}, outgoing, senders
+    )
+
+
+def sweep(
+    plan: ReversePlan,
+    seed: Any,
+    apply_vjp: Callable[[Node, tuple[bool, ...], Any], Sequence[Any]],
+    add: Callable,
+    shape_of: Callable[[Any], tuple],
+) -> dict[int, Any]:
+    """Run the reverse sweep of `plan` on one thread.
+
+    Args:
+        seed: gradient of the output (ones).
+        apply_vjp: (vertex, needs, g) -> one gradient or None per input.
+        add: how two gradients are added.
+        shape_of: shape of a gradient, to check the rule's results.
+
+    Returns:
+        {vertex id: total gradient} for the wrt vertices that the output depends on.
+    """
+    edges: list[Any] = [None] * len(plan.senders)
+    edges[0] = seed
+    wanted = {w.id for w in plan.wrt}
+    result: dict[int, Any] = {}
+    for node in plan.order:
+        g = sum_edges(add, edges, plan.incoming[node.id])
+        if g is None:
+            continue
+        if node.id in wanted:
+            result[node.id] = g
+        if node.kind != "op":
+            continue
+        grads = apply_vjp(node, plan.needs[node.id], g)
+        send_gradients(plan, node, grads, edges, shape_of)
+    return result
+
+
+def sum_edges(add: Callable, edges: list, indices: tuple[int, ...]):
+    """Sum the edge gradients at `indices` in order; None if none arrived (every rule said None)."""
+    total = None
+    for i in indices:
+        part = edges[i]
+        if part is not None:
+            total = part if total is None else add(total, part)
+            edges[i] = None  # let it go as soon as it is summed
+    return total
+
+
+def send_gradients(plan: ReversePlan, node: Node, grads, edges: list, shape_of: Callable) -> None:
+    """Check a derivative rule's results and store them as the node's outgoing edge gradients."""
+    if grads is None or len(grads) != len(node.inputs):
+        raise GraphError(
+            f"derivative rule of {node.op_name} {node.name!r} returned "
+            f"{'None' if grads is None else len(grads)} gradients for {len(node.inputs)} inputs"
+        )
+    for pos, edge in enumerate(plan.outgoing[node.id]):
+        gi = grads[pos]
+        if edge < 0 or gi is None:
+            continue
+        inp = node.inputs[pos]
+        got = shape_of(gi)
+        if got != inp.shape and not _fits(got, inp.shape):
+            raise ShapeError(
+                f"derivative rule of {node.op_name} {node.name!r} gave a gradient of shape "
+                f"{format_shape(got)} for input {pos} ({inp.name!r}) of shape {format_shape(inp.shape)}"
+            )
+        edges[edge] = gi
+
+
+def _fits(got: tuple, expected: tuple) -> bool:
+    return len(got) == len(expected) and all(e is None or g == e for g, e in zip(got, expected))

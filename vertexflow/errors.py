@@ -1,0 +1,59 @@
+"""The exception types of vertexflow.
+
+Every error vertexflow raises on purpose derives from `VertexflowError`, so a
+caller can catch them all at once or one kind at a time.
+"""
+
+from __future__ import annotations
+
+
+class VertexflowError(Exception):
+    """Base of every error vertexflow raises on purpose."""
+
+
+class ShapeError(VertexflowError, ValueError):
+    """Shapes or dtypes that an op cannot take, found when its vertex is built."""
+
+
+class FeedError(VertexflowError, ValueError):
+    """Missing, unknown, mis-shaped or mis-typed feeds, refused before any vertex runs."""
+
+
+class GraphError(VertexflowError):
+    """A graph that cannot be run: cycles, nodes of another graph, unknown names."""
+
+
+class VertexError(VertexflowError):
+    """A vertex failed while running; the original exception is chained as __cause__.
+
+    Attributes:
+        vertex: name of the vertex that failed.
+        op: name of its op.
+        input_shapes: shapes of the arrays it was given.
+    """
+
+    def __init__(self, message: str, *, vertex: str, op: str, input_shapes: tuple = ()):
+        super().__init__(message)
+        self.vertex = vertex
+        self.op = op
+        self.input_shapes = tuple(input_shapes)
+
+
+class ExecutionTimeout(VertexflowError, TimeoutError):
+    """A step did not finish in time.
+
+    Attributes:
+        waiting: {vertex name: description of what it still waits for}.
+    """
+
+    def __init__(self, message: str, *, waiting: dict[str, str] | None = None):
+        super().__init__(message)
+        self.waiting = dict(waiting or {})
+
+
+class DeviceError(VertexflowError, RuntimeError):
+    """The requested device cannot be used (cupy missing, no CUDA device)."""
+
+
+class InternalError(VertexflowError, AssertionError):
+    """One of vertexflow's own invariants is broken: a bug in vertexflow, please report it."""

@@ -1,0 +1,379 @@
+"""The executor interface, and SequentialExecutor: a compiled tape run on one thread.
+
+Every executor takes feeds (a mapping of input vertices or names to arrays)
+and fetches (vertices or names), checks the feeds before any vertex runs, and
+returns arrays: a list for a list of fetches, one array for one fetch.
+`backward` runs the forward pass and then the reverse sweep of
+`autodiff.reverse` on arrays, returning the loss and {vertex: gradient}.
+
+The sequential executor compiles a *tape* per set of fetches (cached): the
+vertices the fetches need, in topological order, each reading its inputs from
+slots and writing its output to a slot, with each slot freed right after its
+last reader.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .autodiff.namespace import ArrayMath
+from .autodiff.reverse import ReversePlan, plan_reverse, sweep
+from .errors import ExecutionTimeout, FeedError, GraphError, VertexError, VertexflowError
+from .graph import Graph, Node, ancestors, format_shape
+from .gpu.backend import get_backend
+
+Fetch = Node | str
+Feeds = Mapping[Any, Any] | None
+
+
+def vertex_error(node: Node, args: Sequence[Any], exc: BaseException, phase: str) -> VertexError:
+    """A VertexError naming the vertex, its op, its input shapes and where it was built."""
+    shapes = tuple(tuple(getattr(a, "shape", ())) for a in args)
+    shown = ", ".join(format_shape(s) for s in shapes) or "no inputs"
+    return VertexError(
+        f"vertex {node.name!r} ({node.op_name}, built at {node.origin}) failed in {phase} "
+        f"on inputs of shapes {shown}: {type(exc).__name__}: {exc}",
+        vertex=node.name,
+        op=node.op_name,
+        input_shapes=shapes,
+    )
+
+
+def nan_error(node: Node, args: Sequence[Any], phase: str, what: str = "output") -> VertexError:
+    exc = FloatingPointError(f"NaN in the {what}")
+    err = vertex_error(node, args, exc, phase)
+    err.__cause__ = exc
+    return err
+
+
+class Executor:
+    """What every executor shares: the graph, the backend, feed checks and result shapes.
+
+    Args:
+        graph: the graph to run.
+        device: "cpu" (numpy) or "cuda" (cupy).
+        tracer: a `vf.trace.Tracer` recording one span per vertex, or None.
+        check_numerics: raise VertexError as soon as a vertex produces a NaN.
+    """
+
+    def __init__(self, graph: Graph, *, device: str = "cpu", tracer=None, check_numerics: bool = False):
+        if not isinstance(graph, Graph):
+            raise GraphError(f"an executor runs a vf.Graph, got {type(graph).__name__}")
+        self.graph = graph
+        self.backend = get_backend(device)
+        self.xp = self.backend.xp
+        self.tracer = tracer
+        self.check_numerics = check_numerics
+
+    # -- fetches and feeds ---------------------------------------------------
+    def _fetches(self, fetch: Fetch | Sequence[Fetch]) -> tuple[list[Node], bool]:
+        single = isinstance(fetch, (Node, str))
+        items = [fetch] if single else list(fetch)
+        if not items:
+            raise GraphError("nothing to fetch: give a vertex or a list of vertices")
+        return [self.graph.resolve(f) for f in items], single
+
+    def _feeds(self, feeds: Feeds, needed: Iterable[Node]) -> dict[int, Any]:
+        """Check feeds against the inputs' specs; {input id: device array}.
+
+        Raises:
+            FeedError: a feed names an unknown vertex, a vertex of another graph or a
+                non-input; has the wrong shape or dtype; or a needed input is not fed.
+        """
+        if feeds is None:
+            feeds = {}
+        if not isinstance(feeds, Mapping):
+            raise FeedError(f"feeds must be a mapping of inputs to arrays, got {type(feeds).__name__}")
+        checked: dict[int, Any] = {}
+        for key, value in feeds.items():
+            try:
+                node = self.graph.resolve(key)
+            except GraphError as exc:
+                raise FeedError(f"cannot feed {key!r}: {exc}") from None
+            if node.kind != "input":
+                raise FeedError(f"cannot feed {node.name!r}: it is a {node.kind}, and only inputs are fed")
+            checked[node.id] = self.backend.to_device(self._feed_array(node, value))
+        missing = [n.name for n in needed if n.kind == "input" and n.id not in checked]
+        if missing:
+            raise FeedError(f"missing feeds for {', '.join(map(repr, missing))}, needed by the fetches")
+        return checked
+
+    def _feed_array(self, node: Node, value: Any):
+        spec = node.spec
+        if isinstance(value, np.ndarray) or (self.xp is not np and isinstance(value, self.xp.ndarray)):
+            array = value
+            if array.dtype != spec.dtype and not np.can_cast(array.dtype, spec.dtype, "safe"):
+                raise FeedError(
+                    f"feed for {node.name!r} has dtype {array.dtype}, but the input is {spec.dtype}; "
+                    f"convert it with .astype({str(spec.dtype)!r})"
+                )
+        else:
+            try:
+                array = np.asarray(value)
+            except (TypeError, ValueError) as exc:
+                raise FeedError(f"feed for {node.name!r} is not an array: {exc}") from None
+            if array.dtype != spec.dtype and not np.can_cast(array.dtype, spec.dtype, "same_kind"):
+                raise FeedError(f"feed for {node.name!r} has dtype {array.dtype}, but the input is {spec.dtype}")
+        if not spec.matches(tuple(array.shape)):
+            raise FeedError(
+                f"feed for {node.name!r} has shape {format_shape(tuple(array.shape))}, "
+                f"but the input is {format_shape(spec.shape)}"
+            )
+        if array.dtype != spec.dtype:
+            array = array.astype(spec.dtype)
+        if self.check_numerics and spec.dtype.kind == "f" and bool(self.xp.isnan(array).any()):
+            raise FeedError(f"feed for {node.name!r} contains NaN")
+        return array
+
+    def _results(self, values: list, single: bool):
+        host = [self.backend.to_host(v) for v in values]
+        return host[0] if single else host
+
+    def _plan(self, loss: Node, wrt) -> ReversePlan:
+        """The reverse plan for loss and wrt (default: every float param the loss depends on), cached."""
+        if wrt is None:
+            key = (loss.id, None)
+        else:
+            items = [wrt] if isinstance(wrt, (Node, str)) else list(wrt)
+            wrt = [self.graph.resolve(w) for w in items]
+            key = (loss.id, tuple(w.id for w in wrt))
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(key)
+        if plan is None:
+            if wrt is None:
+                wrt = [n for n in ancestors([loss]) if n.kind == "param" and n.dtype.kind == "f"]
+            plan = plans[key] = plan_reverse(loss, wrt)
+        return plan
+
+    # -- the interface ---------------------------------------------------------
+    def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
+        """Compute the fetched vertices from the feeds.
+
+        Returns:
+            One array for one fetch, else a list in the order of `fetch`.
+
+        Raises:
+            FeedError: bad feeds, before any vertex runs.
+            VertexError: a vertex failed (original exception chained).
+            ExecutionTimeout: the step took longer than `timeout` seconds.
+        """
+        raise NotImplementedError
+
+    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
+        """Forward, then runtime reverse mode from the scalar `loss`.
+
+        Args:
+            wrt: vertices to differentiate with respect to; default every param
+                the loss depends on.
+
+        Returns:
+            (loss value, {vertex: gradient array}).
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the executor holds (threads, tasks); it can still be used afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Instruction:
+    index: int
+    node: Node
+    args: tuple[int, ...]  # slots read
+    out: int  # slot written
+    free: tuple[int, ...]  # slots no later instruction reads
+
+
+@dataclass(frozen=True)
+class Tape:
+    """A compiled program: load sources into slots, run instructions, read fetch slots."""
+
+    loads: tuple[tuple[int, Node], ...]
+    instructions: tuple[Instruction, ...]
+    fetch_slots: tuple[int, ...]
+    slot_of: dict[int, int]
+
+    def listing(self) -> str:
+        lines = []
+        for slot, node in self.loads:
+            lines.append(f"  load  {node.kind:<8} {node.name:<24} -> %{slot:<4} {node.spec}")
+        for ins in self.instructions:
+            args = ", ".join(f"%{a}" for a in ins.args)
+            names = ", ".join(i.name for i in ins.node.inputs)
+            lines.append(
+                f"{ins.index:>5}  {ins.node.op_name:<16} {args:<16} -> %{ins.out:<4} "
+                f"{ins.node.name:<24} {ins.node.spec}   # {names}"
+            )
+        lines.append("  fetch " + ", ".join(f"%{s}" for s in self.fetch_slots))
+        return "\n".join(lines)
+
+
+def compile_tape(targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
+    """The tape computing `targets`; slots of vertex ids in `keep` are never freed."""
+    order = ancestors(targets)
+    slot_of = {n.id: i for i, n in enumerate(order)}
+    loads = tuple((slot_of[n.id], n) for n in order if n.kind != "op")
+    ops = [n for n in order if n.kind == "op"]
+    pinned = {slot_of[t.id] for t in targets} | {slot_of[k] for k in keep if k in slot_of}
+    last_read: dict[int, int] = {}
+    for index, node in enumerate(ops):
+        for inp in node.inputs:
+            last_read[slot_of[inp.id]] = index
+    frees: dict[int, list[int]] = {}
+    for slot, index in last_read.items():
+        if slot not in pinned:
+            frees.setdefault(index, []).append(slot)
+    instructions = tuple(
+        Instruction(
+            index=i,
+            node=node,
+            args=tuple(slot_of[inp.id] for inp in node.inputs),
+            out=slot_of[node.id],
+            free=tuple(sorted(frees.get(i, ()))),
+        )
+        for i, node in enumerate(ops)
+    )
+    return Tape(loads, instructions, tuple(slot_of[t.id] for t in targets), slot_of)
+
+
+class SequentialExecutor(Executor):
+    """Runs a graph as a compiled tape, one vertex after another on the calling thread.
+
+    This is the baseline every other executor must match bit for bit.
+    """
+
+    def __init__(self, graph: Graph, **options):
+        super().__init__(graph, **options)
+        self._tapes: dict[tuple, Tape] = {}
+
+    def tape(self, targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
+        keep = tuple(sorted(keep))
+        key = (tuple(t.id for t in targets), keep)
+        tape = self._tapes.get(key)
+        if tape is None:
+            tape = self._tapes[key] = compile_tape(targets, keep)
+        return tape
+
+    def program(self, fetch: Fetch | Sequence[Fetch]) -> str:
+        """A readable listing of the tape for `fetch`: one line per instruction."""
+        nodes, _ = self._fetches(fetch)
+        return self.tape(nodes).listing()
+
+    def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
+        nodes, single = self._fetches(fetch)
+        tape = self.tape(nodes)
+        slots = self._execute(tape, feeds, timeout)
+        return self._results([slots[s] for s in tape.fetch_slots], single)
+
+    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
+        (loss,), _ = self._fetches([loss])
+        plan = self._plan(loss, wrt)
+        keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
+        tape = self.tape([loss], keep)
+        slots = self._execute(tape, feeds, timeout)
+        grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]])
+        return self.backend.to_host(slots[tape.fetch_slots[0]]), grads
+
+    def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None) -> list:
+        checked = self._feeds(feeds, (n for _, n in tape.loads))
+        slots: list = [None] * len(tape.slot_of)
+        for slot, node in tape.loads:
+            if node.kind == "input":
+                slots[slot] = checked[node.id]
+            else:
+                slots[slot] = self.backend.to_device(node._value)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        xp, check, tracer = self.xp, self.check_numerics, self.tracer
+        with np.errstate(all="ignore"):
+            for ins in tape.instructions:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _tape_timeout(tape, ins.index, timeout)
+                args = [slots[a] for a in ins.args]
+                node = ins.node
+                if tracer is not None:
+                    start = tracer.now()
+                try:
+                    out = node.op.forward(xp, *args)
+                except VertexflowError:
+                    raise
+                except Exception as exc:
+                    raise vertex_error(node, args, exc, "forward") from exc
+                if tracer is not None:
+                    tracer.record(node, "forward", 0, "main", start, start, tracer.now(), args)
+                if check and out.dtype.kind == "f" and bool(xp.isnan(out).any()):
+                    raise nan_error(node, args, "forward")
+                slots[ins.out] = out
+                for s in ins.free:
+                    slots[s] = None
+        return slots
+
+
+def _tape_timeout(tape: Tape, index: int, timeout: float) -> ExecutionTimeout:
+    waiting = {}
+    for ins in tape.instructions[index:]:
+        waiting[ins.node.name] = "its turn on the tape, after " + (
+            tape.instructions[index - 1].node.name if index else "the loads"
+        )
+    shown = "; ".join(f"{k}: waits for {v}" for k, v in list(waiting.items())[:10])
+    return ExecutionTimeout(
+        f"step did not finish within {timeout} s; {len(waiting)} vertices still waiting ({shown})",
+        waiting=waiting,
+    )
+
+
+def reverse_arrays(executor: Executor, plan: ReversePlan, value_of) -> dict[Node, Any]:
+    """The reverse sweep on arrays, with each vertex's failure reported as a VertexError."""
+    xp, check, tracer = executor.xp, executor.check_numerics, executor.tracer
+
+    def apply_vjp(node: Node, needs, g):
+        xs = [value_of(i) for i in node.inputs]
+        if tracer is not None:
+            start = tracer.now()
+        try:
+            grads = node.op.vjp(ArrayMath(xp, needs), g, xs, value_of(node))
+        except VertexflowError:
+            raise
+        except Exception as exc:
+            raise vertex_error(node, [g, *xs], exc, "backward") from exc
+        if tracer is not None:
+            tracer.record(node, "backward", 0, "main", start, start, tracer.now(), [g, *xs])
+        if check:
+            for gi in grads or ():
+                if gi is not None and gi.dtype.kind == "f" and bool(xp.isnan(gi).any()):
+                    raise nan_error(node, [g, *xs], "backward", "gradient")
+        return grads
+
+    with np.errstate(all="ignore"):
+        loss_value = value_of(plan.output)
+        totals = sweep(
+            plan,
+            seed=ArrayMath(xp).ones_like(loss_value),
+            apply_vjp=apply_vjp,
+            add=ArrayMath(xp).add,
+            shape_of=lambda a: tuple(a.shape),
+        )
+    to_host = executor.backend.to_host
+    return {w: to_host(totals[w.id]) if w.id in totals else _zero_gradient(w, plan) for w in plan.wrt}
+
+
+def _zero_gradient(node: Node, plan: ReversePlan):
+    """The gradient of a vertex the loss does not depend on: zeros of its shape."""
+    if node.kind in ("param", "const"):
+        return np.zeros_like(node.value)
+    if node.spec.static:
+        return np.zeros(node.shape, node.dtype)
+    raise GraphError(
+        f"{plan.output.name!r} does not depend on {node.name!r}, whose shape "
+        f"{format_shape(node.shape)} is not known without running it"
+    )

@@ -1,0 +1,177 @@
+"""The `Op` interface every operation implements, and the rules ops share.
+
+An op is a small class with four parts side by side: `infer` (the shape and
+dtype rule, run when a vertex is built), `forward` (the value, on an array
+module `xp` that is numpy or cupy), `vjp` (the one derivative rule, written
+against a math namespace `F` that works on arrays or on graph vertices) and
+`cost` (an estimate of the work, in flops, used to decide where it runs).
+
+Calling an op instance on nodes (or Python scalars, or arrays) adds a vertex.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import GraphError, ShapeError
+from ..graph import Node, Spec, format_shape
+
+FLOAT_KINDS = "f"
+NUMERIC_KINDS = "fiu"
+
+
+class Op:
+    """Base class of every operation, built-in or user-defined.
+
+    Subclasses set `name` and implement `infer` and `forward`; differentiable
+    ops implement `vjp`, returning one gradient per input (None where no
+    gradient flows, e.g. integer labels or boolean masks).
+    """
+
+    name: str = "op"
+
+    def infer(self, *specs: Spec) -> Spec:
+        """The Spec of the output given the inputs' specs; raise ShapeError if they do not fit."""
+        raise NotImplementedError(f"op {self.name!r} does not define infer()")
+
+    def forward(self, xp, *xs):
+        """The output array from the input arrays, computed with array module `xp`."""
+        raise NotImplementedError(f"op {self.name!r} does not define forward()")
+
+    def vjp(self, F, g, xs, y) -> tuple:
+        """Vector-Jacobian product: gradients for each input given the output's gradient `g`.
+
+        Args:
+            F: math namespace (arrays at run time, vertices in `vf.grad`).
+               `F.needs_input_grad[i]` says whether input i's gradient is used.
+            g: gradient of the output.
+            xs: the inputs (arrays or vertices).
+            y: the output.
+
+        Returns:
+            One entry per input: its gradient, or None for no gradient.
+        """
+        raise GraphError(f"op {self.name!r} has no derivative rule, so it cannot be differentiated")
+
+    def cost(self, *specs: Spec) -> float:
+        """Estimated flops; by default one per input element."""
+        return float(sum(numel(s) for s in specs))
+
+    def __repr__(self) -> str:
+        attrs = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        inner = ", ".join(f"{k}={v!r}" for k, v in attrs.items())
+        return f"{type(self).__name__}({inner})"
+
+    def __call__(self, *args: Any, name: str | None = None, role: str | None = None) -> Node:
+        """Add a vertex applying this op to `args` (nodes, Python scalars or arrays)."""
+        nodes = as_nodes(args, self.name)
+        graph = nodes[0].graph
+        vertex_name = graph._unique_name(name, self.name)
+        try:
+            spec = self.infer(*(n.spec for n in nodes))
+        except ShapeError as exc:
+            raise ShapeError(f"{self.name} {vertex_name!r}: {exc}") from None
+        if not isinstance(spec, Spec):
+            raise GraphError(f"op {self.name!r}: infer() must return a vf.Spec, got {type(spec).__name__}")
+        return graph._add(Node(graph, vertex_name, "op", spec, op=self, inputs=nodes, role=role))
+
+
+def as_nodes(args: Sequence[Any], op_name: str) -> tuple[Node, ...]:
+    """Turn op arguments into nodes of one graph: scalars and arrays become constants.
+
+    A Python scalar takes the dtype it would have in numpy next to the node
+    arguments (so `x * 2` stays float32 when x is float32).
+    """
+    graphs = {id(a.graph): a.graph for a in args if isinstance(a, Node)}
+    if not graphs:
+        raise GraphError(f"{op_name}: at least one argument must be a vertex of a graph")
+    if len(graphs) > 1:
+        names = sorted(g.name for g in graphs.values())
+        raise GraphError(f"{op_name}: arguments come from different graphs ({', '.join(map(repr, names))})")
+    graph = next(iter(graphs.values()))
+    node_dtypes = [a.dtype for a in args if isinstance(a, Node)]
+    out = []
+    for a in args:
+        if isinstance(a, Node):
+            out.append(a)
+        elif isinstance(a, (bool, int, float)):
+            out.append(graph.scalar(a, scalar_dtype(node_dtypes, a)))
+        elif isinstance(a, (np.ndarray, np.generic, list, tuple)):
+            out.append(graph.const(a))
+        else:
+            raise GraphError(f"{op_name}: cannot use a {type(a).__name__} as an argument")
+    return tuple(out)
+
+
+def scalar_dtype(dtypes: Sequence[np.dtype], value: Any) -> np.dtype:
+    """The dtype a Python scalar takes beside arrays of `dtypes` (numpy's weak scalar rule)."""
+    if not dtypes:
+        return np.asarray(value).dtype
+    return np.result_type(*dtypes, value)
+
+
+def numel(spec: Spec) -> int:
+    """Elements in a spec, counting unknown sizes as 1."""
+    return math.prod(1 if d is None else d for d in spec.shape)
+
+
+def broadcast_shapes(*shapes) -> tuple:
+    """Numpy broadcasting over shapes that may hold None (a size known only at run time)."""
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for axis in range(ndim):
+        dims = [s[axis - ndim + len(s)] for s in shapes if axis - ndim + len(s) >= 0]
+        known = {d for d in dims if d is not None and d != 1}
+        if len(known) > 1:
+            raise ShapeError("cannot broadcast " + " and ".join(format_shape(s) for s in shapes))
+        if known:
+            out.append(known.pop())
+        elif None in dims:
+            out.append(None)
+        else:
+            out.append(1)
+    return tuple(out)
+
+
+def require_float(*specs: Spec) -> None:
+    for spec in specs:
+        if spec.dtype.kind not in FLOAT_KINDS:
+            raise ShapeError(f"needs floating-point inputs, got {spec.dtype}")
+
+
+def require_numeric(*specs: Spec) -> None:
+    for spec in specs:
+        if spec.dtype.kind not in NUMERIC_KINDS:
+            raise ShapeError(f"needs numeric inputs, got {spec.dtype}")
+
+
+def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
+    """Axes as a sorted tuple of non-negative ints; None means all."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ShapeError(f"axis {a} is out of range for {ndim} dimensions")
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def sum_to_shape(xp, x, shape: tuple[int, ...]):
+    """Sum a broadcast array back to `shape`: the one helper every broadcasting gradient uses."""
+    if x.shape == shape:
+        return x
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        i + lead for i, d in enumerate(shape) if d == 1 and x.shape[i + lead] != 1
+    )
+    if axes:
+        x = x.sum(axis=axes, keepdims=True)
+    return x.reshape(shape)

@@ -1,0 +1,448 @@
+"""Elementwise ops: unary math, broadcasting binary math, comparisons, `where`, casts.
+
+Each op's derivative rule sits right below its forward. Binary rules reduce
+their gradients back to each input's shape with `F.sum_to`, the one shared
+broadcasting helper.
+"""
+
+from __future__ import annotations
+
+from ..errors import ShapeError
+from ..graph import Spec, as_dtype
+from .base import Op, broadcast_shapes, numel, require_float, require_numeric
+
+
+# -- unary -------------------------------------------------------------------
+class Unary(Op):
+    """One input, same shape and dtype out; floating point only unless `numeric`."""
+
+    numeric = False
+
+    def infer(self, x: Spec) -> Spec:
+        (require_numeric if self.numeric else require_float)(x)
+        return x
+
+    def cost(self, x: Spec) -> float:
+        return float(numel(x))
+
+
+class Negative(Unary):
+    name = "neg"
+    numeric = True
+
+    def forward(self, xp, x):
+        return xp.negative(x)
+
+    def vjp(self, F, g, xs, y):
+        return (F.neg(g),)
+
+
+class Abs(Unary):
+    name = "abs"
+    numeric = True
+
+    def forward(self, xp, x):
+        return xp.abs(x)
+
+    def vjp(self, F, g, xs, y):
+        return (F.mul(g, F.sign(xs[0])),)
+
+
+class Sign(Unary):
+    name = "sign"
+    numeric = True
+
+    def forward(self, xp, x):
+        return xp.sign(x)
+
+    def vjp(self, F, g, xs, y):
+        return (None,)  # zero almost everywhere
+
+
+class Exp(Unary):
+    name = "exp"
+
+    def forward(self, xp, x):
+        return xp.exp(x)
+
+    def vjp(self, F, g, xs, y):
+        return (F.mul(g, y),)
+
+
+class Log(Unary):
+    name = "log"
+
+    def forward(self, xp, x):
+        return xp.log(x)
+
+    def vjp(self, F, g, xs, y):
+        return (F.div(g, xs[0]),)
+
+
+class Sqrt(Unary):
+    name = "sqrt"
+
+    def forward(self, xp, x):
+        return xp.sqrt(x)
+
+    def vjp(self, F, g, xs, y):
+        return (F.div(g, F.mul(y, 2)),)
+
+
+class Tanh(Unary):
+    name = "tanh"
+
+    def forward(self, xp, x):
+        return xp.tanh(x)
+
+    def vjp(self, F, g, xs, y):
+        return (F.mul(g, F.sub(1, F.mul(y, y))),)
+
+
+class Sigmoid(Unary):
+    name = "sigmoid"
+
+    def forward(self, xp, x):
+        # exp(-log(1 + exp(-x))) never overflows, for either sign of x.
+        return xp.exp(-xp.logaddexp(0, -x)).astype(x.dtype, copy=False)
+
+    def vjp(self, F, g, xs, y):
+        return (F.mul(F.mul(g, y), F.sub(1, y)),)
+
+
+class Relu(Unary):
+    name = "relu"
+
+    def forward(self, xp, x):
+        return xp.maximum(x, 0)
+
+    def vjp(self, F, g, xs, y):
+        return (F.mul(g, F.greater(y, 0)),)
+
+
+class LeakyRelu(Unary):
+    name = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, xp, x):
+        return xp.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+
+    def vjp(self, F, g, xs, y):
+        return (F.where(F.greater(xs[0], 0), g, F.mul(g, self.negative_slope)),)
+
+
+class Cast(Op):
+    name = "astype"
+
+    def __init__(self, dtype):
+        self.dtype = as_dtype(dtype)
+
+    def infer(self, x: Spec) -> Spec:
+        return Spec(x.shape, self.dtype)
+
+    def forward(self, xp, x):
+        return x.astype(self.dtype, copy=False)
+
+    def vjp(self, F, g, xs, y):
+        source = F.dtype(xs[0])
+        if source.kind != "f" or self.dtype.kind != "f":
+            return (None,)
+        return (F.cast(g, source),)
+
+
+# -- binary ------------------------------------------------------------------
+class Binary(Op):
+    """Two inputs broadcast together, numpy's dtype promotion."""
+
+    def infer(self, a: Spec, b: Spec) -> Spec:
+        for s in (a, b):
+            if s.dtype.kind not in "fiub":
+                raise ShapeError(f"needs numeric or boolean inputs, got {s.dtype}")
+        return Spec(broadcast_shapes(a.shape, b.shape), _promote(a, b))
+
+    def cost(self, a: Spec, b: Spec) -> float:
+        return float(max(numel(a), numel(b)))
+
+
+def _promote(*specs: Spec):
+    import numpy as np
+
+    return np.result_type(*(s.dtype for s in specs))
+
+
+class Add(Binary):
+    name = "add"
+
+    def forward(self, xp, a, b):
+        return xp.add(a, b)
+
+    def vjp(self, F, g, xs, y):
+        a, b = xs
+        need_a, need_b = F.needs_input_grad
+        return (F.sum_to(g, a) if need_a else None, F.sum_to(g, b) if need_b else None)
+
+
+class Subtract(Binary):
+    name = "sub"
+
+    def forward(self, xp, a, b):
+        return xp.subtract(a, b)
+
+    def vjp(self, F, g, xs, y):
+        a, b = xs
+        need_a, need_b = F.needs_input_grad
+        return (F.sum_to(g, a) if need_a else None, F.sum_to(F.neg(g), b) if need_b else None)
+
+
+class Multiply(Binary):
+    name = "mul"
+
+    def forward(self, xp, a, b):
+        return xp.multiply(a, b)
+
+    def vjp(self, F, g, xs, y):
+        a, b = xs
+        need_a, need_b = F.needs_input_grad
+        return (
+            F.sum_to(F.mul(g, b), a) if need_a else None,
+            F.sum_to(F.mul(g, a), b) if need_b else None,
+        )
+
+
+class Divide(Binary):
+    name = "div"
+
+    def infer(self, a: Spec, b: Spec) -> Spec:
+        spec = super().infer(a, b)
+        if spec.dtype.kind != "f":  # numpy's true division of integers gives float64
+            return Spec(spec.shape, "float64")
+        return spec
+
+    def forward(self, xp, a, b):
+        return xp.true_divide(a, b)
+
+    def vjp(self, F, g, xs, y):
+        a, b = xs
+        need_a, need_b = F.needs_input_grad
+        return (
+            F.sum_to(F.div(g, b), a) if need_a else None,
+            F.sum_to(F.neg(F.div(F.mul(g, y), b)), b) if need_b else None,
+        )
+
+
+class Power(Binary):
+    name = "pow"
+
+    def forward(self, xp, a, b):
+        return xp.power(a, b)
+
+    def vjp(self, F, g, xs, y):
+        a, b = xs
+        need_a, need_b = F.needs_input_grad
+        ga = gb = None
+        if need_a:
+            ga = F.sum_to(F.mul(F.mul(g, b), F.power(a, F.sub(b, 1))), a)
+        if need_b:
+            # d(a**b)/db = a**b * log(a); taken as 0 where a <= 0 (no real logarithm there).
+            positive = F.greater(a, 0)
+            log_a = F.log(F.where(positive, a, 1))
+            gb = F.sum_to(F.where(positive, F.mul(F.mul(g, y), log_a), 0), b)
+        return (ga, gb)
+
+
+class Maximum(Binary):
+    name = "maximum"
+
+    def forward(self, xp, a, b):
+        return xp.maximum(a, b)
+
+    def vjp(self, F, g, xs, y):
+        return _select_vjp(F, g, xs, F.greater)
+
+
+class Minimum(Binary):
+    name = "minimum"
+
+    def forward(self, xp, a, b):
+        return xp.minimum(a, b)
+
+    def vjp(self, F, g, xs, y):
+        return _select_vjp(F, g, xs, F.less)
+
+
+def _select_vjp(F, g, xs, wins):
+    """Gradient of max/min: to the winner; split evenly on ties (as PyTorch does)."""
+    a, b = xs
+    need_a, need_b = F.needs_input_grad
+    tie = F.equal(a, b)
+    half = F.mul(g, 0.5)
+    ga = F.sum_to(F.where(wins(a, b), g, F.where(tie, half, 0)), a) if need_a else None
+    gb = F.sum_to(F.where(wins(b, a), g, F.where(tie, half, 0)), b) if need_b else None
+    return (ga, gb)
+
+
+class Compare(Binary):
+    """Comparisons give booleans and pass no gradient."""
+
+    ufunc = ""
+
+    def infer(self, a: Spec, b: Spec) -> Spec:
+        return Spec(broadcast_shapes(a.shape, b.shape), "bool")
+
+    def forward(self, xp, a, b):
+        return getattr(xp, self.ufunc)(a, b)
+
+    def vjp(self, F, g, xs, y):
+        return (None, None)
+
+
+class Greater(Compare):
+    name = ufunc = "greater"
+
+
+class Less(Compare):
+    name = ufunc = "less"
+
+
+class GreaterEqual(Compare):
+    name = ufunc = "greater_equal"
+
+
+class LessEqual(Compare):
+    name = ufunc = "less_equal"
+
+
+class Equal(Compare):
+    name = ufunc = "equal"
+
+
+class NotEqual(Compare):
+    name = ufunc = "not_equal"
+
+
+class Where(Op):
+    name = "where"
+
+    def infer(self, cond: Spec, a: Spec, b: Spec) -> Spec:
+        if cond.dtype.kind != "b":
+            raise ShapeError(f"condition must be boolean, got {cond.dtype}")
+        return Spec(broadcast_shapes(cond.shape, a.shape, b.shape), _promote(a, b))
+
+    def forward(self, xp, cond, a, b):
+        return xp.where(cond, a, b)
+
+    def vjp(self, F, g, xs, y):
+        cond, a, b = xs
+        _, need_a, need_b = F.needs_input_grad
+        return (
+            None,
+            F.sum_to(F.where(cond, g, 0), a) if need_a else None,
+            F.sum_to(F.where(cond, 0, g), b) if need_b else None,
+        )
+
+    def cost(self, *specs: Spec) -> float:
+        return float(max(numel(s) for s in specs))
+
+
+# -- functions ---------------------------------------------------------------
+def add(a, b, name=None):
+    """a + b with broadcasting."""
+    return Add()(a, b, name=name)
+
+
+def subtract(a, b, name=None):
+    return Subtract()(a, b, name=name)
+
+
+def multiply(a, b, name=None):
+    return Multiply()(a, b, name=name)
+
+
+def divide(a, b, name=None):
+    return Divide()(a, b, name=name)
+
+
+def power(a, b, name=None):
+    return Power()(a, b, name=name)
+
+
+def maximum(a, b, name=None):
+    return Maximum()(a, b, name=name)
+
+
+def minimum(a, b, name=None):
+    return Minimum()(a, b, name=name)
+
+
+def negative(x, name=None):
+    return Negative()(x, name=name)
+
+
+def abs(x, name=None):  # noqa: A001 - numpy's name
+    return Abs()(x, name=name)
+
+
+def sign(x, name=None):
+    return Sign()(x, name=name)
+
+
+def exp(x, name=None):
+    return Exp()(x, name=name)
+
+
+def log(x, name=None):
+    return Log()(x, name=name)
+
+
+def sqrt(x, name=None):
+    return Sqrt()(x, name=name)
+
+
+def tanh(x, name=None):
+    return Tanh()(x, name=name)
+
+
+def sigmoid(x, name=None):
+    return Sigmoid()(x, name=name)
+
+
+def relu(x, name=None):
+    return Relu()(x, name=name)
+
+
+def leaky_relu(x, negative_slope=0.01, name=None):
+    return LeakyRelu(negative_slope)(x, name=name)
+
+
+def astype(x, dtype, name=None):
+    return Cast(dtype)(x, name=name)
+
+
+def greater(a, b, name=None):
+    return Greater()(a, b, name=name)
+
+
+def less(a, b, name=None):
+    return Less()(a, b, name=name)
+
+
+def greater_equal(a, b, name=None):
+    return GreaterEqual()(a, b, name=name)
+
+
+def less_equal(a, b, name=None):
+    return LessEqual()(a, b, name=name)
+
+
+def equal(a, b, name=None):
+    return Equal()(a, b, name=name)
+
+
+def not_equal(a, b, name=None):
+    return NotEqual()(a, b, name=name)
+
+
+def where(cond, a, b, name=None):
+    return Where()(cond, a, b, name=name)

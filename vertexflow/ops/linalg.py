@@ -1,0 +1,74 @@
+"""Matrix multiplication: 2-D, batched (leading dimensions broadcast) and vector cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..graph import Spec, format_shape
+from .base import Op, broadcast_shapes, require_numeric
+
+
+class Matmul(Op):
+    name = "matmul"
+
+    def infer(self, a: Spec, b: Spec) -> Spec:
+        require_numeric(a, b)
+        if a.ndim == 0 or b.ndim == 0:
+            raise ShapeError(f"needs arrays of at least 1 dimension, got {format_shape(a.shape)} @ {format_shape(b.shape)}")
+        ka = a.shape[-1]
+        kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
+        if ka is not None and kb is not None and ka != kb:
+            raise ShapeError(f"inner dimensions differ: {format_shape(a.shape)} @ {format_shape(b.shape)}")
+        try:
+            batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ShapeError:
+            raise ShapeError(
+                f"batch dimensions do not broadcast: {format_shape(a.shape)} @ {format_shape(b.shape)}"
+            ) from None
+        rows = a.shape[-2:-1] if a.ndim > 1 else ()
+        cols = b.shape[-1:] if b.ndim > 1 else ()
+        return Spec(batch + rows + cols, np.result_type(a.dtype, b.dtype))
+
+    def forward(self, xp, a, b):
+        return xp.matmul(a, b)
+
+    def vjp(self, F, g, xs, y):
+        # Promote vectors to matrices ((k,) -> (1, k) on the left, (k, 1) on the right),
+        # take the matrix rule, then drop the added axes and sum out broadcast batches.
+        a, b = xs
+        need_a, need_b = F.needs_input_grad
+        a_vec, b_vec = F.ndim(a) == 1, F.ndim(b) == 1
+        a2 = F.expand_dims(a, 0) if a_vec else a
+        b2 = F.expand_dims(b, 1) if b_vec else b
+        g2 = g
+        if a_vec:
+            g2 = F.expand_dims(g2, -1 if b_vec else -2)
+        if b_vec:
+            g2 = F.expand_dims(g2, -1)
+        ga = gb = None
+        if need_a:
+            ga = F.sum_to(F.matmul(g2, _swap_last(F, b2)), a2)
+            ga = F.squeeze(ga, 0) if a_vec else ga
+        if need_b:
+            gb = F.sum_to(F.matmul(_swap_last(F, a2), g2), b2)
+            gb = F.squeeze(gb, 1) if b_vec else gb
+        return (ga, gb)
+
+    def cost(self, a: Spec, b: Spec) -> float:
+        spec = self.infer(a, b)
+        k = a.shape[-1] or 1
+        return 2.0 * k * math.prod(d or 1 for d in spec.shape)
+
+
+def _swap_last(F, x):
+    ndim = F.ndim(x)
+    axes = tuple(range(ndim - 2)) + (ndim - 1, ndim - 2)
+    return F.transpose(x, axes)
+
+
+def matmul(a, b, name=None):
+    """a @ b with numpy's rules for vectors and batches."""
+    return Matmul()(a, b, name=name)

@@ -1,0 +1,379 @@
+"""Network ops: losses (cross_entropy, mse), conv2d by im2col, max and average pooling.
+
+Images are NCHW. Convolution and pooling view their input as windows with
+`as_strided` (no copy) and reduce or contract over them; their derivative
+rules are helper ops that scatter the gradient back through the same windows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..graph import Spec, format_shape
+from .base import Op, numel, require_float
+
+
+# -- losses ------------------------------------------------------------------
+class CrossEntropy(Op):
+    """Mean softmax cross-entropy of logits (N, C) against integer labels (N,), fused and stable."""
+
+    name = "cross_entropy"
+
+    def infer(self, logits: Spec, labels: Spec) -> Spec:
+        require_float(logits)
+        if logits.ndim != 2:
+            raise ShapeError(f"logits must be (batch, classes), got {format_shape(logits.shape)}")
+        if labels.dtype.kind not in "iu":
+            raise ShapeError(f"labels must be integers (class indices), got {labels.dtype}")
+        if labels.ndim != 1:
+            raise ShapeError(f"labels must be (batch,), got {format_shape(labels.shape)}")
+        n, m = logits.shape[0], labels.shape[0]
+        if n is not None and m is not None and n != m:
+            raise ShapeError(f"batch sizes differ: logits {format_shape(logits.shape)}, labels {format_shape(labels.shape)}")
+        return Spec((), logits.dtype)
+
+    def forward(self, xp, logits, labels):
+        _check_labels(labels, logits.shape[1])
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_norm = xp.log(xp.exp(shifted).sum(axis=1))
+        picked = shifted[xp.arange(labels.shape[0]), labels]
+        return (log_norm - picked).mean()
+
+    def vjp(self, F, g, xs, y):
+        logits, labels = xs
+        return (F.apply(CrossEntropyGrad(), g, logits, labels), None)
+
+    def cost(self, logits: Spec, labels: Spec) -> float:
+        return 6.0 * numel(logits)
+
+
+def _check_labels(labels, classes: int) -> None:
+    # numpy would silently wrap a negative label around; refuse it instead.
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(f"labels must lie in [0, {classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+
+
+class CrossEntropyGrad(Op):
+    """(softmax(logits) - one_hot(labels)) * g / N in one pass: cross_entropy's gradient, fused."""
+
+    name = "cross_entropy_grad"
+
+    def infer(self, g: Spec, logits: Spec, labels: Spec) -> Spec:
+        return logits
+
+    def forward(self, xp, g, logits, labels):
+        e = xp.exp(logits - logits.max(axis=1, keepdims=True))
+        n = labels.shape[0]
+        scale = g / logits.dtype.type(n)
+        out = e * (scale / e.sum(axis=1, keepdims=True))
+        out[xp.arange(n), labels] -= scale
+        return out
+
+    def vjp(self, F, gg, xs, y):
+        g, logits, labels = xs
+        need_g, need_logits, _ = F.needs_input_grad
+        n = F.count(labels, None, F.dtype(logits))
+        probs = F.softmax(logits, 1)
+        dg = dlogits = None
+        if need_g:
+            diff = F.sub(probs, F.apply(OneHot(), labels, logits))
+            dg = F.div(F.sum(F.mul(gg, diff)), n)
+        if need_logits:
+            u = F.mul(gg, F.div(g, n))
+            dlogits = F.mul(probs, F.sub(u, F.sum(F.mul(u, probs), 1, keepdims=True)))
+        return (dg, dlogits, None)
+
+    def cost(self, g: Spec, logits: Spec, labels: Spec) -> float:
+        return 5.0 * numel(logits)
+
+
+class OneHot(Op):
+    """One-hot rows for integer labels, shaped and typed like `like` (N, C)."""
+
+    name = "one_hot"
+
+    def infer(self, labels: Spec, like: Spec) -> Spec:
+        return like
+
+    def forward(self, xp, labels, like):
+        out = xp.zeros_like(like)
+        out[xp.arange(labels.shape[0]), labels] = 1
+        return out
+
+    def vjp(self, F, g, xs, y):
+        return (None, None)
+
+
+class MSE(Op):
+    """Mean squared error over every element."""
+
+    name = "mse"
+
+    def infer(self, pred: Spec, target: Spec) -> Spec:
+        require_float(pred, target)
+        if pred.ndim != target.ndim or any(
+            p is not None and t is not None and p != t for p, t in zip(pred.shape, target.shape)
+        ):
+            raise ShapeError(
+                f"prediction and target shapes differ: {format_shape(pred.shape)} vs {format_shape(target.shape)}"
+            )
+        return Spec((), np.result_type(pred.dtype, target.dtype))
+
+    def forward(self, xp, pred, target):
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction and target shapes differ: {pred.shape} vs {target.shape}")
+        diff = pred - target
+        return xp.mean(diff * diff)
+
+    def vjp(self, F, g, xs, y):
+        pred, target = xs
+        need_p, need_t = F.needs_input_grad
+        scale = F.div(F.mul(g, 2), F.count(pred, None, F.dtype(g)))
+        grad = F.mul(F.sub(pred, target), scale)
+        return (grad if need_p else None, F.neg(grad) if need_t else None)
+
+    def cost(self, pred: Spec, target: Spec) -> float:
+        return 3.0 * numel(pred)
+
+
+# -- windows -----------------------------------------------------------------
+def _pair(value, what: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
+        raise ShapeError(f"{what} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _out_size(size, kernel, stride, padding, dilation):
+    if size is None:
+        return None
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class Window:
+    """Kernel geometry shared by conv and pooling: kernel, stride, padding, dilation per axis."""
+
+    def _init_window(self, kernel, stride, padding, dilation):
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        if kernel is not None:
+            self.kernel = _pair(kernel, "kernel_size")
+        if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
+            raise ShapeError(f"stride and dilation must be >= 1 and padding >= 0, got {self.stride}, {self.dilation}, {self.padding}")
+
+    def _out_hw(self, h, w, kernel):
+        return tuple(
+            _out_size(size, k, s, p, d)
+            for size, k, s, p, d in zip((h, w), kernel, self.stride, self.padding, self.dilation)
+        )
+
+    def _windows(self, xp, x, kernel, fill=0.0):
+        """View of x as (N, C, OH, OW, kh, kw) windows over the padded image."""
+        ph, pw = self.padding
+        if ph or pw:
+            x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = kernel, self.stride, self.dilation
+        oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+        s_n, s_c, s_h, s_w = x.strides
+        return xp.lib.stride_tricks.as_strided(
+            x, shape=(n, c, oh, ow, kh, kw), strides=(s_n, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw), writeable=False
+        )
+
+    def _scatter(self, xp, x_shape, dtype, kernel, parts):
+        """Sum window-shaped contributions back into an image of x_shape.
+
+        Args:
+            parts: callable (i, j) -> (N, C, OH, OW) contribution of kernel tap (i, j).
+        """
+        n, c, h, w = x_shape
+        ph, pw = self.padding
+        (kh, kw), (sh, sw), (dh, dw) = kernel, self.stride, self.dilation
+        out = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dtype)
+        for i in range(kh):
+            for j in range(kw):
+                part = parts(i, j)
+                oh, ow = part.shape[2:]
+                out[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw] += part
+        return out[:, :, ph : ph + h, pw : pw + w]
+
+
+def _check_image(x: Spec, what: str = "input") -> None:
+    if x.ndim != 4:
+        raise ShapeError(f"{what} must be NCHW (4 dimensions), got {format_shape(x.shape)}")
+
+
+# -- convolution ---------------------------------------------------------------
+class Conv2d(Op, Window):
+    """2-D cross-correlation of x (N, C, H, W) with w (O, C, kh, kw), as PyTorch's conv2d."""
+
+    name = "conv2d"
+
+    def __init__(self, stride=1, padding=0, dilation=1):
+        self._init_window(None, stride, padding, dilation)
+
+    def infer(self, x: Spec, w: Spec) -> Spec:
+        require_float(x, w)
+        _check_image(x)
+        _check_image(w, "weight")
+        if x.shape[1] is not None and w.shape[1] != x.shape[1]:
+            raise ShapeError(f"input has {x.shape[1]} channels, weight expects {w.shape[1]}: {format_shape(x.shape)} * {format_shape(w.shape)}")
+        oh, ow = self._out_hw(x.shape[2], x.shape[3], w.shape[2:])
+        if (oh is not None and oh < 1) or (ow is not None and ow < 1):
+            raise ShapeError(f"kernel {format_shape(w.shape[2:])} does not fit input {format_shape(x.shape)} with padding {self.padding}")
+        return Spec((x.shape[0], w.shape[0], oh, ow), np.result_type(x.dtype, w.dtype))
+
+    def forward(self, xp, x, w):
+        cols = self._windows(xp, x, w.shape[2:])  # (N, C, OH, OW, kh, kw)
+        out = xp.tensordot(cols, w, axes=([1, 4, 5], [1, 2, 3]))  # (N, OH, OW, O)
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    def vjp(self, F, g, xs, y):
+        x, w = xs
+        need_x, need_w = F.needs_input_grad
+        geometry = (self.stride, self.padding, self.dilation)
+        return (
+            F.apply(Conv2dGradInput(*geometry), g, w, x) if need_x else None,
+            F.apply(Conv2dGradWeight(*geometry), g, x, w) if need_w else None,
+        )
+
+    def cost(self, x: Spec, w: Spec) -> float:
+        out = self.infer(x, w)
+        return 2.0 * numel(out) * math.prod(w.shape[1:])
+
+
+class Conv2dGradInput(Op, Window):
+    name = "conv2d_grad_input"
+
+    def __init__(self, stride, padding, dilation):
+        self._init_window(None, stride, padding, dilation)
+
+    def infer(self, g: Spec, w: Spec, x: Spec) -> Spec:
+        return Spec(x.shape, g.dtype)
+
+    def forward(self, xp, g, w, x):
+        taps = xp.tensordot(g, w, axes=([1], [0]))  # (N, OH, OW, C, kh, kw)
+        return self._scatter(
+            xp, x.shape, g.dtype, w.shape[2:], lambda i, j: taps[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+        )
+
+    def cost(self, g: Spec, w: Spec, x: Spec) -> float:
+        return 2.0 * numel(g) * math.prod(w.shape[1:])
+
+
+class Conv2dGradWeight(Op, Window):
+    name = "conv2d_grad_weight"
+
+    def __init__(self, stride, padding, dilation):
+        self._init_window(None, stride, padding, dilation)
+
+    def infer(self, g: Spec, x: Spec, w: Spec) -> Spec:
+        return Spec(w.shape, g.dtype)
+
+    def forward(self, xp, g, x, w):
+        cols = self._windows(xp, x, w.shape[2:])  # (N, C, OH, OW, kh, kw)
+        return xp.tensordot(g, cols, axes=([0, 2, 3], [0, 2, 3])).astype(g.dtype, copy=False)
+
+    def cost(self, g: Spec, x: Spec, w: Spec) -> float:
+        return 2.0 * numel(g) * math.prod(w.shape[1:])
+
+
+# -- pooling -------------------------------------------------------------------
+class Pool2d(Op, Window):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self._init_window(kernel_size, kernel_size if stride is None else stride, padding, 1)
+        if self.padding[0] * 2 > self.kernel[0] or self.padding[1] * 2 > self.kernel[1]:
+            raise ShapeError(f"padding {self.padding} must be at most half of kernel_size {self.kernel}")
+
+    def infer(self, x: Spec) -> Spec:
+        require_float(x)
+        _check_image(x)
+        oh, ow = self._out_hw(x.shape[2], x.shape[3], self.kernel)
+        if (oh is not None and oh < 1) or (ow is not None and ow < 1):
+            raise ShapeError(f"kernel {self.kernel} does not fit input {format_shape(x.shape)}")
+        return Spec((x.shape[0], x.shape[1], oh, ow), x.dtype)
+
+    def cost(self, x: Spec) -> float:
+        return float(numel(x) * self.kernel[0] * self.kernel[1] / (self.stride[0] * self.stride[1]))
+
+
+class MaxPool2d(Pool2d):
+    name = "max_pool2d"
+
+    def forward(self, xp, x):
+        return self._windows(xp, x, self.kernel, fill=-np.inf).max(axis=(4, 5))
+
+    def vjp(self, F, g, xs, y):
+        return (F.apply(MaxPool2dGrad(self.kernel, self.stride, self.padding), g, xs[0]),)
+
+
+class MaxPool2dGrad(Pool2d):
+    """Routes each window's gradient to its first maximum, as PyTorch does."""
+
+    name = "max_pool2d_grad"
+
+    def infer(self, g: Spec, x: Spec) -> Spec:
+        return Spec(x.shape, g.dtype)
+
+    def forward(self, xp, g, x):
+        windows = self._windows(xp, x, self.kernel, fill=-np.inf)
+        n, c, oh, ow, kh, kw = windows.shape
+        first = windows.reshape(n, c, oh, ow, kh * kw).argmax(axis=4)
+        return self._scatter(xp, x.shape, g.dtype, self.kernel, lambda i, j: g * (first == i * kw + j))
+
+    def cost(self, g: Spec, x: Spec) -> float:
+        return 2.0 * numel(x) * self.kernel[0] * self.kernel[1]
+
+
+class AvgPool2d(Pool2d):
+    """Average over windows, zero padding counted (PyTorch's count_include_pad=True)."""
+
+    name = "avg_pool2d"
+
+    def forward(self, xp, x):
+        return self._windows(xp, x, self.kernel).mean(axis=(4, 5))
+
+    def vjp(self, F, g, xs, y):
+        return (F.apply(AvgPool2dGrad(self.kernel, self.stride, self.padding), g, xs[0]),)
+
+
+class AvgPool2dGrad(Pool2d):
+    name = "avg_pool2d_grad"
+
+    def infer(self, g: Spec, x: Spec) -> Spec:
+        return Spec(x.shape, g.dtype)
+
+    def forward(self, xp, g, x):
+        share = g / g.dtype.type(self.kernel[0] * self.kernel[1])
+        return self._scatter(xp, x.shape, g.dtype, self.kernel, lambda i, j: share)
+
+    def vjp(self, F, g, xs, y):
+        return (F.apply(AvgPool2d(self.kernel, self.stride, self.padding), g), None)
+
+
+# -- functions -----------------------------------------------------------------
+def cross_entropy(logits, labels, name=None):
+    """Mean cross-entropy of softmax(logits) against integer class labels."""
+    return CrossEntropy()(logits, labels, name=name)
+
+
+def mse(pred, target, name=None):
+    """Mean squared error."""
+    return MSE()(pred, target, name=name)
+
+
+def conv2d(x, w, stride=1, padding=0, dilation=1, name=None):
+    """2-D convolution (cross-correlation) of NCHW x with OIHW w, without bias."""
+    return Conv2d(stride, padding, dilation)(x, w, name=name)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, name=None):
+    return MaxPool2d(kernel_size, stride, padding)(x, name=name)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, name=None):
+    return AvgPool2d(kernel_size, stride, padding)(x, name=name)

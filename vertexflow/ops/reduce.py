@@ -1,0 +1,127 @@
+"""Reductions (sum, mean, max) and the normalisations over an axis (softmax, log_softmax)."""
+
+from __future__ import annotations
+
+from ..graph import Spec
+from .base import Op, normalize_axes, numel, require_float, require_numeric
+
+
+class Reduce(Op):
+    def __init__(self, axis=None, keepdims: bool = False):
+        self.axis = axis
+        self.keepdims = bool(keepdims)
+
+    def infer(self, x: Spec) -> Spec:
+        require_numeric(x)
+        axes = normalize_axes(self.axis, x.ndim)
+        if self.keepdims:
+            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        else:
+            shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        return Spec(shape, x.dtype)
+
+    def _axes(self, F, x) -> tuple[int, ...]:
+        return normalize_axes(self.axis, F.ndim(x))
+
+    def _kept(self, F, g, x):
+        """g with the reduced axes put back as size 1."""
+        return g if self.keepdims else F.expand_dims(g, self._axes(F, x))
+
+    def cost(self, x: Spec) -> float:
+        return float(numel(x))
+
+
+class Sum(Reduce):
+    name = "sum"
+
+    def forward(self, xp, x):
+        return xp.sum(x, axis=self.axis, keepdims=self.keepdims)
+
+    def vjp(self, F, g, xs, y):
+        (x,) = xs
+        return (F.broadcast_like(self._kept(F, g, x), x),)
+
+
+class Mean(Reduce):
+    name = "mean"
+
+    def infer(self, x: Spec) -> Spec:
+        require_float(x)
+        return super().infer(x)
+
+    def forward(self, xp, x):
+        return xp.mean(x, axis=self.axis, keepdims=self.keepdims)
+
+    def vjp(self, F, g, xs, y):
+        (x,) = xs
+        spread = F.broadcast_like(self._kept(F, g, x), x)
+        return (F.div(spread, F.count(x, self._axes(F, x), F.dtype(g))),)
+
+
+class Max(Reduce):
+    name = "max"
+
+    def forward(self, xp, x):
+        return xp.max(x, axis=self.axis, keepdims=self.keepdims)
+
+    def vjp(self, F, g, xs, y):
+        # Ties share the gradient evenly, as PyTorch's amax does.
+        (x,) = xs
+        axes = self._axes(F, x)
+        winners = F.cast(F.equal(x, self._kept(F, y, x)), F.dtype(g))
+        share = F.div(self._kept(F, g, x), F.apply(Sum(axes, keepdims=True), winners))
+        return (F.mul(winners, share),)
+
+
+class Softmax(Op):
+    name = "softmax"
+
+    def __init__(self, axis: int = -1):
+        self.axis = int(axis)
+
+    def infer(self, x: Spec) -> Spec:
+        require_float(x)
+        normalize_axes(self.axis, x.ndim)
+        return x
+
+    def forward(self, xp, x):
+        e = xp.exp(x - xp.max(x, axis=self.axis, keepdims=True))
+        return e / xp.sum(e, axis=self.axis, keepdims=True)
+
+    def vjp(self, F, g, xs, y):
+        gy = F.mul(g, y)
+        return (F.sub(gy, F.mul(y, F.sum(gy, self.axis, keepdims=True))),)
+
+    def cost(self, x: Spec) -> float:
+        return 5.0 * numel(x)
+
+
+class LogSoftmax(Softmax):
+    name = "log_softmax"
+
+    def forward(self, xp, x):
+        shifted = x - xp.max(x, axis=self.axis, keepdims=True)
+        return shifted - xp.log(xp.sum(xp.exp(shifted), axis=self.axis, keepdims=True))
+
+    def vjp(self, F, g, xs, y):
+        return (F.sub(g, F.mul(F.exp(y), F.sum(g, self.axis, keepdims=True))),)
+
+
+def sum(x, axis=None, keepdims=False, name=None):  # noqa: A001 - numpy's name
+    return Sum(axis, keepdims)(x, name=name)
+
+
+def mean(x, axis=None, keepdims=False, name=None):
+    return Mean(axis, keepdims)(x, name=name)
+
+
+def max(x, axis=None, keepdims=False, name=None):  # noqa: A001 - numpy's name
+    return Max(axis, keepdims)(x, name=name)
+
+
+def softmax(x, axis=-1, name=None):
+    return Softmax(axis)(x, name=name)
+
+
+def log_softmax(x, axis=-1, name=None):
+    return LogSoftmax(axis)(x, name=name)
