@@ -8,7 +8,14 @@ from vertexflow import executor as executor_module
 
 from .executors import Counting, Explode, MakeNaN, small_mlp
 
-EXECUTORS = {"sequential": vf.SequentialExecutor}
+EXECUTORS = {
+    "sequential": vf.SequentialExecutor,
+    "actor": vf.ActorExecutor,
+    # every vertex its own actor, every one on a worker thread
+    "actor-unfused": lambda g, **o: vf.ActorExecutor(g, threads=2, heavy_flops=0, **o),
+    # everything on the trio thread
+    "actor-inline": lambda g, **o: vf.ActorExecutor(g, threads=0, **o),
+}
 
 
 @pytest.fixture(params=sorted(EXECUTORS))
@@ -152,7 +159,11 @@ def test_backward_equals_symbolic_grad_bitwise(make):
 
 def test_results_do_not_depend_on_the_executor():
     g, feeds, loss = small_mlp(dtype="float64")
-    results = {name: cls(g).backward(feeds, loss) for name, cls in EXECUTORS.items()}
+    results = {}
+    for name, cls in EXECUTORS.items():
+        ex = cls(g)
+        results[name] = ex.backward(feeds, loss)
+        ex.close()
     reference = results["sequential"]
     for value, grads in results.values():
         np.testing.assert_array_equal(value, reference[0])

@@ -4,6 +4,7 @@ Only re-exports live here; `tests/test_api.py` checks the public names.
 """
 
 from . import autodiff, init, ops
+from .actors import ActorExecutor
 from .autodiff import check_grad, grad
 from .errors import (
     DeviceError,
@@ -65,7 +66,7 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Graph", "Node", "Spec", "Executor", "SequentialExecutor",
+    "Graph", "Node", "Spec", "Executor", "SequentialExecutor", "ActorExecutor",
     "grad", "check_grad", "autodiff", "init", "ops",
     "VertexflowError", "ShapeError", "FeedError", "GraphError", "VertexError",
     "ExecutionTimeout", "DeviceError", "InternalError",

@@ -1,0 +1,263 @@
+"""ActorExecutor: the graph as a persistent network of trio tasks.
+
+Networks live in a *host*: a nursery that outlives any one call. Inside a
+trio run the host is a system task of that run (so `await ex.arun(...)` needs
+no setup, and the network persists across calls); the synchronous helpers
+(`run`, `backward`, `run_stream`) use a host running its own trio loop on a
+background thread. `close()` (or leaving `async with`) cancels the hosts and
+stops the worker threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any
+
+import trio
+
+from ..autodiff.reverse import ReversePlan
+from ..executor import Executor, Feeds, Fetch, _zero_gradient
+from ..graph import Graph, Node, ancestors
+from .network import Network, StepState, timeout_error
+from .plan import SOURCE_KINDS, plan_network
+from .pool import WorkerPool
+
+_END = object()
+
+
+class Host:
+    """A nursery that networks are started in, and the networks started there."""
+
+    def __init__(self):
+        self.nursery: trio.Nursery | None = None
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.networks: dict[tuple, Network] = {}
+        self.ready = threading.Event()
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            self.token = trio.lowlevel.current_trio_token()
+            self.ready.set()
+            await trio.sleep_forever()
+
+    def cancel(self) -> None:
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+
+class ActorExecutor(Executor):
+    """Runs every vertex (or fused chain of cheap vertices) as a trio task linked by channels.
+
+    Same interface and bitwise-identical results as SequentialExecutor, plus
+    `stream` for pipelined inference.
+
+    Args:
+        graph: the graph to run.
+        threads: worker threads for expensive vertices (0: everything on the trio thread).
+        depth: steps in flight at once in a stream (the window that gives back-pressure).
+        heavy_flops: estimated cost from which a vertex is an actor of its own on a worker.
+        device, tracer, check_numerics: as for every executor.
+    """
+
+    def __init__(self, graph: Graph, threads: int = 2, *, depth: int = 4, heavy_flops: float = 1e6, **options):
+        super().__init__(graph, **options)
+        if threads < 0 or depth < 1:
+            raise ValueError("threads must be >= 0 and depth >= 1")
+        self.threads = threads
+        self.depth = depth
+        self.heavy_flops = heavy_flops
+        self._pool = WorkerPool(threads) if threads else None
+        self._loop_host: Host | None = None
+        self._thread_host: Host | None = None
+        self._thread: threading.Thread | None = None
+        self._sources: dict[tuple, list[Node]] = {}
+
+    # -- hosts -----------------------------------------------------------------------
+    async def _host(self) -> Host:
+        token = trio.lowlevel.current_trio_token()
+        if self._thread_host is not None and self._thread_host.token is token:
+            return self._thread_host
+        if self._loop_host is None or self._loop_host.token is not token:
+            host = Host()
+            trio.lowlevel.spawn_system_task(host.serve, name="vf actor host")
+            while not host.ready.is_set():
+                await trio.sleep(0)
+            self._loop_host = host
+        return self._loop_host
+
+    def _thread_host_token(self) -> trio.lowlevel.TrioToken:
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("ActorExecutor.run() blocks; inside trio, use `await executor.arun(...)`")
+        if self._thread_host is None:
+            host = Host()
+            thread = threading.Thread(target=trio.run, args=(host.serve,), name="vf-actor-host", daemon=True)
+            thread.start()
+            host.ready.wait()
+            self._thread_host, self._thread = host, thread
+        return self._thread_host.token
+
+    def _sync(self, fn, *args, **kwargs):
+        token = self._thread_host_token()
+        return trio.from_thread.run(functools.partial(fn, *args, **kwargs), trio_token=token)
+
+    def close(self) -> None:
+        """Stop every network and worker thread; the executor can still be used afterwards."""
+        if self._thread_host is not None:
+            host, thread = self._thread_host, self._thread
+            self._thread_host = self._thread = None
+            try:
+                trio.from_thread.run_sync(host.cancel, trio_token=host.token)
+            except trio.RunFinishedError:
+                pass
+            thread.join(10)
+        if self._loop_host is not None:
+            host, self._loop_host = self._loop_host, None
+            try:
+                if trio.lowlevel.current_trio_token() is host.token:
+                    host.cancel()
+            except RuntimeError:
+                pass  # that trio run is over, and its networks with it
+        if self._pool is not None:
+            self._pool.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.sleep(0)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    # -- networks ------------------------------------------------------------------------
+    def _needed_sources(self, fetch: Sequence[Node], reverse: ReversePlan | None) -> list[Node]:
+        key = (tuple(n.id for n in fetch), None if reverse is None else id(reverse))
+        sources = self._sources.get(key)
+        if sources is None:
+            targets = list(fetch) + ([reverse.output] if reverse is not None else [])
+            sources = self._sources[key] = [n for n in ancestors(targets) if n.kind in SOURCE_KINDS]
+        return sources
+
+    async def _network(self, host: Host, fetch, reverse, checked: dict[int, Any]) -> Network:
+        key = (tuple(n.id for n in fetch), None if reverse is None else id(reverse))
+        network = host.networks.get(key)
+        if network is None or network.broken is not None:
+            shapes = {k: tuple(v.shape) for k, v in checked.items()}
+            plan = plan_network(fetch, reverse, shapes, self.heavy_flops)
+            network = Network(self, plan, self.depth)
+            await host.nursery.start(network.serve)
+            host.networks[key] = network
+        return network
+
+    def _source_values(self, sources: list[Node], checked: dict[int, Any]) -> dict[int, Any]:
+        to_device = self.backend.to_device
+        return {n.id: checked[n.id] if n.kind == "input" else to_device(n._value) for n in sources}
+
+    async def _step(self, feeds: Feeds, fetch: list[Node], reverse: ReversePlan | None, timeout) -> StepState:
+        sources = self._needed_sources(fetch, reverse)
+        checked = self._feeds(feeds, sources)
+        values = self._source_values(sources, checked)
+        host = await self._host()
+        network = await self._network(host, fetch, reverse, checked)
+        step = await network.submit(values)
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            return await network.result(step)
+        # Only a timeout gets here: the step is stuck, so this network cannot be trusted again.
+        error = timeout_error(network, step, timeout)
+        network.shutdown(error)
+        host.networks = {k: v for k, v in host.networks.items() if v is not network}
+        raise error
+
+    # -- the interface -----------------------------------------------------------------------
+    async def arun(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
+        """`run` inside trio."""
+        nodes, single = self._fetches(fetch)
+        state = await self._step(feeds, nodes, None, timeout)
+        return self._results([state.values[n.id] for n in nodes], single)
+
+    async def abackward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
+        """`backward` inside trio."""
+        (loss,), _ = self._fetches([loss])
+        plan = self._plan(loss, wrt)
+        state = await self._step(feeds, [loss], plan, timeout)
+        to_host = self.backend.to_host
+        grads = {}
+        for w in plan.wrt:
+            g = state.grads.get(w.id)
+            grads[w] = to_host(g) if g is not None else _zero_gradient(w, plan)
+        return to_host(state.values[loss.id]), grads
+
+    def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
+        return self._sync(self.arun, feeds, fetch, timeout=timeout)
+
+    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
+        return self._sync(self.abackward, feeds, loss, wrt, timeout=timeout)
+
+    async def stream(
+        self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *, depth: int | None = None
+    ) -> AsyncIterator:
+        """Pipelined inference: yields the fetches for each feeds mapping, in input order.
+
+        Step k+1 enters the network while step k is still in deeper vertices; at
+        most `depth` steps are in flight (default: the executor's depth).
+        """
+        nodes, single = self._fetches(fetch)
+        limit = depth or self.depth
+        sources = self._needed_sources(nodes, None)
+        host = await self._host()
+        feeds_iter = iter(feeds_iterable)
+        pending: deque[int] = deque()
+        network: Network | None = None
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < limit:
+                    feeds = next(feeds_iter, _END)
+                    if feeds is _END:
+                        exhausted = True
+                        break
+                    checked = self._feeds(feeds, sources)
+                    network = await self._network(host, nodes, None, checked)
+                    pending.append(await network.submit(self._source_values(sources, checked)))
+                if not pending:
+                    return
+                state = await network.result(pending.popleft())
+                yield self._results([state.values[n.id] for n in nodes], single)
+        finally:
+            if network is not None:
+                for step in pending:
+                    network.discard(step)
+
+    def run_stream(
+        self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *, depth: int | None = None
+    ) -> Iterator:
+        """The synchronous `stream`: a generator of results, in input order."""
+        token = self._thread_host_token()
+        agen = self.stream(feeds_iterable, fetch, depth=depth)
+        try:
+            while True:
+                try:
+                    out = trio.from_thread.run(agen.__anext__, trio_token=token)
+                except StopAsyncIteration:
+                    return
+                yield out
+        finally:
+            trio.from_thread.run(agen.aclose, trio_token=token)
+
+    def describe(self, fetch: Fetch | Sequence[Fetch], feeds: Feeds = None) -> str:
+        """How the vertices for `fetch` are split into actors (heavy, fused, light)."""
+        nodes, _ = self._fetches(fetch)
+        checked = self._feeds(feeds, self._needed_sources(nodes, None)) if feeds else {}
+        shapes = {k: tuple(v.shape) for k, v in checked.items()}
+        return plan_network(nodes, None, shapes, self.heavy_flops).describe()
+

@@ -1,0 +1,380 @@
+"""A wired network of actors: the tasks, their inboxes, the step driver and the collector.
+
+Messages are `(step, phase, payload)` tuples on trio memory channels; each
+actor has one inbox. A step travels like this:
+
+1. `submit` (the driver) waits for a place in the window of `depth` steps in
+   flight, then puts one message on the inbox of every actor that reads
+   sources, carrying their values: feeds, the params' current values, constants.
+2. Each actor runs its members in topological order. Before a member runs,
+   the actor takes the values it reads from its inbox (mail for later steps is
+   kept aside), computes inline or on a worker thread, and sends the result
+   once to every actor that reads it, and to the collector if it is fetched.
+3. In a backward network, each actor then walks its members from the output
+   side back: it takes the edge gradients its members' consumers sent, sums
+   them in the plan's fixed order, applies the derivative rule, and sends one
+   edge gradient per input to the actor owning that input.
+4. The collector files fetched values and gradients under their step; a step
+   complete frees its place in the window and wakes whoever waits for it.
+
+A vertex that fails produces a `Failure` instead of a value. Failures flow on
+like values (every actor still sends every message), so the network stays in
+step and the collector raises the failure for that step alone. Sends never
+block: the window bounds the steps in flight and each inbox holds all the
+messages of that many steps, so no actor waits on another to drain. A timeout
+or a cancellation mid-step tears the network down; the next run wires a new
+one.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+
+from ..autodiff.namespace import ArrayMath
+from ..autodiff.reverse import send_gradients
+from ..errors import ExecutionTimeout, InternalError, VertexflowError
+from ..executor import nan_error, vertex_error
+from ..graph import Node, Spec
+from .plan import SOURCE_KINDS, ActorPlan, NetworkPlan
+
+FORWARD, BACKWARD = "forward", "backward"
+
+
+class Failure:
+    """Stands in for the value of a vertex that failed (or that read a failed value)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+@dataclass
+class StepState:
+    expected: int
+    values: dict[int, Any] = field(default_factory=dict)
+    grads: dict[int, Any] = field(default_factory=dict)
+    done: trio.Event = field(default_factory=trio.Event)
+    discarded: bool = False
+    error: BaseException | None = None
+
+    def received(self) -> int:
+        return len(self.values) + len(self.grads)
+
+
+class Network:
+    """The running actors for one set of fetches (and one reverse plan, for backward)."""
+
+    def __init__(self, executor, plan: NetworkPlan, depth: int):
+        self.executor = executor
+        self.plan = plan
+        self.depth = depth
+        self.xp = executor.xp
+        self.pool = executor._pool
+        self.fetch_ids = {n.id for n in plan.fetch}
+        reverse = plan.reverse
+        self.wrt_ids = set() if reverse is None else {w.id for w in reverse.wrt if w.id in reverse.incoming}
+        self.expected = len(self.fetch_ids) + len(self.wrt_ids)
+        self.inboxes = []
+        for actor in plan.actors:
+            per_step = 1 + len(actor.value_from) + len(actor.grad_from)
+            self.inboxes.append(trio.open_memory_channel(depth * per_step + 1))
+        self.outbox_send, self.outbox_recv = trio.open_memory_channel(depth * (self.expected + 1) + 1)
+        self.window = trio.Semaphore(depth)
+        self.steps: dict[int, StepState] = {}
+        self.next_step = 0
+        self.status: list[tuple[int, str, str]] = [(-1, "", "idle")] * len(plan.actors)
+        self.broken: BaseException | None = None
+        self.cancel_scope: trio.CancelScope | None = None
+        self._heavy: dict[tuple, bool] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.cancel_scope = nursery.cancel_scope
+            for actor in self.plan.actors:
+                nursery.start_soon(self._guard, self._run_actor, actor, name=f"vf actor {actor.name}")
+            nursery.start_soon(self._guard, self._run_collector, name="vf collector")
+            task_status.started()
+
+    async def _guard(self, fn, *args) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:  # a bug in vertexflow, not in a vertex: fail every waiting step
+            error = InternalError(f"actor network failed unexpectedly: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self.shutdown(error)
+
+    def shutdown(self, error: BaseException) -> None:
+        """Stop every task of this network and fail the steps still in flight."""
+        if self.broken is None:
+            self.broken = error
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+        for state in self.steps.values():
+            if state.error is None:
+                state.error = self.broken
+            state.done.set()
+
+    # -- driver ----------------------------------------------------------------
+    async def submit(self, sources: dict[int, Any]) -> int:
+        """Start a step with these source values; returns its step number."""
+        if self.broken is not None:
+            raise self.broken
+        await self.window.acquire()
+        if self.broken is not None:
+            self.window.release()
+            raise self.broken
+        step = self.next_step
+        self.next_step += 1
+        self.steps[step] = StepState(self.expected)
+        # No await from here on: a step is either fully submitted or not at all.
+        for actor in self.plan.actors:
+            if actor.sources:
+                payload = {s.id: sources[s.id] for s in actor.sources}
+                self._send(self.inboxes[actor.index][0], (step, FORWARD, payload))
+        return step
+
+    async def result(self, step: int) -> StepState:
+        state = self.steps[step]
+        try:
+            await state.done.wait()
+        finally:
+            if state.done.is_set():
+                self.steps.pop(step, None)
+            else:
+                state.discarded = True  # the waiter was cancelled; the step still completes
+        if state.error is not None:
+            raise state.error
+        return state
+
+    def discard(self, step: int) -> None:
+        """Nobody will wait for this step: drop its results when they come."""
+        state = self.steps.get(step)
+        if state is not None:
+            if state.done.is_set():
+                self.steps.pop(step, None)
+            else:
+                state.discarded = True
+
+    def waiting(self, step: int) -> dict[str, str]:
+        """{vertex: what it waits for} for the actors not yet done with `step`."""
+        out = {}
+        for at_step, vertex, what in self.status:
+            if at_step <= step and what != "idle":
+                out[vertex] = what
+        return out
+
+    # -- collector ---------------------------------------------------------------
+    async def _run_collector(self) -> None:
+        async for step, phase, payload in self.outbox_recv:
+            state = self.steps.get(step)
+            if state is None:
+                raise InternalError(f"collector got {phase} values for unknown step {step}")
+            target = state.values if phase == FORWARD else state.grads
+            for key, value in payload.items():
+                if isinstance(value, Failure) and state.error is None:
+                    state.error = value.error
+                target[key] = value
+            if state.received() == state.expected:
+                state.done.set()
+                self.window.release()
+                if state.discarded:
+                    self.steps.pop(step, None)
+
+    # -- actors ------------------------------------------------------------------
+    def _send(self, channel, message) -> None:
+        try:
+            channel.send_nowait(message)
+        except trio.WouldBlock:
+            raise InternalError("an actor inbox overflowed; the step window should prevent this") from None
+
+    async def _take(self, actor: ActorPlan, mail: dict, step: int, phase: str, key: int, waiter: str, what: str):
+        box = mail.get((step, phase))
+        if box is None:
+            box = mail[(step, phase)] = {}
+        if key not in box:
+            self.status[actor.index] = (step, waiter, what)
+            receive = self.inboxes[actor.index][1]
+            while key not in box:
+                at, ph, payload = await receive.receive()
+                target = mail.get((at, ph))
+                if target is None:
+                    mail[(at, ph)] = payload
+                    if at == step and ph == phase:
+                        box = payload
+                else:
+                    target.update(payload)
+        value = box.pop(key)
+        if not box:
+            mail.pop((step, phase), None)
+        return value
+
+    async def _run_actor(self, actor: ActorPlan) -> None:
+        plan = self.plan
+        reverse = plan.reverse
+        sends = [self.inboxes[i][0] for i in range(len(plan.actors))]
+        mail: dict = {}
+        step = 0
+        tracer = self.executor.tracer
+        while True:
+            values: dict[int, Any] = {}
+            for member in actor.members:
+                if member.kind in SOURCE_KINDS:
+                    out = await self._take(actor, mail, step, FORWARD, member.id, member.name, "its feed")
+                else:
+                    args = []
+                    for pos, inp in enumerate(member.inputs):
+                        if inp.id not in values:
+                            source = "the step's feeds" if inp.kind in SOURCE_KINDS else (
+                                f"actor {plan.actors[plan.actor_of[inp.id]].name}")
+                            values[inp.id] = await self._take(
+                                actor, mail, step, FORWARD, inp.id, member.name,
+                                f"input {pos} ({inp.name!r}) from {source}, step {step}",
+                            )
+                        args.append(values[inp.id])
+                    ready = tracer.now() if tracer is not None else 0.0
+                    self.status[actor.index] = (step, member.name, f"running {member.op_name}, step {step}")
+                    out = await self._forward(member, args, step, ready)
+                values[member.id] = out
+                for reader in actor.value_to.get(member.id, ()):
+                    self._send(sends[reader], (step, FORWARD, {member.id: out}))
+                if member.id in self.fetch_ids:
+                    self._send(self.outbox_send, (step, FORWARD, {member.id: out}))
+            if reverse is not None and actor.backward:
+                await self._backward(actor, mail, step, values, sends)
+            self.status[actor.index] = (step, "", "idle")
+            step += 1
+
+    async def _backward(self, actor: ActorPlan, mail: dict, step: int, values: dict, sends) -> None:
+        reverse = self.plan.reverse
+        edges: dict[int, Any] = {}
+        add = ArrayMath(self.xp).add
+        tracer = self.executor.tracer
+        for node in actor.backward:
+            total = None
+            for edge in reverse.incoming[node.id]:
+                if edge == 0:
+                    y = values[node.id]
+                    part = y if isinstance(y, Failure) else ArrayMath(self.xp).ones_like(y)
+                elif edge in actor.grad_from:
+                    consumer = reverse.senders[edge][0]
+                    part = await self._take(
+                        actor, mail, step, BACKWARD, edge, node.name, f"the gradient from {consumer.name!r}, step {step}"
+                    )
+                else:
+                    part = edges.pop(edge, None)
+                if part is None:
+                    continue
+                if isinstance(total, Failure):
+                    continue
+                total = part if total is None or isinstance(part, Failure) else add(total, part)
+            if node.id in self.wrt_ids:
+                self._send(self.outbox_send, (step, BACKWARD, {node.id: total}))
+            if node.kind != "op":
+                continue
+            outgoing = reverse.outgoing[node.id]
+            if total is None:
+                grads = [None] * len(node.inputs)
+            elif isinstance(total, Failure):
+                grads = [total] * len(node.inputs)
+            else:
+                xs = [values[i.id] for i in node.inputs]
+                ready = tracer.now() if tracer is not None else 0.0
+                self.status[actor.index] = (step, node.name, f"running the derivative of {node.op_name}, step {step}")
+                grads = await self._vjp(node, reverse.needs[node.id], total, xs, values[node.id], step, ready)
+            for pos, edge in enumerate(outgoing):
+                if edge < 0:
+                    continue
+                gi = grads[pos] if pos < len(grads) else None
+                target = actor.grad_to.get(edge)
+                if target is None:
+                    edges[edge] = gi
+                else:
+                    self._send(sends[target], (step, BACKWARD, {edge: gi}))
+
+    # -- computing one vertex --------------------------------------------------------
+    def _is_heavy(self, node: Node, args) -> bool:
+        if self.pool is None:
+            return False
+        key = (node.id, *(a.shape for a in args))
+        heavy = self._heavy.get(key)
+        if heavy is None:
+            cost = node.op.cost(*(Spec(a.shape, a.dtype) for a in args))
+            heavy = self._heavy[key] = cost >= self.plan.heavy_flops
+        return heavy
+
+    async def _forward(self, node: Node, args: list, step: int, ready: float):
+        for a in args:
+            if isinstance(a, Failure):
+                return a
+        if self._is_heavy(node, args):
+            return await self.pool.run(self._call_forward, node, args, step, ready)
+        return self._call_forward(node, args, step, ready)
+
+    def _call_forward(self, node: Node, args: list, step: int, ready: float):
+        executor = self.executor
+        tracer = executor.tracer
+        start = tracer.now() if tracer is not None else 0.0
+        try:
+            with np.errstate(all="ignore"):
+                out = node.op.forward(self.xp, *args)
+        except Exception as exc:
+            return _failure(vertex_error(node, args, exc, FORWARD), exc)
+        if tracer is not None:
+            tracer.record(node, FORWARD, step, _lane(), ready, start, tracer.now(), args)
+        if executor.check_numerics and out.dtype.kind == "f" and bool(self.xp.isnan(out).any()):
+            err = nan_error(node, args, FORWARD)
+            return Failure(err)
+        return out
+
+    async def _vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
+        if self._is_heavy(node, xs):
+            return await self.pool.run(self._call_vjp, node, needs, g, xs, y, step, ready)
+        return self._call_vjp(node, needs, g, xs, y, step, ready)
+
+    def _call_vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
+        executor = self.executor
+        tracer = executor.tracer
+        start = tracer.now() if tracer is not None else 0.0
+        try:
+            with np.errstate(all="ignore"):
+                grads = node.op.vjp(ArrayMath(self.xp, needs), g, xs, y)
+            # Check the rule's results as the sequential sweep does (same errors, same words).
+            send_gradients(self.plan.reverse, node, grads, {}, lambda a: tuple(a.shape))
+        except VertexflowError as exc:
+            return [Failure(exc)] * len(node.inputs)
+        except Exception as exc:
+            return [_failure(vertex_error(node, [g, *xs], exc, BACKWARD), exc)] * len(node.inputs)
+        if tracer is not None:
+            tracer.record(node, BACKWARD, step, _lane(), ready, start, tracer.now(), [g, *xs])
+        if executor.check_numerics:
+            for gi in grads:
+                if gi is not None and gi.dtype.kind == "f" and bool(self.xp.isnan(gi).any()):
+                    return [Failure(nan_error(node, [g, *xs], BACKWARD, "gradient"))] * len(node.inputs)
+        return list(grads)
+
+
+def _failure(error: BaseException, cause: BaseException) -> Failure:
+    error.__cause__ = cause
+    return Failure(error)
+
+
+def _lane() -> str:
+    name = threading.current_thread().name
+    return name if name.startswith("vf-worker") else "trio"
+
+
+def timeout_error(network: Network, step: int, timeout: float) -> ExecutionTimeout:
+    waiting = network.waiting(step)
+    shown = "; ".join(f"{k} waits for {v}" for k, v in list(waiting.items())[:10])
+    return ExecutionTimeout(
+        f"step did not finish within {timeout} s; {len(waiting)} vertices still waiting ({shown})",
+        waiting=waiting,
+    )
+
