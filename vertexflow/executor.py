@@ -282,7 +282,7 @@ class SequentialExecutor(Executor):
         keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
         tape = self.tape([loss], keep)
         slots = self._execute(tape, feeds, timeout)
-        grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]])
+        grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]], feeds)
         return self.backend.to_host(slots[tape.fetch_slots[0]]), grads
 
     def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None) -> list:
@@ -332,7 +332,7 @@ def _tape_timeout(tape: Tape, index: int, timeout: float) -> ExecutionTimeout:
     )
 
 
-def reverse_arrays(executor: Executor, plan: ReversePlan, value_of) -> dict[Node, Any]:
+def reverse_arrays(executor: Executor, plan: ReversePlan, value_of, feeds: Feeds = None) -> dict[Node, Any]:
     """The reverse sweep on arrays, with each vertex's failure reported as a VertexError."""
     xp, check, tracer = executor.xp, executor.check_numerics, executor.tracer
 
@@ -364,13 +364,16 @@ def reverse_arrays(executor: Executor, plan: ReversePlan, value_of) -> dict[Node
             shape_of=lambda a: tuple(a.shape),
         )
     to_host = executor.backend.to_host
-    return {w: to_host(totals[w.id]) if w.id in totals else _zero_gradient(w, plan) for w in plan.wrt}
+    return {w: to_host(totals[w.id]) if w.id in totals else zero_gradient(w, plan, feeds) for w in plan.wrt}
 
 
-def _zero_gradient(node: Node, plan: ReversePlan):
+def zero_gradient(node: Node, plan: ReversePlan, feeds: Feeds = None):
     """The gradient of a vertex the loss does not depend on: zeros of its shape."""
     if node.kind in ("param", "const"):
         return np.zeros_like(node.value)
+    for key, value in (feeds or {}).items():
+        if key is node or (isinstance(key, str) and key == node.name):
+            return np.zeros(np.shape(value), node.dtype)
     if node.spec.static:
         return np.zeros(node.shape, node.dtype)
     raise GraphError(

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from ..autodiff.reverse import ReversePlan
-from ..executor import Executor, Feeds, Fetch, _zero_gradient
+from ..executor import Executor, Feeds, Fetch, zero_gradient
 from ..graph import Graph, Node, ancestors
 from .network import Network, StepState, timeout_error
 from .plan import SOURCE_KINDS, plan_network
@@ -194,7 +194,7 @@ class ActorExecutor(Executor):
         grads = {}
         for w in plan.wrt:
             g = state.grads.get(w.id)
-            grads[w] = to_host(g) if g is not None else _zero_gradient(w, plan)
+            grads[w] = to_host(g) if g is not None else zero_gradient(w, plan, feeds)
         return to_host(state.values[loss.id]), grads
 
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):

@@ -1,0 +1,339 @@
+"""ActorExecutor: parity on random graphs, parallelism and pipelining by construction, failures."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+import vertexflow as vf
+
+from ..executors import Counting, Explode, small_mlp
+
+# -- random graphs -------------------------------------------------------------------
+UNARY = [vf.tanh, vf.sigmoid, vf.relu, vf.negative, lambda x: vf.exp(vf.tanh(x))]
+BINARY = [vf.add, vf.subtract, vf.multiply, vf.maximum, lambda a, b: a * 0.5 + b]
+
+
+@st.composite
+def random_graph(draw):
+    """A random DAG over (3, 4) float64 values: shared inputs, repeated arguments, reductions, matmuls."""
+    g = vf.Graph("random")
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    nodes = [g.input("a", shape=(None, 4), dtype="float64"), g.input("b", shape=(3, 4), dtype="float64")]
+    params = [g.param("w", value=rng.normal(size=(3, 4))), g.param("v", value=rng.normal(size=(4,)))]
+    nodes += params
+    for _ in range(draw(st.integers(1, 14))):
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "self", "matmul", "reduce"]))
+        pick = lambda: nodes[draw(st.integers(0, len(nodes) - 1))]  # noqa: E731
+        if kind == "unary":
+            node = draw(st.sampled_from(UNARY))(pick())
+        elif kind == "binary":
+            node = draw(st.sampled_from(BINARY))(pick(), pick())
+        elif kind == "self":
+            x = pick()
+            node = x * x  # one vertex feeding one op twice
+        elif kind == "matmul":
+            x, y = pick(), pick()
+            if x.ndim != 2 or y.ndim != 2:
+                continue
+            node = (x @ y.T) @ nodes[1]  # (3, 3) @ (3, 4): back to (3, 4)
+        else:
+            node = vf.sum(pick(), axis=0, keepdims=True) + pick()
+        nodes.append(node)
+    outputs = draw(st.lists(st.sampled_from(nodes[4:] or nodes), min_size=1, max_size=3, unique_by=id))
+    loss = vf.sum(outputs[0] * outputs[-1]) + vf.mean(nodes[-1])
+    feeds = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=(3, 4))}
+    return g, outputs, loss, params, feeds
+
+
+@given(case=random_graph(), heavy=st.sampled_from([0.0, 30.0, 1e9]), threads=st.sampled_from([0, 2]))
+def test_random_graphs_match_sequential_bitwise(case, heavy, threads):
+    g, outputs, loss, params, feeds = case
+    seq = vf.SequentialExecutor(g)
+    with vf.ActorExecutor(g, threads=threads, heavy_flops=heavy) as act:
+        for want, got in zip(seq.run(feeds, outputs), act.run(feeds, outputs)):
+            np.testing.assert_array_equal(got, want)
+        (v_seq, g_seq), (v_act, g_act) = seq.backward(feeds, loss), act.backward(feeds, loss)
+        np.testing.assert_array_equal(v_act, v_seq)
+        assert set(g_act) == set(g_seq) <= set(params)  # the params the loss depends on
+        for p in g_seq:
+            np.testing.assert_array_equal(g_act[p], g_seq[p])
+        wrt = [g["a"], *params]
+        _, g_seq = seq.backward(feeds, loss, wrt)
+        _, g_act = act.backward(feeds, loss, wrt)
+        for w in wrt:
+            np.testing.assert_array_equal(g_act[w], g_seq[w])
+
+
+# -- parallelism and pipelining, proven by construction --------------------------------
+class Meet(vf.ops.Op):
+    """Identity that must meet another vertex at a barrier: only concurrent branches pass."""
+
+    name = "meet"
+
+    def __init__(self, barrier: threading.Barrier):
+        self.barrier = barrier
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        self.barrier.wait(timeout=10)  # a sequential run can only time out here
+        return x
+
+    def cost(self, x):
+        return 1e12  # expensive: an actor of its own, on a worker thread
+
+
+def test_independent_branches_run_at_the_same_time():
+    barrier = threading.Barrier(2)
+    g = vf.Graph()
+    x = g.input("x", shape=(3,))
+    left = Meet(barrier)(vf.exp(x), name="left")
+    right = Meet(barrier)(vf.tanh(x), name="right")
+    out = left + right
+    with vf.ActorExecutor(g, threads=2) as act:
+        got = act.run({x: np.ones(3, "float32")}, out, timeout=30)
+    np.testing.assert_allclose(got, np.exp(1) + np.tanh(1), rtol=1e-6)
+    barrier.reset()
+    seq_barrier = threading.Barrier(2)
+    g2 = vf.Graph()
+    y = g2.input("y", shape=(3,))
+    lone = Meet(seq_barrier)(y) + Meet(seq_barrier)(y)
+    seq_barrier.wait = lambda timeout: threading.Barrier.wait(seq_barrier, timeout=0.05)
+    with pytest.raises(vf.VertexError, match="BrokenBarrierError"):
+        vf.SequentialExecutor(g2).run({y: np.ones(3, "float32")}, lone)
+
+
+class Relay(vf.ops.Op):
+    """Stage of a two-stage pipeline: stage 2 of step 0 waits until stage 1 of step 1 has run."""
+
+    name = "relay"
+
+    def __init__(self, stage: int, events: dict):
+        self.stage = stage
+        self.events = events
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        step = int(x[0])
+        if self.stage == 1:
+            self.events.setdefault(step, threading.Event()).set()
+        elif step == 0:
+            assert self.events.setdefault(1, threading.Event()).wait(timeout=10), "step 1 never entered"
+        return x
+
+    def cost(self, x):
+        return 1e12
+
+
+def test_stream_lets_the_next_step_in_while_the_last_is_deeper():
+    events: dict = {}
+    g = vf.Graph()
+    x = g.input("x", shape=(1,), dtype="float64")
+    out = Relay(2, events)(Relay(1, events)(x, name="stage1"), name="stage2")
+    feeds = [{x: np.array([float(k)])} for k in range(4)]
+    with vf.ActorExecutor(g, threads=2, depth=2) as act:
+        got = list(act.run_stream(feeds, out))
+    assert [float(o[0]) for o in got] == [0.0, 1.0, 2.0, 3.0]  # results in input order
+
+
+# -- the async API ---------------------------------------------------------------------
+@pytest.mark.timeout(30)
+async def test_async_run_backward_and_persistent_network():
+    g, feeds, loss = small_mlp("float64")
+    seq = vf.SequentialExecutor(g)
+    async with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
+        assert await act.arun(feeds, loss) == seq.run(feeds, loss)
+        host = act._loop_host
+        network = next(iter(host.networks.values()))
+        for _ in range(3):
+            await act.arun(feeds, loss)
+        assert list(host.networks.values()) == [network]  # wired once, kept
+        value, grads = await act.abackward(feeds, loss)
+        v2, g2 = seq.backward(feeds, loss)
+        assert value == v2
+        for p in grads:
+            np.testing.assert_array_equal(grads[p], g2[p])
+
+
+@pytest.mark.timeout(30)
+async def test_stream_keeps_order_and_bounds_steps_in_flight():
+    g = vf.Graph()
+    x = g.input("x", shape=(2,), dtype="float64")
+    entered = Counting()
+    out = vf.exp(entered(x))
+    batches = [{x: np.full(2, float(k))} for k in range(12)]
+    async with vf.ActorExecutor(g, threads=0, depth=3) as act:
+        seen = []
+        async for result in act.stream(iter(batches), out):
+            seen.append(result)
+            # back-pressure: nothing past the window has entered the graph
+            assert entered.calls <= len(seen) + 3
+        np.testing.assert_array_equal(np.array(seen)[:, 0], np.exp(np.arange(12.0)))
+
+
+@pytest.mark.timeout(30)
+async def test_two_tasks_running_on_one_network_get_their_own_results():
+    g = vf.Graph()
+    x = g.input("x", shape=(3,), dtype="float64")
+    out = vf.tanh(x) * 2.0
+    results = {}
+    async with vf.ActorExecutor(g, threads=2) as act:
+
+        async def one(k):
+            results[k] = await act.arun({x: np.full(3, float(k))}, out)
+
+        async with trio.open_nursery() as nursery:
+            for k in range(8):
+                nursery.start_soon(one, k)
+    for k, value in results.items():
+        np.testing.assert_array_equal(value, np.tanh(np.full(3, float(k))) * 2.0)
+
+
+# -- failures ------------------------------------------------------------------------------
+class Stuck(vf.ops.Op):
+    """Never finishes until released: its consumers never get their input."""
+
+    name = "stuck"
+
+    def __init__(self, release: threading.Event):
+        self.release = release
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        self.release.wait(timeout=30)
+        return x
+
+    def cost(self, x):
+        return 1e12
+
+
+def test_timeout_lists_waiting_vertices_and_the_executor_recovers():
+    release = threading.Event()
+    g = vf.Graph()
+    x = g.input("x", shape=(3,))
+    stuck = Stuck(release)(x, name="stuck")
+    after = vf.exp(stuck, name="after")
+    fine = vf.tanh(x, name="fine")
+    act = vf.ActorExecutor(g, threads=2)
+    try:
+        with pytest.raises(vf.ExecutionTimeout, match="still waiting") as info:
+            act.run({x: np.ones(3, "float32")}, [after, fine], timeout=0.3)
+        waiting = info.value.waiting
+        assert "after" in waiting and "input 0 ('stuck')" in waiting["after"]
+        assert "stuck" in waiting and "running stuck" in waiting["stuck"]
+        release.set()
+        np.testing.assert_allclose(act.run({x: np.ones(3, "float32")}, fine), np.tanh(1), rtol=1e-6)
+        np.testing.assert_allclose(act.run({x: np.ones(3, "float32")}, after, timeout=10), np.e, rtol=1e-6)
+    finally:
+        release.set()
+        act.close()
+
+
+def test_failure_in_backward_names_the_vertex_and_the_executor_recovers():
+    class BadGrad(vf.ops.Op):
+        name = "bad_grad"
+
+        def infer(self, x):
+            return x
+
+        def forward(self, xp, x):
+            return x
+
+        def vjp(self, F, g, xs, y):
+            raise ArithmeticError("no slope here")
+
+    g = vf.Graph()
+    x = g.input("x", shape=(3,), dtype="float64")
+    w = g.param("w", value=np.ones(3))
+    loss = vf.sum(BadGrad()(x * w, name="flat"))
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
+        with pytest.raises(vf.VertexError, match="vertex 'flat' .* failed in backward.*ArithmeticError") as info:
+            act.backward({x: np.ones(3)}, loss)
+        assert isinstance(info.value.__cause__, ArithmeticError)
+        assert act.run({x: np.ones(3)}, loss) == 3.0
+
+
+@pytest.mark.timeout(30)
+async def test_cancelling_a_stream_leaves_nothing_running_and_the_executor_works():
+    g = vf.Graph()
+    x = g.input("x", shape=(64, 64), dtype="float64")
+    out = vf.tanh(x @ x) @ x
+    batches = ({x: np.full((64, 64), 0.01 * k)} for k in range(10_000))
+    async with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
+        taken = 0
+        with trio.move_on_after(0.2):
+            async for _ in act.stream(batches, out):
+                taken += 1
+        assert taken > 0
+        pool = act._pool
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(100):  # steps already in flight finish and are dropped
+            if pool.busy == 0 and all(not n.steps for n in act._loop_host.networks.values()):
+                break
+            await trio.sleep(0.01)
+        assert pool.busy == 0
+        assert all(not n.steps for n in act._loop_host.networks.values())
+        value = await act.arun({x: np.eye(64)}, out)
+        np.testing.assert_allclose(value, np.tanh(np.eye(64)))
+    assert not [t for t in threading.enumerate() if t.name.startswith("vf-worker")]
+
+
+def test_vertex_error_in_a_stream_is_raised_for_that_step():
+    g = vf.Graph()
+    x = g.input("x", shape=(1,), dtype="float64")
+    out = vf.where(x > 2.5, Explode()(x, name="bomb"), x)
+    with vf.ActorExecutor(g) as act:
+        got = []
+        with pytest.raises(vf.VertexError, match="'bomb'"):
+            for value in act.run_stream(({x: np.array([float(k)])} for k in range(5)), out):
+                got.append(value)
+        assert got == []  # the bomb's vertex runs for every step: the first step fails
+        assert act.run({x: np.array([1.0])}, x * 2.0) == 2.0
+
+
+def test_close_stops_every_thread_and_the_executor_can_run_again():
+    g, feeds, loss = small_mlp()
+    act = vf.ActorExecutor(g, threads=2, heavy_flops=0)
+    act.run(feeds, loss)
+    assert any(t.name.startswith("vf-worker") for t in threading.enumerate())
+    act.close()
+    names = [t.name for t in threading.enumerate()]
+    assert not [n for n in names if n.startswith("vf-worker") or n == "vf-actor-host"]
+    assert act.run(feeds, loss) == vf.SequentialExecutor(g).run(feeds, loss)
+    act.close()
+
+
+def test_sync_run_inside_trio_points_to_arun():
+    g, feeds, loss = small_mlp()
+    act = vf.ActorExecutor(g)
+
+    async def main():
+        act.run(feeds, loss)
+
+    with pytest.raises(RuntimeError, match="await executor.arun"):
+        trio.run(main)
+    act.close()
+
+
+def test_fine_grained_chains_fuse_into_few_actors():
+    g = vf.Graph()
+    x = g.input("x", shape=(64, 64), dtype="float64")
+    h = x
+    for i in range(50):
+        h = vf.tanh(h) * 0.5 + h if i % 2 else vf.relu(h) - 0.1
+    act = vf.ActorExecutor(g)
+    description = act.describe(h, {x: np.zeros((64, 64))})
+    assert description.count("actor ") == 1 and "[fused]" in description
+    act.close()
