@@ -18,6 +18,7 @@ from .errors import (
 )
 from .executor import Executor, SequentialExecutor
 from .graph import Graph, Node, Spec
+from .trace import Tracer, trace
 from .ops import (
     abs,
     add,
@@ -67,7 +68,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Graph", "Node", "Spec", "Executor", "SequentialExecutor", "ActorExecutor",
-    "grad", "check_grad", "autodiff", "init", "ops",
+    "grad", "check_grad", "trace", "Tracer", "autodiff", "init", "ops",
     "VertexflowError", "ShapeError", "FeedError", "GraphError", "VertexError",
     "ExecutionTimeout", "DeviceError", "InternalError",
     "abs", "add", "astype", "avg_pool2d", "broadcast_to", "concat", "conv2d", "cross_entropy",

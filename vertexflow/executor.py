@@ -26,6 +26,7 @@ from .autodiff.reverse import ReversePlan, plan_reverse, sweep
 from .errors import ExecutionTimeout, FeedError, GraphError, VertexError, VertexflowError
 from .graph import Graph, Node, ancestors, format_shape
 from .gpu.backend import get_backend
+from .trace.tracer import active_tracer
 
 Fetch = Node | str
 Feeds = Mapping[Any, Any] | None
@@ -129,6 +130,15 @@ class Executor:
         if self.check_numerics and spec.dtype.kind == "f" and bool(self.xp.isnan(array).any()):
             raise FeedError(f"feed for {node.name!r} contains NaN")
         return array
+
+    def _tracer(self):
+        """The executor's own tracer, else the one of an enclosing `vf.trace()` block."""
+        return self.tracer if self.tracer is not None else active_tracer()
+
+    def _next_step(self) -> int:
+        step = self.__dict__.get("_step_counter", 0)
+        self._step_counter = step + 1
+        return step
 
     def _results(self, values: list, single: bool):
         host = [self.backend.to_host(v) for v in values]
@@ -273,7 +283,7 @@ class SequentialExecutor(Executor):
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         nodes, single = self._fetches(fetch)
         tape = self.tape(nodes)
-        slots = self._execute(tape, feeds, timeout)
+        slots = self._execute(tape, feeds, timeout, self._tracer(), self._next_step())
         return self._results([slots[s] for s in tape.fetch_slots], single)
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
@@ -281,11 +291,12 @@ class SequentialExecutor(Executor):
         plan = self._plan(loss, wrt)
         keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
         tape = self.tape([loss], keep)
-        slots = self._execute(tape, feeds, timeout)
-        grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]], feeds)
+        tracer, step = self._tracer(), self._next_step()
+        slots = self._execute(tape, feeds, timeout, tracer, step)
+        grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]], feeds, tracer, step)
         return self.backend.to_host(slots[tape.fetch_slots[0]]), grads
 
-    def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None) -> list:
+    def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, tracer=None, step: int = 0) -> list:
         checked = self._feeds(feeds, (n for _, n in tape.loads))
         slots: list = [None] * len(tape.slot_of)
         for slot, node in tape.loads:
@@ -294,7 +305,7 @@ class SequentialExecutor(Executor):
             else:
                 slots[slot] = self.backend.to_device(node._value)
         deadline = None if timeout is None else time.monotonic() + timeout
-        xp, check, tracer = self.xp, self.check_numerics, self.tracer
+        xp, check = self.xp, self.check_numerics
         with np.errstate(all="ignore"):
             for ins in tape.instructions:
                 if deadline is not None and time.monotonic() > deadline:
@@ -310,7 +321,7 @@ class SequentialExecutor(Executor):
                 except Exception as exc:
                     raise vertex_error(node, args, exc, "forward") from exc
                 if tracer is not None:
-                    tracer.record(node, "forward", 0, "main", start, start, tracer.now(), args)
+                    tracer.record(node, "forward", step, "main", start, start, tracer.now(), args)
                 if check and out.dtype.kind == "f" and bool(xp.isnan(out).any()):
                     raise nan_error(node, args, "forward")
                 slots[ins.out] = out
@@ -332,9 +343,11 @@ def _tape_timeout(tape: Tape, index: int, timeout: float) -> ExecutionTimeout:
     )
 
 
-def reverse_arrays(executor: Executor, plan: ReversePlan, value_of, feeds: Feeds = None) -> dict[Node, Any]:
+def reverse_arrays(
+    executor: Executor, plan: ReversePlan, value_of, feeds: Feeds = None, tracer=None, step: int = 0
+) -> dict[Node, Any]:
     """The reverse sweep on arrays, with each vertex's failure reported as a VertexError."""
-    xp, check, tracer = executor.xp, executor.check_numerics, executor.tracer
+    xp, check = executor.xp, executor.check_numerics
 
     def apply_vjp(node: Node, needs, g):
         xs = [value_of(i) for i in node.inputs]
@@ -347,7 +360,7 @@ def reverse_arrays(executor: Executor, plan: ReversePlan, value_of, feeds: Feeds
         except Exception as exc:
             raise vertex_error(node, [g, *xs], exc, "backward") from exc
         if tracer is not None:
-            tracer.record(node, "backward", 0, "main", start, start, tracer.now(), [g, *xs])
+            tracer.record(node, "backward", step, "main", start, start, tracer.now(), [g, *xs])
         if check:
             for gi in grads or ():
                 if gi is not None and gi.dtype.kind == "f" and bool(xp.isnan(gi).any()):

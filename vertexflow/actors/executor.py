@@ -163,13 +163,16 @@ class ActorExecutor(Executor):
         to_device = self.backend.to_device
         return {n.id: checked[n.id] if n.kind == "input" else to_device(n._value) for n in sources}
 
-    async def _step(self, feeds: Feeds, fetch: list[Node], reverse: ReversePlan | None, timeout) -> StepState:
+    async def _step(
+        self, feeds: Feeds, fetch: list[Node], reverse: ReversePlan | None, timeout, tracer=None
+    ) -> StepState:
         sources = self._needed_sources(fetch, reverse)
         checked = self._feeds(feeds, sources)
         values = self._source_values(sources, checked)
         host = await self._host()
         network = await self._network(host, fetch, reverse, checked)
-        step = await network.submit(values)
+        tracer = tracer or self._tracer()
+        step = await network.submit(values, tracer, self._next_step() if tracer is not None else 0)
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             return await network.result(step)
         # Only a timeout gets here: the step is stuck, so this network cannot be trusted again.
@@ -179,17 +182,17 @@ class ActorExecutor(Executor):
         raise error
 
     # -- the interface -----------------------------------------------------------------------
-    async def arun(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
+    async def arun(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None, _tracer=None):
         """`run` inside trio."""
         nodes, single = self._fetches(fetch)
-        state = await self._step(feeds, nodes, None, timeout)
+        state = await self._step(feeds, nodes, None, timeout, _tracer)
         return self._results([state.values[n.id] for n in nodes], single)
 
-    async def abackward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
+    async def abackward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None, _tracer=None):
         """`backward` inside trio."""
         (loss,), _ = self._fetches([loss])
         plan = self._plan(loss, wrt)
-        state = await self._step(feeds, [loss], plan, timeout)
+        state = await self._step(feeds, [loss], plan, timeout, _tracer)
         to_host = self.backend.to_host
         grads = {}
         for w in plan.wrt:
@@ -197,14 +200,15 @@ class ActorExecutor(Executor):
             grads[w] = to_host(g) if g is not None else zero_gradient(w, plan, feeds)
         return to_host(state.values[loss.id]), grads
 
+    # The sync helpers find the tracer of a `vf.trace()` block on the calling thread.
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
-        return self._sync(self.arun, feeds, fetch, timeout=timeout)
+        return self._sync(self.arun, feeds, fetch, timeout=timeout, _tracer=self._tracer())
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
-        return self._sync(self.abackward, feeds, loss, wrt, timeout=timeout)
+        return self._sync(self.abackward, feeds, loss, wrt, timeout=timeout, _tracer=self._tracer())
 
     async def stream(
-        self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *, depth: int | None = None
+        self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *, depth: int | None = None, _tracer=None
     ) -> AsyncIterator:
         """Pipelined inference: yields the fetches for each feeds mapping, in input order.
 
@@ -214,6 +218,7 @@ class ActorExecutor(Executor):
         nodes, single = self._fetches(fetch)
         limit = depth or self.depth
         sources = self._needed_sources(nodes, None)
+        tracer = _tracer or self._tracer()
         host = await self._host()
         feeds_iter = iter(feeds_iterable)
         pending: deque[int] = deque()
@@ -228,7 +233,8 @@ class ActorExecutor(Executor):
                         break
                     checked = self._feeds(feeds, sources)
                     network = await self._network(host, nodes, None, checked)
-                    pending.append(await network.submit(self._source_values(sources, checked)))
+                    trace_step = self._next_step() if tracer is not None else 0
+                    pending.append(await network.submit(self._source_values(sources, checked), tracer, trace_step))
                 if not pending:
                     return
                 state = await network.result(pending.popleft())
@@ -243,7 +249,7 @@ class ActorExecutor(Executor):
     ) -> Iterator:
         """The synchronous `stream`: a generator of results, in input order."""
         token = self._thread_host_token()
-        agen = self.stream(feeds_iterable, fetch, depth=depth)
+        agen = self.stream(feeds_iterable, fetch, depth=depth, _tracer=self._tracer())
         try:
             while True:
                 try:

@@ -29,6 +29,7 @@ one.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,8 @@ class StepState:
     expected: int
     values: dict[int, Any] = field(default_factory=dict)
     grads: dict[int, Any] = field(default_factory=dict)
+    tracer: Any = None
+    trace_step: int = 0  # the executor-wide step number spans carry
     done: trio.Event = field(default_factory=trio.Event)
     discarded: bool = False
     error: BaseException | None = None
@@ -122,8 +125,8 @@ class Network:
             state.done.set()
 
     # -- driver ----------------------------------------------------------------
-    async def submit(self, sources: dict[int, Any]) -> int:
-        """Start a step with these source values; returns its step number."""
+    async def submit(self, sources: dict[int, Any], tracer=None, trace_step: int = 0) -> int:
+        """Start a step with these source values (recording spans into `tracer`); returns its number."""
         if self.broken is not None:
             raise self.broken
         await self.window.acquire()
@@ -132,7 +135,7 @@ class Network:
             raise self.broken
         step = self.next_step
         self.next_step += 1
-        self.steps[step] = StepState(self.expected)
+        self.steps[step] = StepState(self.expected, tracer=tracer, trace_step=trace_step)
         # No await from here on: a step is either fully submitted or not at all.
         for actor in self.plan.actors:
             if actor.sources:
@@ -221,7 +224,6 @@ class Network:
         sends = [self.inboxes[i][0] for i in range(len(plan.actors))]
         mail: dict = {}
         step = 0
-        tracer = self.executor.tracer
         while True:
             values: dict[int, Any] = {}
             for member in actor.members:
@@ -238,7 +240,7 @@ class Network:
                                 f"input {pos} ({inp.name!r}) from {source}, step {step}",
                             )
                         args.append(values[inp.id])
-                    ready = tracer.now() if tracer is not None else 0.0
+                    ready = time.perf_counter()
                     self.status[actor.index] = (step, member.name, f"running {member.op_name}, step {step}")
                     out = await self._forward(member, args, step, ready)
                 values[member.id] = out
@@ -255,7 +257,6 @@ class Network:
         reverse = self.plan.reverse
         edges: dict[int, Any] = {}
         add = ArrayMath(self.xp).add
-        tracer = self.executor.tracer
         for node in actor.backward:
             total = None
             for edge in reverse.incoming[node.id]:
@@ -285,7 +286,7 @@ class Network:
                 grads = [total] * len(node.inputs)
             else:
                 xs = [values[i.id] for i in node.inputs]
-                ready = tracer.now() if tracer is not None else 0.0
+                ready = time.perf_counter()
                 self.status[actor.index] = (step, node.name, f"running the derivative of {node.op_name}, step {step}")
                 grads = await self._vjp(node, reverse.needs[node.id], total, xs, values[node.id], step, ready)
             for pos, edge in enumerate(outgoing):
@@ -299,6 +300,14 @@ class Network:
                     self._send(sends[target], (step, BACKWARD, {edge: gi}))
 
     # -- computing one vertex --------------------------------------------------------
+    def _tracer(self, step: int):
+        state = self.steps.get(step)
+        return None if state is None else state.tracer
+
+    def _trace_step(self, step: int) -> int:
+        state = self.steps.get(step)
+        return step if state is None else state.trace_step
+
     def _is_heavy(self, node: Node, args) -> bool:
         if self.pool is None:
             return False
@@ -319,7 +328,7 @@ class Network:
 
     def _call_forward(self, node: Node, args: list, step: int, ready: float):
         executor = self.executor
-        tracer = executor.tracer
+        tracer = self._tracer(step)
         start = tracer.now() if tracer is not None else 0.0
         try:
             with np.errstate(all="ignore"):
@@ -327,7 +336,7 @@ class Network:
         except Exception as exc:
             return _failure(vertex_error(node, args, exc, FORWARD), exc)
         if tracer is not None:
-            tracer.record(node, FORWARD, step, _lane(), ready, start, tracer.now(), args)
+            tracer.record(node, FORWARD, self._trace_step(step), _lane(), ready, start, tracer.now(), args)
         if executor.check_numerics and out.dtype.kind == "f" and bool(self.xp.isnan(out).any()):
             err = nan_error(node, args, FORWARD)
             return Failure(err)
@@ -340,7 +349,7 @@ class Network:
 
     def _call_vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
         executor = self.executor
-        tracer = executor.tracer
+        tracer = self._tracer(step)
         start = tracer.now() if tracer is not None else 0.0
         try:
             with np.errstate(all="ignore"):
@@ -352,7 +361,7 @@ class Network:
         except Exception as exc:
             return [_failure(vertex_error(node, [g, *xs], exc, BACKWARD), exc)] * len(node.inputs)
         if tracer is not None:
-            tracer.record(node, BACKWARD, step, _lane(), ready, start, tracer.now(), [g, *xs])
+            tracer.record(node, BACKWARD, self._trace_step(step), _lane(), ready, start, tracer.now(), [g, *xs])
         if executor.check_numerics:
             for gi in grads:
                 if gi is not None and gi.dtype.kind == "f" and bool(self.xp.isnan(gi).any()):
