@@ -18,7 +18,6 @@ from .errors import (
 )
 from .executor import Executor, SequentialExecutor
 from .graph import Graph, Node, Spec
-from .trace import Tracer, trace
 from .ops import (
     abs,
     add,
@@ -63,6 +62,7 @@ from .ops import (
     transpose,
     where,
 )
+from .trace import Tracer, trace
 
 __version__ = "0.1.0"
 

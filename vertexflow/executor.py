@@ -24,8 +24,8 @@ import numpy as np
 from .autodiff.namespace import ArrayMath
 from .autodiff.reverse import ReversePlan, plan_reverse, sweep
 from .errors import ExecutionTimeout, FeedError, GraphError, VertexError, VertexflowError
-from .graph import Graph, Node, ancestors, format_shape
 from .gpu.backend import get_backend
+from .graph import Graph, Node, ancestors, format_shape
 from .trace.tracer import active_tracer
 
 Fetch = Node | str

@@ -60,11 +60,12 @@ class ActorExecutor(Executor):
         graph: the graph to run.
         threads: worker threads for expensive vertices (0: everything on the trio thread).
         depth: steps in flight at once in a stream (the window that gives back-pressure).
-        heavy_flops: estimated cost from which a vertex is an actor of its own on a worker.
+        heavy_flops: estimated cost (in simple-op elements, ~1 ns each) from which a vertex
+            is an actor of its own on a worker thread; a thread hand-off costs ~50-100 us.
         device, tracer, check_numerics: as for every executor.
     """
 
-    def __init__(self, graph: Graph, threads: int = 2, *, depth: int = 4, heavy_flops: float = 1e6, **options):
+    def __init__(self, graph: Graph, threads: int = 2, *, depth: int = 4, heavy_flops: float = 1e5, **options):
         super().__init__(graph, **options)
         if threads < 0 or depth < 1:
             raise ValueError("threads must be >= 0 and depth >= 1")
@@ -173,7 +174,7 @@ class ActorExecutor(Executor):
         network = await self._network(host, fetch, reverse, checked)
         tracer = tracer or self._tracer()
         step = await network.submit(values, tracer, self._next_step() if tracer is not None else 0)
-        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+        with trio.move_on_after(math.inf if timeout is None else timeout):
             return await network.result(step)
         # Only a timeout gets here: the step is stuck, so this network cannot be trusted again.
         error = timeout_error(network, step, timeout)

@@ -1,4 +1,4 @@
-"""A wired network of actors: the tasks, their inboxes, the step driver and the collector.
+"""A wired network of actors: the tasks, their inboxes, the step driver and the results.
 
 Messages are `(step, phase, payload)` tuples on trio memory channels; each
 actor has one inbox. A step travels like this:
@@ -9,17 +9,17 @@ actor has one inbox. A step travels like this:
 2. Each actor runs its members in topological order. Before a member runs,
    the actor takes the values it reads from its inbox (mail for later steps is
    kept aside), computes inline or on a worker thread, and sends the result
-   once to every actor that reads it, and to the collector if it is fetched.
+   once to every actor that reads it; a fetched value is filed under its step.
 3. In a backward network, each actor then walks its members from the output
    side back: it takes the edge gradients its members' consumers sent, sums
    them in the plan's fixed order, applies the derivative rule, and sends one
    edge gradient per input to the actor owning that input.
-4. The collector files fetched values and gradients under their step; a step
-   complete frees its place in the window and wakes whoever waits for it.
+4. A step whose fetched values (and wanted gradients) are all filed frees its
+   place in the window and wakes whoever waits for it.
 
 A vertex that fails produces a `Failure` instead of a value. Failures flow on
 like values (every actor still sends every message), so the network stays in
-step and the collector raises the failure for that step alone. Sends never
+step and the failure is raised for that step alone. Sends never
 block: the window bounds the steps in flight and each inbox holds all the
 messages of that many steps, so no actor waits on another to drain. A timeout
 or a cancellation mid-step tears the network down; the next run wires a new
@@ -40,10 +40,11 @@ from ..autodiff.namespace import ArrayMath
 from ..autodiff.reverse import send_gradients
 from ..errors import ExecutionTimeout, InternalError, VertexflowError
 from ..executor import nan_error, vertex_error
-from ..graph import Node, Spec
+from ..graph import Node
 from .plan import SOURCE_KINDS, ActorPlan, NetworkPlan
 
 FORWARD, BACKWARD = "forward", "backward"
+_MISSING = object()
 
 
 class Failure:
@@ -87,14 +88,14 @@ class Network:
         for actor in plan.actors:
             per_step = 1 + len(actor.value_from) + len(actor.grad_from)
             self.inboxes.append(trio.open_memory_channel(depth * per_step + 1))
-        self.outbox_send, self.outbox_recv = trio.open_memory_channel(depth * (self.expected + 1) + 1)
         self.window = trio.Semaphore(depth)
         self.steps: dict[int, StepState] = {}
         self.next_step = 0
-        self.status: list[tuple[int, str, str]] = [(-1, "", "idle")] * len(plan.actors)
+        # Per actor: (step, vertex or None when idle, what it waits for: input position,
+        # -1 its feed, -2 its op running, -3 its derivative running, ("edge", k) a gradient).
+        self.status: list[tuple[int, Any, Any]] = [(-1, None, 0)] * len(plan.actors)
         self.broken: BaseException | None = None
         self.cancel_scope: trio.CancelScope | None = None
-        self._heavy: dict[tuple, bool] = {}
 
     # -- lifecycle -------------------------------------------------------------
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -102,7 +103,6 @@ class Network:
             self.cancel_scope = nursery.cancel_scope
             for actor in self.plan.actors:
                 nursery.start_soon(self._guard, self._run_actor, actor, name=f"vf actor {actor.name}")
-            nursery.start_soon(self._guard, self._run_collector, name="vf collector")
             task_status.started()
 
     async def _guard(self, fn, *args) -> None:
@@ -129,7 +129,10 @@ class Network:
         """Start a step with these source values (recording spans into `tracer`); returns its number."""
         if self.broken is not None:
             raise self.broken
-        await self.window.acquire()
+        try:
+            self.window.acquire_nowait()
+        except trio.WouldBlock:
+            await self.window.acquire()
         if self.broken is not None:
             self.window.release()
             raise self.broken
@@ -168,27 +171,40 @@ class Network:
     def waiting(self, step: int) -> dict[str, str]:
         """{vertex: what it waits for} for the actors not yet done with `step`."""
         out = {}
+        plan = self.plan
         for at_step, vertex, what in self.status:
-            if at_step <= step and what != "idle":
-                out[vertex] = what
+            if vertex is None or at_step > step:
+                continue
+            if what == -2:
+                out[vertex.name] = f"running {vertex.op_name} to return (step {at_step})"
+            elif what == -3:
+                out[vertex.name] = f"running the derivative of {vertex.op_name} to return (step {at_step})"
+            elif what == -1:
+                out[vertex.name] = f"its feed (step {at_step})"
+            elif isinstance(what, tuple):
+                consumer = plan.reverse.senders[what[1]][0]
+                out[vertex.name] = f"the gradient from {consumer.name!r} (step {at_step})"
+            else:
+                inp = vertex.inputs[what]
+                source = "the step's feeds" if inp.kind in SOURCE_KINDS else (
+                    f"actor {plan.actors[plan.actor_of[inp.id]].name}")
+                out[vertex.name] = f"input {what} ({inp.name!r}) from {source} (step {at_step})"
         return out
 
-    # -- collector ---------------------------------------------------------------
-    async def _run_collector(self) -> None:
-        async for step, phase, payload in self.outbox_recv:
-            state = self.steps.get(step)
-            if state is None:
-                raise InternalError(f"collector got {phase} values for unknown step {step}")
-            target = state.values if phase == FORWARD else state.grads
-            for key, value in payload.items():
-                if isinstance(value, Failure) and state.error is None:
-                    state.error = value.error
-                target[key] = value
-            if state.received() == state.expected:
-                state.done.set()
-                self.window.release()
-                if state.discarded:
-                    self.steps.pop(step, None)
+    # -- results -----------------------------------------------------------------
+    def _deliver(self, step: int, phase: str, key: int, value) -> None:
+        """File a fetched value or a wrt gradient under its step; wake the step's waiter when complete."""
+        state = self.steps.get(step)
+        if state is None:
+            raise InternalError(f"{phase} result for unknown step {step}")
+        if isinstance(value, Failure) and state.error is None:
+            state.error = value.error
+        (state.values if phase == FORWARD else state.grads)[key] = value
+        if state.received() == state.expected:
+            state.done.set()
+            self.window.release()
+            if state.discarded:
+                self.steps.pop(step, None)
 
     # -- actors ------------------------------------------------------------------
     def _send(self, channel, message) -> None:
@@ -197,20 +213,23 @@ class Network:
         except trio.WouldBlock:
             raise InternalError("an actor inbox overflowed; the step window should prevent this") from None
 
-    async def _take(self, actor: ActorPlan, mail: dict, step: int, phase: str, key: int, waiter: str, what: str):
+    async def _take(self, actor: ActorPlan, mail: dict, step: int, phase: str, key: int, waiter):
+        """The value (or edge gradient) `key` of `step` from the inbox, keeping other mail aside.
+
+        `waiter` says who waits, for diagnostics: (member, input position), or
+        (member, -1) for a source's feed, or (vertex, edge) in the backward phase.
+        """
         box = mail.get((step, phase))
         if box is None:
             box = mail[(step, phase)] = {}
         if key not in box:
-            self.status[actor.index] = (step, waiter, what)
+            self.status[actor.index] = (step, waiter[0], waiter[1] if phase == FORWARD else ("edge", waiter[1]))
             receive = self.inboxes[actor.index][1]
             while key not in box:
                 at, ph, payload = await receive.receive()
                 target = mail.get((at, ph))
                 if target is None:
                     mail[(at, ph)] = payload
-                    if at == step and ph == phase:
-                        box = payload
                 else:
                     target.update(payload)
         value = box.pop(key)
@@ -219,38 +238,64 @@ class Network:
         return value
 
     async def _run_actor(self, actor: ActorPlan) -> None:
+        np.seterr(all="ignore")  # this task's numpy error state; numerics are checked by check_numerics
         plan = self.plan
-        reverse = plan.reverse
         sends = [self.inboxes[i][0] for i in range(len(plan.actors))]
+        # The actor's program, worked out once: per member, what it reads and who reads it.
+        program = [
+            (
+                member,
+                member.kind in SOURCE_KINDS,
+                tuple(inp.id for inp in member.inputs),
+                tuple(sends[r] for r in actor.value_to.get(member.id, ())),
+                member.id in self.fetch_ids,
+            )
+            for member in actor.members
+        ]
+        on_worker = actor.heavy and self.pool is not None
+        check = self.executor.check_numerics
+        xp = self.xp
         mail: dict = {}
         step = 0
         while True:
             values: dict[int, Any] = {}
-            for member in actor.members:
-                if member.kind in SOURCE_KINDS:
-                    out = await self._take(actor, mail, step, FORWARD, member.id, member.name, "its feed")
+            for member, is_source, input_ids, readers, fetched in program:
+                if is_source:
+                    out = await self._take(actor, mail, step, FORWARD, member.id, (member, -1))
                 else:
                     args = []
-                    for pos, inp in enumerate(member.inputs):
-                        if inp.id not in values:
-                            source = "the step's feeds" if inp.kind in SOURCE_KINDS else (
-                                f"actor {plan.actors[plan.actor_of[inp.id]].name}")
-                            values[inp.id] = await self._take(
-                                actor, mail, step, FORWARD, inp.id, member.name,
-                                f"input {pos} ({inp.name!r}) from {source}, step {step}",
-                            )
-                        args.append(values[inp.id])
-                    ready = time.perf_counter()
-                    self.status[actor.index] = (step, member.name, f"running {member.op_name}, step {step}")
-                    out = await self._forward(member, args, step, ready)
+                    failed = None
+                    for pos, key in enumerate(input_ids):
+                        value = values.get(key, _MISSING)
+                        if value is _MISSING:
+                            value = values[key] = await self._take(actor, mail, step, FORWARD, key, (member, pos))
+                        if type(value) is Failure:
+                            failed = value
+                        args.append(value)
+                    self.status[actor.index] = (step, member, -2)
+                    if failed is not None:
+                        out = failed
+                    elif on_worker:
+                        out = await self.pool.run(self._call_forward, member, args, step, time.perf_counter())
+                    else:
+                        tracer = self.steps[step].tracer
+                        if tracer is None and not check:  # the hot path: no tracing, no checks
+                            try:
+                                out = member.op.forward(xp, *args)
+                            except Exception as exc:
+                                out = _failure(vertex_error(member, args, exc, FORWARD), exc)
+                        else:
+                            out = self._call_forward(member, args, step, time.perf_counter())
                 values[member.id] = out
-                for reader in actor.value_to.get(member.id, ()):
-                    self._send(sends[reader], (step, FORWARD, {member.id: out}))
-                if member.id in self.fetch_ids:
-                    self._send(self.outbox_send, (step, FORWARD, {member.id: out}))
-            if reverse is not None and actor.backward:
+                if readers:
+                    message = (step, FORWARD, {member.id: out})
+                    for channel in readers:
+                        self._send(channel, message)
+                if fetched:
+                    self._deliver(step, FORWARD, member.id, out)
+            if plan.reverse is not None and actor.backward:
                 await self._backward(actor, mail, step, values, sends)
-            self.status[actor.index] = (step, "", "idle")
+            self.status[actor.index] = (step, None, 0)
             step += 1
 
     async def _backward(self, actor: ActorPlan, mail: dict, step: int, values: dict, sends) -> None:
@@ -264,10 +309,7 @@ class Network:
                     y = values[node.id]
                     part = y if isinstance(y, Failure) else ArrayMath(self.xp).ones_like(y)
                 elif edge in actor.grad_from:
-                    consumer = reverse.senders[edge][0]
-                    part = await self._take(
-                        actor, mail, step, BACKWARD, edge, node.name, f"the gradient from {consumer.name!r}, step {step}"
-                    )
+                    part = await self._take(actor, mail, step, BACKWARD, edge, (node, edge))
                 else:
                     part = edges.pop(edge, None)
                 if part is None:
@@ -276,7 +318,7 @@ class Network:
                     continue
                 total = part if total is None or isinstance(part, Failure) else add(total, part)
             if node.id in self.wrt_ids:
-                self._send(self.outbox_send, (step, BACKWARD, {node.id: total}))
+                self._deliver(step, BACKWARD, node.id, total)
             if node.kind != "op":
                 continue
             outgoing = reverse.outgoing[node.id]
@@ -287,7 +329,7 @@ class Network:
             else:
                 xs = [values[i.id] for i in node.inputs]
                 ready = time.perf_counter()
-                self.status[actor.index] = (step, node.name, f"running the derivative of {node.op_name}, step {step}")
+                self.status[actor.index] = (step, node, -3)
                 grads = await self._vjp(node, reverse.needs[node.id], total, xs, values[node.id], step, ready)
             for pos, edge in enumerate(outgoing):
                 if edge < 0:
@@ -308,31 +350,12 @@ class Network:
         state = self.steps.get(step)
         return step if state is None else state.trace_step
 
-    def _is_heavy(self, node: Node, args) -> bool:
-        if self.pool is None:
-            return False
-        key = (node.id, *(a.shape for a in args))
-        heavy = self._heavy.get(key)
-        if heavy is None:
-            cost = node.op.cost(*(Spec(a.shape, a.dtype) for a in args))
-            heavy = self._heavy[key] = cost >= self.plan.heavy_flops
-        return heavy
-
-    async def _forward(self, node: Node, args: list, step: int, ready: float):
-        for a in args:
-            if isinstance(a, Failure):
-                return a
-        if self._is_heavy(node, args):
-            return await self.pool.run(self._call_forward, node, args, step, ready)
-        return self._call_forward(node, args, step, ready)
-
     def _call_forward(self, node: Node, args: list, step: int, ready: float):
         executor = self.executor
         tracer = self._tracer(step)
         start = tracer.now() if tracer is not None else 0.0
         try:
-            with np.errstate(all="ignore"):
-                out = node.op.forward(self.xp, *args)
+            out = node.op.forward(self.xp, *args)
         except Exception as exc:
             return _failure(vertex_error(node, args, exc, FORWARD), exc)
         if tracer is not None:
@@ -343,7 +366,7 @@ class Network:
         return out
 
     async def _vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
-        if self._is_heavy(node, xs):
+        if self.pool is not None and self.plan.actors[self.plan.actor_of[node.id]].heavy:
             return await self.pool.run(self._call_vjp, node, needs, g, xs, y, step, ready)
         return self._call_vjp(node, needs, g, xs, y, step, ready)
 
@@ -352,8 +375,7 @@ class Network:
         tracer = self._tracer(step)
         start = tracer.now() if tracer is not None else 0.0
         try:
-            with np.errstate(all="ignore"):
-                grads = node.op.vjp(ArrayMath(self.xp, needs), g, xs, y)
+            grads = node.op.vjp(ArrayMath(self.xp, needs), g, xs, y)
             # Check the rule's results as the sequential sweep does (same errors, same words).
             send_gradients(self.plan.reverse, node, grads, {}, lambda a: tuple(a.shape))
         except VertexflowError as exc:

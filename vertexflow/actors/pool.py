@@ -41,6 +41,9 @@ class WorkerPool:
                 self._threads.append(thread)
 
     def _work(self) -> None:
+        import numpy as np
+
+        np.seterr(all="ignore")  # this thread's numpy error state; numerics are checked by check_numerics
         while True:
             item = self._queue.get()
             if item is _STOP:

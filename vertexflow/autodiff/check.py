@@ -41,7 +41,7 @@ def numeric_grad(y: Node, wrt: Sequence[Node], feeds: Mapping | None = None, eps
         base = np.array(node.value if node.kind == "param" else feeds[node], dtype=node.dtype)
         grad = np.zeros(base.shape, dtype=np.float64)
 
-        def at(value):
+        def at(value, node=node):
             if node.kind == "param":
                 node.value = value
                 return float(executor.run(feeds, y))

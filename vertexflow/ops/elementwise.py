@@ -17,13 +17,15 @@ class Unary(Op):
     """One input, same shape and dtype out; floating point only unless `numeric`."""
 
     numeric = False
+    # Costs are in "simple-op element" units: a transcendental takes several times an add.
+    per_element = 1.0
 
     def infer(self, x: Spec) -> Spec:
         (require_numeric if self.numeric else require_float)(x)
         return x
 
     def cost(self, x: Spec) -> float:
-        return float(numel(x))
+        return self.per_element * numel(x)
 
 
 class Negative(Unary):
@@ -61,6 +63,7 @@ class Sign(Unary):
 
 class Exp(Unary):
     name = "exp"
+    per_element = 8.0
 
     def forward(self, xp, x):
         return xp.exp(x)
@@ -71,6 +74,7 @@ class Exp(Unary):
 
 class Log(Unary):
     name = "log"
+    per_element = 8.0
 
     def forward(self, xp, x):
         return xp.log(x)
@@ -81,6 +85,7 @@ class Log(Unary):
 
 class Sqrt(Unary):
     name = "sqrt"
+    per_element = 2.0
 
     def forward(self, xp, x):
         return xp.sqrt(x)
@@ -91,6 +96,7 @@ class Sqrt(Unary):
 
 class Tanh(Unary):
     name = "tanh"
+    per_element = 8.0
 
     def forward(self, xp, x):
         return xp.tanh(x)
@@ -101,6 +107,7 @@ class Tanh(Unary):
 
 class Sigmoid(Unary):
     name = "sigmoid"
+    per_element = 12.0
 
     def forward(self, xp, x):
         # exp(-log(1 + exp(-x))) never overflows, for either sign of x.

@@ -243,7 +243,7 @@ class Conv2d(Op, Window):
 
     def cost(self, x: Spec, w: Spec) -> float:
         out = self.infer(x, w)
-        return 2.0 * numel(out) * math.prod(w.shape[1:])
+        return 2.0 * numel(out) * math.prod(w.shape[1:]) / 16.0
 
 
 class Conv2dGradInput(Op, Window):
@@ -262,7 +262,7 @@ class Conv2dGradInput(Op, Window):
         )
 
     def cost(self, g: Spec, w: Spec, x: Spec) -> float:
-        return 2.0 * numel(g) * math.prod(w.shape[1:])
+        return 2.0 * numel(g) * math.prod(w.shape[1:]) / 16.0
 
 
 class Conv2dGradWeight(Op, Window):
@@ -279,7 +279,7 @@ class Conv2dGradWeight(Op, Window):
         return xp.tensordot(g, cols, axes=([0, 2, 3], [0, 2, 3])).astype(g.dtype, copy=False)
 
     def cost(self, g: Spec, x: Spec, w: Spec) -> float:
-        return 2.0 * numel(g) * math.prod(w.shape[1:])
+        return 2.0 * numel(g) * math.prod(w.shape[1:]) / 16.0
 
 
 # -- pooling -------------------------------------------------------------------

@@ -1,0 +1,218 @@
+"""Graph families for benchmarks and the demo, each a function of its sizes returning a Workload.
+
+A Workload is a graph with its fetches and feeds, and how to run it: one
+step (`run`), a training step (`backward`), or a stream of batches
+(`stream`). Where a hand-written numpy version of the same computation
+exists, it is attached for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import vertexflow as vf
+
+
+@dataclass
+class Workload:
+    family: str
+    params: dict[str, Any]
+    graph: vf.Graph
+    fetch: list[vf.Node]
+    feeds: dict
+    mode: str = "run"  # "run", "backward" or "stream"
+    loss: vf.Node | None = None
+    batches: list[dict] = field(default_factory=list)  # for mode "stream"
+    numpy: Callable[[], Any] | None = None  # the same work by hand
+
+    @property
+    def name(self) -> str:
+        sizes = ",".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.family}({sizes})"
+
+    @property
+    def vertices(self) -> int:
+        return sum(1 for n in vf.graph.ancestors(self.fetch + ([self.loss] if self.loss else [])) if n.kind == "op")
+
+
+def _heavy_op(h, i):
+    """A GIL-releasing elementwise op of a few milliseconds on big arrays."""
+    return vf.tanh(h) if i % 2 == 0 else vf.sigmoid(h)
+
+
+def wide(branches: int = 8, depth: int = 6, rows: int = 256, cols: int = 1024, seed: int = 0) -> Workload:
+    """`branches` independent chains of `depth` expensive elementwise ops over one input, summed at the end."""
+    g = vf.Graph("wide")
+    x = g.input("x", shape=(rows, cols), dtype="float64")
+    outs = []
+    for b in range(branches):
+        h = x * (1.0 + 0.1 * b)
+        for i in range(depth):
+            h = _heavy_op(h, i + b)
+        outs.append(h)
+    total = outs[0]
+    for o in outs[1:]:
+        total = total + o
+    feeds = {x: np.random.default_rng(seed).normal(size=(rows, cols))}
+
+    def by_hand():
+        total = None
+        for b in range(branches):
+            h = feeds[x] * (1.0 + 0.1 * b)
+            for i in range(depth):
+                h = np.tanh(h) if (i + b) % 2 == 0 else np.exp(-np.logaddexp(0, -h))
+            total = h if total is None else total + h
+        return total
+
+    return Workload("wide", dict(branches=branches, depth=depth, rows=rows, cols=cols), g, [total], feeds, numpy=by_hand)
+
+
+def deep(length: int = 40, rows: int = 256, cols: int = 1024, seed: int = 0) -> Workload:
+    """One chain of expensive ops: no parallel work at all (the overhead floor)."""
+    g = vf.Graph("deep")
+    x = g.input("x", shape=(rows, cols), dtype="float64")
+    h = x
+    for i in range(length):
+        h = _heavy_op(h, i)
+    feeds = {x: np.random.default_rng(seed).normal(size=(rows, cols))}
+    return Workload("deep", dict(length=length, rows=rows, cols=cols), g, [h], feeds)
+
+
+def inception(blocks: int = 3, width: int = 4, rows: int = 256, cols: int = 512, seed: int = 0) -> Workload:
+    """Diamonds: each block fans out to `width` two-op branches and joins them by summing."""
+    g = vf.Graph("inception")
+    x = g.input("x", shape=(rows, cols), dtype="float64")
+    h = x
+    for _ in range(blocks):
+        branches = [_heavy_op(_heavy_op(h * (0.5 + 0.1 * i), i), i + 1) for i in range(width)]
+        joined = branches[0]
+        for b in branches[1:]:
+            joined = joined + b
+        h = joined * (1.0 / width)
+    feeds = {x: np.random.default_rng(seed).normal(size=(rows, cols))}
+    return Workload("inception", dict(blocks=blocks, width=width, rows=rows, cols=cols), g, [h], feeds)
+
+
+def random_dag(vertices: int = 60, rows: int = 128, cols: int = 512, seed: int = 0) -> Workload:
+    """A seeded random DAG of expensive unary and cheap binary ops."""
+    rng = np.random.default_rng(seed)
+    g = vf.Graph("random_dag")
+    x = g.input("x", shape=(rows, cols), dtype="float64")
+    nodes = [x]
+    for i in range(vertices):
+        if rng.random() < 0.6 or len(nodes) < 2:
+            node = _heavy_op(nodes[int(rng.integers(max(0, len(nodes) - 8), len(nodes)))], i)
+        else:
+            a, b = rng.choice(len(nodes), size=2, replace=False)
+            node = (nodes[int(a)] + nodes[int(b)]) * 0.5
+        nodes.append(node)
+    sinks = [n for n in nodes[1:] if not g.consumers(n)]
+    total = sinks[0]
+    for s in sinks[1:]:
+        total = total + s
+    feeds = {x: rng.normal(size=(rows, cols))}
+    return Workload("random_dag", dict(vertices=vertices, rows=rows, cols=cols, seed=seed), g, [total], feeds)
+
+
+def fine_grained(vertices: int = 1000, size: int = 64, seed: int = 0) -> Workload:
+    """Many cheap ops on small arrays, in chains and fans: overhead is everything here."""
+    rng = np.random.default_rng(seed)
+    g = vf.Graph("fine_grained")
+    a = g.input("a", shape=(size, size), dtype="float64")
+    b = g.input("b", shape=(size, size), dtype="float64")
+    nodes = [a, b]
+    cheap_unary = [vf.tanh, vf.relu, vf.negative, lambda h: h * 0.5]
+    cheap_binary = [vf.add, vf.subtract, vf.multiply, vf.maximum]
+    built = 0
+    while built < vertices:
+        if rng.random() < 0.7:  # extend a chain from a recent vertex
+            src = nodes[-1 - int(rng.integers(0, min(4, len(nodes))))]
+            node = cheap_unary[int(rng.integers(len(cheap_unary)))](src)
+        else:  # fan in from anywhere earlier
+            i, j = rng.integers(0, len(nodes), size=2)
+            node = cheap_binary[int(rng.integers(len(cheap_binary)))](nodes[int(i)], nodes[int(j)])
+        nodes.append(node)
+        built += 1
+    sinks = [n for n in nodes[2:] if not g.consumers(n)][:8]
+    feeds = {a: rng.normal(size=(size, size)), b: rng.normal(size=(size, size))}
+    return Workload("fine_grained", dict(vertices=vertices, size=size), g, sinks, feeds)
+
+
+def _mlp(g, x, sizes, prefix, seed, activation=vf.relu):
+    init = vf.init.glorot_normal(seed=seed)
+    h = x
+    params = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        w = g.param(f"{prefix}w{i}", shape=(n_in, n_out), init=init)
+        bias = g.param(f"{prefix}b{i}", shape=(n_out,), init=vf.init.zeros())
+        params += [w, bias]
+        h = h @ w + bias
+        if i < len(sizes) - 2:
+            h = activation(h)
+    return h, params
+
+
+def mlp_ensemble(members: int = 4, batch: int = 128, hidden: int = 512, batches: int = 200, seed: int = 0) -> Workload:
+    """Streaming inference: `members` MLPs (784-hidden-hidden/2-10) averaged, over a stream of batches."""
+    g = vf.Graph("mlp_ensemble")
+    x = g.input("x", shape=(None, 784))
+    probs = []
+    for m in range(members):
+        logits, _ = _mlp(g, x, [784, hidden, hidden // 2, 10], f"m{m}.", seed + m)
+        probs.append(vf.softmax(logits))
+    mean = probs[0]
+    for p in probs[1:]:
+        mean = mean + p
+    mean = vf.multiply(mean, 1.0 / members, name="ensemble")
+    rng = np.random.default_rng(seed)
+    stream = [{x: rng.random((batch, 784), dtype=np.float32)} for _ in range(batches)]
+    return Workload(
+        "mlp_ensemble", dict(members=members, batch=batch, hidden=hidden, batches=batches),
+        g, [mean], stream[0], mode="stream", batches=stream,
+    )
+
+
+def mlp_train(batch: int = 100, seed: int = 0) -> Workload:
+    """One training step (forward and backward) of the 784-250-100-10 MLP, float32."""
+    g = vf.Graph("mlp_train")
+    x = g.input("x", shape=(None, 784))
+    y = g.input("y", shape=(None,), dtype="int64")
+    logits, _ = _mlp(g, x, [784, 250, 100, 10], "", seed)
+    loss = vf.cross_entropy(logits, y, name="loss")
+    rng = np.random.default_rng(seed)
+    feeds = {x: rng.random((batch, 784), dtype=np.float32), y: rng.integers(0, 10, batch)}
+    return Workload("mlp_train", dict(batch=batch), g, [loss], feeds, mode="backward", loss=loss)
+
+
+def cnn_block(batch: int = 16, channels: int = 8, size: int = 28, seed: int = 0) -> Workload:
+    """Two conv-relu-pool stages and a linear classifier, trained one step (forward and backward)."""
+    g = vf.Graph("cnn_block")
+    x = g.input("x", shape=(None, 1, size, size))
+    y = g.input("y", shape=(None,), dtype="int64")
+    init = vf.init.he_normal(seed=seed)
+    w1 = g.param("conv1", shape=(channels, 1, 3, 3), init=init)
+    w2 = g.param("conv2", shape=(2 * channels, channels, 3, 3), init=init)
+    h = vf.max_pool2d(vf.relu(vf.conv2d(x, w1, padding=1)), 2)
+    h = vf.max_pool2d(vf.relu(vf.conv2d(h, w2, padding=1)), 2)
+    flat = h.reshape(-1, 2 * channels * (size // 4) ** 2)
+    w3 = g.param("fc", shape=(2 * channels * (size // 4) ** 2, 10), init=init)
+    loss = vf.cross_entropy(flat @ w3, y, name="loss")
+    rng = np.random.default_rng(seed)
+    feeds = {x: rng.random((batch, 1, size, size), dtype=np.float32), y: rng.integers(0, 10, batch)}
+    return Workload("cnn_block", dict(batch=batch, channels=channels, size=size), g, [loss], feeds, mode="backward", loss=loss)
+
+
+FAMILIES: dict[str, Callable[..., Workload]] = {
+    "wide": wide,
+    "deep": deep,
+    "inception": inception,
+    "random_dag": random_dag,
+    "fine_grained": fine_grained,
+    "mlp_ensemble": mlp_ensemble,
+    "mlp_train": mlp_train,
+    "cnn_block": cnn_block,
+}
