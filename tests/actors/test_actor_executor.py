@@ -40,7 +40,7 @@ def random_graph(draw):
             node = x * x  # one vertex feeding one op twice
         elif kind == "matmul":
             x, y = pick(), pick()
-            if x.ndim != 2 or y.ndim != 2:
+            if x.shape not in ((3, 4), (None, 4)) or y.shape not in ((3, 4), (None, 4)):
                 continue
             node = (x @ y.T) @ nodes[1]  # (3, 3) @ (3, 4): back to (3, 4)
         else:

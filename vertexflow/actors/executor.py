@@ -10,6 +10,7 @@ stops the worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -62,13 +63,30 @@ class ActorExecutor(Executor):
         depth: steps in flight at once in a stream (the window that gives back-pressure).
         heavy_flops: estimated cost (in simple-op elements, ~1 ns each) from which a vertex
             is an actor of its own on a worker thread; a thread hand-off costs ~50-100 us.
+        blas: "keep" leaves BLAS's thread count alone, so results stay bitwise identical to
+            SequentialExecutor's (DESIGN decision 3). "share" splits the cores between BLAS
+            calls that run at once on parallel branches (no oversubscription: faster on
+            BLAS-heavy wide graphs), but OpenBLAS may then round some matmuls differently
+            in the last bits than a run with all its threads.
         device, tracer, check_numerics: as for every executor.
     """
 
-    def __init__(self, graph: Graph, threads: int = 2, *, depth: int = 4, heavy_flops: float = 1e5, **options):
+    def __init__(
+        self,
+        graph: Graph,
+        threads: int = 2,
+        *,
+        depth: int = 4,
+        heavy_flops: float = 1e5,
+        blas: str = "keep",
+        **options,
+    ):
         super().__init__(graph, **options)
         if threads < 0 or depth < 1:
             raise ValueError("threads must be >= 0 and depth >= 1")
+        if blas not in ("keep", "share"):
+            raise ValueError(f"blas must be 'keep' or 'share', got {blas!r}")
+        self.blas = blas
         self.threads = threads
         self.depth = depth
         self.heavy_flops = heavy_flops
@@ -149,16 +167,21 @@ class ActorExecutor(Executor):
             sources = self._sources[key] = [n for n in ancestors(targets) if n.kind in SOURCE_KINDS]
         return sources
 
-    async def _network(self, host: Host, fetch, reverse, checked: dict[int, Any]) -> Network:
-        key = (tuple(n.id for n in fetch), None if reverse is None else id(reverse))
+    async def _network(self, host: Host, fetch, reverse, checked: dict[int, Any], pipeline: bool = False) -> Network:
+        key = (tuple(n.id for n in fetch), None if reverse is None else id(reverse), pipeline)
         network = host.networks.get(key)
         if network is None or network.broken is not None:
             shapes = {k: tuple(v.shape) for k, v in checked.items()}
-            plan = plan_network(fetch, reverse, shapes, self.heavy_flops)
+            plan = plan_network(fetch, reverse, shapes, self.heavy_flops, pipeline)
             network = Network(self, plan, self.depth)
             await host.nursery.start(network.serve)
             host.networks[key] = network
         return network
+
+    def _blas_sharing(self, parallel: int):
+        if self._pool is None or self.blas == "keep":
+            return contextlib.nullcontext()
+        return self._pool.blas.sharing(min(self.threads, max(parallel, 1)))
 
     def _source_values(self, sources: list[Node], checked: dict[int, Any]) -> dict[int, Any]:
         to_device = self.backend.to_device
@@ -173,9 +196,10 @@ class ActorExecutor(Executor):
         host = await self._host()
         network = await self._network(host, fetch, reverse, checked)
         tracer = tracer or self._tracer()
-        step = await network.submit(values, tracer, self._next_step() if tracer is not None else 0)
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            return await network.result(step)
+        with self._blas_sharing(network.plan.heavy_width):
+            step = await network.submit(values, tracer, self._next_step() if tracer is not None else 0)
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                return await network.result(step)
         # Only a timeout gets here: the step is stuck, so this network cannot be trusted again.
         error = timeout_error(network, step, timeout)
         network.shutdown(error)
@@ -224,6 +248,7 @@ class ActorExecutor(Executor):
         feeds_iter = iter(feeds_iterable)
         pending: deque[int] = deque()
         network: Network | None = None
+        sharing = None
         exhausted = False
         try:
             while True:
@@ -233,7 +258,12 @@ class ActorExecutor(Executor):
                         exhausted = True
                         break
                     checked = self._feeds(feeds, sources)
-                    network = await self._network(host, nodes, None, checked)
+                    network = await self._network(host, nodes, None, checked, pipeline=limit > 1)
+                    if sharing is None:
+                        # Steps in flight overlap, so every expensive vertex may run beside another.
+                        plan = network.plan
+                        sharing = self._blas_sharing(plan.heavy_count if limit > 1 else plan.heavy_width)
+                        sharing.__enter__()
                     trace_step = self._next_step() if tracer is not None else 0
                     pending.append(await network.submit(self._source_values(sources, checked), tracer, trace_step))
                 if not pending:
@@ -244,6 +274,8 @@ class ActorExecutor(Executor):
             if network is not None:
                 for step in pending:
                     network.discard(step)
+            if sharing is not None:
+                sharing.__exit__(None, None, None)
 
     def run_stream(
         self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *, depth: int | None = None
@@ -261,10 +293,10 @@ class ActorExecutor(Executor):
         finally:
             trio.from_thread.run(agen.aclose, trio_token=token)
 
-    def describe(self, fetch: Fetch | Sequence[Fetch], feeds: Feeds = None) -> str:
-        """How the vertices for `fetch` are split into actors (heavy, fused, light)."""
+    def describe(self, fetch: Fetch | Sequence[Fetch], feeds: Feeds = None, *, stream: bool = False) -> str:
+        """How the vertices for `fetch` are split into actors (heavy, fused, light), for a run or a stream."""
         nodes, _ = self._fetches(fetch)
         checked = self._feeds(feeds, self._needed_sources(nodes, None)) if feeds else {}
         shapes = {k: tuple(v.shape) for k, v in checked.items()}
-        return plan_network(nodes, None, shapes, self.heavy_flops).describe()
+        return plan_network(nodes, None, shapes, self.heavy_flops, pipeline=stream and self.depth > 1).describe()
 

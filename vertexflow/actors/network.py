@@ -172,9 +172,20 @@ class Network:
         """{vertex: what it waits for} for the actors not yet done with `step`."""
         out = {}
         plan = self.plan
-        for at_step, vertex, what in self.status:
+        for index, (at_step, vertex, what) in enumerate(self.status):
             if vertex is None or at_step > step:
                 continue
+            # In the forward phase, members after the current one in this actor have not run either.
+            forward = isinstance(what, int) and what != -3
+            pending = {m.id for m in plan.actors[index].members if m.id >= vertex.id}
+            for member in plan.actors[index].members if forward else ():
+                if member.id <= vertex.id or member.kind != "op":
+                    continue
+                pos, inp = next(((p, i) for p, i in enumerate(member.inputs) if i.id in pending), (None, None))
+                out[member.name] = (
+                    f"input {pos} ({inp.name!r}), from its own actor (step {at_step})" if inp is not None
+                    else f"its turn after {vertex.name!r} in its actor (step {at_step})"
+                )
             if what == -2:
                 out[vertex.name] = f"running {vertex.op_name} to return (step {at_step})"
             elif what == -3:
@@ -252,47 +263,49 @@ class Network:
             )
             for member in actor.members
         ]
-        on_worker = actor.heavy and self.pool is not None
-        check = self.executor.check_numerics
-        xp = self.xp
+        heavy_ids = actor.heavy_ids if self.pool is not None else ()
+        count = len(program)
         mail: dict = {}
         step = 0
         while True:
             values: dict[int, Any] = {}
-            for member, is_source, input_ids, readers, fetched in program:
+            i = 0
+            while i < count:
+                member, is_source, input_ids, readers, fetched = program[i]
                 if is_source:
-                    out = await self._take(actor, mail, step, FORWARD, member.id, (member, -1))
+                    values[member.id] = await self._take(actor, mail, step, FORWARD, member.id, (member, -1))
+                    batch = [program[i]]
+                    i += 1
                 else:
-                    args = []
-                    failed = None
                     for pos, key in enumerate(input_ids):
-                        value = values.get(key, _MISSING)
-                        if value is _MISSING:
-                            value = values[key] = await self._take(actor, mail, step, FORWARD, key, (member, pos))
-                        if type(value) is Failure:
-                            failed = value
-                        args.append(value)
+                        if key not in values:
+                            values[key] = await self._take(actor, mail, step, FORWARD, key, (member, pos))
+                    # Run member i and the members after it that need nothing more from outside,
+                    # up to one whose value leaves the actor (its readers should not wait for the rest).
+                    batch, on_worker, done = [], False, set()
+                    while i < count:
+                        entry = program[i]
+                        if entry[1] or (batch and any(k not in values and k not in done for k in entry[2])):
+                            break
+                        batch.append(entry)
+                        done.add(entry[0].id)
+                        on_worker = on_worker or entry[0].id in heavy_ids
+                        i += 1
+                        if entry[3] or entry[4]:
+                            break
                     self.status[actor.index] = (step, member, -2)
-                    if failed is not None:
-                        out = failed
-                    elif on_worker:
-                        out = await self.pool.run(self._call_forward, member, args, step, time.perf_counter())
+                    if on_worker:
+                        await self.pool.run(self._run_batch, batch, values, step, time.perf_counter())
                     else:
-                        tracer = self.steps[step].tracer
-                        if tracer is None and not check:  # the hot path: no tracing, no checks
-                            try:
-                                out = member.op.forward(xp, *args)
-                            except Exception as exc:
-                                out = _failure(vertex_error(member, args, exc, FORWARD), exc)
-                        else:
-                            out = self._call_forward(member, args, step, time.perf_counter())
-                values[member.id] = out
-                if readers:
-                    message = (step, FORWARD, {member.id: out})
-                    for channel in readers:
-                        self._send(channel, message)
-                if fetched:
-                    self._deliver(step, FORWARD, member.id, out)
+                        self._run_batch(batch, values, step, time.perf_counter())
+                for entry in batch:
+                    out = values[entry[0].id]
+                    if entry[3]:
+                        message = (step, FORWARD, {entry[0].id: out})
+                        for channel in entry[3]:
+                            self._send(channel, message)
+                    if entry[4]:
+                        self._deliver(step, FORWARD, entry[0].id, out)
             if plan.reverse is not None and actor.backward:
                 await self._backward(actor, mail, step, values, sends)
             self.status[actor.index] = (step, None, 0)
@@ -350,6 +363,30 @@ class Network:
         state = self.steps.get(step)
         return step if state is None else state.trace_step
 
+    def _run_batch(self, batch: list, values: dict, step: int, ready: float) -> None:
+        """Compute a run of members in order, filing each output (or Failure) in `values`.
+
+        Runs on the trio thread or, for a batch holding expensive members, on a
+        worker (one hand-off for the whole run).
+        """
+        tracer = self.steps[step].tracer
+        plain = tracer is None and not self.executor.check_numerics
+        xp = self.xp
+        for member, _, input_ids, _, _ in batch:
+            args = [values[k] for k in input_ids]
+            failed = next((a for a in args if type(a) is Failure), None)
+            if failed is not None:
+                out = failed
+            elif plain:  # the hot path: no tracing, no checks
+                try:
+                    out = member.op.forward(xp, *args)
+                except Exception as exc:
+                    out = _failure(vertex_error(member, args, exc, FORWARD), exc)
+            else:
+                out = self._call_forward(member, args, step, ready)
+                ready = time.perf_counter()
+            values[member.id] = out
+
     def _call_forward(self, node: Node, args: list, step: int, ready: float):
         executor = self.executor
         tracer = self._tracer(step)
@@ -366,7 +403,7 @@ class Network:
         return out
 
     async def _vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
-        if self.pool is not None and self.plan.actors[self.plan.actor_of[node.id]].heavy:
+        if self.pool is not None and node.id in self.plan.actors[self.plan.actor_of[node.id]].heavy_ids:
             return await self.pool.run(self._call_vjp, node, needs, g, xs, y, step, ready)
         return self._call_vjp(node, needs, g, xs, y, step, ready)
 

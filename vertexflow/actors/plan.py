@@ -4,12 +4,14 @@ Pure planning, no trio: which vertices each actor owns, in which order it
 runs them, which actors send it values (forward) and gradients (backward),
 and where sources (inputs, params, constants) come from.
 
-Partition rule (DESIGN decision 5): a vertex whose estimated cost reaches
-`heavy_flops` is an actor of its own, so independent expensive vertices can
-run at once on worker threads. Cheap vertices are fused: one joins an actor
-that already waits for everything it needs (its producers are members of that
-actor, sources, or inputs the actor already receives), so fusing never makes
-an actor wait longer. Every actor runs its members in the graph's global
+Partition rule (DESIGN decision 5): a vertex joins an existing actor when that
+delays nothing: everything the actor waits for from outside, and every
+expensive member it has, is upstream of the vertex anyway. Otherwise it
+starts a new actor. So chains fuse into one actor (cheap and expensive alike:
+a chain has no parallel work to lose, unless the network pipelines a stream:
+then each expensive vertex is a stage of its own), cheap vertices gather into few actors,
+and independent expensive branches land in different actors that run at once
+on worker threads. Every actor runs its members in the graph's global
 topological order and waits for each outside value just before the member
 that reads it; with sends that never block, that order makes the network
 deadlock-free whatever the partition.
@@ -39,7 +41,7 @@ class ActorPlan:
         backward: members that take part in the reverse sweep, output side first.
         grad_from: {edge-gradient index: actor index} for gradients sent to its members from outside.
         grad_to: {edge-gradient index: actor index} for gradients its members send outside.
-        heavy: True for an actor holding one expensive vertex.
+        heavy_ids: ids of its expensive members (costs at least `heavy_flops`).
     """
 
     index: int
@@ -50,7 +52,12 @@ class ActorPlan:
     backward: list[Node] = field(default_factory=list)
     grad_from: dict[int, int] = field(default_factory=dict)
     grad_to: dict[int, int] = field(default_factory=dict)
-    heavy: bool = False
+    heavy_ids: set[int] = field(default_factory=set)
+
+    @property
+    def heavy(self) -> bool:
+        """Whether it holds expensive vertices, which run on worker threads."""
+        return bool(self.heavy_ids)
 
     @property
     def name(self) -> str:
@@ -71,10 +78,33 @@ class NetworkPlan:
     actor_of: dict[int, int]  # vertex id -> actor index (sources: the actor that owns them)
     heavy_flops: float
 
+    @property
+    def heavy_width(self) -> int:
+        """How many expensive vertices can run at once: the most at one depth of the heavy DAG."""
+        members = sorted(
+            ((m, m.id in a.heavy_ids) for a in self.actors for m in a.members if m.kind == "op"),
+            key=lambda t: t[0].id,
+        )
+        depth: dict[int, int] = {}
+        per_level: dict[int, int] = {}
+        for member, heavy in members:
+            d = max((depth.get(i.id, 0) for i in member.inputs), default=0)
+            if heavy:
+                d += 1
+                per_level[d] = per_level.get(d, 0) + 1
+            depth[member.id] = d
+        return max(per_level.values(), default=0)
+
+    @property
+    def heavy_count(self) -> int:
+        """Actors holding expensive vertices."""
+        return sum(1 for a in self.actors if a.heavy)
+
     def describe(self) -> str:
         lines = []
         for a in self.actors:
             kind = "heavy" if a.heavy else "fused" if len(a.members) > 1 else "light"
+            kind += f" {len(a.heavy_ids)} expensive" if len(a.heavy_ids) > 1 else ""
             names = ", ".join(m.name for m in a.members)
             lines.append(f"actor {a.index:>3} [{kind}] {names}")
         return "\n".join(lines)
@@ -100,8 +130,14 @@ def plan_network(
     reverse: ReversePlan | None,
     source_shapes: Mapping[int, tuple],
     heavy_flops: float,
+    pipeline: bool = False,
 ) -> NetworkPlan:
-    """Partition the vertices that `fetch` (and the reverse plan) need into actors."""
+    """Partition the vertices that `fetch` (and the reverse plan) need into actors.
+
+    Args:
+        pipeline: the network will carry several steps at once (a stream), so
+            expensive vertices stay separate stages rather than fusing in chains.
+    """
     targets = list(fetch) + ([reverse.output] if reverse is not None else [])
     order = ancestors(targets)
     specs = concrete_specs(order, source_shapes)
@@ -111,12 +147,14 @@ def plan_network(
     depends: dict[int, int] = {}
     waits: list[int] = []
 
-    def new_actor(heavy: bool) -> ActorPlan:
-        actor = ActorPlan(index=len(actors), heavy=heavy)
+    def new_actor() -> ActorPlan:
+        actor = ActorPlan(index=len(actors))
         actors.append(actor)
         waits.append(0)
+        expensive.append(0)
         return actor
 
+    expensive: list[int] = []  # per actor: bit set of its expensive members
     ops = [n for n in order if n.kind == "op"]
     consumers: dict[int, list[Node]] = {}
     for node in order:
@@ -127,13 +165,14 @@ def plan_network(
         depends[node.id] = mask
 
     for node in ops:
-        cost = node.op.cost(*(specs[i.id] for i in node.inputs))
-        if cost >= heavy_flops:
-            actor = new_actor(heavy=True)
-        else:
-            actor = _fusable_actor(node, actors, actor_of, waits, depends[node.id]) or new_actor(heavy=False)
+        heavy = node.op.cost(*(specs[i.id] for i in node.inputs)) >= heavy_flops
+        index = _fusable_actor(node, actor_of, waits, expensive, depends[node.id], heavy and pipeline)
+        actor = new_actor() if index is None else actors[index]
         actor.members.append(node)
         actor_of[node.id] = actor.index
+        if heavy:
+            actor.heavy_ids.add(node.id)
+            expensive[actor.index] |= 1 << node.id
         for inp in node.inputs:
             if inp.kind not in SOURCE_KINDS and actor_of[inp.id] != actor.index:
                 waits[actor.index] |= 1 << inp.id
@@ -142,7 +181,7 @@ def plan_network(
     for node in order:
         if node.kind in SOURCE_KINDS:
             users = consumers.get(node.id)
-            actor = actors[actor_of[users[0].id]] if users else new_actor(heavy=False)
+            actor = actors[actor_of[users[0].id]] if users else new_actor()
             actor_of[node.id] = actor.index
             actor.members.append(node)
     for actor in actors:
@@ -183,15 +222,22 @@ def plan_network(
     return NetworkPlan(list(fetch), reverse, actors, actor_of, heavy_flops)
 
 
-def _fusable_actor(node: Node, actors: list[ActorPlan], actor_of: dict[int, int], waits: list[int], depends: int):
-    """A light actor that `node` can join without waiting for anything it does not depend on anyway.
+def _fusable_actor(
+    node: Node, actor_of: dict[int, int], waits: list[int], expensive: list[int], depends: int, stage: bool
+) -> int | None:
+    """The index of an actor that `node` can join without being held up by anything it does not depend on.
 
-    Joining actor A puts `node` after A's members, so it runs once everything A
-    waits for has arrived; that delays nothing when all of it is upstream of `node`.
-    Actors holding one of node's producers come first (chains fuse).
+    Joining actor A puts `node` after A's members: it then runs once A has
+    everything it waits for, and once A's expensive members are done. Neither
+    delays it when all of that is upstream of `node`. Actors holding one of
+    node's producers are tried first, so chains fuse. With `stage` (an
+    expensive vertex in a pipelined network) it joins no actor that already
+    holds expensive work, so steps can overlap along the chain.
     """
     preferred = [actor_of[i.id] for i in node.inputs if i.kind not in SOURCE_KINDS]
-    for index in dict.fromkeys(preferred + list(range(len(actors)))):
-        if not actors[index].heavy and waits[index] & ~depends == 0:
-            return actors[index]
+    for index in dict.fromkeys(preferred + list(range(len(waits)))):
+        if stage and expensive[index]:
+            continue  # a pipeline keeps each expensive vertex a stage of its own
+        if (waits[index] | expensive[index]) & ~depends == 0:
+            return index
     return None

@@ -36,7 +36,7 @@ class Workload:
 
     @property
     def vertices(self) -> int:
-        return sum(1 for n in vf.graph.ancestors(self.fetch + ([self.loss] if self.loss else [])) if n.kind == "op")
+        return sum(1 for n in vf.graph.ancestors(self.fetch + ([self.loss] if self.loss is not None else [])) if n.kind == "op")
 
 
 def _heavy_op(h, i):
