@@ -63,11 +63,12 @@ class ActorExecutor(Executor):
         depth: steps in flight at once in a stream (the window that gives back-pressure).
         heavy_flops: estimated cost (in simple-op elements, ~1 ns each) from which a vertex
             is an actor of its own on a worker thread; a thread hand-off costs ~50-100 us.
-        blas: "keep" leaves BLAS's thread count alone, so results stay bitwise identical to
-            SequentialExecutor's (DESIGN decision 3). "share" splits the cores between BLAS
-            calls that run at once on parallel branches (no oversubscription: faster on
-            BLAS-heavy wide graphs), but OpenBLAS may then round some matmuls differently
-            in the last bits than a run with all its threads.
+        blas: how BLAS calls on parallel branches share the cores without oversubscribing
+            them. "keep" (default): they take turns, each with all of BLAS's threads, while
+            other expensive vertices run beside them; results stay bitwise identical to
+            SequentialExecutor's (DESIGN decision 3). "share": they run at once with
+            cores // parallel BLAS threads each; OpenBLAS may then round some matmuls
+            differently in the last bits than a run with all its threads.
         device, tracer, check_numerics: as for every executor.
     """
 
@@ -172,7 +173,10 @@ class ActorExecutor(Executor):
         network = host.networks.get(key)
         if network is None or network.broken is not None:
             shapes = {k: tuple(v.shape) for k, v in checked.items()}
-            plan = plan_network(fetch, reverse, shapes, self.heavy_flops, pipeline)
+            plan = plan_network(fetch, reverse, shapes, self.heavy_flops)
+            if pipeline and plan.heavy_width < self.threads:
+                # Too few parallel branches to keep the workers busy: let steps overlap along chains.
+                plan = plan_network(fetch, reverse, shapes, self.heavy_flops, pipeline=True)
             network = Network(self, plan, self.depth)
             await host.nursery.start(network.serve)
             host.networks[key] = network
@@ -298,5 +302,8 @@ class ActorExecutor(Executor):
         nodes, _ = self._fetches(fetch)
         checked = self._feeds(feeds, self._needed_sources(nodes, None)) if feeds else {}
         shapes = {k: tuple(v.shape) for k, v in checked.items()}
-        return plan_network(nodes, None, shapes, self.heavy_flops, pipeline=stream and self.depth > 1).describe()
+        plan = plan_network(nodes, None, shapes, self.heavy_flops)
+        if stream and self.depth > 1 and plan.heavy_width < self.threads:
+            plan = plan_network(nodes, None, shapes, self.heavy_flops, pipeline=True)
+        return plan.describe()
 

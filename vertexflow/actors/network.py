@@ -80,6 +80,9 @@ class Network:
         self.depth = depth
         self.xp = executor.xp
         self.pool = executor._pool
+        # BLAS calls on workers take turns, each with all of BLAS's threads, unless the
+        # executor shares the cores out instead (blas="share").
+        self.blas_lock = self.pool.blas_lock if self.pool is not None and executor.blas == "keep" else None
         self.fetch_ids = {n.id for n in plan.fetch}
         reverse = plan.reverse
         self.wrt_ids = set() if reverse is None else {w.id for w in reverse.wrt if w.id in reverse.incoming}
@@ -248,64 +251,103 @@ class Network:
             mail.pop((step, phase), None)
         return value
 
+    def _segments(self, actor: ActorPlan) -> list[tuple[list, list, bool]]:
+        """The actor's forward program, worked out once: runs of members with what they take first.
+
+        Each segment is (takes, entries, on_worker): the values to take from the
+        inbox before it, as (key, member, input position), then members computed
+        in one go, inline or in one worker hand-off. A segment ends before a
+        member that needs a value from outside not yet taken, and after a member
+        whose value leaves the actor (its readers should not wait for the rest).
+        """
+        sends = [self.inboxes[i][0] for i in range(len(self.plan.actors))]
+        heavy_ids = actor.heavy_ids if self.pool is not None else set()
+        segments: list[tuple[list, list, bool]] = []
+        takes: list = []
+        entries: list = []
+        on_worker = False
+        have: set[int] = set()
+
+        def close():
+            nonlocal takes, entries, on_worker
+            if takes or entries:
+                segments.append((takes, entries, on_worker))
+            takes, entries, on_worker = [], [], False
+
+        for member in actor.members:
+            readers = tuple(sends[r] for r in actor.value_to.get(member.id, ()))
+            fetched = member.id in self.fetch_ids
+            if member.kind in SOURCE_KINDS:
+                if entries:
+                    close()
+                takes.append((member.id, member, -1))
+                have.add(member.id)
+                if readers or fetched:
+                    entries.append((member, True, (), readers, fetched))
+                    close()
+                continue
+            missing = [(i.id, member, pos) for pos, i in enumerate(member.inputs) if i.id not in have]
+            if missing and entries:
+                close()
+            for key, m, pos in missing:
+                if key not in have:
+                    takes.append((key, m, pos))
+                    have.add(key)
+            entries.append((member, False, tuple(i.id for i in member.inputs), readers, fetched))
+            on_worker = on_worker or member.id in heavy_ids
+            have.add(member.id)
+            if readers or fetched:
+                close()
+        close()
+        # Let each value go once the last member here that reads it has run (a tape's
+        # habit: a step holding every intermediate array thrashes the caches), unless
+        # the reverse sweep will need it.
+        keep: set[int] = set()
+        if self.plan.reverse is not None:
+            for node in actor.backward:
+                keep.add(node.id)
+                keep.update(i.id for i in node.inputs)
+        last: dict[int, int] = {}
+        order = [entry for _, entries, _ in segments for entry in entries]
+        for index, entry in enumerate(order):
+            for key in entry[2]:
+                last[key] = index
+        frees: dict[int, list[int]] = {}
+        for key, index in last.items():
+            if key not in keep:
+                frees.setdefault(index, []).append(key)
+        counter = iter(range(len(order)))
+        return [
+            (takes, [(*entry, tuple(frees.get(next(counter), ()))) for entry in entries], on_worker)
+            for takes, entries, on_worker in segments
+        ]
+
     async def _run_actor(self, actor: ActorPlan) -> None:
         np.seterr(all="ignore")  # this task's numpy error state; numerics are checked by check_numerics
         plan = self.plan
         sends = [self.inboxes[i][0] for i in range(len(plan.actors))]
-        # The actor's program, worked out once: per member, what it reads and who reads it.
-        program = [
-            (
-                member,
-                member.kind in SOURCE_KINDS,
-                tuple(inp.id for inp in member.inputs),
-                tuple(sends[r] for r in actor.value_to.get(member.id, ())),
-                member.id in self.fetch_ids,
-            )
-            for member in actor.members
-        ]
-        heavy_ids = actor.heavy_ids if self.pool is not None else ()
-        count = len(program)
+        segments = self._segments(actor)
         mail: dict = {}
         step = 0
         while True:
             values: dict[int, Any] = {}
-            i = 0
-            while i < count:
-                member, is_source, input_ids, readers, fetched = program[i]
-                if is_source:
-                    values[member.id] = await self._take(actor, mail, step, FORWARD, member.id, (member, -1))
-                    batch = [program[i]]
-                    i += 1
+            for takes, entries, on_worker in segments:
+                for key, member, pos in takes:
+                    values[key] = await self._take(actor, mail, step, FORWARD, key, (member, pos))
+                if not entries:
+                    continue
+                self.status[actor.index] = (step, entries[0][0], -2)
+                if on_worker:
+                    await self.pool.run(self._run_batch, entries, values, step, time.perf_counter(), True)
                 else:
-                    for pos, key in enumerate(input_ids):
-                        if key not in values:
-                            values[key] = await self._take(actor, mail, step, FORWARD, key, (member, pos))
-                    # Run member i and the members after it that need nothing more from outside,
-                    # up to one whose value leaves the actor (its readers should not wait for the rest).
-                    batch, on_worker, done = [], False, set()
-                    while i < count:
-                        entry = program[i]
-                        if entry[1] or (batch and any(k not in values and k not in done for k in entry[2])):
-                            break
-                        batch.append(entry)
-                        done.add(entry[0].id)
-                        on_worker = on_worker or entry[0].id in heavy_ids
-                        i += 1
-                        if entry[3] or entry[4]:
-                            break
-                    self.status[actor.index] = (step, member, -2)
-                    if on_worker:
-                        await self.pool.run(self._run_batch, batch, values, step, time.perf_counter())
-                    else:
-                        self._run_batch(batch, values, step, time.perf_counter())
-                for entry in batch:
-                    out = values[entry[0].id]
-                    if entry[3]:
-                        message = (step, FORWARD, {entry[0].id: out})
-                        for channel in entry[3]:
-                            self._send(channel, message)
-                    if entry[4]:
-                        self._deliver(step, FORWARD, entry[0].id, out)
+                    self._run_batch(entries, values, step, time.perf_counter())
+                member, _, _, readers, fetched, _ = entries[-1]
+                if readers:
+                    message = (step, FORWARD, {member.id: values[member.id]})
+                    for channel in readers:
+                        self._send(channel, message)
+                if fetched:
+                    self._deliver(step, FORWARD, member.id, values[member.id])
             if plan.reverse is not None and actor.backward:
                 await self._backward(actor, mail, step, values, sends)
             self.status[actor.index] = (step, None, 0)
@@ -363,7 +405,7 @@ class Network:
         state = self.steps.get(step)
         return step if state is None else state.trace_step
 
-    def _run_batch(self, batch: list, values: dict, step: int, ready: float) -> None:
+    def _run_batch(self, batch: list, values: dict, step: int, ready: float, on_worker: bool = False) -> None:
         """Compute a run of members in order, filing each output (or Failure) in `values`.
 
         Runs on the trio thread or, for a batch holding expensive members, on a
@@ -372,11 +414,22 @@ class Network:
         tracer = self.steps[step].tracer
         plain = tracer is None and not self.executor.check_numerics
         xp = self.xp
-        for member, _, input_ids, _, _ in batch:
+        blas_lock = self.blas_lock if on_worker else None
+        for member, is_source, input_ids, _, _, free in batch:
+            if is_source:
+                continue
             args = [values[k] for k in input_ids]
-            failed = next((a for a in args if type(a) is Failure), None)
-            if failed is not None:
-                out = failed
+            out = None
+            for a in args:
+                if type(a) is Failure:
+                    out = a
+                    break
+            if out is not None:
+                pass
+            elif blas_lock is not None and member.op.blas:
+                with blas_lock:
+                    out = self._call_forward(member, args, step, ready)
+                ready = time.perf_counter()
             elif plain:  # the hot path: no tracing, no checks
                 try:
                     out = member.op.forward(xp, *args)
@@ -386,6 +439,8 @@ class Network:
                 out = self._call_forward(member, args, step, ready)
                 ready = time.perf_counter()
             values[member.id] = out
+            for key in free:
+                del values[key]
 
     def _call_forward(self, node: Node, args: list, step: int, ready: float):
         executor = self.executor
@@ -404,8 +459,14 @@ class Network:
 
     async def _vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
         if self.pool is not None and node.id in self.plan.actors[self.plan.actor_of[node.id]].heavy_ids:
+            if node.op.blas and self.blas_lock is not None:
+                return await self.pool.run(self._locked, self._call_vjp, node, needs, g, xs, y, step, ready)
             return await self.pool.run(self._call_vjp, node, needs, g, xs, y, step, ready)
         return self._call_vjp(node, needs, g, xs, y, step, ready)
+
+    def _locked(self, fn, *args):
+        with self.blas_lock:
+            return fn(*args)
 
     def _call_vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
         executor = self.executor

@@ -19,6 +19,7 @@ deadlock-free whatever the partition.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -78,7 +79,7 @@ class NetworkPlan:
     actor_of: dict[int, int]  # vertex id -> actor index (sources: the actor that owns them)
     heavy_flops: float
 
-    @property
+    @functools.cached_property
     def heavy_width(self) -> int:
         """How many expensive vertices can run at once: the most at one depth of the heavy DAG."""
         members = sorted(
@@ -95,7 +96,7 @@ class NetworkPlan:
             depth[member.id] = d
         return max(per_level.values(), default=0)
 
-    @property
+    @functools.cached_property
     def heavy_count(self) -> int:
         """Actors holding expensive vertices."""
         return sum(1 for a in self.actors if a.heavy)

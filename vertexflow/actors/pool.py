@@ -33,6 +33,9 @@ class WorkerPool:
         self._lock = threading.Lock()
         self.busy = 0  # calls taken by a worker and not yet finished (read for diagnostics)
         self.blas = BlasThreads()
+        # Held around each BLAS-calling op on a worker unless cores are shared out
+        # (BlasThreads.sharing): BLAS already spreads one call over every core.
+        self.blas_lock = threading.Lock()
 
     def _start(self) -> None:
         with self._lock:

@@ -2,7 +2,7 @@
 
 Each *runner* does one unit of the workload (a step, a training step, or the
 whole stream of batches). After warm-up, the runners take turns for `repeat`
-rounds; each gets its median and spread, its speedup over the sequential
+rounds of a few runs each; each gets its median and spread, its speedup over the sequential
 executor, and its efficiency against the ideal bound max(critical path,
 total work / cores), where per-vertex times come from a traced sequential run.
 """
@@ -168,6 +168,7 @@ def measure(
     threads: list[int] | None = None,
     repeat: int = 5,
     warmup: int = 1,
+    inner: int = 3,
     with_dask: bool = True,
     blas_share: bool = False,
     memory: bool = True,
@@ -185,11 +186,16 @@ def measure(
             for _ in range(warmup):
                 outputs[name] = fn()
         _check_agreement(workload, outputs)
+        # Rounds of short blocks: each executor in turn runs once untimed, then `inner` times.
+        # Whole blocks (not single runs) alternate because an executor's first run after
+        # another thread's work meets cold caches and allocator arenas.
         for _ in range(repeat):
             for name, (fn, _) in table.items():
-                start = time.perf_counter()
                 fn()
-                results[name].append(time.perf_counter() - start)
+                for _ in range(inner):
+                    start = time.perf_counter()
+                    fn()
+                    results[name].append(time.perf_counter() - start)
             if progress:
                 progress(workload.name)
         peaks = {name: peak_memory(fn) for name, (fn, _) in table.items()} if memory else {}

@@ -33,6 +33,9 @@ class Op:
     """
 
     name: str = "op"
+    # True for ops whose forward calls BLAS, which threads by itself: executors must not
+    # run two of them at once on the same cores (DESIGN decision 5).
+    blas: bool = False
 
     def infer(self, *specs: Spec) -> Spec:
         """The Spec of the output given the inputs' specs; raise ShapeError if they do not fit."""

@@ -13,6 +13,7 @@ from .base import Op, broadcast_shapes, require_numeric
 
 class Matmul(Op):
     name = "matmul"
+    blas = True
 
     def infer(self, a: Spec, b: Spec) -> Spec:
         require_numeric(a, b)

@@ -212,6 +212,7 @@ class Conv2d(Op, Window):
     """2-D cross-correlation of x (N, C, H, W) with w (O, C, kh, kw), as PyTorch's conv2d."""
 
     name = "conv2d"
+    blas = True
 
     def __init__(self, stride=1, padding=0, dilation=1):
         self._init_window(None, stride, padding, dilation)
@@ -248,6 +249,7 @@ class Conv2d(Op, Window):
 
 class Conv2dGradInput(Op, Window):
     name = "conv2d_grad_input"
+    blas = True
 
     def __init__(self, stride, padding, dilation):
         self._init_window(None, stride, padding, dilation)
@@ -267,6 +269,7 @@ class Conv2dGradInput(Op, Window):
 
 class Conv2dGradWeight(Op, Window):
     name = "conv2d_grad_weight"
+    blas = True
 
     def __init__(self, stride, padding, dilation):
         self._init_window(None, stride, padding, dilation)
