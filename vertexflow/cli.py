@@ -1,28 +1,135 @@
 """The `vertexflow` command.
 
-    vertexflow demo      build a wide inference graph, run it, compare executors
+    vertexflow demo                        a wide graph on both executors, compared, with a trace
+    vertexflow bench --suite quick         executors against each other, numpy and Dask
+    vertexflow trace wide --out t.html     trace a built-in example (or a script) into the viewer
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import runpy
+import shlex
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vertexflow", description="Dataflow graphs where every vertex is an actor.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run a wide inference graph on each executor and compare")
-    demo.add_argument("--members", type=int, default=4, help="MLPs in the ensemble (parallel branches)")
-    demo.add_argument("--batch", type=int, default=256)
-    demo.add_argument("--repeat", type=int, default=10, help="timed runs per executor")
+
+    demo = commands.add_parser("demo", help="run a wide graph on the sequential and actor executors and compare")
+    demo.add_argument("--branches", type=int, default=8, help="independent branches (default 8)")
+    demo.add_argument("--depth", type=int, default=6, help="expensive ops per branch (default 6)")
+    demo.add_argument("--rows", type=int, default=256)
+    demo.add_argument("--cols", type=int, default=512)
+    demo.add_argument("--repeat", type=int, default=5, help="timed runs per executor")
+    demo.add_argument("--threads", type=int, default=None, help="worker threads (default: the cores)")
     demo.add_argument("--out", default=".", help="directory for trace.html and trace.json")
+
+    from .benchmarks.families import FAMILIES
+    from .benchmarks.report import SUITES
+
+    bench = commands.add_parser("bench", help="measure executors on graph families")
+    bench.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    bench.add_argument("--family", action="append", choices=sorted(FAMILIES), help="only these families (repeatable)")
+    bench.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a family size, e.g. --size rows=128 (repeatable)")
+    bench.add_argument("--threads", type=int, action="append", help="actor thread counts (repeatable; default 1 and the cores)")
+    bench.add_argument("--repeat", type=int, default=3, help="rounds per workload (default 3)")
+    bench.add_argument("--no-dask", action="store_true", help="leave out the Dask peer")
+    bench.add_argument("--json", help="write the report as JSON (schema: bench/README.md)")
+    bench.add_argument("--markdown", help="write the table as Markdown")
+    bench.add_argument("--plot", help="write a PNG plot (needs matplotlib)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.add_argument("--tiny", action="store_true", help="shrink every workload to run in seconds (a smoke test)")
+
+    trace = commands.add_parser("trace", help="trace an example or a script into the HTML viewer and Chrome JSON")
+    trace.add_argument("target", help=f"a built-in example ({', '.join(sorted(FAMILIES))}) or a Python script")
+    trace.add_argument("--out", default="trace.html", help="HTML output; the JSON goes beside it")
+    trace.add_argument("--executor", choices=["actor", "sequential"], default="actor")
+    trace.add_argument("--threads", type=int, default=None)
+    trace.add_argument("--steps", type=int, default=2, help="steps to run (examples only)")
+    trace.add_argument("--graph", action="store_true", help="also write the graph as Graphviz (.dot), coloured by time")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo(members=args.members, batch=args.batch, repeat=args.repeat, out=args.out)
-    return 2
+        return run_demo(branches=args.branches, depth=args.depth, rows=args.rows, cols=args.cols,
+                        repeat=args.repeat, threads=args.threads, out=args.out)
+    if args.command == "bench":
+        return _bench(args, argv)
+    return _trace(args)
+
+
+def _bench(args, argv) -> int:
+    from .benchmarks.report import run_suite, table, write_all
+
+    sizes = {}
+    for item in args.size:
+        key, _, value = item.partition("=")
+        if not value:
+            raise SystemExit(f"--size takes KEY=VALUE, got {item!r}")
+        sizes[key] = int(value)
+    report = run_suite(args.suite, families=args.family, threads=args.threads, repeat=args.repeat,
+                       with_dask=not args.no_dask, progress=not args.quiet, sizes=sizes, tiny=args.tiny)
+    report["command"] = "vertexflow " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    print(table(report))
+    write_all(report, args.json, args.markdown, args.plot)
+    return 0
+
+
+def _trace(args) -> int:
+    import vertexflow as vf
+
+    from .benchmarks.families import FAMILIES
+    from .benchmarks.measure import _unit, cores
+
+    html = args.out
+    json_path = os.path.splitext(html)[0] + ".json"
+    with vf.trace() as tracer:
+        if args.target in FAMILIES:
+            workload = FAMILIES[args.target]()
+            if args.executor == "actor":
+                executor = vf.ActorExecutor(workload.graph, threads=args.threads or cores())
+            else:
+                executor = vf.SequentialExecutor(workload.graph)
+            unit = _unit(workload, executor)
+            for _ in range(args.steps):
+                unit()
+            executor.close()
+            title = f"{workload.name} on {type(executor).__name__}"
+        elif os.path.exists(args.target):
+            runpy.run_path(args.target, run_name="__main__")
+            title = os.path.basename(args.target)
+        else:
+            raise SystemExit(f"{args.target!r} is neither a built-in example nor a script")
+    if not tracer.spans:
+        raise SystemExit("nothing was traced: the script ran no executor")
+    tracer.save_html(html, title=title)
+    tracer.save(json_path)
+    print(f"{len(tracer.spans)} spans on {len(tracer.lanes())} lanes")
+    print(f"trace viewer: {os.path.abspath(html)}")
+    print(f"Chrome trace: {os.path.abspath(json_path)}")
+    if args.graph:
+        dot_path = os.path.splitext(html)[0] + ".dot"
+        with open(dot_path, "w") as f:
+            f.write(_coloured_dot(tracer))
+        print(f"graph: {os.path.abspath(dot_path)}  (dot -Tsvg {os.path.basename(dot_path)} > graph.svg)")
+    summary = tracer.summary()
+    print(f"wall {summary.wall * 1e3:.1f} ms, work {summary.total_work * 1e3:.1f} ms, "
+          f"parallelism {summary.parallelism:.2f}, critical path {summary.critical_path * 1e3:.1f} ms")
+    return 0
+
+
+def _coloured_dot(tracer) -> str:
+    totals: dict[str, float] = {}
+    for s in tracer.spans:
+        totals[s.vertex] = totals.get(s.vertex, 0.0) + s.duration
+    top = max(totals.values(), default=1.0) or 1.0
+    colours = {name: f"0.0 {min(0.15 + 0.85 * t / top, 1.0):.3f} 1.0" for name, t in totals.items()}
+    return tracer.graph.to_dot(highlight=colours)
 
 
 if __name__ == "__main__":

@@ -142,14 +142,20 @@ def traced_work(workload: Workload, lanes: int) -> tuple[float, float, float]:
     return work, path, max(path, work / lanes)
 
 
+_CONTROLLER = []
+
+
 def _blas_threads(n: int):
+    """A block where BLAS uses n threads (threadpoolctl's controller made once: it scans libraries)."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         import contextlib
 
         return contextlib.nullcontext()
-    return threadpool_limits(n, user_api="blas")
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=n, user_api="blas")
 
 
 def peak_memory(fn: Callable) -> int:
