@@ -409,12 +409,14 @@ class Network:
         """Compute a run of members in order, filing each output (or Failure) in `values`.
 
         Runs on the trio thread or, for a batch holding expensive members, on a
-        worker (one hand-off for the whole run).
+        worker (one hand-off for the whole run). BLAS-calling members on a worker
+        hold the pool's BLAS lock (DESIGN decision 5).
         """
-        tracer = self.steps[step].tracer
-        plain = tracer is None and not self.executor.check_numerics
+        state = self.steps[step]
+        tracer, check = state.tracer, self.executor.check_numerics
         xp = self.xp
         blas_lock = self.blas_lock if on_worker else None
+        lane = _lane() if tracer is not None else None
         for member, is_source, input_ids, _, _, free in batch:
             if is_source:
                 continue
@@ -424,38 +426,26 @@ class Network:
                 if type(a) is Failure:
                     out = a
                     break
-            if out is not None:
-                pass
-            elif blas_lock is not None and member.op.blas:
-                with blas_lock:
-                    out = self._call_forward(member, args, step, ready)
-                ready = time.perf_counter()
-            elif plain:  # the hot path: no tracing, no checks
+            if out is None:
+                start = time.perf_counter() if tracer is not None else 0.0
                 try:
-                    out = member.op.forward(xp, *args)
+                    if blas_lock is not None and member.op.blas:
+                        with blas_lock:
+                            out = member.op.forward(xp, *args)
+                    else:
+                        out = member.op.forward(xp, *args)
                 except Exception as exc:
                     out = _failure(vertex_error(member, args, exc, FORWARD), exc)
-            else:
-                out = self._call_forward(member, args, step, ready)
-                ready = time.perf_counter()
+                else:
+                    if tracer is not None:
+                        end = time.perf_counter()
+                        tracer.record(member, FORWARD, state.trace_step, lane, ready, start, end, args)
+                        ready = end
+                    if check and out.dtype.kind == "f" and bool(xp.isnan(out).any()):
+                        out = Failure(nan_error(member, args, FORWARD))
             values[member.id] = out
             for key in free:
                 del values[key]
-
-    def _call_forward(self, node: Node, args: list, step: int, ready: float):
-        executor = self.executor
-        tracer = self._tracer(step)
-        start = tracer.now() if tracer is not None else 0.0
-        try:
-            out = node.op.forward(self.xp, *args)
-        except Exception as exc:
-            return _failure(vertex_error(node, args, exc, FORWARD), exc)
-        if tracer is not None:
-            tracer.record(node, FORWARD, self._trace_step(step), _lane(), ready, start, tracer.now(), args)
-        if executor.check_numerics and out.dtype.kind == "f" and bool(self.xp.isnan(out).any()):
-            err = nan_error(node, args, FORWARD)
-            return Failure(err)
-        return out
 
     async def _vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
         if self.pool is not None and node.id in self.plan.actors[self.plan.actor_of[node.id]].heavy_ids:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..graph import Node
@@ -47,41 +47,42 @@ class Span:
         return self.start - self.ready
 
 
-@dataclass
 class Tracer:
     """Collects spans from any executor it is given to (or that runs inside `vf.trace()`).
 
-    Attributes:
-        spans: the recorded spans, in the order they ended.
-        graph_dot: Graphviz text of the traced graph, kept for the viewer.
-    """
+    Recording keeps raw tuples (a few hundred nanoseconds a vertex); `spans`
+    turns them into Span objects when they are read.
 
-    spans: list[Span] = field(default_factory=list)
-    graph: Any = None
-    origin: float = field(default_factory=time.perf_counter)
+    Attributes:
+        graph: the graph the last recorded vertex belongs to (for the viewer's picture).
+    """
 
     now = staticmethod(time.perf_counter)
 
+    def __init__(self):
+        self._raw: list[tuple] = []
+        self._spans: list[Span] = []
+        self.graph: Any = None
+        self.origin = time.perf_counter()
+
     def record(self, node: Node, phase: str, step: int, lane: str, ready: float, start: float, end: float, args) -> None:
-        if self.graph is None:
-            self.graph = node.graph
-        self.spans.append(
-            Span(
-                node.name,
-                node.op_name,
-                phase,
-                step,
-                lane,
-                ready,
-                start,
-                end,
-                tuple(tuple(getattr(a, "shape", ())) for a in args),
-                tuple(i.name for i in node.inputs) if phase == "forward" else (),
-            )
-        )
+        """Note that `node` ran `phase` of `step` on `lane` from start to end, ready since `ready`."""
+        self._raw.append((node, phase, step, lane, ready, start, end, [getattr(a, "shape", ()) for a in args]))
+
+    @property
+    def spans(self) -> list[Span]:
+        """The recorded spans, in the order they ended."""
+        if len(self._spans) < len(self._raw):
+            for node, phase, step, lane, ready, start, end, shapes in self._raw[len(self._spans):]:
+                self.graph = node.graph
+                inputs = tuple(i.name for i in node.inputs) if phase == "forward" else ()
+                shapes = tuple(tuple(s) for s in shapes)
+                self._spans.append(Span(node.name, node.op_name, phase, step, lane, ready, start, end, shapes, inputs))
+        return self._spans
 
     def clear(self) -> None:
-        self.spans.clear()
+        self._raw.clear()
+        self._spans.clear()
         self.origin = time.perf_counter()
 
     def lanes(self) -> list[str]:
