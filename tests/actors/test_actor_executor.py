@@ -337,3 +337,49 @@ def test_fine_grained_chains_fuse_into_few_actors():
     description = act.describe(h, {x: np.zeros((64, 64))})
     assert description.count("actor ") == 1 and "[fused]" in description
     act.close()
+
+
+CTRL_C_SCRIPT = r"""
+import os, signal, threading
+import numpy as np
+import vertexflow as vf
+
+release = threading.Event()
+
+class Slow(vf.ops.Op):
+    name = "slow"
+    def infer(self, x):
+        return x
+    def forward(self, xp, x):
+        release.wait(timeout=2)
+        return x
+    def cost(self, x):
+        return 1e12
+
+g = vf.Graph()
+x = g.input("x", shape=(3,))
+out = vf.exp(Slow()(x))
+act = vf.ActorExecutor(g, threads=2)
+threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    act.run({x: np.zeros(3, "float32")}, out)
+except KeyboardInterrupt:
+    print("interrupted")
+release.set()
+print("again", float(act.run({x: np.zeros(3, "float32")}, out, timeout=10)[0]))
+act.close()
+left = sorted(t.name for t in threading.enumerate() if t.name.startswith("vf-"))
+print("left", left)
+"""
+
+
+def test_ctrl_c_during_a_sync_run_leaves_a_working_executor_and_no_threads(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines == ["interrupted", "again 1.0", "left []"]
