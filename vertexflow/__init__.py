@@ -3,7 +3,7 @@
 Only re-exports live here; `tests/test_api.py` checks the public names.
 """
 
-from . import autodiff, init, ops
+from . import autodiff, data, init, nn, ops
 from .actors import ActorExecutor
 from .autodiff import check_grad, grad
 from .errors import (
@@ -18,6 +18,7 @@ from .errors import (
 )
 from .executor import Executor, SequentialExecutor
 from .graph import Graph, Node, Spec
+from .nn import optim
 from .ops import (
     abs,
     add,
@@ -68,7 +69,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Graph", "Node", "Spec", "Executor", "SequentialExecutor", "ActorExecutor",
-    "grad", "check_grad", "trace", "Tracer", "autodiff", "init", "ops",
+    "grad", "check_grad", "trace", "Tracer", "autodiff", "data", "init", "nn", "ops", "optim",
     "VertexflowError", "ShapeError", "FeedError", "GraphError", "VertexError",
     "ExecutionTimeout", "DeviceError", "InternalError",
     "abs", "add", "astype", "avg_pool2d", "broadcast_to", "concat", "conv2d", "cross_entropy",

@@ -1,0 +1,114 @@
+"""Save and load params (and optimizer state) as .npz or .safetensors, never with pickle.
+
+Keys are `param/{name}` and `optim/{key}` (see Optimizer.state_dict). Loading
+reads and checks the whole file first (every name present, shapes and dtypes
+as the model's) and only then assigns, so a corrupt, truncated or mismatched
+file raises ModelFileError and leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import GraphError, VertexflowError
+from ..graph import Node, format_shape
+from .optim import Optimizer
+
+
+class ModelFileError(VertexflowError, ValueError):
+    """A model file that cannot be loaded into this model: corrupt, truncated or mismatched."""
+
+
+def _format(path: str) -> str:
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext not in (".npz", ".safetensors"):
+        raise ModelFileError(f"{path}: unknown model file type {ext!r}; use .npz or .safetensors")
+    return ext
+
+
+def save(path: str, params: Sequence[Node], optimizer: Optimizer | None = None) -> str:
+    """Write params' values (and the optimizer's state) to `path` (.npz or .safetensors)."""
+    arrays = {f"param/{p.name}": _contiguous(p.value) for p in params}
+    if optimizer is not None:
+        arrays.update({f"optim/{k}": _contiguous(v) for k, v in optimizer.state_dict().items()})
+    if _format(path) == ".npz":
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(arrays, str(path), metadata={"format": "vertexflow"})
+    return str(path)
+
+
+def _contiguous(array) -> np.ndarray:
+    array = np.asarray(array)  # keeps 0-d arrays 0-d, unlike np.ascontiguousarray
+    return array if array.flags.c_contiguous else array.copy()
+
+
+def _read(path: str) -> dict[str, np.ndarray]:
+    kind = _format(path)
+    if not os.path.exists(path):
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        if kind == ".npz":
+            # Our own file handle: np.load leaves its own open when the zip is corrupt.
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        from safetensors.numpy import load_file
+
+        return load_file(str(path))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise ModelFileError(f"{path}: not a readable {kind} model file ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError on corrupt headers
+        raise ModelFileError(f"{path}: not a readable {kind} model file ({type(exc).__name__}: {exc})") from exc
+
+
+def load(path: str, params: Sequence[Node], optimizer: Optimizer | None = None) -> None:
+    """Load values saved by `save` into `params` (and `optimizer`), all or nothing.
+
+    Raises:
+        ModelFileError: the file is unreadable, or a name, shape or dtype does not match.
+    """
+    arrays = _read(path)
+    problems = []
+    staged: list[tuple[Node, np.ndarray]] = []
+    for p in params:
+        key = f"param/{p.name}"
+        if key not in arrays:
+            problems.append(f"missing param {p.name!r}")
+            continue
+        a = arrays[key]
+        if a.shape != p.shape:
+            problems.append(f"param {p.name!r} has shape {format_shape(a.shape)} in the file, "
+                            f"{format_shape(p.shape)} in the model")
+        elif a.dtype != p.dtype:
+            problems.append(f"param {p.name!r} is {a.dtype} in the file, {p.dtype} in the model")
+        else:
+            staged.append((p, a))
+    names = {p.name for p in params}
+    extra = sorted(k[len("param/"):] for k in arrays if k.startswith("param/") and k[len("param/"):] not in names)
+    if extra:
+        problems.append("params the model lacks: " + ", ".join(map(repr, extra)))
+    optim_state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+    if optimizer is not None:
+        if not optim_state:
+            problems.append("no optimizer state in the file")
+        else:
+            try:
+                optimizer.check_state(optim_state)
+            except GraphError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise ModelFileError(f"{path}: does not fit this model: " + "; ".join(problems))
+    for p, a in staged:
+        p.value = a.copy()
+    if optimizer is not None:
+        optimizer.load_state_dict(optim_state)
+
+
+__all__ = ["ModelFileError", "load", "save"]
