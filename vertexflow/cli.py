@@ -3,6 +3,7 @@
     vertexflow demo                        a wide graph on both executors, compared, with a trace
     vertexflow bench --suite quick         executors against each other, numpy and Dask
     vertexflow trace wide --out t.html     trace a built-in example (or a script) into the viewer
+    vertexflow train mlp --epochs 30       the training examples in examples/ (mlp, autoencoder, cnn, linear)
 """
 
 from __future__ import annotations
@@ -52,7 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--steps", type=int, default=2, help="steps to run (examples only)")
     trace.add_argument("--graph", action="store_true", help="also write the graph as Graphviz (.dot), coloured by time")
 
-    args = parser.parse_args(argv)
+    train = commands.add_parser("train", help="run a training example: mlp, autoencoder, cnn or linear",
+                                 add_help=False)
+    train.add_argument("example", choices=sorted(EXAMPLES))
+    train.add_argument("rest", nargs=argparse.REMAINDER, help="the example's own options (see --help)")
+
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        return _train(args.example, list(extra) + list(args.rest))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":
         from .demo import run_demo
 
@@ -61,6 +71,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args, argv)
     return _trace(args)
+
+
+EXAMPLES = {"mlp": "mlp_digits.py", "autoencoder": "autoencoder.py", "cnn": "cnn.py", "linear": "linear_regression.py"}
+
+
+def _train(example: str, argv: list[str]) -> int:
+    """Run examples/<program> from the source tree with its own arguments."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "examples", EXAMPLES[example])
+    if not os.path.exists(path):
+        raise SystemExit(f"the examples are not installed with this copy of vertexflow (looked for {path}); "
+                         "install from a source checkout: pip install -e .")
+    sys.path.insert(0, os.path.dirname(path))
+    try:
+        module = runpy.run_path(path, run_name="vertexflow_example")
+        module["main"](argv)
+    finally:
+        sys.path.remove(os.path.dirname(path))
+    return 0
 
 
 def _bench(args, argv) -> int:
