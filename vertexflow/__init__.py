@@ -17,6 +17,7 @@ from .errors import (
     VertexflowError,
 )
 from .executor import Executor, SequentialExecutor
+from .gpu.executor import StreamExecutor
 from .graph import Graph, Node, Spec
 from .nn import optim
 from .ops import (
@@ -68,7 +69,7 @@ from .trace import Tracer, trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "Graph", "Node", "Spec", "Executor", "SequentialExecutor", "ActorExecutor",
+    "Graph", "Node", "Spec", "Executor", "SequentialExecutor", "ActorExecutor", "StreamExecutor",
     "grad", "check_grad", "trace", "Tracer", "autodiff", "data", "init", "nn", "ops", "optim",
     "VertexflowError", "ShapeError", "FeedError", "GraphError", "VertexError",
     "ExecutionTimeout", "DeviceError", "InternalError",

@@ -140,6 +140,20 @@ class Executor:
         self._step_counter = step + 1
         return step
 
+    def _device_value(self, node: Node):
+        """A param's or constant's value on the device, uploaded again only after it is reassigned.
+
+        On the CPU this is the array itself. On a GPU params live on the device
+        between runs; an optimizer step assigns a new array, which is uploaded once.
+        """
+        if self.xp is np:
+            return node._value
+        cache = self.__dict__.setdefault("_on_device", {})
+        held = cache.get(node.id)
+        if held is None or held[0] is not node._value:
+            held = cache[node.id] = (node._value, self.backend.to_device(node._value))
+        return held[1]
+
     def _results(self, values: list, single: bool):
         host = [self.backend.to_host(v) for v in values]
         return host[0] if single else host
@@ -303,7 +317,7 @@ class SequentialExecutor(Executor):
             if node.kind == "input":
                 slots[slot] = checked[node.id]
             else:
-                slots[slot] = self.backend.to_device(node._value)
+                slots[slot] = self._device_value(node)
         deadline = None if timeout is None else time.monotonic() + timeout
         xp, check = self.xp, self.check_numerics
         with np.errstate(all="ignore"):

@@ -69,6 +69,7 @@ class ActorExecutor(Executor):
             SequentialExecutor's (DESIGN decision 3). "share": they run at once with
             cores // parallel BLAS threads each; OpenBLAS may then round some matmuls
             differently in the last bits than a run with all its threads.
+        streams: on device="cuda", the most CUDA streams the stream plan uses.
         device, tracer, check_numerics: as for every executor.
     """
 
@@ -80,6 +81,7 @@ class ActorExecutor(Executor):
         depth: int = 4,
         heavy_flops: float = 1e5,
         blas: str = "keep",
+        streams: int = 4,
         **options,
     ):
         super().__init__(graph, **options)
@@ -88,6 +90,7 @@ class ActorExecutor(Executor):
         if blas not in ("keep", "share"):
             raise ValueError(f"blas must be 'keep' or 'share', got {blas!r}")
         self.blas = blas
+        self.streams = streams
         self.threads = threads
         self.depth = depth
         self.heavy_flops = heavy_flops
@@ -188,8 +191,7 @@ class ActorExecutor(Executor):
         return self._pool.blas.sharing(min(self.threads, max(parallel, 1)))
 
     def _source_values(self, sources: list[Node], checked: dict[int, Any]) -> dict[int, Any]:
-        to_device = self.backend.to_device
-        return {n.id: checked[n.id] if n.kind == "input" else to_device(n._value) for n in sources}
+        return {n.id: checked[n.id] if n.kind == "input" else self._device_value(n) for n in sources}
 
     async def _step(
         self, feeds: Feeds, fetch: list[Node], reverse: ReversePlan | None, timeout, tracer=None
@@ -197,6 +199,7 @@ class ActorExecutor(Executor):
         sources = self._needed_sources(fetch, reverse)
         checked = self._feeds(feeds, sources)
         values = self._source_values(sources, checked)
+        self.backend.uploaded()
         host = await self._host()
         network = await self._network(host, fetch, reverse, checked)
         tracer = tracer or self._tracer()
@@ -262,6 +265,8 @@ class ActorExecutor(Executor):
                         exhausted = True
                         break
                     checked = self._feeds(feeds, sources)
+                    values = self._source_values(sources, checked)
+                    self.backend.uploaded()
                     network = await self._network(host, nodes, None, checked, pipeline=limit > 1)
                     if sharing is None:
                         # Steps in flight overlap, so every expensive vertex may run beside another.
@@ -269,7 +274,7 @@ class ActorExecutor(Executor):
                         sharing = self._blas_sharing(plan.heavy_count if limit > 1 else plan.heavy_width)
                         sharing.__enter__()
                     trace_step = self._next_step() if tracer is not None else 0
-                    pending.append(await network.submit(self._source_values(sources, checked), tracer, trace_step))
+                    pending.append(await network.submit(values, tracer, trace_step))
                 if not pending:
                     return
                 state = await network.result(pending.popleft())

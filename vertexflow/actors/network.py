@@ -83,6 +83,19 @@ class Network:
         # BLAS calls on workers take turns, each with all of BLAS's threads, unless the
         # executor shares the cores out instead (blas="share").
         self.blas_lock = self.pool.blas_lock if self.pool is not None and executor.blas == "keep" else None
+        # On a GPU, an actor enqueues each vertex's kernels on the stream the stream plan gives
+        # it (after waiting for the events of producers on other streams) and does not wait:
+        # no worker threads; the host synchronizes only when a step's fetches are complete.
+        self.gpu = None
+        if executor.backend.name == "cuda":
+            from ..gpu.runtime import CupyStreams
+            from ..gpu.streams import plan_streams
+
+            targets = list(plan.fetch) + ([plan.reverse.output] if plan.reverse is not None else [])
+            self.stream_plan = plan_streams(targets, executor.streams)
+            self.gpu = CupyStreams(self.stream_plan.streams, len(self.stream_plan.record))
+            self.pool = None
+            self.blas_lock = None
         self.fetch_ids = {n.id for n in plan.fetch}
         reverse = plan.reverse
         self.wrt_ids = set() if reverse is None else {w.id for w in reverse.wrt if w.id in reverse.incoming}
@@ -215,6 +228,8 @@ class Network:
             state.error = value.error
         (state.values if phase == FORWARD else state.grads)[key] = value
         if state.received() == state.expected:
+            if self.gpu is not None:
+                self.gpu.synchronize()  # the fetches are complete: now, and only now, the host waits
             state.done.set()
             self.window.release()
             if state.discarded:
@@ -355,6 +370,9 @@ class Network:
 
     async def _backward(self, actor: ActorPlan, mail: dict, step: int, values: dict, sends) -> None:
         reverse = self.plan.reverse
+        if self.gpu is not None:
+            # Derivative kernels run on the current stream: let this step's forward finish first.
+            self.gpu.synchronize()
         edges: dict[int, Any] = {}
         add = ArrayMath(self.xp).add
         for node in actor.backward:
@@ -426,7 +444,9 @@ class Network:
                 if type(a) is Failure:
                     out = a
                     break
-            if out is None:
+            if out is None and self.gpu is not None:
+                out = self._launch(member, args, values)
+            elif out is None:
                 start = time.perf_counter() if tracer is not None else 0.0
                 try:
                     if blas_lock is not None and member.op.blas:
@@ -446,6 +466,20 @@ class Network:
             values[member.id] = out
             for key in free:
                 del values[key]
+
+    def _launch(self, member: Node, args: list, values: dict):
+        """Enqueue a vertex on its planned CUDA stream, after the events it needs; returns its (future) value."""
+        plan = self.stream_plan
+        box = {}
+
+        def kernels():
+            box["out"] = member.op.forward(self.xp, *args)
+
+        try:
+            self.gpu.launch(plan.stream[member.id], kernels, plan.waits.get(member.id, ()), plan.record.get(member.id))
+        except Exception as exc:
+            return _failure(vertex_error(member, args, exc, FORWARD), exc)
+        return box["out"]
 
     async def _vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
         if self.pool is not None and node.id in self.plan.actors[self.plan.actor_of[node.id]].heavy_ids:

@@ -29,6 +29,11 @@ class Backend:
     def to_host(self, array):
         return array if self.xp is np else self.xp.asnumpy(array)
 
+    def uploaded(self) -> None:
+        """Wait for copies made on the default stream (feeds, params) before other streams read them."""
+        if self.xp is not np:
+            self.xp.cuda.Stream.null.synchronize()
+
 
 NUMPY = Backend("cpu", np)
 

@@ -180,9 +180,10 @@ class Window:
         (kh, kw), (sh, sw), (dh, dw) = kernel, self.stride, self.dilation
         oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
         s_n, s_c, s_h, s_w = x.strides
-        return xp.lib.stride_tricks.as_strided(
-            x, shape=(n, c, oh, ow, kh, kw), strides=(s_n, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw), writeable=False
-        )
+        shape, strides = (n, c, oh, ow, kh, kw), (s_n, s_c, s_h * sh, s_w * sw, s_h * dh, s_w * dw)
+        if xp is np:
+            return np.lib.stride_tricks.as_strided(x, shape=shape, strides=strides, writeable=False)
+        return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)  # cupy has no writeable=
 
     def _scatter(self, xp, x_shape, dtype, kernel, parts):
         """Sum window-shaped contributions back into an image of x_shape.

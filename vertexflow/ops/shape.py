@@ -358,7 +358,12 @@ class GetitemGrad(Op):
     def forward(self, xp, g, x):
         out = xp.zeros(x.shape, dtype=g.dtype)
         if any(isinstance(i, np.ndarray) for i in self.index):
-            xp.add.at(out, self.index, g)  # repeated indices add up
+            if xp is np:
+                np.add.at(out, self.index, g)  # repeated indices add up
+            else:
+                import cupyx
+
+                cupyx.scatter_add(out, tuple(xp.asarray(i) if isinstance(i, np.ndarray) else i for i in self.index), g)
         else:
             out[self.index] = g
         return out

@@ -1,0 +1,137 @@
+"""Stream planning and its event logic, on the CPU; the cupy path where a device exists."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import vertexflow as vf
+from vertexflow.gpu import plan_streams
+
+from ..actors.test_actor_executor import random_graph
+
+
+def _check_plan(plan, streams):
+    assert set(plan.stream.values()) <= set(range(streams))
+    for chain in plan.chains:  # a chain never hops streams
+        assert len({plan.stream[v.id] for v in chain}) == 1
+        for a, b in zip(chain, chain[1:]):
+            assert any(i is a for i in b.inputs)
+    for producer, consumer in plan.cross_edges():  # every cross-stream edge is covered by an event
+        event = plan.record[producer.id]
+        assert event in plan.waits[consumer.id]
+    position = {v.id: i for i, v in enumerate(plan.order)}
+    for v in plan.order:  # launch order is topological
+        assert all(position[i.id] < position[v.id] for i in v.inputs if i.kind == "op")
+
+
+@given(case=random_graph(), streams=st.integers(1, 4))
+def test_random_plans_cover_every_cross_stream_edge_and_are_deterministic(case, streams):
+    g, outputs, loss, params, feeds = case
+    plan = plan_streams(outputs + [loss], streams)
+    _check_plan(plan, streams)
+    again = plan_streams(outputs + [loss], streams)
+    assert again.stream == plan.stream and again.record == plan.record and again.waits == plan.waits
+
+
+def _branches(k, depth=3):
+    g = vf.Graph()
+    x = g.input("x", shape=(4,), dtype="float64")
+    tails = []
+    for b in range(k):
+        h = x * float(b + 1)
+        for _ in range(depth):
+            h = vf.tanh(h)
+        tails.append(h)
+    out = tails[0]
+    for t in tails[1:]:
+        out = out + t
+    return g, x, tails, out
+
+
+@pytest.mark.parametrize("streams", [2, 3, 4])
+def test_independent_branches_never_share_a_stream(streams):
+    g, x, tails, out = _branches(streams)
+    plan = plan_streams([out], streams)
+    branch_streams = [plan.stream[t.id] for t in tails]
+    assert len(set(branch_streams)) == streams
+    _check_plan(plan, streams)
+
+
+def test_a_chain_stays_on_one_stream_with_no_events():
+    g = vf.Graph()
+    h = g.input("x", shape=(3,), dtype="float64")
+    for _ in range(10):
+        h = vf.exp(vf.tanh(h))
+    plan = plan_streams([h], 4)
+    assert set(plan.stream.values()) == {0} and plan.record == {} and plan.waits == {}
+
+
+@given(case=random_graph(), streams=st.integers(1, 3))
+def test_emulated_streams_match_the_sequential_executor_bitwise(case, streams):
+    g, outputs, loss, params, feeds = case
+    want = vf.SequentialExecutor(g).run(feeds, outputs + [loss])
+    got = vf.StreamExecutor(g, streams=streams).run(feeds, outputs + [loss])
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_emulated_streams_trace_one_lane_per_stream_and_report_failures():
+    g, x, tails, out = _branches(3)
+    ex = vf.StreamExecutor(g, streams=3)
+    with vf.trace() as tracer:
+        ex.run({x: np.ones(4)}, out)
+    assert tracer.lanes() == ["stream-0", "stream-1", "stream-2"]
+    assert len(tracer.spans) == len(ex.plan(out).order)
+
+    class Boom(vf.ops.Op):
+        name = "boom"
+
+        def infer(self, a):
+            return a
+
+        def forward(self, xp, a):
+            raise ValueError("no")
+
+    bad = vf.exp(Boom()(tails[1], name="bad"))
+    with pytest.raises(vf.VertexError, match="vertex 'bad' .*ValueError: no"):
+        vf.StreamExecutor(g, streams=3).run({x: np.ones(4)}, [bad, out])
+
+
+@pytest.mark.parametrize("make", [vf.SequentialExecutor, vf.ActorExecutor, vf.StreamExecutor])
+def test_cuda_without_a_device_is_refused_clearly(make):
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            pytest.skip("a CUDA device is present")
+    except Exception:
+        pass
+    g, x, tails, out = _branches(2)
+    with pytest.raises(vf.DeviceError, match="device='cuda'"):
+        make(g, device="cuda")
+
+
+def _device_present() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _device_present(), reason="no CUDA device (or cupy) on this machine")
+@pytest.mark.parametrize("make", [
+    lambda g: vf.SequentialExecutor(g, device="cuda"),
+    lambda g: vf.StreamExecutor(g, streams=3, device="cuda"),
+    lambda g: vf.ActorExecutor(g, device="cuda"),
+])
+def test_cuda_parity_with_the_cpu(make):
+    g, x, tails, out = _branches(3)
+    feeds = {x: np.linspace(-1, 1, 4)}
+    want = vf.SequentialExecutor(g).run(feeds, out)
+    ex = make(g)
+    np.testing.assert_allclose(ex.run(feeds, out), want, rtol=1e-12)
+    ex.close()
