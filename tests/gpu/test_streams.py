@@ -135,3 +135,37 @@ def test_cuda_parity_with_the_cpu(make):
     ex = make(g)
     np.testing.assert_allclose(ex.run(feeds, out), want, rtol=1e-12)
     ex.close()
+
+
+@given(case=random_graph(), streams=st.integers(1, 3))
+def test_actors_on_emulated_cuda_launch_in_event_order_and_match_bitwise(case, streams):
+    g, outputs, loss, params, feeds = case
+    seq = vf.SequentialExecutor(g)
+    with vf.ActorExecutor(g, device="emulated-cuda", streams=streams) as act:
+        for a, b in zip(act.run(feeds, outputs + [loss]), seq.run(feeds, outputs + [loss])):
+            np.testing.assert_array_equal(a, b)
+        (va, ga), (vs, gs) = act.backward(feeds, loss), seq.backward(feeds, loss)
+        np.testing.assert_array_equal(va, vs)
+        for p in gs:
+            np.testing.assert_array_equal(ga[p], gs[p])
+
+
+def test_actors_on_emulated_cuda_trace_one_lane_per_stream():
+    g, x, tails, out = _branches(3)
+    with vf.ActorExecutor(g, device="emulated-cuda", streams=3) as act, vf.trace() as tracer:
+        act.run({x: np.ones(4)}, out)
+    assert tracer.lanes() == ["cuda-stream-0", "cuda-stream-1", "cuda-stream-2"]
+    assert len(tracer.spans) == len(plan_streams([out], 3).order)
+
+
+def test_a_wait_for_an_unrecorded_event_is_caught():
+    from vertexflow.gpu import CheckedStreams
+
+    streams = CheckedStreams(2, 1)
+    with pytest.raises(vf.DeviceError, match="waits for event 0, which no producer has recorded"):
+        streams.launch(1, lambda: None, waits=[0])
+    streams.launch(0, lambda: None, record=0)
+    streams.launch(1, lambda: None, waits=[0])
+    streams.synchronize()
+    with pytest.raises(vf.DeviceError):
+        streams.launch(1, lambda: None, waits=[0])

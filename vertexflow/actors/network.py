@@ -87,13 +87,14 @@ class Network:
         # it (after waiting for the events of producers on other streams) and does not wait:
         # no worker threads; the host synchronizes only when a step's fetches are complete.
         self.gpu = None
-        if executor.backend.name == "cuda":
-            from ..gpu.runtime import CupyStreams
+        if executor.backend.name in ("cuda", "emulated-cuda"):
+            from ..gpu.runtime import CheckedStreams, CupyStreams
             from ..gpu.streams import plan_streams
 
             targets = list(plan.fetch) + ([plan.reverse.output] if plan.reverse is not None else [])
             self.stream_plan = plan_streams(targets, executor.streams)
-            self.gpu = CupyStreams(self.stream_plan.streams, len(self.stream_plan.record))
+            runtime = CupyStreams if executor.backend.name == "cuda" else CheckedStreams
+            self.gpu = runtime(self.stream_plan.streams, len(self.stream_plan.record))
             self.pool = None
             self.blas_lock = None
         self.fetch_ids = {n.id for n in plan.fetch}
@@ -230,6 +231,8 @@ class Network:
         if state.received() == state.expected:
             if self.gpu is not None:
                 self.gpu.synchronize()  # the fetches are complete: now, and only now, the host waits
+                if state.tracer is not None:
+                    self._file_gpu_spans(step, state)
             state.done.set()
             self.window.release()
             if state.discarded:
@@ -445,7 +448,7 @@ class Network:
                     out = a
                     break
             if out is None and self.gpu is not None:
-                out = self._launch(member, args, values)
+                out = self._launch(member, args, step, tracer is not None)
             elif out is None:
                 start = time.perf_counter() if tracer is not None else 0.0
                 try:
@@ -467,19 +470,33 @@ class Network:
             for key in free:
                 del values[key]
 
-    def _launch(self, member: Node, args: list, values: dict):
-        """Enqueue a vertex on its planned CUDA stream, after the events it needs; returns its (future) value."""
+    def _launch(self, member: Node, args: list, step: int, timed: bool):
+        """Enqueue a vertex on its planned CUDA stream, after the events it needs; returns its (future) value.
+
+        When the step is traced, CUDA events time the kernels; the spans are filed
+        once the step's fetches are complete (see _deliver).
+        """
         plan = self.stream_plan
         box = {}
 
         def kernels():
             box["out"] = member.op.forward(self.xp, *args)
 
+        self.gpu.timed = timed
         try:
-            self.gpu.launch(plan.stream[member.id], kernels, plan.waits.get(member.id, ()), plan.record.get(member.id))
+            self.gpu.launch(plan.stream[member.id], kernels, plan.waits.get(member.id, ()),
+                            plan.record.get(member.id), tag=(member, step, [getattr(a, "shape", ()) for a in args]))
         except Exception as exc:
             return _failure(vertex_error(member, args, exc, FORWARD), exc)
         return box["out"]
+
+    def _file_gpu_spans(self, step: int, state) -> None:
+        """Turn the CUDA-event timings of a finished step into spans, one lane per stream."""
+        for stream, (member, at, shapes), start, end in self.gpu.spans:
+            if at == step:
+                state.tracer.record(member, FORWARD, state.trace_step, f"cuda-stream-{stream}", start, start, end,
+                                    [_Shaped(s) for s in shapes])
+        self.gpu.marks = [m for m in self.gpu.marks if m[1][1] != step]
 
     async def _vjp(self, node: Node, needs, g, xs, y, step: int, ready: float):
         if self.pool is not None and node.id in self.plan.actors[self.plan.actor_of[node.id]].heavy_ids:
@@ -511,6 +528,15 @@ class Network:
                 if gi is not None and gi.dtype.kind == "f" and bool(self.xp.isnan(gi).any()):
                     return [Failure(nan_error(node, [g, *xs], BACKWARD, "gradient"))] * len(node.inputs)
         return list(grads)
+
+
+class _Shaped:
+    """Stands in for an array in a span's record: only its shape is read."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape):
+        self.shape = shape
 
 
 def _failure(error: BaseException, cause: BaseException) -> Failure:

@@ -46,6 +46,10 @@ def get_backend(device: str = "cpu") -> Backend:
     """
     if device == "cpu":
         return NUMPY
+    if device == "emulated-cuda":
+        # numpy arrays, but executors plan streams, launch, record and wait on events, and
+        # synchronize as they do on a GPU: the CUDA path's logic, checked on a CPU.
+        return Backend("emulated-cuda", np)
     if device in ("cuda", "gpu"):
         try:
             import cupy
@@ -61,4 +65,4 @@ def get_backend(device: str = "cpu") -> Backend:
         if count < 1:
             raise DeviceError("device='cuda' but no CUDA device is present")
         return Backend("cuda", cupy)
-    raise DeviceError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    raise DeviceError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'emulated-cuda'")

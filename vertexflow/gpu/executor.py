@@ -2,7 +2,7 @@
 
 On `device="cuda"` the streams are CUDA streams (`CupyStreams`): the host
 launches every kernel without waiting and synchronizes only to hand back the
-fetches. On `device="cpu"` they are emulated by threads (`EmulatedStreams`),
+fetches. On the CPU (`device="cpu"` or `"emulated-cuda"`) they are emulated by threads (`EmulatedStreams`),
 which runs the same plan and event logic, and must give the same bits as the
 SequentialExecutor. Tracing records one span per vertex with its stream as
 the lane, timed by CUDA events on a device.

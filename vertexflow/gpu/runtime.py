@@ -107,3 +107,36 @@ class CupyStreams:
         get = self.cupy.cuda.get_elapsed_time
         t0 = self.host_origin
         return [(i, tag, t0 + get(self.origin, a) / 1e3, t0 + get(self.origin, b) / 1e3) for i, tag, a, b in self.marks]
+
+
+class CheckedStreams:
+    """CUDA's launch semantics on the CPU: `fn` runs at once on the host, and every wait is checked.
+
+    What `device="emulated-cuda"` uses in the actor executor: the same planning,
+    launches, events and host synchronization as on a GPU, with numpy. A wait
+    for an event that no producer has recorded since the last synchronize is
+    the ordering bug a real device would turn into a race; here it raises.
+    """
+
+    def __init__(self, streams: int, events: int, timed: bool = False):
+        self.recorded = [False] * events
+        self.timed = timed
+        self.marks: list[tuple[int, Any, float, float]] = []
+
+    def launch(self, stream: int, fn: Callable[[], None], waits=(), record: int | None = None, tag=None) -> None:
+        for e in waits:
+            if not self.recorded[e]:
+                raise DeviceError(f"stream {stream} waits for event {e}, which no producer has recorded yet")
+        start = time.perf_counter()
+        fn()
+        if self.timed:
+            self.marks.append((stream, tag, start, time.perf_counter()))
+        if record is not None:
+            self.recorded[record] = True
+
+    def synchronize(self) -> None:
+        self.recorded = [False] * len(self.recorded)
+
+    @property
+    def spans(self) -> list[tuple[int, Any, float, float]]:
+        return list(self.marks)
