@@ -4,6 +4,7 @@
     vertexflow bench --suite quick         executors against each other, numpy and Dask
     vertexflow trace wide --out t.html     trace a built-in example (or a script) into the viewer
     vertexflow train mlp --epochs 30       the training examples in examples/ (mlp, autoencoder, cnn, linear)
+    vertexflow run model.onnx --input x=x.npy    run an ONNX model, outputs written as .npy
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--steps", type=int, default=2, help="steps to run (examples only)")
     trace.add_argument("--graph", action="store_true", help="also write the graph as Graphviz (.dot), coloured by time")
 
+    run = commands.add_parser("run", help="run an ONNX model on the inputs given as .npy files")
+    run.add_argument("model", help="an .onnx file")
+    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input (repeatable)")
+    run.add_argument("--executor", choices=["sequential", "actor"], default="sequential")
+    run.add_argument("--out", default=".", help="directory for the outputs (OUTPUT_NAME.npy)")
+    run.add_argument("--trace", default=None, help="also write a trace viewer here (and its JSON beside it)")
+
     train = commands.add_parser("train", help="run a training example: mlp, autoencoder, cnn or linear",
                                  add_help=False)
     train.add_argument("example", choices=sorted(EXAMPLES))
@@ -70,7 +78,41 @@ def main(argv: list[str] | None = None) -> int:
                         repeat=args.repeat, threads=args.threads, out=args.out)
     if args.command == "bench":
         return _bench(args, argv)
+    if args.command == "run":
+        return _run_onnx(args)
     return _trace(args)
+
+
+def _run_onnx(args) -> int:
+    import numpy as np
+
+    import vertexflow as vf
+    from vertexflow import onnx as vf_onnx
+
+    feeds = {}
+    for item in args.input:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"--input takes NAME=FILE.npy, got {item!r}")
+        feeds[name] = np.load(path, allow_pickle=False)
+    model = vf_onnx.load(args.model)
+    missing = [n.name for n in model.inputs if n.name not in feeds]
+    if missing:
+        raise SystemExit(f"missing --input for {', '.join(missing)} (the model's inputs: "
+                         f"{', '.join(f'{n.name} {n.spec}' for n in model.inputs)})")
+    with vf.trace() as tracer:
+        outputs = model.run(feeds, executor=args.executor)
+    model.close()
+    os.makedirs(args.out, exist_ok=True)
+    for node, value in zip(model.outputs, outputs):
+        path = os.path.join(args.out, node.name.replace("/", "_") + ".npy")
+        np.save(path, np.asarray(value), allow_pickle=False)
+        print(f"{node.name}: {np.shape(value)} {np.asarray(value).dtype} -> {path}")
+    if args.trace:
+        tracer.save_html(args.trace, title=f"{os.path.basename(args.model)} on {args.executor}")
+        tracer.save(os.path.splitext(args.trace)[0] + ".json")
+        print(f"trace viewer: {os.path.abspath(args.trace)}")
+    return 0
 
 
 EXAMPLES = {"mlp": "mlp_digits.py", "autoencoder": "autoencoder.py", "cnn": "cnn.py", "linear": "linear_regression.py"}

@@ -290,8 +290,6 @@ class Conv2dGradWeight(Op, Window):
 class Pool2d(Op, Window):
     def __init__(self, kernel_size, stride=None, padding=0):
         self._init_window(kernel_size, kernel_size if stride is None else stride, padding, 1)
-        if self.padding[0] * 2 > self.kernel[0] or self.padding[1] * 2 > self.kernel[1]:
-            raise ShapeError(f"padding {self.padding} must be at most half of kernel_size {self.kernel}")
 
     def infer(self, x: Spec) -> Spec:
         require_float(x)
@@ -308,8 +306,14 @@ class Pool2d(Op, Window):
 class MaxPool2d(Pool2d):
     name = "max_pool2d"
 
+    def infer(self, x: Spec) -> Spec:
+        if x.dtype.kind in "iu":  # integer images pool too (no gradient)
+            return Spec(super().infer(Spec(x.shape, "float32")).shape, x.dtype)
+        return super().infer(x)
+
     def forward(self, xp, x):
-        return self._windows(xp, x, self.kernel, fill=-np.inf).max(axis=(4, 5))
+        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        return self._windows(xp, x, self.kernel, fill=fill).max(axis=(4, 5))
 
     def vjp(self, F, g, xs, y):
         return (F.apply(MaxPool2dGrad(self.kernel, self.stride, self.padding), g, xs[0]),)

@@ -61,7 +61,14 @@ class Mean(Reduce):
 class Max(Reduce):
     name = "max"
 
+    def infer(self, x: Spec) -> Spec:
+        if x.dtype.kind == "b":  # the max of booleans is their any()
+            return Spec(super().infer(Spec(x.shape, "int8")).shape, x.dtype)
+        return super().infer(x)
+
     def forward(self, xp, x):
+        if x.size == 0:  # the max of nothing is the lowest value (ONNX's convention), not an error
+            return xp.full(self.infer(Spec.of(x)).shape, _lowest(x.dtype), dtype=x.dtype)
         return xp.max(x, axis=self.axis, keepdims=self.keepdims)
 
     def vjp(self, F, g, xs, y):
@@ -105,6 +112,17 @@ class LogSoftmax(Softmax):
 
     def vjp(self, F, g, xs, y):
         return (F.sub(g, F.mul(F.exp(y), F.sum(g, self.axis, keepdims=True))),)
+
+
+def _lowest(dtype):
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return -np.inf
+    if dtype.kind == "b":
+        return False
+    return np.iinfo(dtype).min
 
 
 def sum(x, axis=None, keepdims=False, name=None):  # noqa: A001 - numpy's name

@@ -1,0 +1,147 @@
+"""ONNX import: ONNX's own operator test cases on both executors, real exported models, errors, the CLI."""
+
+import collections
+import io
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'vertexflow[onnx]')")
+from onnx import TensorProto, helper  # noqa: E402
+
+from vertexflow import onnx as vf_onnx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def node_cases():
+    with warnings.catch_warnings():  # the case generators divide by zero on purpose
+        warnings.simplefilter("ignore")
+        from onnx.backend.test.case.node import collect_testcases
+
+        return collect_testcases()
+
+
+def test_onnx_operator_cases_pass_on_both_executors(node_cases, request):
+    supported = set(vf_onnx.SUPPORTED_OPS)
+    table = collections.defaultdict(lambda: {"cases": 0, "passed": 0, "skipped": []})
+    failures = []
+    for case in node_cases:
+        types = {n.op_type for n in case.model.graph.node}
+        if not types <= supported:
+            continue
+        op = (sorted(types - {"Constant"}) or ["Constant"])[0]
+        row = table[op]
+        row["cases"] += 1
+        initial = {t.name for t in case.model.graph.initializer}
+        names = [vi.name for vi in case.model.graph.input if vi.name not in initial]
+        fixed = vf_onnx.build_time_inputs(case.model)
+        passed = True
+        for inputs, outputs in case.data_sets:
+            values = dict(zip(names, inputs))
+            try:
+                model = vf_onnx.load(case.model, constants={k: values[k] for k in fixed})
+            except vf_onnx.UnsupportedOnnxError as exc:
+                row["skipped"].append(f"{case.name}: {exc.nodes[0][2]}")
+                passed = None
+                break
+            feeds = {n: values[n.name] for n in model.inputs}
+            for executor in ("sequential", "actor"):
+                got = model.run(feeds, executor=executor)
+                for g, want in zip(got, outputs):
+                    if np.shape(g) != np.shape(want) or not np.allclose(g, want, rtol=case.rtol, atol=case.atol):
+                        failures.append(f"{case.name} on {executor}")
+                        passed = False
+            model.close()
+        if passed:
+            row["passed"] += 1
+    lines = [f"{'op':<20}{'cases':>6}{'passed':>8}{'skipped':>9}"]
+    for op, row in sorted(table.items()):
+        lines.append(f"{op:<20}{row['cases']:>6}{row['passed']:>8}{len(row['skipped']):>9}")
+        lines.extend(f"    skipped {s}" for s in row["skipped"])
+    report = "\n".join(lines)
+    print(report)
+    request.config.cache.set("vertexflow/onnx_cases", {op: {"cases": r["cases"], "passed": r["passed"],
+                                                            "skipped": r["skipped"]} for op, r in table.items()})
+    assert failures == []
+    assert set(table) >= set(vf_onnx.SUPPORTED_OPS) - {"Constant"} - {"Identity"} | {"Gemm", "Conv", "MaxPool"}
+    assert sum(r["passed"] for r in table.values()) >= 270  # 273 when written; a floor against regressions
+
+
+def test_unsupported_nodes_are_all_listed_at_load_time():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="ok"),
+        helper.make_node("Erf", ["a"], ["b"], name="erf_1"),
+        helper.make_node("Conv", ["b", "b"], ["c"], name="grouped", group=2),
+        helper.make_node("Identity", ["c"], ["y"], name="out"),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "bad", [x], [y]))
+    with pytest.raises(vf_onnx.UnsupportedOnnxError, match=r"cannot import 2 node\(s\): Erf 'erf_1': op not supported; "
+                                                            r"Conv 'grouped': .*group=2") as info:
+        vf_onnx.load(model)
+    assert [(op, name) for op, name, _ in info.value.nodes] == [("Erf", "erf_1"), ("Conv", "grouped")]
+
+
+torch = pytest.importorskip("torch")
+
+
+def _export(net, example, names=("x",), dynamic=True):
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (example,), buf, input_names=list(names), output_names=["y"], dynamo=False,
+                          dynamic_axes={"x": {0: "batch"}} if dynamic else None)
+    return buf.getvalue()
+
+
+def _nets():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16), torch.nn.Tanh(),
+                              torch.nn.Linear(16, 5), torch.nn.LogSoftmax(dim=-1))
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 8, 3), torch.nn.ReLU(), torch.nn.AvgPool2d(2), torch.nn.Flatten(),
+        torch.nn.Dropout(0.3), torch.nn.Linear(8, 3), torch.nn.Softmax(dim=1))
+    with torch.no_grad():  # non-trivial running statistics
+        cnn[1].running_mean.uniform_(-0.5, 0.5)
+        cnn[1].running_var.uniform_(0.5, 1.5)
+    return {"mlp": (mlp.eval(), torch.randn(7, 20)), "cnn": (cnn.eval(), torch.randn(6, 1, 10, 10))}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_exported_pytorch_models_match_torch_and_onnxruntime(name):
+    net, example = _nets()[name]
+    data = _export(net, example)
+    model = vf_onnx.load(data)
+    assert [n.name for n in model.inputs] == ["x"] and model.inputs[0].shape[0] is None
+    with torch.no_grad():
+        want = net(example).numpy()
+    feeds = {"x": example.numpy()}
+    for executor in ("sequential", "actor"):
+        (got,) = model.run(feeds, executor=executor)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (reference,) = session.run(None, feeds)
+    np.testing.assert_allclose(model.run(feeds)[0], reference, rtol=1e-5, atol=1e-6)
+    assert any(p.kind == "param" for p in model.graph.params)  # initializers became params
+    model.close()
+
+
+def test_run_command_writes_outputs_and_a_trace(tmp_path, capsys):
+    from vertexflow.cli import main
+
+    net, example = _nets()["mlp"]
+    (tmp_path / "mlp.onnx").write_bytes(_export(net, example))
+    np.save(tmp_path / "x.npy", example.numpy())
+    assert main(["run", str(tmp_path / "mlp.onnx"), "--input", f"x={tmp_path / 'x.npy'}", "--executor", "actor",
+                 "--out", str(tmp_path / "out"), "--trace", str(tmp_path / "t.html")]) == 0
+    got = np.load(tmp_path / "out" / "y.npy")
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(example).numpy(), rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "t.html").exists() and json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    with pytest.raises(SystemExit, match="missing --input for x"):
+        main(["run", str(tmp_path / "mlp.onnx"), "--out", str(tmp_path)])

@@ -1,0 +1,11 @@
+"""ONNX import (optional extra `onnx`): run models trained elsewhere as vertex graphs.
+
+    model = vf.onnx.load("model.onnx")
+    outputs = model.run({"input": batch}, executor="actor")
+"""
+
+from .importer import CONVERTERS, OnnxModel, UnsupportedOnnxError, build_time_inputs, load
+
+SUPPORTED_OPS = sorted(CONVERTERS)
+
+__all__ = ["OnnxModel", "SUPPORTED_OPS", "UnsupportedOnnxError", "build_time_inputs", "load"]
