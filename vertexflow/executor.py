@@ -70,6 +70,9 @@ class Executor:
         self.xp = self.backend.xp
         self.tracer = tracer
         self.check_numerics = check_numerics
+        self._reverse_plans: dict[tuple, ReversePlan] = {}
+        self._on_device: dict[int, tuple] = {}  # param id -> (host array, device array)
+        self._step_counter = 0
 
     # -- fetches and feeds ---------------------------------------------------
     def _fetches(self, fetch: Fetch | Sequence[Fetch]) -> tuple[list[Node], bool]:
@@ -136,7 +139,7 @@ class Executor:
         return self.tracer if self.tracer is not None else active_tracer()
 
     def _next_step(self) -> int:
-        step = self.__dict__.get("_step_counter", 0)
+        step = self._step_counter
         self._step_counter = step + 1
         return step
 
@@ -148,10 +151,9 @@ class Executor:
         """
         if self.xp is np:
             return node._value
-        cache = self.__dict__.setdefault("_on_device", {})
-        held = cache.get(node.id)
+        held = self._on_device.get(node.id)
         if held is None or held[0] is not node._value:
-            held = cache[node.id] = (node._value, self.backend.to_device(node._value))
+            held = self._on_device[node.id] = (node._value, self.backend.to_device(node._value))
         return held[1]
 
     def _results(self, values: list, single: bool):
@@ -166,12 +168,11 @@ class Executor:
             items = [wrt] if isinstance(wrt, (Node, str)) else list(wrt)
             wrt = [self.graph.resolve(w) for w in items]
             key = (loss.id, tuple(w.id for w in wrt))
-        plans = self.__dict__.setdefault("_plans", {})
-        plan = plans.get(key)
+        plan = self._reverse_plans.get(key)
         if plan is None:
             if wrt is None:
                 wrt = [n for n in ancestors([loss]) if n.kind == "param" and n.dtype.kind == "f"]
-            plan = plans[key] = plan_reverse(loss, wrt)
+            plan = self._reverse_plans[key] = plan_reverse(loss, wrt)
         return plan
 
     # -- the interface ---------------------------------------------------------

@@ -25,14 +25,15 @@ class StreamExecutor(Executor):
     def __init__(self, graph: Graph, streams: int = 4, **options):
         super().__init__(graph, **options)
         self.streams = streams
-        self._plans: dict[tuple, StreamPlan] = {}
+        self._stream_plans: dict[tuple, StreamPlan] = {}
+        self._tape = None  # a SequentialExecutor on the same device, for backward
 
     def plan(self, fetch: Fetch | Sequence[Fetch]) -> StreamPlan:
         nodes, _ = self._fetches(fetch)
         key = tuple(n.id for n in nodes)
-        plan = self._plans.get(key)
+        plan = self._stream_plans.get(key)
         if plan is None:
-            plan = self._plans[key] = plan_streams(nodes, self.streams)
+            plan = self._stream_plans[key] = plan_streams(nodes, self.streams)
         return plan
 
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
@@ -89,7 +90,7 @@ class StreamExecutor(Executor):
         use SequentialExecutor or ActorExecutor on the same device."""
         from ..executor import SequentialExecutor
 
-        if "_tape" not in self.__dict__:
+        if self._tape is None:
             self._tape = SequentialExecutor(self.graph, device=self.backend.name, tracer=self.tracer,
                                             check_numerics=self.check_numerics)
         return self._tape.backward(feeds, loss, wrt, timeout=timeout)
