@@ -353,6 +353,15 @@ class Graph:
             if candidate not in self._nodes:
                 return candidate
 
+    def fresh_name(self, base: str) -> str:
+        """`base` if no vertex has that name yet, else `base_2`, `base_3`, ..."""
+        if base not in self._nodes:
+            return base
+        k = 2
+        while f"{base}_{k}" in self._nodes:
+            k += 1
+        return f"{base}_{k}"
+
     def _add(self, node: Node) -> Node:
         self._nodes[node.name] = node
         self.nx.add_node(node.name, kind=node.kind, op=node.op_name, role=node.role, node=node)

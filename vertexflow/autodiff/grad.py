@@ -49,22 +49,13 @@ def grad(y: Node, wrt: Node | str | Sequence[Node | str]) -> Node | list[Node]:
     results = []
     for target in targets:
         total = totals.get(target.id)
-        name = _fresh(graph, f"d{y.name}/d{target.name}")
+        name = graph.fresh_name(f"d{y.name}/d{target.name}")
         if total is None:
             results.append(shape.ZerosLike()(target, name=name, role="grad"))
         else:
             results.append(shape.Identity()(total, name=name, role="grad"))
     _prune(graph, first_new_id, results)
     return results[0] if single else results
-
-
-def _fresh(graph, base: str) -> str:
-    if base not in graph:
-        return base
-    k = 2
-    while f"{base}_{k}" in graph:
-        k += 1
-    return f"{base}_{k}"
 
 
 def _prune(graph, first_new_id: int, keep: list[Node]) -> None:

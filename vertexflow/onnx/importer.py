@@ -112,12 +112,7 @@ class _Env:
 
 
 def _safe(graph: Graph, name: str) -> str:
-    if name not in graph:
-        return name
-    k = 2
-    while f"{name}_{k}" in graph:
-        k += 1
-    return f"{name}_{k}"
+    return graph.fresh_name(name)
 
 
 # -- support: which ops and attributes ----------------------------------------------------
