@@ -14,6 +14,7 @@ last reader.
 
 from __future__ import annotations
 
+import abc
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def nan_error(node: Node, args: Sequence[Any], phase: str, what: str = "output")
     return err
 
 
-class Executor:
+class Executor(abc.ABC):
     """What every executor shares: the graph, the backend, feed checks and result shapes.
 
     Args:
@@ -176,6 +177,7 @@ class Executor:
         return plan
 
     # -- the interface ---------------------------------------------------------
+    @abc.abstractmethod
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         """Compute the fetched vertices from the feeds.
 
@@ -187,8 +189,8 @@ class Executor:
             VertexError: a vertex failed (original exception chained).
             ExecutionTimeout: the step took longer than `timeout` seconds.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
         """Forward, then runtime reverse mode from the scalar `loss`.
 
@@ -199,9 +201,8 @@ class Executor:
         Returns:
             (loss value, {vertex: gradient array}).
         """
-        raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default: a tape holds nothing to release
         """Release what the executor holds (threads, tasks); it can still be used afterwards."""
 
     def __enter__(self):

@@ -9,6 +9,7 @@ equals, bit for bit, the gradient computed at run time.
 
 from __future__ import annotations
 
+import abc
 import math
 
 from ..graph import Node
@@ -25,13 +26,14 @@ _ZEROS_LIKE, _ONES_LIKE = shape.ZerosLike(), shape.OnesLike()
 _PY_SCALARS = (bool, int, float)
 
 
-class Math:
+class Math(abc.ABC):
     """Operations available to derivative rules; subclasses say how an op is applied."""
 
     needs_input_grad: tuple[bool, ...] = ()
 
+    @abc.abstractmethod
     def apply(self, op: Op, *args):
-        raise NotImplementedError
+        """Apply `op` to the arguments: compute now (arrays) or add a vertex (graph)."""
 
     # elementwise
     def add(self, a, b):

@@ -7,6 +7,7 @@ initializer differ, and the whole sequence is reproducible.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
-class Initializer:
+class Initializer(abc.ABC):
     def __init__(self, seed: int | None = None):
         self.seed = seed
         self._rng = np.random.default_rng(seed)
@@ -32,8 +33,9 @@ class Initializer:
     def __call__(self, shape, dtype="float32") -> np.ndarray:
         return np.asarray(self.sample(self._rng, tuple(shape)), dtype=dtype)
 
+    @abc.abstractmethod
     def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-        raise NotImplementedError
+        """Values of `shape` drawn from `rng`."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(seed={self.seed})"

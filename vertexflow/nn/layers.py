@@ -9,6 +9,7 @@ param's new value.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 from collections.abc import Callable, Iterable
@@ -31,7 +32,7 @@ class Mode:
         self.training = training
 
 
-class Layer:
+class Layer(abc.ABC):
     """Base: a name, the params it made, and `__call__(x) -> Node`."""
 
     kind = "layer"
@@ -51,8 +52,9 @@ class Layer:
         self.params[key] = p
         return p
 
+    @abc.abstractmethod
     def __call__(self, x: Node) -> Node:
-        raise NotImplementedError
+        """Build the layer's vertices on `x` (making its params in x's graph the first time)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -14,6 +14,7 @@ loaded with the model (`vf.nn.save`, `vf.nn.load`).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..errors import GraphError
 from ..graph import Node
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base: the params, their state slots, and `step(grads)`."""
 
     slots: tuple[str, ...] = ()
@@ -73,8 +74,9 @@ class Optimizer:
         for p, g in zip(self.params, gradients):
             p.value = self.update(p.value, g, self.state[p.name])
 
+    @abc.abstractmethod
     def update(self, value: np.ndarray, grad: np.ndarray, state: dict) -> np.ndarray:
-        raise NotImplementedError
+        """The param's new value from its value, gradient and state slots (updated in place)."""
 
     # -- state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

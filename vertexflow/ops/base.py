@@ -11,6 +11,7 @@ Calling an op instance on nodes (or Python scalars, or arrays) adds a vertex.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,7 @@ FLOAT_KINDS = "f"
 NUMERIC_KINDS = "fiu"
 
 
-class Op:
+class Op(abc.ABC):
     """Base class of every operation, built-in or user-defined.
 
     Subclasses set `name` and implement `infer` and `forward`; differentiable
@@ -37,13 +38,13 @@ class Op:
     # run two of them at once on the same cores (DESIGN decision 5).
     blas: bool = False
 
+    @abc.abstractmethod
     def infer(self, *specs: Spec) -> Spec:
         """The Spec of the output given the inputs' specs; raise ShapeError if they do not fit."""
-        raise NotImplementedError(f"op {self.name!r} does not define infer()")
 
+    @abc.abstractmethod
     def forward(self, xp, *xs):
         """The output array from the input arrays, computed with array module `xp`."""
-        raise NotImplementedError(f"op {self.name!r} does not define forward()")
 
     def vjp(self, F, g, xs, y) -> tuple:
         """Vector-Jacobian product: gradients for each input given the output's gradient `g`.
