@@ -303,7 +303,7 @@ PAGE = """<!doctype html>
       if (rel.c.has(i)) stroke = "#15803d";
       if (i === selected || i === hovered) stroke = "#111";
       if (stroke) { ctx.strokeStyle = stroke; ctx.lineWidth = 2; ctx.strokeRect(xa + 1, y + 1, Math.max(xb - xa - 2, 1), hh - 2); }
-      if (xb - xa > 40) { ctx.fillStyle = "#111"; ctx.fillText(s.v, xa + 3, y + hh / 2, xb - xa - 6); }
+      if (xb - xa > 24) { ctx.fillStyle = "#111"; ctx.fillText(s.v, xa + 3, y + hh / 2, xb - xa - 6); }
     });
     if (selected >= 0) {  // data edges of the selection
       ctx.lineWidth = 1.5;
