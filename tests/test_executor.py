@@ -231,3 +231,16 @@ def test_sequential_timeout_lists_what_still_waits(monkeypatch):
         ex.run({x: np.ones(3, "float32")}, y, timeout=1.0)
     assert list(info.value.waiting) == ["after"]
     assert "sluggish" in info.value.waiting["after"]
+
+
+def test_backward_can_fetch_other_vertices_from_the_same_forward(make):
+    g, feeds, loss = small_mlp()
+    ex = make(g)
+    value, grads, hidden = ex.backward(feeds, loss, fetch="hidden")
+    np.testing.assert_array_equal(hidden, ex.run(feeds, "hidden"))
+    v2, g2, (logits, again) = ex.backward(feeds, loss, fetch=["logits", "hidden"])
+    np.testing.assert_array_equal(again, hidden)
+    np.testing.assert_array_equal(v2, value)
+    assert logits.shape == (5, 4)
+    for p in grads:
+        np.testing.assert_array_equal(g2[p], grads[p])

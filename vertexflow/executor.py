@@ -191,15 +191,18 @@ class Executor(abc.ABC):
         """
 
     @abc.abstractmethod
-    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
+    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         """Forward, then runtime reverse mode from the scalar `loss`.
 
         Args:
             wrt: vertices to differentiate with respect to; default every param
                 the loss depends on.
+            fetch: other vertices to return from the same forward pass (e.g. the
+                logits, for a batch's accuracy), a vertex or a list.
 
         Returns:
-            (loss value, {vertex: gradient array}).
+            (loss value, {vertex: gradient array}), and the fetched values third
+            when `fetch` is given.
         """
 
     def close(self) -> None:  # noqa: B027 - a no-op by default: a tape holds nothing to release
@@ -302,15 +305,19 @@ class SequentialExecutor(Executor):
         slots = self._execute(tape, feeds, timeout, self._tracer(), self._next_step())
         return self._results([slots[s] for s in tape.fetch_slots], single)
 
-    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
+    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         (loss,), _ = self._fetches([loss])
+        extra, single = self._fetches(fetch) if fetch is not None else ([], False)
         plan = self._plan(loss, wrt)
         keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
-        tape = self.tape([loss], keep)
+        tape = self.tape([loss, *extra], keep)
         tracer, step = self._tracer(), self._next_step()
         slots = self._execute(tape, feeds, timeout, tracer, step)
         grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]], feeds, tracer, step)
-        return self.backend.to_host(slots[tape.fetch_slots[0]]), grads
+        value = self.backend.to_host(slots[tape.fetch_slots[0]])
+        if fetch is None:
+            return value, grads
+        return value, grads, self._results([slots[s] for s in tape.fetch_slots[1:]], single)
 
     def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, tracer=None, step: int = 0) -> list:
         checked = self._feeds(feeds, (n for _, n in tape.loads))

@@ -220,24 +220,28 @@ class ActorExecutor(Executor):
         state = await self._step(feeds, nodes, None, timeout, _tracer)
         return self._results([state.values[n.id] for n in nodes], single)
 
-    async def abackward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None, _tracer=None):
+    async def abackward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None,
+                        _tracer=None):
         """`backward` inside trio."""
         (loss,), _ = self._fetches([loss])
+        extra, single = self._fetches(fetch) if fetch is not None else ([], False)
         plan = self._plan(loss, wrt)
-        state = await self._step(feeds, [loss], plan, timeout, _tracer)
+        state = await self._step(feeds, [loss, *extra], plan, timeout, _tracer)
         to_host = self.backend.to_host
         grads = {}
         for w in plan.wrt:
             g = state.grads.get(w.id)
             grads[w] = to_host(g) if g is not None else zero_gradient(w, plan, feeds)
-        return to_host(state.values[loss.id]), grads
+        if fetch is None:
+            return to_host(state.values[loss.id]), grads
+        return to_host(state.values[loss.id]), grads, self._results([state.values[n.id] for n in extra], single)
 
     # The sync helpers find the tracer of a `vf.trace()` block on the calling thread.
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         return self._sync(self.arun, feeds, fetch, timeout=timeout, _tracer=self._tracer())
 
-    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
-        return self._sync(self.abackward, feeds, loss, wrt, timeout=timeout, _tracer=self._tracer())
+    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
+        return self._sync(self.abackward, feeds, loss, wrt, fetch=fetch, timeout=timeout, _tracer=self._tracer())
 
     async def stream(
         self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *, depth: int | None = None, _tracer=None

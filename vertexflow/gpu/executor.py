@@ -85,7 +85,7 @@ class StreamExecutor(Executor):
                 raise failures[n.id]
         return self._results([values[n.id] for n in nodes], single)
 
-    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, timeout: float | None = None):
+    def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         """Runtime reverse mode on the tape after a forward on streams is not offered yet:
         use SequentialExecutor or ActorExecutor on the same device."""
         from ..executor import SequentialExecutor
@@ -93,4 +93,4 @@ class StreamExecutor(Executor):
         if self._tape is None:
             self._tape = SequentialExecutor(self.graph, device=self.backend.name, tracer=self.tracer,
                                             check_numerics=self.check_numerics)
-        return self._tape.backward(feeds, loss, wrt, timeout=timeout)
+        return self._tape.backward(feeds, loss, wrt, fetch=fetch, timeout=timeout)

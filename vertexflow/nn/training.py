@@ -96,7 +96,7 @@ def fit(
         validation: a held-out (inputs, targets) split, measured after each epoch.
         output: a class-score vertex; with it, accuracies are measured (argmax vs integer targets).
         mode: a layers' Mode (e.g. model.mode), switched to evaluation while measuring.
-        progress: show a progress bar with the running loss.
+        progress: show a progress bar with the running loss (and accuracy, given `output`).
 
     Returns:
         History with per-epoch loss (mean over the epoch's steps) and measured accuracies.
@@ -115,9 +115,13 @@ def fit(
         for epoch in range(epochs):
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
                        leave=False, dynamic_ncols=True)
-            total, seen = 0.0, 0
+            total, seen, correct = 0.0, 0, 0
             for xb, yb in batches(xs, ys, batch_size, shuffle=True, seed=seed + epoch):
-                value, grads = ex.backward({x: xb, y: yb}, loss, optimizer.params)
+                if output is not None:  # the scores come from the same forward pass, for the bar's accuracy
+                    value, grads, scores = ex.backward({x: xb, y: yb}, loss, optimizer.params, fetch=output)
+                    correct += int((np.argmax(scores, axis=-1) == yb).sum())
+                else:
+                    value, grads = ex.backward({x: xb, y: yb}, loss, optimizer.params)
                 optimizer.step(grads)
                 value = float(value)
                 history.step_losses.append(value)
@@ -126,7 +130,10 @@ def fit(
                 if on_step is not None:
                     on_step(len(history.step_losses), value)
                 bar.update(1)
-                bar.set_postfix(loss=f"{total / seen:.4f}")
+                postfix = {"loss": f"{total / seen:.4f}"}
+                if output is not None:
+                    postfix["accuracy"] = f"{correct / seen:.4f}"
+                bar.set_postfix(postfix)
             bar.close()
             history.loss.append(total / seen)
             line = f"epoch {epoch + 1}/{epochs}: loss {total / seen:.4f}"
