@@ -1,7 +1,8 @@
-"""The exception types of vertexflow.
+"""The exception types of vertexflow, every one of them.
 
 Every error vertexflow raises on purpose derives from `VertexflowError`, so a
-caller can catch them all at once or one kind at a time.
+caller can catch them all at once or one kind at a time. `InternalError` is
+apart: it means vertexflow itself is wrong, not the caller.
 """
 
 from __future__ import annotations
@@ -53,6 +54,34 @@ class ExecutionTimeout(VertexflowError, TimeoutError):
 
 class DeviceError(VertexflowError, RuntimeError):
     """The requested device cannot be used (cupy missing, no CUDA device)."""
+
+
+class GradientMismatch(VertexflowError, AssertionError):
+    """Analytic and numeric gradients disagree beyond the tolerances (`vf.check_grad`).
+
+    Attributes:
+        report: {vertex name: (max abs error, analytic, numeric)}.
+    """
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+class ModelFileError(VertexflowError, ValueError):
+    """A model file that cannot be loaded into this model: corrupt, truncated or mismatched."""
+
+
+class DataFileError(VertexflowError, ValueError):
+    """A data file (IDX, ...) that is not what it claims to be: bad magic, truncated, wrong size."""
+
+
+class UnsupportedOnnxError(VertexflowError, ValueError):
+    """Nodes of an ONNX model that vertexflow cannot import; `nodes` lists (op type, node name, reason)."""
+
+    def __init__(self, message: str, nodes: list[tuple[str, str, str]]):
+        super().__init__(message)
+        self.nodes = nodes
 
 
 class InternalError(VertexflowError, AssertionError):

@@ -92,9 +92,11 @@ def _user_frame() -> str:
 class Node:
     """A vertex of a graph: an input, a param, a constant, or an op applied to other vertices.
 
-    Nodes support the arithmetic operators (`+ - * / @ **`, unary minus,
-    comparisons), indexing and `.T`, each of which adds a vertex to the graph.
-    A node has no truth value: `==` builds a vertex rather than comparing.
+    Once `vertexflow.ops` is imported (as `import vertexflow` does), nodes
+    support the arithmetic operators (`+ - * / @ **`, unary minus,
+    comparisons), indexing, `.T` and `sum`/`mean`/`max`/`reshape`/`astype`,
+    each of which adds a vertex to the graph. A node has no truth value: `==`
+    builds a vertex rather than comparing.
 
     Attributes:
         graph: the Graph this vertex belongs to.
@@ -121,7 +123,7 @@ class Node:
         self.inputs = tuple(inputs)
         self.role = role
         self.origin = _user_frame()
-        self.id = next(graph._ids)
+        self.id = graph._take_id()
         self._value = value
 
     # -- description -----------------------------------------------------
@@ -169,95 +171,9 @@ class Node:
             raise GraphError(f"cannot assign the value of {self.kind} {self.name!r}; only params take new values")
         self._value = self.graph._checked_param_value(self.name, self.spec, new)
 
-    # -- operators ---------------------------------------------------------
-    def _fn(self, name: str) -> Callable:
-        from . import ops
-
-        return getattr(ops, name)
-
-    def __add__(self, other):
-        return self._fn("add")(self, other)
-
-    def __radd__(self, other):
-        return self._fn("add")(other, self)
-
-    def __sub__(self, other):
-        return self._fn("subtract")(self, other)
-
-    def __rsub__(self, other):
-        return self._fn("subtract")(other, self)
-
-    def __mul__(self, other):
-        return self._fn("multiply")(self, other)
-
-    def __rmul__(self, other):
-        return self._fn("multiply")(other, self)
-
-    def __truediv__(self, other):
-        return self._fn("divide")(self, other)
-
-    def __rtruediv__(self, other):
-        return self._fn("divide")(other, self)
-
-    def __pow__(self, other):
-        return self._fn("power")(self, other)
-
-    def __rpow__(self, other):
-        return self._fn("power")(other, self)
-
-    def __matmul__(self, other):
-        return self._fn("matmul")(self, other)
-
-    def __rmatmul__(self, other):
-        return self._fn("matmul")(other, self)
-
-    def __neg__(self):
-        return self._fn("negative")(self)
-
-    def __abs__(self):
-        return self._fn("abs")(self)
-
-    def __gt__(self, other):
-        return self._fn("greater")(self, other)
-
-    def __lt__(self, other):
-        return self._fn("less")(self, other)
-
-    def __ge__(self, other):
-        return self._fn("greater_equal")(self, other)
-
-    def __le__(self, other):
-        return self._fn("less_equal")(self, other)
-
-    def __eq__(self, other):  # type: ignore[override]
-        return self._fn("equal")(self, other)
-
-    def __ne__(self, other):  # type: ignore[override]
-        return self._fn("not_equal")(self, other)
-
-    def __getitem__(self, index):
-        return self._fn("getitem")(self, index)
-
-    @property
-    def T(self) -> Node:
-        return self._fn("transpose")(self)
-
-    def reshape(self, *shape, name: str | None = None) -> Node:
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return self._fn("reshape")(self, shape, name=name)
-
-    def sum(self, axis=None, keepdims: bool = False, name: str | None = None) -> Node:
-        return self._fn("sum")(self, axis=axis, keepdims=keepdims, name=name)
-
-    def mean(self, axis=None, keepdims: bool = False, name: str | None = None) -> Node:
-        return self._fn("mean")(self, axis=axis, keepdims=keepdims, name=name)
-
-    def max(self, axis=None, keepdims: bool = False, name: str | None = None) -> Node:
-        return self._fn("max")(self, axis=axis, keepdims=keepdims, name=name)
-
-    def astype(self, dtype, name: str | None = None) -> Node:
-        return self._fn("astype")(self, dtype, name=name)
+    # The arithmetic operators, indexing, `.T` and the reduction methods are attached
+    # by `vertexflow.ops` (ops/operators.py), as JAX attaches array methods to its
+    # Tracer: this module knows nothing of the op library.
 
 
 class Graph:
@@ -273,7 +189,7 @@ class Graph:
         self.nx = nx.MultiDiGraph(name=name)
         self._nodes: dict[str, Node] = {}
         self._counters: dict[str, itertools.count] = defaultdict(lambda: itertools.count(1))
-        self._ids = itertools.count()
+        self._next_id = 0
         self._scalar_consts: dict[tuple, Node] = {}
 
     # -- lookup ------------------------------------------------------------
@@ -341,7 +257,8 @@ class Graph:
         return sorted((self._nodes[v] for v in names), key=lambda n: n.id)
 
     # -- building ----------------------------------------------------------
-    def _unique_name(self, name: str | None, base: str) -> str:
+    def unique_name(self, name: str | None, base: str) -> str:
+        """`name` if it is free (GraphError if it is taken or not a string), else a new `base_N`."""
         if name is not None:
             if not isinstance(name, str) or not name:
                 raise GraphError(f"a vertex name must be a non-empty string, got {name!r}")
@@ -369,8 +286,45 @@ class Graph:
             self.nx.add_edge(src.name, node.name, key=pos, argpos=pos)
         return node
 
+    def add_vertex(self, op, inputs: Sequence[Node], name: str | None = None, role: str | None = None) -> Node:
+        """Add a vertex applying `op` to `inputs` (vertices of this graph), its Spec inferred now.
+
+        This is what calling an op does; `vf.ops.Op.__call__` first turns scalars
+        and arrays into constants.
+
+        Raises:
+            ShapeError: the op's shape rule refuses the inputs (naming the op and the vertex).
+            GraphError: an input belongs to another graph, or `name` is taken.
+        """
+        for node in inputs:
+            if node.graph is not self:
+                raise GraphError(f"{op.name}: vertex {node.name!r} belongs to graph {node.graph.name!r}, not to {self.name!r}")
+        vertex_name = self.unique_name(name, op.name)
+        try:
+            spec = op.infer(*(n.spec for n in inputs))
+        except ShapeError as exc:
+            raise ShapeError(f"{op.name} {vertex_name!r}: {exc}") from None
+        if not isinstance(spec, Spec):
+            raise GraphError(f"op {op.name!r}: infer() must return a vf.Spec, got {type(spec).__name__}")
+        return self._add(Node(self, vertex_name, "op", spec, op=op, inputs=inputs, role=role))
+
+    def mark(self) -> int:
+        """A mark of how far the graph has been built; `prune(since=mark, ...)` works on what came after."""
+        return self._next_id
+
+    def prune(self, since: int, keep: Sequence[Node]) -> None:
+        """Remove the vertices built after mark `since` that none of `keep` depends on.
+
+        Used by `vf.grad`, whose derivative rules build some vertices eagerly.
+        """
+        needed = {n.id for n in ancestors(keep)}
+        for node in reversed(list(self._nodes.values())):
+            if node.id < since:
+                break
+            if node.id not in needed:
+                self._remove(node)
+
     def _remove(self, node: Node) -> None:
-        """Drop a vertex nothing consumes (used to prune unused gradient vertices)."""
         if self.nx.out_degree(node.name):
             raise GraphError(f"vertex {node.name!r} still has consumers")
         self.nx.remove_node(node.name)
@@ -379,10 +333,15 @@ class Graph:
             if const is node:
                 del self._scalar_consts[key]
 
+    def _take_id(self) -> int:
+        ident = self._next_id
+        self._next_id += 1
+        return ident
+
     def input(self, name: str, shape: Sequence[int | None] = (), dtype: Any = "float32") -> Node:
         """A value fed at run time; None in `shape` is a size given by the feed."""
         spec = Spec(tuple(shape), as_dtype(dtype))
-        return self._add(Node(self, self._unique_name(name, "input"), "input", spec))
+        return self._add(Node(self, self.unique_name(name, "input"), "input", spec))
 
     def param(
         self,
@@ -415,14 +374,14 @@ class Graph:
             array = np.asarray(init(tuple(shape), as_dtype(dtype)))
         spec = Spec(tuple(shape), as_dtype(dtype))
         checked = self._checked_param_value(name, spec, array)
-        return self._add(Node(self, self._unique_name(name, "param"), "param", spec, value=checked))
+        return self._add(Node(self, self.unique_name(name, "param"), "param", spec, value=checked))
 
     def const(self, value: Any, name: str | None = None, dtype: Any = None) -> Node:
         """A constant vertex holding `value` (a copy, read-only)."""
         array = np.array(value, dtype=None if dtype is None else as_dtype(dtype))
         array.flags.writeable = False
         spec = Spec(array.shape, array.dtype)
-        return self._add(Node(self, self._unique_name(name, "const"), "const", spec, value=array))
+        return self._add(Node(self, self.unique_name(name, "const"), "const", spec, value=array))
 
     def scalar(self, value: int | float | bool, dtype: np.dtype) -> Node:
         """A shared constant for a Python scalar used in an expression (`x * 2`)."""

@@ -10,20 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import VertexflowError
+from ..errors import GradientMismatch
 from ..graph import Node
-
-
-class GradientMismatch(VertexflowError, AssertionError):
-    """Analytic and numeric gradients disagree beyond the tolerances.
-
-    Attributes:
-        report: {vertex name: (max abs error, analytic, numeric)}.
-    """
-
-    def __init__(self, message: str, report: dict[str, tuple[float, np.ndarray, np.ndarray]]):
-        super().__init__(message)
-        self.report = report
 
 
 def numeric_grad(y: Node, wrt: Sequence[Node], feeds: Mapping | None = None, eps: float = 1e-6) -> dict[Node, np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..graph import Node, ancestors
+from ..graph import Node
 from ..ops import shape
 from .namespace import GraphMath
 from .reverse import plan_reverse, sweep
@@ -34,7 +34,7 @@ def grad(y: Node, wrt: Node | str | Sequence[Node | str]) -> Node | list[Node]:
     single = isinstance(wrt, (Node, str))
     targets = [graph.resolve(w) for w in ([wrt] if single else wrt)]
     plan = plan_reverse(y, targets)
-    first_new_id = next(graph._ids)
+    mark = graph.mark()
 
     def apply_vjp(node: Node, needs, g):
         return node.op.vjp(GraphMath(needs), g, node.inputs, node)
@@ -54,15 +54,5 @@ def grad(y: Node, wrt: Node | str | Sequence[Node | str]) -> Node | list[Node]:
             results.append(shape.ZerosLike()(target, name=name, role="grad"))
         else:
             results.append(shape.Identity()(total, name=name, role="grad"))
-    _prune(graph, first_new_id, results)
+    graph.prune(since=mark, keep=results)
     return results[0] if single else results
-
-
-def _prune(graph, first_new_id: int, keep: list[Node]) -> None:
-    """Remove the vertices this call built that no result needs (rules build some eagerly)."""
-    needed = {n.id for n in ancestors(keep)}
-    for node in reversed(graph.nodes):
-        if node.id < first_new_id:
-            break
-        if node.id not in needed:
-            graph._remove(node)

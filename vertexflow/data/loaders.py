@@ -13,13 +13,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..errors import VertexflowError
+from ..errors import DataFileError
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DataFileError(VertexflowError, ValueError):
-    """A data file that is not what it claims to be."""
 
 
 def load_idx(path: str) -> np.ndarray:

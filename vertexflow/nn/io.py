@@ -14,13 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import GraphError, VertexflowError
+from ..errors import GraphError, ModelFileError
 from ..graph import Node, format_shape
 from .optim import Optimizer
-
-
-class ModelFileError(VertexflowError, ValueError):
-    """A model file that cannot be loaded into this model: corrupt, truncated or mismatched."""
 
 
 def _format(path: str) -> str:

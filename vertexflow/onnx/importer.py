@@ -20,16 +20,8 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..errors import VertexflowError
+from ..errors import UnsupportedOnnxError
 from ..graph import Graph, Node
-
-
-class UnsupportedOnnxError(VertexflowError, ValueError):
-    """Nodes of an ONNX model that vertexflow cannot import; `nodes` lists (op type, node name, reason)."""
-
-    def __init__(self, message: str, nodes: list[tuple[str, str, str]]):
-        super().__init__(message)
-        self.nodes = nodes
 
 
 def _onnx():

@@ -36,10 +36,25 @@ from .elementwise import (
 from .linalg import matmul
 from .nn import avg_pool2d, conv2d, cross_entropy, max_pool2d, mse
 from .reduce import log_softmax, max, mean, softmax, sum
+from .operators import attach as _attach_operators
 from .shape import broadcast_to, concat, expand_dims, getitem, reshape, squeeze, transpose
 
+_attach_operators()
+
+
+def builtin_ops() -> list[type[Op]]:
+    """Every concrete op class vertexflow defines, derivative helpers included (the op registry)."""
+    found: dict[str, type[Op]] = {}
+    stack = list(Op.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__module__.startswith("vertexflow.") and not getattr(cls, "__abstractmethods__", None):
+            found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return [found[k] for k in sorted(found)]
+
 __all__ = [
-    "Op", "broadcast_shapes", "numel", "sum_to_shape",
+    "Op", "broadcast_shapes", "builtin_ops", "numel", "sum_to_shape",
     "abs", "add", "astype", "divide", "equal", "exp", "greater", "greater_equal", "leaky_relu",
     "less", "less_equal", "log", "maximum", "minimum", "multiply", "negative", "not_equal",
     "power", "relu", "sigmoid", "sign", "sqrt", "subtract", "tanh", "where",

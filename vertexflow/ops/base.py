@@ -35,7 +35,7 @@ class Op(abc.ABC):
 
     name: str = "op"
     # True for ops whose forward calls BLAS, which threads by itself: executors must not
-    # run two of them at once on the same cores (DESIGN decision 5).
+    # run two of them at once on the same cores with all of BLAS's threads each.
     blas: bool = False
 
     @abc.abstractmethod
@@ -73,15 +73,7 @@ class Op(abc.ABC):
     def __call__(self, *args: Any, name: str | None = None, role: str | None = None) -> Node:
         """Add a vertex applying this op to `args` (nodes, Python scalars or arrays)."""
         nodes = as_nodes(args, self.name)
-        graph = nodes[0].graph
-        vertex_name = graph._unique_name(name, self.name)
-        try:
-            spec = self.infer(*(n.spec for n in nodes))
-        except ShapeError as exc:
-            raise ShapeError(f"{self.name} {vertex_name!r}: {exc}") from None
-        if not isinstance(spec, Spec):
-            raise GraphError(f"op {self.name!r}: infer() must return a vf.Spec, got {type(spec).__name__}")
-        return graph._add(Node(graph, vertex_name, "op", spec, op=self, inputs=nodes, role=role))
+        return nodes[0].graph.add_vertex(self, nodes, name=name, role=role)
 
 
 def as_nodes(args: Sequence[Any], op_name: str) -> tuple[Node, ...]:
