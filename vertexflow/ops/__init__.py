@@ -35,8 +35,8 @@ from .elementwise import (
 )
 from .linalg import matmul
 from .nn import avg_pool2d, conv2d, cross_entropy, max_pool2d, mse
-from .reduce import log_softmax, max, mean, softmax, sum
 from .operators import attach as _attach_operators
+from .reduce import log_softmax, max, mean, softmax, sum
 from .shape import broadcast_to, concat, expand_dims, getitem, reshape, squeeze, transpose
 
 _attach_operators()
