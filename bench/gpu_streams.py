@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import numpy as np
 
 import vertexflow as vf
 from vertexflow.benchmarks.families import wide
+from vertexflow.benchmarks.timing import interleaved
 
 
 def main(argv=None) -> int:
@@ -42,16 +42,13 @@ def main(argv=None) -> int:
         print(f"no GPU run: {exc}")
         return 0
     reference = vf.SequentialExecutor(w.graph).run(w.feeds, w.fetch)[0]
-    times = {}
-    for name, ex in runners.items():
+    for ex in runners.values():
         out = ex.run(w.feeds, w.fetch)[0]  # warm-up (kernels compile on first use)
         np.testing.assert_allclose(out, reference, rtol=1e-10)
-        ts = []
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            ex.run(w.feeds, w.fetch)
-            ts.append(time.perf_counter() - start)
-        times[name] = statistics.median(ts)
+    timed = interleaved({name: (lambda ex=ex: ex.run(w.feeds, w.fetch)) for name, ex in runners.items()},
+                        args.repeat)
+    times = {name: statistics.median(ts) for name, ts in timed.items()}
+    for ex in runners.values():
         ex.close()
     base = times["streams=1"]
     print(f"{w.name} on {device}:")

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import numpy as np
 
 import vertexflow as vf
+from vertexflow.benchmarks.timing import interleaved
 
 
 def build(seed: int = 0, batch: int = 100):
@@ -64,17 +64,6 @@ def numpy_step(ws, bs, xb, yb):
     return loss, [gw1, gb1, gw2, gb2, gw3, gb3]
 
 
-def timed(fn, repeat: int, warmup: int = 20) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=300)
@@ -93,11 +82,9 @@ def main(argv=None) -> dict:
     for p, ref in zip(params, ref_grads):
         np.testing.assert_allclose(grads[p], ref, rtol=1e-3, atol=1e-6)
 
-    # Interleave the two so machine noise hits both alike.
-    t_numpy, t_seq = [], []
-    for _ in range(5):
-        t_numpy += timed(lambda: numpy_step(ws, bs, xb, yb), args.repeat // 5)
-        t_seq += timed(lambda: ex.backward(feeds, loss), args.repeat // 5)
+    times = interleaved({"numpy": lambda: numpy_step(ws, bs, xb, yb), "sequential": lambda: ex.backward(feeds, loss)},
+                        rounds=10, inner=max(1, args.repeat // 10))
+    t_numpy, t_seq = times["numpy"], times["sequential"]
     result = {
         "numpy_ms": statistics.median(t_numpy) * 1e3,
         "sequential_ms": statistics.median(t_seq) * 1e3,

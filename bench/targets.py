@@ -16,7 +16,8 @@ import argparse
 import json
 
 from vertexflow.benchmarks.families import fine_grained, mlp_ensemble, wide
-from vertexflow.benchmarks.measure import cores, measure
+from vertexflow.benchmarks.measure import measure
+from vertexflow.machine import cores
 
 
 def main(argv=None) -> dict:

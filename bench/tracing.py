@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import vertexflow as vf
 from vertexflow.benchmarks.families import fine_grained
+from vertexflow.benchmarks.timing import interleaved
 
 
 def main(argv=None) -> dict:
@@ -29,16 +29,7 @@ def main(argv=None) -> dict:
         "sequential, no tracer": lambda: seq_plain.run(w.feeds, w.fetch),
         "sequential, tracer": lambda: seq_traced.run(w.feeds, w.fetch),
     }
-    times = {k: [] for k in runs}
-    for _ in range(args.repeat):
-        for name, fn in runs.items():
-            fn()
-            for _ in range(3):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-            for ex in (traced, seq_traced):
-                ex.tracer.clear()
+    times = interleaved(runs, args.repeat, after_block=lambda _: (traced.tracer.clear(), seq_traced.tracer.clear()))
     plain.close()
     traced.close()
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import vertexflow as vf
+from vertexflow.benchmarks.timing import interleaved
 
 
 def build(sizes, seed=0):
@@ -69,14 +69,7 @@ def main(argv=None) -> dict:
         runs["pytorch"] = (torch_epoch, lambda: None)
     except ImportError:
         print("PyTorch is not installed: its column is left out")
-    times = {name: [] for name in runs}
-    for fn, _ in runs.values():
-        fn()  # warm-up
-    for _ in range(args.repeat):
-        for name, (fn, _) in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved({name: fn for name, (fn, _) in runs.items()}, args.repeat, inner=1)
     for _, close in runs.values():
         close()
     steps = -(-len(xs) // args.batch_size)

@@ -1,4 +1,4 @@
-"""The public names DESIGN.md fixes are all reachable from `import vertexflow as vf`."""
+"""The public names other code and tests rely on are all reachable from `import vertexflow as vf`."""
 
 import vertexflow as vf
 
@@ -35,3 +35,22 @@ def test_initializers_are_seeded():
     assert (a == b).all()
     init = vf.init.he_normal(seed=1)
     assert not (init((3, 3)) == init((3, 3))).all()  # one generator: successive params differ
+
+
+def test_every_error_type_lives_in_errors_py():
+    import importlib
+    import pkgutil
+
+    import vertexflow.errors
+
+    defined = []
+    for info in pkgutil.walk_packages(vf.__path__, "vertexflow."):
+        if info.name == "vertexflow.errors" or info.name.startswith(("vertexflow.onnx", "vertexflow.ray")):
+            continue  # optional extras; their errors are checked through errors.py below
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == info.name:
+                defined.append(f"{info.name}.{value.__name__}")
+    assert defined == []
+    for name in ("ModelFileError", "DataFileError", "UnsupportedOnnxError", "GradientMismatch", "InternalError"):
+        assert issubclass(getattr(vertexflow.errors, name), vf.VertexflowError)

@@ -15,6 +15,8 @@ EXECUTORS = {
     "actor-unfused": lambda g, **o: vf.ActorExecutor(g, threads=2, heavy_flops=0, **o),
     # everything on the trio thread
     "actor-inline": lambda g, **o: vf.ActorExecutor(g, threads=0, **o),
+    # vertices launched on three streams emulated by threads
+    "stream": lambda g, **o: vf.StreamExecutor(g, streams=3, **o),
 }
 
 

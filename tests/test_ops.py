@@ -375,3 +375,148 @@ def test_astype_passes_gradient_back_in_the_source_dtype():
     assert labels.dtype == np.int64
     with pytest.raises(vf.ShapeError, match="dtype int64"):
         vf.grad(vf.sum(labels), x)
+
+
+# -- derivative rules all the way down ------------------------------------------------
+@needs_torch
+@pytest.mark.parametrize("case", [c for c in CASES if c.torch is not None], ids=lambda c: c.id)
+def test_second_derivative_matches_torch(case, rng):
+    """vf.grad of a gradient (a Hessian-vector product) against torch.autograd.grad(create_graph=True).
+
+    Every op a derivative rule uses needs a rule of its own for this to build at all.
+    """
+    g, nodes, extra, out, feeds = _build(case)
+    y = _scalarize(out, rng)
+    first = vf.grad(y, nodes)
+    probes = [rng.normal(size=n.shape) for n in nodes]
+    terms = [vf.sum(d * g.const(p)) for d, p in zip(first, probes)]
+    z = terms[0]
+    for term in terms[1:]:
+        z = z + term
+    second = vf.grad(z, nodes)
+    got = vf.SequentialExecutor(g).run(feeds, second)
+
+    tensors = [torch.tensor(feeds[n], requires_grad=True) for n in nodes]
+    extras = [torch.tensor(feeds[n]) for n in extra]
+    t_out = case.torch(*tensors, *extras)
+    if out.shape != ():
+        t_out = (t_out * torch.tensor(g["probe"].value)).sum()
+    t_first = torch.autograd.grad(t_out, tensors, create_graph=True, allow_unused=True)
+    t_z = sum((d * torch.tensor(p)).sum() for d, p in zip(t_first, probes) if d is not None and d.requires_grad)
+    if not isinstance(t_z, torch.Tensor):  # every first derivative is constant: the second is zero
+        t_second = [None] * len(tensors)
+    else:
+        t_second = torch.autograd.grad(t_z, tensors, allow_unused=True)
+    for node, value, want in zip(nodes, got, t_second):
+        want = np.zeros(node.shape) if want is None else want.numpy(force=True)
+        np.testing.assert_allclose(value, want, rtol=1e-7, atol=1e-9, err_msg=node.name)
+
+
+def _op_samples():
+    """An instance and input specs for every op class vertexflow defines (keyed by class name)."""
+    from vertexflow.nn.layers import DropoutMask, Mode
+    from vertexflow.onnx.importer import TruncDivide
+    from vertexflow.ops import elementwise as ew
+    from vertexflow.ops import linalg, nn, reduce, shape
+
+    f, i, b = "float64", "int64", "bool"
+    S = vf.Spec
+    img, w33 = S((2, 3, 6, 6), f), S((4, 3, 3, 3), f)
+    out_conv = S((2, 4, 4, 4), f)
+    pooled = S((2, 3, 3, 3), f)
+    unary = {cls: (cls(), [S((3, 4), f)]) for cls in (
+        ew.Negative, ew.Abs, ew.Sign, ew.Exp, ew.Log, ew.Sqrt, ew.Tanh, ew.Sigmoid, ew.Relu, ew.LeakyRelu)}
+    binary = {cls: (cls(), [S((3, 4), f), S((4,), f)]) for cls in (
+        ew.Add, ew.Subtract, ew.Multiply, ew.Divide, ew.Power, ew.Maximum, ew.Minimum, ew.Greater, ew.Less,
+        ew.GreaterEqual, ew.LessEqual, ew.Equal, ew.NotEqual, TruncDivide)}
+    samples = {**unary, **binary}
+    samples.update({
+        ew.Cast: (ew.Cast("float32"), [S((3,), f)]),
+        ew.Where: (ew.Where(), [S((3,), b), S((3,), f), S((3,), f)]),
+        linalg.Matmul: (linalg.Matmul(), [S((3, 4), f), S((4, 5), f)]),
+        reduce.Sum: (reduce.Sum(0), [S((3, 4), f)]),
+        reduce.Mean: (reduce.Mean(0), [S((3, 4), f)]),
+        reduce.Max: (reduce.Max(0), [S((3, 4), f)]),
+        reduce.Softmax: (reduce.Softmax(), [S((3, 4), f)]),
+        reduce.LogSoftmax: (reduce.LogSoftmax(), [S((3, 4), f)]),
+        shape.Reshape: (shape.Reshape((4, 3)), [S((3, 4), f)]),
+        shape.ReshapeLike: (shape.ReshapeLike(), [S((3, 4), f), S((12,), f)]),
+        shape.Transpose: (shape.Transpose(), [S((3, 4), f)]),
+        shape.ExpandDims: (shape.ExpandDims(0), [S((3, 4), f)]),
+        shape.Squeeze: (shape.Squeeze(0), [S((1, 4), f)]),
+        shape.BroadcastTo: (shape.BroadcastTo((2, 3, 4)), [S((3, 4), f)]),
+        shape.BroadcastLike: (shape.BroadcastLike(), [S((4,), f), S((3, 4), f)]),
+        shape.SumToLike: (shape.SumToLike(), [S((3, 4), f), S((4,), f)]),
+        shape.Concat: (shape.Concat(0), [S((3, 4), f), S((2, 4), f)]),
+        shape.Segment: (shape.Segment(0, 1), [S((5, 4), f), S((3, 4), f), S((2, 4), f)]),
+        shape.Getitem: (shape.Getitem((0, slice(None))), [S((3, 4), f)]),
+        shape.GetitemGrad: (shape.GetitemGrad((0,)), [S((4,), f), S((3, 4), f)]),
+        shape.Identity: (shape.Identity(), [S((3, 4), f)]),
+        shape.ZerosLike: (shape.ZerosLike(), [S((3, 4), f)]),
+        shape.OnesLike: (shape.OnesLike(), [S((3, 4), f)]),
+        shape.Count: (shape.Count((0,), f), [S((3, 4), f)]),
+        nn.CrossEntropy: (nn.CrossEntropy(), [S((5, 4), f), S((5,), i)]),
+        nn.CrossEntropyGrad: (nn.CrossEntropyGrad(), [S((), f), S((5, 4), f), S((5,), i)]),
+        nn.OneHot: (nn.OneHot(), [S((5,), i), S((5, 4), f)]),
+        nn.MSE: (nn.MSE(), [S((3, 4), f), S((3, 4), f)]),
+        nn.Conv2d: (nn.Conv2d(), [img, w33]),
+        nn.Conv2dGradInput: (nn.Conv2dGradInput(1, 0, 1), [out_conv, w33, img]),
+        nn.Conv2dGradWeight: (nn.Conv2dGradWeight(1, 0, 1), [out_conv, img, w33]),
+        nn.MaxPool2d: (nn.MaxPool2d(2), [img]),
+        nn.MaxPool2dGrad: (nn.MaxPool2dGrad(2), [pooled, img]),
+        nn.MaxPool2dSelect: (nn.MaxPool2dSelect(2), [img, img]),
+        nn.AvgPool2d: (nn.AvgPool2d(2), [img]),
+        nn.AvgPool2dGrad: (nn.AvgPool2dGrad(2), [pooled, img]),
+        DropoutMask: (DropoutMask(0.5, 0, Mode()), [S((3, 4), f)]),
+    })
+    return {cls.__qualname__: sample for cls, sample in samples.items()}
+
+
+def test_every_op_estimates_its_cost_from_its_own_inputs():
+    import vertexflow.onnx.importer  # noqa: F401 - its ops are in the registry too
+
+    samples = _op_samples()
+    registry = {cls.__qualname__ for cls in vf.ops.builtin_ops()}
+    assert registry - set(samples) == set(), "ops without a sample here: add one"
+    for name, (op, specs) in samples.items():
+        op.infer(*specs)  # the sample is a valid input
+        cost = op.cost(*specs)
+        assert isinstance(cost, float) and cost >= 0.0, name
+
+
+@st.composite
+def index_case(draw):
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=ndim, max_size=ndim)))
+    index = []
+    array_used = False
+    for d in shape:
+        kind = draw(st.sampled_from(["int", "slice", "array", "none", "skip"] if not array_used
+                                    else ["int", "slice", "none", "skip"]))
+        if kind == "int":
+            index.append(draw(st.integers(-d, d - 1)))
+        elif kind == "slice":
+            index.append(slice(draw(st.integers(0, d)), None, draw(st.integers(1, 2))))
+        elif kind == "array":
+            array_used = True
+            index.append(draw(st.lists(st.integers(-d, d - 1), min_size=1, max_size=3)))
+        elif kind == "none":
+            index.extend([None, slice(None)])
+        else:
+            index.append(slice(None))
+    if draw(st.booleans()) and len(index) > 1:
+        index = index[: draw(st.integers(1, len(index)))]
+    return shape, tuple(index)
+
+
+@given(case=index_case())
+def test_getitem_shape_rule_follows_numpy(case):
+    shape, index = case
+    g = vf.Graph()
+    x = g.input("x", shape=shape, dtype="float64")
+    xv = np.arange(float(np.prod(shape))).reshape(shape)
+    want = xv[index]
+    node = x[index]
+    assert node.shape == want.shape, (shape, index)
+    np.testing.assert_array_equal(vf.SequentialExecutor(g).run({x: xv}, node), want)
+    vf.check_grad(vf.sum(node * 1.5), [x], {x: xv})

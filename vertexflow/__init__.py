@@ -17,7 +17,6 @@ from .errors import (
     VertexflowError,
 )
 from .executor import Executor, SequentialExecutor
-from .gpu.executor import StreamExecutor
 from .graph import Graph, Node, Spec
 from .nn import optim
 from .ops import (
@@ -64,6 +63,7 @@ from .ops import (
     transpose,
     where,
 )
+from .streams import StreamExecutor
 from .trace import Tracer, trace
 
 __version__ = "0.1.0"

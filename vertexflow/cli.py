@@ -155,17 +155,17 @@ def _trace(args) -> int:
     import vertexflow as vf
 
     from .benchmarks.families import FAMILIES
-    from .benchmarks.measure import _unit, cores
+    from .benchmarks.measure import _unit
+    from .executor import make_executor
+    from .machine import cores
 
     html = args.out
     json_path = os.path.splitext(html)[0] + ".json"
     with vf.trace() as tracer:
         if args.target in FAMILIES:
             workload = FAMILIES[args.target]()
-            if args.executor == "actor":
-                executor = vf.ActorExecutor(workload.graph, threads=args.threads or cores())
-            else:
-                executor = vf.SequentialExecutor(workload.graph)
+            options = {"threads": args.threads or cores()} if args.executor == "actor" else {}
+            executor = make_executor(workload.graph, args.executor, **options)
             unit = _unit(workload, executor)
             for _ in range(args.steps):
                 unit()

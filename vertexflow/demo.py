@@ -11,7 +11,7 @@ import numpy as np
 import vertexflow as vf
 
 from .benchmarks.families import wide
-from .benchmarks.measure import cores
+from .machine import cores
 from .trace.analysis import summarize
 
 

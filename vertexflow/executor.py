@@ -24,33 +24,14 @@ import numpy as np
 
 from .autodiff.namespace import ArrayMath
 from .autodiff.reverse import ReversePlan, plan_reverse, sweep
-from .errors import ExecutionTimeout, FeedError, GraphError, VertexError, VertexflowError
+from .core import Failure, VertexRunner, backward_vertex, gradient_result, last_reads, seed_gradient, timeout_error
+from .errors import FeedError, GraphError
 from .gpu.backend import get_backend
 from .graph import Graph, Node, ancestors, format_shape
 from .trace.tracer import active_tracer
 
 Fetch = Node | str
 Feeds = Mapping[Any, Any] | None
-
-
-def vertex_error(node: Node, args: Sequence[Any], exc: BaseException, phase: str) -> VertexError:
-    """A VertexError naming the vertex, its op, its input shapes and where it was built."""
-    shapes = tuple(tuple(getattr(a, "shape", ())) for a in args)
-    shown = ", ".join(format_shape(s) for s in shapes) or "no inputs"
-    return VertexError(
-        f"vertex {node.name!r} ({node.op_name}, built at {node.origin}) failed in {phase} "
-        f"on inputs of shapes {shown}: {type(exc).__name__}: {exc}",
-        vertex=node.name,
-        op=node.op_name,
-        input_shapes=shapes,
-    )
-
-
-def nan_error(node: Node, args: Sequence[Any], phase: str, what: str = "output") -> VertexError:
-    exc = FloatingPointError(f"NaN in the {what}")
-    err = vertex_error(node, args, exc, phase)
-    err.__cause__ = exc
-    return err
 
 
 class Executor(abc.ABC):
@@ -71,6 +52,7 @@ class Executor(abc.ABC):
         self.xp = self.backend.xp
         self.tracer = tracer
         self.check_numerics = check_numerics
+        self.runner = VertexRunner(self.xp, check_numerics=check_numerics)
         self._reverse_plans: dict[tuple, ReversePlan] = {}
         self._on_device: dict[int, tuple] = {}  # param id -> (host array, device array)
         self._step_counter = 0
@@ -150,11 +132,12 @@ class Executor(abc.ABC):
         On the CPU this is the array itself. On a GPU params live on the device
         between runs; an optimizer step assigns a new array, which is uploaded once.
         """
+        value = node.value
         if self.xp is np:
-            return node._value
+            return value
         held = self._on_device.get(node.id)
-        if held is None or held[0] is not node._value:
-            held = self._on_device[node.id] = (node._value, self.backend.to_device(node._value))
+        if held is None or held[0] is not value:
+            held = self._on_device[node.id] = (value, self.backend.to_device(value))
         return held[1]
 
     def _results(self, values: list, single: bool):
@@ -255,21 +238,14 @@ def compile_tape(targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
     loads = tuple((slot_of[n.id], n) for n in order if n.kind != "op")
     ops = [n for n in order if n.kind == "op"]
     pinned = {slot_of[t.id] for t in targets} | {slot_of[k] for k in keep if k in slot_of}
-    last_read: dict[int, int] = {}
-    for index, node in enumerate(ops):
-        for inp in node.inputs:
-            last_read[slot_of[inp.id]] = index
-    frees: dict[int, list[int]] = {}
-    for slot, index in last_read.items():
-        if slot not in pinned:
-            frees.setdefault(index, []).append(slot)
+    frees = last_reads([[slot_of[i.id] for i in node.inputs] for node in ops], pinned)
     instructions = tuple(
         Instruction(
             index=i,
             node=node,
             args=tuple(slot_of[inp.id] for inp in node.inputs),
             out=slot_of[node.id],
-            free=tuple(sorted(frees.get(i, ()))),
+            free=frees[i],
         )
         for i, node in enumerate(ops)
     )
@@ -328,91 +304,64 @@ class SequentialExecutor(Executor):
             else:
                 slots[slot] = self._device_value(node)
         deadline = None if timeout is None else time.monotonic() + timeout
-        xp, check = self.xp, self.check_numerics
+        forward = self.runner.forward
         with np.errstate(all="ignore"):
             for ins in tape.instructions:
                 if deadline is not None and time.monotonic() > deadline:
-                    raise _tape_timeout(tape, ins.index, timeout)
-                args = [slots[a] for a in ins.args]
-                node = ins.node
-                if tracer is not None:
-                    start = tracer.now()
-                try:
-                    out = node.op.forward(xp, *args)
-                except VertexflowError:
-                    raise
-                except Exception as exc:
-                    raise vertex_error(node, args, exc, "forward") from exc
-                if tracer is not None:
-                    tracer.record(node, "forward", step, "main", start, start, tracer.now(), args)
-                if check and out.dtype.kind == "f" and bool(xp.isnan(out).any()):
-                    raise nan_error(node, args, "forward")
+                    raise timeout_error(timeout, tape_waiting(tape, ins.index))
+                out = forward(ins.node, [slots[a] for a in ins.args], tracer, step)
+                if type(out) is Failure:
+                    raise out.error
                 slots[ins.out] = out
                 for s in ins.free:
                     slots[s] = None
         return slots
 
 
-def _tape_timeout(tape: Tape, index: int, timeout: float) -> ExecutionTimeout:
-    waiting = {}
-    for ins in tape.instructions[index:]:
-        waiting[ins.node.name] = "its turn on the tape, after " + (
-            tape.instructions[index - 1].node.name if index else "the loads"
-        )
-    shown = "; ".join(f"{k}: waits for {v}" for k, v in list(waiting.items())[:10])
-    return ExecutionTimeout(
-        f"step did not finish within {timeout} s; {len(waiting)} vertices still waiting ({shown})",
-        waiting=waiting,
-    )
+def tape_waiting(tape: Tape, index: int) -> dict[str, str]:
+    """{vertex: what it waits for} for the instructions from `index` on."""
+    before = tape.instructions[index - 1].node.name if index else "the loads"
+    return {ins.node.name: f"its turn on the tape, after {before}" for ins in tape.instructions[index:]}
 
 
 def reverse_arrays(
     executor: Executor, plan: ReversePlan, value_of, feeds: Feeds = None, tracer=None, step: int = 0
 ) -> dict[Node, Any]:
-    """The reverse sweep on arrays, with each vertex's failure reported as a VertexError."""
-    xp, check = executor.xp, executor.check_numerics
+    """The reverse sweep on arrays, each vertex's derivative run by the executor's runner."""
+    runner = executor.runner
 
-    def apply_vjp(node: Node, needs, g):
-        xs = [value_of(i) for i in node.inputs]
-        if tracer is not None:
-            start = tracer.now()
-        try:
-            grads = node.op.vjp(ArrayMath(xp, needs), g, xs, value_of(node))
-        except VertexflowError:
-            raise
-        except Exception as exc:
-            raise vertex_error(node, [g, *xs], exc, "backward") from exc
-        if tracer is not None:
-            tracer.record(node, "backward", step, "main", start, start, tracer.now(), [g, *xs])
-        if check:
-            for gi in grads or ():
-                if gi is not None and gi.dtype.kind == "f" and bool(xp.isnan(gi).any()):
-                    raise nan_error(node, [g, *xs], "backward", "gradient")
-        return grads
+    def apply_vjp(node: Node, g):
+        sent = backward_vertex(runner, plan, node, g, value_of, tracer, step)
+        for _, gi in sent:
+            if type(gi) is Failure:
+                raise gi.error
+        return sent
 
     with np.errstate(all="ignore"):
-        loss_value = value_of(plan.output)
-        totals = sweep(
-            plan,
-            seed=ArrayMath(xp).ones_like(loss_value),
-            apply_vjp=apply_vjp,
-            add=ArrayMath(xp).add,
-            shape_of=lambda a: tuple(a.shape),
-        )
-    to_host = executor.backend.to_host
-    return {w: to_host(totals[w.id]) if w.id in totals else zero_gradient(w, plan, feeds) for w in plan.wrt}
+        totals = sweep(plan, seed_gradient(executor.xp, value_of(plan.output)), apply_vjp, ArrayMath(executor.xp).add)
+    return gradient_result(plan, totals, executor.backend.to_host, feeds)
 
 
-def zero_gradient(node: Node, plan: ReversePlan, feeds: Feeds = None):
-    """The gradient of a vertex the loss does not depend on: zeros of its shape."""
-    if node.kind in ("param", "const"):
-        return np.zeros_like(node.value)
-    for key, value in (feeds or {}).items():
-        if key is node or (isinstance(key, str) and key == node.name):
-            return np.zeros(np.shape(value), node.dtype)
-    if node.spec.static:
-        return np.zeros(node.shape, node.dtype)
-    raise GraphError(
-        f"{plan.output.name!r} does not depend on {node.name!r}, whose shape "
-        f"{format_shape(node.shape)} is not known without running it"
-    )
+def make_executor(graph: Graph, executor: str | Executor = "sequential", **options) -> Executor:
+    """An executor of `graph` from its name ("sequential", "actor", "stream"), or `executor` itself.
+
+    Options go to the executor's constructor (e.g. threads=2 for "actor").
+
+    Raises:
+        GraphError: an unknown name, or an executor of another graph.
+    """
+    if isinstance(executor, Executor):
+        if executor.graph is not graph:
+            raise GraphError(f"the executor given runs graph {executor.graph.name!r}, not {graph.name!r}")
+        return executor
+    if executor == "sequential":
+        return SequentialExecutor(graph, **options)
+    if executor == "actor":
+        from .actors import ActorExecutor
+
+        return ActorExecutor(graph, **options)
+    if executor == "stream":
+        from .streams import StreamExecutor
+
+        return StreamExecutor(graph, **options)
+    raise GraphError(f"unknown executor {executor!r}; use 'sequential', 'actor' or 'stream' (or pass an Executor)")

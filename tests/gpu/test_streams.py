@@ -162,5 +162,7 @@ def test_a_wait_for_an_unrecorded_event_is_caught():
     streams.launch(0, lambda: None, record=0)
     streams.launch(1, lambda: None, waits=[0])
     streams.synchronize()
+    streams.launch(1, lambda: None, waits=[0])  # a synchronized event stays recorded
+    streams.release(0)  # the step is done: its events go to a later step
     with pytest.raises(vf.DeviceError):
         streams.launch(1, lambda: None, waits=[0])

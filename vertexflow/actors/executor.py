@@ -21,10 +21,11 @@ from typing import Any
 import trio
 
 from ..autodiff.reverse import ReversePlan
-from ..executor import Executor, Feeds, Fetch, zero_gradient
+from ..core import gradient_result, timeout_error
+from ..executor import Executor, Feeds, Fetch
 from ..graph import Graph, Node, ancestors
-from .network import Network, StepState, timeout_error
-from .plan import SOURCE_KINDS, plan_network
+from .network import Network, StepState
+from .plan import SOURCE_KINDS, plan_for
 from .pool import WorkerPool
 
 _END = object()
@@ -66,7 +67,7 @@ class ActorExecutor(Executor):
         blas: how BLAS calls on parallel branches share the cores without oversubscribing
             them. "keep" (default): they take turns, each with all of BLAS's threads, while
             other expensive vertices run beside them; results stay bitwise identical to
-            SequentialExecutor's (DESIGN decision 3). "share": they run at once with
+            SequentialExecutor's. "share": they run at once with
             cores // parallel BLAS threads each; OpenBLAS may then round some matmuls
             differently in the last bits than a run with all its threads.
         streams: on device="cuda", the most CUDA streams the stream plan uses.
@@ -171,19 +172,32 @@ class ActorExecutor(Executor):
             sources = self._sources[key] = [n for n in ancestors(targets) if n.kind in SOURCE_KINDS]
         return sources
 
-    async def _network(self, host: Host, fetch, reverse, checked: dict[int, Any], pipeline: bool = False) -> Network:
-        key = (tuple(n.id for n in fetch), None if reverse is None else id(reverse), pipeline)
+    async def _network(self, host: Host, fetch, reverse, checked: dict[int, Any], depth: int | None = None) -> Network:
+        """The network for these fetches, wired at the first call; `depth` > 1 for a stream."""
+        stream = depth is not None and depth > 1
+        key = (tuple(n.id for n in fetch), None if reverse is None else id(reverse), stream)
         network = host.networks.get(key)
         if network is None or network.broken is not None:
             shapes = {k: tuple(v.shape) for k, v in checked.items()}
-            plan = plan_network(fetch, reverse, shapes, self.heavy_flops)
-            if pipeline and plan.heavy_width < self.threads:
-                # Too few parallel branches to keep the workers busy: let steps overlap along chains.
-                plan = plan_network(fetch, reverse, shapes, self.heavy_flops, pipeline=True)
-            network = Network(self, plan, self.depth)
+            plan = plan_for(fetch, reverse, shapes, self.heavy_flops, self.threads, self.depth, stream)
+            streams = None
+            if self.backend.name in ("cuda", "emulated-cuda"):
+                streams = self._stream_runtime(plan)
+            blas_lock = self._pool.blas_lock if self._pool is not None and self.blas == "keep" else None
+            network = Network(plan, self.runner, self._pool, blas_lock, self.depth, streams)
             await host.nursery.start(network.serve)
             host.networks[key] = network
         return network
+
+    def _stream_runtime(self, plan):
+        """(runtime, stream plan) for a network on CUDA streams (checked on the CPU for emulated-cuda)."""
+        from ..gpu.runtime import CheckedStreams, CupyStreams
+        from ..gpu.streams import plan_streams
+
+        targets = list(plan.fetch) + ([plan.reverse.output] if plan.reverse is not None else [])
+        stream_plan = plan_streams(targets, self.streams)
+        runtime = CupyStreams if self.backend.name == "cuda" else CheckedStreams
+        return runtime(stream_plan.streams, len(stream_plan.record), slots=self.depth), stream_plan
 
     def _blas_sharing(self, parallel: int):
         if self._pool is None or self.blas == "keep":
@@ -208,7 +222,7 @@ class ActorExecutor(Executor):
             with trio.move_on_after(math.inf if timeout is None else timeout):
                 return await network.result(step)
         # Only a timeout gets here: the step is stuck, so this network cannot be trusted again.
-        error = timeout_error(network, step, timeout)
+        error = timeout_error(timeout, network.waiting(step))
         network.shutdown(error)
         host.networks = {k: v for k, v in host.networks.items() if v is not network}
         raise error
@@ -228,10 +242,7 @@ class ActorExecutor(Executor):
         plan = self._plan(loss, wrt)
         state = await self._step(feeds, [loss, *extra], plan, timeout, _tracer)
         to_host = self.backend.to_host
-        grads = {}
-        for w in plan.wrt:
-            g = state.grads.get(w.id)
-            grads[w] = to_host(g) if g is not None else zero_gradient(w, plan, feeds)
+        grads = gradient_result(plan, state.grads, to_host, feeds)
         if fetch is None:
             return to_host(state.values[loss.id]), grads
         return to_host(state.values[loss.id]), grads, self._results([state.values[n.id] for n in extra], single)
@@ -271,7 +282,7 @@ class ActorExecutor(Executor):
                     checked = self._feeds(feeds, sources)
                     values = self._source_values(sources, checked)
                     self.backend.uploaded()
-                    network = await self._network(host, nodes, None, checked, pipeline=limit > 1)
+                    network = await self._network(host, nodes, None, checked, depth=limit)
                     if sharing is None:
                         # Steps in flight overlap, so every expensive vertex may run beside another.
                         plan = network.plan
@@ -311,8 +322,4 @@ class ActorExecutor(Executor):
         nodes, _ = self._fetches(fetch)
         checked = self._feeds(feeds, self._needed_sources(nodes, None)) if feeds else {}
         shapes = {k: tuple(v.shape) for k, v in checked.items()}
-        plan = plan_network(nodes, None, shapes, self.heavy_flops)
-        if stream and self.depth > 1 and plan.heavy_width < self.threads:
-            plan = plan_network(nodes, None, shapes, self.heavy_flops, pipeline=True)
-        return plan.describe()
-
+        return plan_for(nodes, None, shapes, self.heavy_flops, self.threads, self.depth, stream).describe()

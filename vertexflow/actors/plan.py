@@ -4,7 +4,7 @@ Pure planning, no trio: which vertices each actor owns, in which order it
 runs them, which actors send it values (forward) and gradients (backward),
 and where sources (inputs, params, constants) come from.
 
-Partition rule (DESIGN decision 5): a vertex joins an existing actor when that
+Partition rule: a vertex joins an existing actor when that
 delays nothing: everything the actor waits for from outside, and every
 expensive member it has, is upstream of the vertex anyway. Otherwise it
 starts a new actor. So chains fuse into one actor (cheap and expensive alike:
@@ -221,6 +221,20 @@ def plan_network(
                 actors[src].grad_to[edge] = dst
                 actors[dst].grad_from[edge] = src
     return NetworkPlan(list(fetch), reverse, actors, actor_of, heavy_flops)
+
+
+def plan_for(fetch: Sequence[Node], reverse: ReversePlan | None, source_shapes: Mapping[int, tuple],
+             heavy_flops: float, threads: int, depth: int, stream: bool) -> NetworkPlan:
+    """The plan a network runs: stages of a pipeline for a stream with too few parallel branches.
+
+    A stream (several steps in flight) whose expensive vertices cannot keep the
+    workers busy side by side gains from overlapping steps along its chains
+    instead, so each expensive vertex becomes a stage of its own.
+    """
+    plan = plan_network(fetch, reverse, source_shapes, heavy_flops)
+    if stream and depth > 1 and plan.heavy_width < threads:
+        plan = plan_network(fetch, reverse, source_shapes, heavy_flops, pipeline=True)
+    return plan
 
 
 def _fusable_actor(

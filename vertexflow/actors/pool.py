@@ -9,15 +9,15 @@ name is the lane a trace shows.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 import outcome
 import trio
+
+from ..machine import BlasThreads
 
 _STOP = object()
 
@@ -104,62 +104,3 @@ class WorkerPool:
     @property
     def threads(self) -> list[threading.Thread]:
         return list(self._threads)
-
-
-class BlasThreads:
-    """Share the cores between BLAS calls that run at once on different workers.
-
-    OpenBLAS and MKL keep one process-wide thread count, read when a call
-    starts, and their threads spin: two 2-thread matmuls on two cores run far
-    slower than two 1-thread ones. So while a network runs steps, the count is
-    cores // (expensive vertices that can run at once there): a chain of
-    matmuls keeps every core for BLAS, parallel branches split them. Uses
-    threadpoolctl when it is installed.
-    """
-
-    def __init__(self):
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self._libs = None
-        self._current: int | None = None  # None: the libraries' own counts
-        self._original: list[int] = []
-        self._active: list[int] = []
-
-    def _controllers(self) -> list:
-        if self._libs is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:
-                self._libs = []
-            else:
-                self._libs = ThreadpoolController().select(user_api="blas").lib_controllers
-                self._original = [lib.num_threads for lib in self._libs]
-        return self._libs
-
-    @contextmanager
-    def sharing(self, parallel: int):
-        """While in the block, each of `parallel` concurrent BLAS calls gets its share of the cores.
-
-        Blocks may nest and overlap (concurrent steps); the count in force is the
-        one of the most parallel block, and the original count comes back when
-        the last block ends, so no other code in the process runs with it.
-        """
-        want = max(1, self.cores // max(parallel, 1))
-        self._active.append(want)
-        self._apply(min(self._active))
-        try:
-            yield
-        finally:
-            self._active.remove(want)
-            self._apply(min(self._active) if self._active else None)
-
-    def _apply(self, want: int | None) -> None:
-        libs = self._controllers()
-        if want == self._current or not libs:
-            return
-        for lib, original in zip(libs, self._original):
-            lib.set_num_threads(original if want is None else want)
-        self._current = want
-
-    def restore(self) -> None:
-        self._active.clear()
-        self._apply(None)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from ..graph import Node
 from ..ops import shape
 from .namespace import GraphMath
-from .reverse import plan_reverse, sweep
+from .reverse import check_rule_results, plan_reverse, sweep
 
 
 def grad(y: Node, wrt: Node | str | Sequence[Node | str]) -> Node | list[Node]:
@@ -36,16 +36,13 @@ def grad(y: Node, wrt: Node | str | Sequence[Node | str]) -> Node | list[Node]:
     plan = plan_reverse(y, targets)
     mark = graph.mark()
 
-    def apply_vjp(node: Node, needs, g):
-        return node.op.vjp(GraphMath(needs), g, node.inputs, node)
+    def apply_vjp(node: Node, g):
+        needs = plan.needs[node.id]
+        grads = node.op.vjp(GraphMath(needs), g, node.inputs, node)
+        check_rule_results(node, needs, grads, lambda n: n.shape)
+        return [(edge, grads[pos]) for pos, edge in enumerate(plan.outgoing[node.id]) if edge >= 0]
 
-    totals = sweep(
-        plan,
-        seed=shape.OnesLike()(y, role="grad"),
-        apply_vjp=apply_vjp,
-        add=GraphMath().add,
-        shape_of=lambda n: n.shape,
-    )
+    totals = sweep(plan, seed=shape.OnesLike()(y, role="grad"), apply_vjp=apply_vjp, add=GraphMath().add)
     results = []
     for target in targets:
         total = totals.get(target.id)

@@ -140,9 +140,6 @@ class ArrayMath(Math):
     def ndim(self, x) -> int:
         return x.ndim
 
-    def shape(self, x) -> tuple:
-        return x.shape
-
     def dtype(self, x):
         return x.dtype
 
@@ -166,9 +163,6 @@ class GraphMath(Math):
 
     def ndim(self, x: Node) -> int:
         return x.ndim
-
-    def shape(self, x: Node) -> tuple:
-        return x.shape
 
     def dtype(self, x: Node):
         return x.dtype

@@ -13,7 +13,7 @@ actor executor runs the same plan with one task per vertex.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,17 +101,15 @@ def plan_reverse(output: Node, wrt: Sequence[Node]) -> ReversePlan:
 def sweep(
     plan: ReversePlan,
     seed: Any,
-    apply_vjp: Callable[[Node, tuple[bool, ...], Any], Sequence[Any]],
+    apply_vjp: Callable[[Node, Any], Sequence[tuple[int, Any]]],
     add: Callable,
-    shape_of: Callable[[Any], tuple],
 ) -> dict[int, Any]:
     """Run the reverse sweep of `plan` on one thread.
 
     Args:
         seed: gradient of the output (ones).
-        apply_vjp: (vertex, needs, g) -> one gradient or None per input.
+        apply_vjp: (vertex, its total gradient) -> [(edge index, gradient)] it sends its inputs.
         add: how two gradients are added.
-        shape_of: shape of a gradient, to check the rule's results.
 
     Returns:
         {vertex id: total gradient} for the wrt vertices that the output depends on.
@@ -121,39 +119,53 @@ def sweep(
     wanted = {w.id for w in plan.wrt}
     result: dict[int, Any] = {}
     for node in plan.order:
-        g = sum_edges(add, edges, plan.incoming[node.id])
+        g = sum_edges(add, _take(edges, plan.incoming[node.id]))
         if g is None:
             continue
         if node.id in wanted:
             result[node.id] = g
         if node.kind != "op":
             continue
-        grads = apply_vjp(node, plan.needs[node.id], g)
-        send_gradients(plan, node, grads, edges, shape_of)
+        for edge, gi in apply_vjp(node, g):
+            edges[edge] = gi
     return result
 
 
-def sum_edges(add: Callable, edges: list, indices: tuple[int, ...]):
-    """Sum the edge gradients at `indices` in order; None if none arrived (every rule said None)."""
+def sum_edges(add: Callable, parts: Iterable[Any]):
+    """A vertex's edge gradients summed in the order given (the plan's fixed order, never arrival).
+
+    None parts (no gradient sent) are skipped; None if every part is None.
+    """
     total = None
-    for i in indices:
-        part = edges[i]
+    for part in parts:
         if part is not None:
             total = part if total is None else add(total, part)
-            edges[i] = None  # let it go as soon as it is summed
     return total
 
 
-def send_gradients(plan: ReversePlan, node: Node, grads, edges: list, shape_of: Callable) -> None:
-    """Check a derivative rule's results and store them as the node's outgoing edge gradients."""
+def _take(edges: list, indices: tuple[int, ...]):
+    """The edge gradients at `indices`, each let go as soon as it is taken."""
+    for i in indices:
+        part = edges[i]
+        edges[i] = None
+        yield part
+
+
+def check_rule_results(node: Node, needs: Sequence[bool], grads, shape_of: Callable[[Any], tuple]) -> None:
+    """A derivative rule must return one entry per input, and a gradient of the input's shape where needed.
+
+    Raises:
+        GraphError: the wrong number of entries.
+        ShapeError: a gradient of the wrong shape, naming the op, the vertex and the input.
+    """
     if grads is None or len(grads) != len(node.inputs):
         raise GraphError(
             f"derivative rule of {node.op_name} {node.name!r} returned "
             f"{'None' if grads is None else len(grads)} gradients for {len(node.inputs)} inputs"
         )
-    for pos, edge in enumerate(plan.outgoing[node.id]):
+    for pos, need in enumerate(needs):
         gi = grads[pos]
-        if edge < 0 or gi is None:
+        if not need or gi is None:
             continue
         inp = node.inputs[pos]
         got = shape_of(gi)
@@ -162,7 +174,6 @@ def send_gradients(plan: ReversePlan, node: Node, grads, edges: list, shape_of: 
                 f"derivative rule of {node.op_name} {node.name!r} gave a gradient of shape "
                 f"{format_shape(got)} for input {pos} ({inp.name!r}) of shape {format_shape(inp.shape)}"
             )
-        edges[edge] = gi
 
 
 def _fits(got: tuple, expected: tuple) -> bool:

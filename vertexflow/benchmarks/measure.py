@@ -10,9 +10,7 @@ total work / cores), where per-vertex times come from a traced sequential run.
 from __future__ import annotations
 
 import gc
-import os
 import statistics
-import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,9 +20,11 @@ from typing import Any
 import numpy as np
 
 import vertexflow as vf
+from vertexflow.machine import blas_threads, cores
 from vertexflow.trace import summarize
 
 from .families import Workload
+from .timing import Spread, interleaved
 
 
 @dataclass
@@ -48,13 +48,6 @@ class Measurement:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _unit(workload: Workload, executor) -> Callable[[], Any]:
@@ -95,7 +88,7 @@ def runners(
     one = _unit(workload, seq)
 
     def sequential_one_blas_thread():
-        with _blas_threads(1):
+        with blas_threads(1):
             return one()
 
     out["sequential-blas1"] = (sequential_one_blas_thread, lambda: None)
@@ -129,7 +122,7 @@ def traced_work(workload: Workload, lanes: int) -> tuple[float, float, float]:
     run()  # warm-up
     summaries = []
     # One BLAS thread: the work of each vertex on one core, so that work / cores is a true bound.
-    with _blas_threads(1):
+    with blas_threads(1):
         for _ in range(3):
             with vf.trace() as tracer:
                 run()
@@ -140,22 +133,6 @@ def traced_work(workload: Workload, lanes: int) -> tuple[float, float, float]:
         batches = len(workload.batches)
         return work * batches, path, max(path, work * batches / lanes)
     return work, path, max(path, work / lanes)
-
-
-_CONTROLLER = []
-
-
-def _blas_threads(n: int):
-    """A block where BLAS uses n threads (threadpoolctl's controller made once: it scans libraries)."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
-    if not _CONTROLLER:
-        _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0].limit(limits=n, user_api="blas")
 
 
 def peak_memory(fn: Callable) -> int:
@@ -186,24 +163,13 @@ def measure(
     work, path, ideal = traced_work(workload, lanes)
     table = runners(workload, threads, with_dask, blas_share)
     try:
-        results = {name: [] for name in table}
         outputs = {}
         for name, (fn, _) in table.items():
             for _ in range(warmup):
                 outputs[name] = fn()
         _check_agreement(workload, outputs)
-        # Rounds of short blocks: each executor in turn runs once untimed, then `inner` times.
-        # Whole blocks (not single runs) alternate because an executor's first run after
-        # another thread's work meets cold caches and allocator arenas.
-        for _ in range(repeat):
-            for name, (fn, _) in table.items():
-                fn()
-                for _ in range(inner):
-                    start = time.perf_counter()
-                    fn()
-                    results[name].append(time.perf_counter() - start)
-            if progress:
-                progress(workload.name)
+        results = interleaved({name: fn for name, (fn, _) in table.items()}, repeat, inner,
+                              after_round=(lambda _: progress(workload.name)) if progress else None)
         peaks = {name: peak_memory(fn) for name, (fn, _) in table.items()} if memory else {}
     finally:
         for _, cleanup in table.values():
@@ -212,8 +178,8 @@ def measure(
     vertices = workload.vertices
     out = []
     for name, times in results.items():
-        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-        median = statistics.median(times)
+        spread = Spread.of(times)
+        median = spread.median
         out.append(
             Measurement(
                 workload=workload.name,
@@ -224,8 +190,8 @@ def measure(
                 vertices=vertices,
                 times_s=times,
                 median_s=median,
-                q1_s=q[0],
-                q3_s=q[2],
+                q1_s=spread.q1,
+                q3_s=spread.q3,
                 speedup=seq_median / median,
                 ideal_s=ideal,
                 efficiency=ideal / median,
@@ -241,7 +207,7 @@ def _check_agreement(workload: Workload, outputs: dict[str, Any]) -> None:
     """Executors must agree bit for bit; the hand-written and dask versions to rounding."""
     reference = outputs["sequential"]
     for name, out in outputs.items():
-        # Same BLAS settings, same bits (DESIGN decision 3); other thread counts round differently.
+        # Same BLAS settings, same bits (executors are interchangeable); other thread counts round differently.
         exact = name.startswith("actor") and not name.endswith("blas-share")
         _assert_same(reference, out, name, exact=exact)
 

@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..machine import blas_info, cores
 from .families import FAMILIES, Workload
-from .measure import Measurement, cores, measure
+from .measure import Measurement, measure
 
 # (family, sizes) per suite.
 SUITES: dict[str, list[tuple[str, dict]]] = {
@@ -72,16 +73,7 @@ def machine() -> dict:
         "processor": platform.processor() or platform.machine(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
     }
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["blas"] = [
-            {k: lib.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
-            for lib in threadpool_info()
-            if lib.get("user_api") == "blas"
-        ]
-    except ImportError:
-        pass
+    info["blas"] = blas_info()
     return info
 
 

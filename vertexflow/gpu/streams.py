@@ -47,13 +47,6 @@ class StreamPlan:
             if p.kind == "op" and self.stream[p.id] != self.stream[v.id]
         ]
 
-    def describe(self) -> str:
-        lines = []
-        for s in range(self.streams):
-            names = [v.name for v in self.order if self.stream[v.id] == s]
-            lines.append(f"stream {s}: " + ", ".join(names))
-        return "\n".join(lines)
-
 
 def plan_streams(fetch: Sequence[Node], streams: int = 4) -> StreamPlan:
     """The stream plan for the op vertices `fetch` needs, on at most `streams` streams."""

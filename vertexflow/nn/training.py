@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import GraphError
-from ..executor import Executor, SequentialExecutor
+from ..executor import Executor, make_executor
 from ..graph import Node
 from .optim import Optimizer
 
@@ -26,18 +26,6 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
-
-
-def make_executor(graph, executor: str | Executor = "sequential", threads: int = 2) -> Executor:
-    if isinstance(executor, Executor):
-        return executor
-    if executor == "sequential":
-        return SequentialExecutor(graph)
-    if executor == "actor":
-        from ..actors import ActorExecutor
-
-        return ActorExecutor(graph, threads=threads)
-    raise ValueError(f"executor must be 'sequential', 'actor' or an Executor, got {executor!r}")
 
 
 def evaluate(executor: Executor, x: Node, data, output: Node | None = None, loss: Node | None = None,
@@ -107,7 +95,7 @@ def fit(
 
     if loss.graph is not x.graph or loss.graph is not y.graph:
         raise GraphError("loss, x and y must belong to one graph")
-    ex = make_executor(loss.graph, executor, threads)
+    ex = make_executor(loss.graph, executor, **({"threads": threads} if executor == "actor" else {}))
     history = History()
     xs, ys = data
     steps_per_epoch = -(-len(xs) // batch_size)

@@ -44,17 +44,12 @@ class OnnxModel:
     _executors: dict = field(default_factory=dict, repr=False)
 
     def executor(self, kind: str = "sequential", **options):
-        from ..actors import ActorExecutor
-        from ..executor import SequentialExecutor
+        """The model's executor of this kind and options, made once and kept."""
+        from ..executor import make_executor
 
         key = (kind, tuple(sorted(options.items())))
         if key not in self._executors:
-            if kind == "sequential":
-                self._executors[key] = SequentialExecutor(self.graph, **options)
-            elif kind == "actor":
-                self._executors[key] = ActorExecutor(self.graph, **options)
-            else:
-                raise ValueError(f"executor must be 'sequential' or 'actor', got {kind!r}")
+            self._executors[key] = make_executor(self.graph, kind, **options)
         return self._executors[key]
 
     def run(self, feeds: dict, executor: str = "sequential", **options) -> list[np.ndarray]:

@@ -49,7 +49,8 @@ def builtin_ops() -> list[type[Op]]:
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        if cls.__module__.startswith("vertexflow.") and not getattr(cls, "__abstractmethods__", None):
+        # A concrete op names itself; bases (Unary, Compare, Pool2d, ...) do not.
+        if cls.__module__.startswith("vertexflow.") and "name" in vars(cls) and not cls.__abstractmethods__:
             found[f"{cls.__module__}.{cls.__qualname__}"] = cls
     return [found[k] for k in sorted(found)]
 

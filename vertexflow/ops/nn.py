@@ -264,6 +264,17 @@ class Conv2dGradInput(Op, Window):
             xp, x.shape, g.dtype, w.shape[2:], lambda i, j: taps[:, :, :, :, i, j].transpose(0, 3, 1, 2)
         )
 
+    def vjp(self, F, h, xs, y):
+        # Bilinear in (g, w): its adjoint in g is the convolution itself, in w the weight gradient.
+        g, w, x = xs
+        need_g, need_w, _ = F.needs_input_grad
+        geometry = (self.stride, self.padding, self.dilation)
+        return (
+            F.apply(Conv2d(*geometry), h, w) if need_g else None,
+            F.apply(Conv2dGradWeight(*geometry), g, h, w) if need_w else None,
+            None,
+        )
+
     def cost(self, g: Spec, w: Spec, x: Spec) -> float:
         return 2.0 * numel(g) * math.prod(w.shape[1:]) / 16.0
 
@@ -281,6 +292,17 @@ class Conv2dGradWeight(Op, Window):
     def forward(self, xp, g, x, w):
         cols = self._windows(xp, x, w.shape[2:])  # (N, C, OH, OW, kh, kw)
         return xp.tensordot(g, cols, axes=([0, 2, 3], [0, 2, 3])).astype(g.dtype, copy=False)
+
+    def vjp(self, F, h, xs, y):
+        # Bilinear in (g, x): its adjoint in g is the convolution of x by h, in x the input gradient.
+        g, x, w = xs
+        need_g, need_x, _ = F.needs_input_grad
+        geometry = (self.stride, self.padding, self.dilation)
+        return (
+            F.apply(Conv2d(*geometry), x, h) if need_g else None,
+            F.apply(Conv2dGradInput(*geometry), g, h, x) if need_x else None,
+            None,
+        )
 
     def cost(self, g: Spec, x: Spec, w: Spec) -> float:
         return 2.0 * numel(g) * math.prod(w.shape[1:]) / 16.0
@@ -328,13 +350,44 @@ class MaxPool2dGrad(Pool2d):
         return Spec(x.shape, g.dtype)
 
     def forward(self, xp, g, x):
-        windows = self._windows(xp, x, self.kernel, fill=-np.inf)
-        n, c, oh, ow, kh, kw = windows.shape
-        first = windows.reshape(n, c, oh, ow, kh * kw).argmax(axis=4)
+        first = _first_max(self, xp, x)
+        kw = self.kernel[1]
         return self._scatter(xp, x.shape, g.dtype, self.kernel, lambda i, j: g * (first == i * kw + j))
+
+    def vjp(self, F, h, xs, y):
+        # Linear in g (routing is piecewise constant in x): its adjoint picks h at each window's maximum.
+        return (F.apply(MaxPool2dSelect(self.kernel, self.stride, self.padding), h, xs[1]), None)
 
     def cost(self, g: Spec, x: Spec) -> float:
         return 2.0 * numel(x) * self.kernel[0] * self.kernel[1]
+
+
+class MaxPool2dSelect(Pool2d):
+    """h (shaped like x) read at the first maximum of each pooling window of x: the adjoint of MaxPool2dGrad."""
+
+    name = "max_pool2d_select"
+
+    def infer(self, h: Spec, x: Spec) -> Spec:
+        return Spec(super().infer(Spec(x.shape, h.dtype)).shape, h.dtype)
+
+    def forward(self, xp, h, x):
+        first = _first_max(self, xp, x)
+        windows = self._windows(xp, h, self.kernel)
+        n, c, oh, ow, kh, kw = windows.shape
+        return xp.take_along_axis(windows.reshape(n, c, oh, ow, kh * kw), first[..., None], axis=4)[..., 0]
+
+    def vjp(self, F, g, xs, y):
+        return (F.apply(MaxPool2dGrad(self.kernel, self.stride, self.padding), g, xs[1]), None)
+
+    def cost(self, h: Spec, x: Spec) -> float:
+        return 2.0 * numel(x) * self.kernel[0] * self.kernel[1]
+
+
+def _first_max(pool: Pool2d, xp, x):
+    """(N, C, OH, OW) index of each window's first maximum, counting taps row by row."""
+    windows = pool._windows(xp, x, pool.kernel, fill=-np.inf)
+    n, c, oh, ow, kh, kw = windows.shape
+    return windows.reshape(n, c, oh, ow, kh * kw).argmax(axis=4)
 
 
 class AvgPool2d(Pool2d):
@@ -361,6 +414,9 @@ class AvgPool2dGrad(Pool2d):
 
     def vjp(self, F, g, xs, y):
         return (F.apply(AvgPool2d(self.kernel, self.stride, self.padding), g), None)
+
+    def cost(self, g: Spec, x: Spec) -> float:
+        return float(numel(x) * self.kernel[0] * self.kernel[1])
 
 
 # -- functions -----------------------------------------------------------------

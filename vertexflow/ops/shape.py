@@ -262,6 +262,20 @@ class Segment(Op):
         stop = start + xs[self.index].shape[axis]
         return g[(slice(None),) * axis + (slice(start, stop),)]
 
+    def vjp(self, F, h, xs, y):
+        # Linear in g: its adjoint puts h back in its place among zeros, a concatenation.
+        parts = xs[1:]
+        dtype = F.dtype(h)
+        pieces = []
+        for i, part in enumerate(parts):
+            if i == self.index:
+                pieces.append(h)
+            else:
+                zeros = F.zeros_like(part)
+                pieces.append(zeros if F.dtype(part) == dtype else F.cast(zeros, dtype))
+        need_g = F.needs_input_grad[0]
+        return (F.apply(Concat(self.axis), *pieces) if need_g else None, *([None] * len(parts)))
+
 
 def _normalize_index(index: Any) -> tuple:
     if not isinstance(index, tuple):
@@ -303,6 +317,9 @@ class Getitem(Op):
         self.index = _normalize_index(index)
 
     def infer(self, x: Spec) -> Spec:
+        """numpy's indexing rule: with an array index, integers index alongside it (advanced
+        indexing), and the advanced dimensions replace those indices in place when they are
+        adjacent, else they move to the front."""
         consumed = sum(1 for i in self.index if i is not None and i is not Ellipsis)
         if consumed > x.ndim:
             raise ShapeError(f"too many indices for {format_shape(x.shape)}")
@@ -313,9 +330,13 @@ class Getitem(Op):
             else:
                 items.append(i)
         items.extend([slice(None)] * (x.ndim - sum(1 for i in items if i is not None)))
+        arrays = [i for i in items if isinstance(i, np.ndarray)]
+        advanced = [k for k, i in enumerate(items) if isinstance(i, np.ndarray) or (arrays and isinstance(i, int))]
+        broadcast = arrays[0].shape if arrays else ()
+        in_place = not advanced or advanced == list(range(advanced[0], advanced[-1] + 1))
         dims = iter(x.shape)
         shape: list = []
-        for item in items:
+        for k, item in enumerate(items):
             if item is None:
                 shape.append(1)
                 continue
@@ -324,14 +345,13 @@ class Getitem(Op):
                 if d is not None and not -d <= item < d:
                     raise ShapeError(f"index {item} is out of bounds for size {d} in {format_shape(x.shape)}")
             elif isinstance(item, slice):
-                if d is None:
-                    shape.append(None)
-                else:
-                    shape.append(len(range(*item.indices(d))))
-            else:
-                if d is not None and item.size and (item.max() >= d or item.min() < -d):
-                    raise ShapeError(f"index array out of bounds for size {d} in {format_shape(x.shape)}")
-                shape.extend(item.shape)
+                shape.append(None if d is None else len(range(*item.indices(d))))
+            elif d is not None and item.size and (item.max() >= d or item.min() < -d):
+                raise ShapeError(f"index array out of bounds for size {d} in {format_shape(x.shape)}")
+            if advanced and k == advanced[0] and in_place:
+                shape.extend(broadcast)
+        if advanced and not in_place:
+            shape = list(broadcast) + shape
         return Spec(tuple(shape), x.dtype)
 
     def forward(self, xp, x):

@@ -12,8 +12,10 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .tracer import Span, Tracer
+if TYPE_CHECKING:  # the tracer calls into this module; it needs it only for hints
+    from .tracer import Span, Tracer
 
 
 @dataclass

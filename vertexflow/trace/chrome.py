@@ -8,8 +8,10 @@ an id) along each data edge from the producer's span to the consumer's.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from .tracer import Tracer
+if TYPE_CHECKING:
+    from .tracer import Tracer
 
 PID = 1
 

@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..graph import Node
+if TYPE_CHECKING:
+    from ..graph import Node
 
 
 @dataclass(frozen=True)

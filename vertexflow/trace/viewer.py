@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from .analysis import summarize
-from .tracer import Tracer
+
+if TYPE_CHECKING:
+    from .tracer import Tracer
 
 
 def trace_data(tracer: Tracer, title: str = "vertexflow trace") -> dict:
@@ -73,10 +76,9 @@ def _graph(tracer: Tracer, totals: dict[str, float]) -> dict:
 
 def _cores(tracer: Tracer) -> int:
     """Lanes for the ideal bound: the lanes used, but no more than the machine's cores."""
-    import os
+    from ..machine import cores
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(len(tracer.lanes()), cores))
+    return max(1, min(len(tracer.lanes()), cores()))
 
 
 def _json_for_script(data: dict) -> str:

@@ -1,0 +1,133 @@
+"""Where an actor's members run: inline on the trio thread, on a worker thread, or on CUDA streams.
+
+Every placement runs a segment's entries with the executor's `VertexRunner`
+(the one execution core) and files each value, or Failure, in the actor's
+`values`; they differ only in where the call happens:
+
+- `Inline`: right here, on the trio thread (cheap vertices: a thread
+  hand-off costs more than they do).
+- `OnWorker`: one hand-off of the whole segment to the worker pool; BLAS
+  calls there take turns through the runner's BLAS lock.
+- `OnStreams`: each member's kernels enqueued on the CUDA stream the stream
+  plan gives it, after the events of producers on other streams, without
+  waiting; the host synchronizes once a step's fetches are complete.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import Failure, VertexRunner, backward_vertex, vertex_error
+from ..graph import Node
+from .program import Entry, Segment
+
+
+def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, tracer, step: int,
+                lane: str | None, ready: float) -> None:
+    """Compute `entries` in order with `runner`, filing each output (or Failure) in `values`."""
+    for entry in entries:
+        if entry.is_source:
+            continue
+        values[entry.member.id] = runner.forward(entry.member, [values[k] for k in entry.inputs], tracer, step,
+                                                 lane, ready)
+        if tracer is not None:
+            ready = time.perf_counter()  # the next member had its inputs once this one was done
+        for key in entry.free:
+            del values[key]
+
+
+class Inline:
+    """Members computed on the trio thread."""
+
+    lane = "trio"
+
+    def __init__(self, runner: VertexRunner):
+        self.runner = runner
+
+    async def run(self, segment: Segment, values: dict, tracer, step: int, slot: int) -> None:
+        run_entries(self.runner, segment.entries, values, tracer, step, self.lane, time.perf_counter())
+
+    async def backward(self, reverse, node: Node, total, value_of, tracer, step: int):
+        return backward_vertex(self.runner, reverse, node, total, value_of, tracer, step, self.lane)
+
+
+class OnWorker:
+    """Members handed, a segment at a time, to the worker pool."""
+
+    def __init__(self, runner: VertexRunner, pool):
+        self.runner = runner
+        self.pool = pool
+
+    async def run(self, segment: Segment, values: dict, tracer, step: int, slot: int) -> None:
+        await self.pool.run(run_entries, self.runner, segment.entries, values, tracer, step, None,
+                            time.perf_counter())
+
+    async def backward(self, reverse, node: Node, total, value_of, tracer, step: int):
+        return await self.pool.run(backward_vertex, self.runner, reverse, node, total, value_of, tracer, step, None,
+                                   time.perf_counter())
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a kernel launch was, for its span: the vertex, the step, its input shapes."""
+
+    member: Node
+    step: int
+    shapes: tuple
+
+
+class OnStreams:
+    """Members launched on their planned CUDA streams (or on `CheckedStreams`, emulating them)."""
+
+    def __init__(self, runner: VertexRunner, runtime, stream_plan):
+        self.runner = runner
+        self.runtime = runtime
+        self.plan = stream_plan
+
+    async def run(self, segment: Segment, values: dict, tracer, step: int, slot: int) -> None:
+        plan, runtime = self.plan, self.runtime
+        runtime.timed = tracer is not None
+        for entry in segment.entries:
+            if entry.is_source:
+                continue
+            member = entry.member
+            args = [values[k] for k in entry.inputs]
+            box: dict[str, Any] = {}
+
+            def kernels(member=member, args=args, box=box):
+                box["out"] = self.runner.forward(member, args)
+
+            tag = Launch(member, step, tuple(tuple(getattr(a, "shape", ())) for a in args))
+            try:
+                runtime.launch(plan.stream[member.id], kernels, plan.waits.get(member.id, ()),
+                               plan.record.get(member.id), tag=tag, slot=slot)
+            except Exception as exc:  # a launch the runtime refused (an event never recorded, ...)
+                box["out"] = Failure(vertex_error(member, args, exc, "forward"))
+            values[member.id] = box["out"]
+            for key in entry.free:
+                del values[key]
+
+    async def backward(self, reverse, node: Node, total, value_of, tracer, step: int):
+        # Derivative kernels go on the current stream, after the step's forward (see Network._backward).
+        return backward_vertex(self.runner, reverse, node, total, value_of, tracer, step, "cuda-current-stream")
+
+    def step_done(self, step: int, slot: int, tracer, trace_step: int) -> None:
+        """The step's fetches are complete: wait for its kernels, file their spans, free its events."""
+        self.runtime.synchronize()
+        if tracer is not None:
+            for span in self.runtime.take_spans(lambda tag: tag.step == step):
+                tag = span.tag
+                tracer.record(tag.member, "forward", trace_step, f"cuda-stream-{span.stream}", span.start,
+                              span.start, span.end, [_Shaped(s) for s in tag.shapes])
+        self.runtime.release(slot)
+
+
+class _Shaped:
+    """Stands in for an array in a span's record: only its shape is read."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape):
+        self.shape = shape

@@ -1,0 +1,128 @@
+"""An actor's program: what it takes from its inbox, computes, sends and lets go, worked out once.
+
+`compile_program` turns an `ActorPlan` into typed steps. The forward part is
+a list of `Segment`s: the values to `Take` from the inbox first, then the
+members (`Entry`) computed in one go, inline on the trio thread or in one
+worker hand-off. A segment ends before a member that needs a value from
+outside not yet taken, and after a member whose value leaves the actor, so
+its readers do not wait for the rest. Each entry says which values no later
+member reads (let go right after it, the tape's habit), keeping the ones the
+reverse sweep needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core import last_reads
+from ..graph import Node
+from .plan import SOURCE_KINDS, ActorPlan, NetworkPlan
+
+FEED = -1  # the position a source's own feed is taken for
+
+
+@dataclass(frozen=True)
+class Take:
+    """A value to take from the inbox: vertex `key`, wanted by `member` as input `position` (FEED for a source)."""
+
+    key: int
+    member: Node
+    position: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One member of a segment.
+
+    Attributes:
+        member: the vertex.
+        is_source: an input, param or constant: its value was taken, nothing to compute.
+        inputs: ids of the values it reads, in argument order.
+        readers: indices of the actors its value is sent to.
+        fetched: its value is one of the step's fetches.
+        free: ids of the values to let go once it has run.
+    """
+
+    member: Node
+    is_source: bool
+    inputs: tuple[int, ...]
+    readers: tuple[int, ...]
+    fetched: bool
+    free: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Segment:
+    takes: tuple[Take, ...]
+    entries: tuple[Entry, ...]
+    on_worker: bool
+
+    @property
+    def last(self) -> Entry:
+        return self.entries[-1]
+
+
+@dataclass(frozen=True)
+class ActorProgram:
+    actor: ActorPlan
+    segments: tuple[Segment, ...]
+
+
+def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> ActorProgram:
+    """The forward program of one actor.
+
+    Args:
+        workers: there are worker threads, so segments with expensive members run there.
+    """
+    fetch_ids = {n.id for n in plan.fetch}
+    heavy_ids = actor.heavy_ids if workers else set()
+    pieces: list[tuple[list[Take], list[tuple], bool]] = []
+    takes: list[Take] = []
+    entries: list[tuple] = []
+    on_worker = False
+    have: set[int] = set()
+
+    def close() -> None:
+        nonlocal takes, entries, on_worker
+        if takes or entries:
+            pieces.append((takes, entries, on_worker))
+        takes, entries, on_worker = [], [], False
+
+    for member in actor.members:
+        readers = tuple(actor.value_to.get(member.id, ()))
+        fetched = member.id in fetch_ids
+        if member.kind in SOURCE_KINDS:
+            if entries:
+                close()
+            takes.append(Take(member.id, member, FEED))
+            have.add(member.id)
+            if readers or fetched:
+                entries.append((member, True, (), readers, fetched))
+                close()
+            continue
+        missing = [(i.id, pos) for pos, i in enumerate(member.inputs) if i.id not in have]
+        if missing and entries:
+            close()
+        for key, pos in missing:
+            if key not in have:
+                takes.append(Take(key, member, pos))
+                have.add(key)
+        entries.append((member, False, tuple(i.id for i in member.inputs), readers, fetched))
+        on_worker = on_worker or member.id in heavy_ids
+        have.add(member.id)
+        if readers or fetched:
+            close()
+    close()
+
+    keep: set[int] = set()
+    if plan.reverse is not None:
+        for node in actor.backward:
+            keep.add(node.id)
+            keep.update(i.id for i in node.inputs)
+    order = [entry for _, piece, _ in pieces for entry in piece]
+    frees = iter(last_reads([entry[2] for entry in order], keep))
+    segments = tuple(
+        Segment(tuple(t), tuple(Entry(*entry, next(frees)) for entry in piece), worker)
+        for t, piece, worker in pieces
+    )
+    return ActorProgram(actor, segments)

@@ -1,0 +1,279 @@
+"""The execution core: how one vertex, and one vertex's derivative, runs, for every executor.
+
+The tape, the actors, the stream executor and the Ray partitions differ in
+*when* and *where* a vertex runs; *how* it runs is written once, here, as
+dask's `get_sync` is its `get_async` handed a synchronous executor:
+
+    value = runner.forward(node, args, ...)              # its value, or a Failure
+    grads = runner.derivative(node, needs, g, xs, y, ...) # a gradient per input, or a Failure
+
+`VertexRunner.forward` passes a failed input on as the vertex's own failure,
+takes the BLAS lock for a BLAS-calling op when the executor gives one, calls
+the op, wraps an exception as `VertexError` (the original chained; a
+`KeyboardInterrupt` or other BaseException is kept as itself), checks for
+NaNs when numerics checking is on, and records a span when a tracer listens.
+`derivative` does the same for the op's derivative rule and checks that the
+rule returned one gradient of the right shape per input that needs one.
+
+Around them sit the other pieces every executor shares: `total_gradient`
+(edge gradients summed in the plan's fixed order by reverse mode's
+`sum_edges`, or the failure among them), `last_reads` (when a value can be
+let go), `backward_vertex` (one vertex's step of the reverse sweep),
+`gradient_result` (the {vertex: gradient} a backward call returns) and
+`timeout_error`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .autodiff.namespace import ArrayMath
+from .autodiff.reverse import check_rule_results, sum_edges
+from .errors import ExecutionTimeout, GraphError, VertexError, VertexflowError
+from .graph import Node, format_shape
+
+FORWARD, BACKWARD = "forward", "backward"
+
+
+class Failure:
+    """Stands in for the value of a vertex that failed (or that read a failed value).
+
+    Executors that carry values between tasks (the actors) let a Failure flow
+    on like a value so every task stays in step; the tape raises it at once.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Failure({self.error!r})"
+
+
+def vertex_error(node: Node, args: Sequence[Any], exc: BaseException, phase: str) -> VertexError:
+    """A VertexError naming the vertex, its op, its input shapes and where it was built."""
+    shapes = tuple(tuple(getattr(a, "shape", ())) for a in args)
+    shown = ", ".join(format_shape(s) for s in shapes) or "no inputs"
+    error = VertexError(
+        f"vertex {node.name!r} ({node.op_name}, built at {node.origin}) failed in {phase} "
+        f"on inputs of shapes {shown}: {type(exc).__name__}: {exc}",
+        vertex=node.name,
+        op=node.op_name,
+        input_shapes=shapes,
+    )
+    error.__cause__ = exc
+    return error
+
+
+def nan_error(node: Node, args: Sequence[Any], phase: str, what: str = "output") -> VertexError:
+    return vertex_error(node, args, FloatingPointError(f"NaN in the {what}"), phase)
+
+
+def _failed(node: Node, args: Sequence[Any], exc: BaseException, phase: str) -> Failure:
+    if isinstance(exc, VertexflowError):
+        return Failure(exc)
+    if not isinstance(exc, Exception):
+        # KeyboardInterrupt, SystemExit and friends reach the caller as themselves.
+        return Failure(exc)
+    return Failure(vertex_error(node, args, exc, phase))
+
+
+def _has_nan(xp, array) -> bool:
+    return array.dtype.kind == "f" and bool(xp.isnan(array).any())
+
+
+def thread_lane() -> str:
+    """The lane a span on this thread belongs to: a worker's name, else "main" or the trio thread."""
+    name = threading.current_thread().name
+    return name if name.startswith("vf-") else "main"
+
+
+class VertexRunner:
+    """Runs vertices and their derivative rules for one executor.
+
+    Args:
+        xp: the array module (numpy or cupy).
+        check_numerics: a NaN in a value or a gradient fails the vertex that made it.
+        blas_lock: held around every BLAS-calling op (`op.blas`) this runner runs, so
+            that BLAS calls on parallel threads take turns, each with all of BLAS's threads.
+    """
+
+    __slots__ = ("xp", "check_numerics", "blas_lock")
+
+    def __init__(self, xp, *, check_numerics: bool = False, blas_lock: threading.Lock | None = None):
+        self.xp = xp
+        self.check_numerics = check_numerics
+        self.blas_lock = blas_lock
+
+    def with_blas_lock(self, lock: threading.Lock | None) -> VertexRunner:
+        """The same runner, holding `lock` around BLAS calls."""
+        return VertexRunner(self.xp, check_numerics=self.check_numerics, blas_lock=lock)
+
+    def _call(self, op, fn, args: tuple):
+        """(start time, fn(*args)), under the BLAS lock when the op calls BLAS and a lock is set."""
+        lock = self.blas_lock if op.blas else None
+        if lock is None:
+            return time.perf_counter(), fn(*args)
+        with lock:
+            return time.perf_counter(), fn(*args)
+
+    def forward(self, node: Node, args: Sequence[Any], tracer=None, step: int = 0, lane: str | None = None,
+                ready: float | None = None):
+        """The value of `node` computed from `args`, or a Failure; never raises for the vertex's own error.
+
+        Args:
+            tracer, step, lane: where the span goes, when tracing (lane None: this thread's).
+            ready: when the vertex had all its inputs (default: now).
+        """
+        for a in args:
+            if type(a) is Failure:
+                return a
+        op = node.op
+        if tracer is not None and ready is None:
+            ready = time.perf_counter()
+        try:
+            start, out = self._call(op, op.forward, (self.xp, *args))
+        except BaseException as exc:  # noqa: BLE001 - every failure of a vertex is the vertex's
+            return _failed(node, args, exc, FORWARD)
+        if tracer is not None:
+            tracer.record(node, FORWARD, step, lane or thread_lane(), ready, start, time.perf_counter(), args)
+        if self.check_numerics and _has_nan(self.xp, out):
+            return Failure(nan_error(node, args, FORWARD))
+        return out
+
+    def derivative(self, node: Node, needs: tuple[bool, ...], g, xs: Sequence[Any], y, tracer=None,
+                   step: int = 0, lane: str | None = None, ready: float | None = None):
+        """The op's derivative rule applied: one gradient (or None) per input, or a Failure.
+
+        The rule's results are checked: one entry per input, each needed one of
+        its input's shape (ShapeError or GraphError naming the op otherwise).
+        """
+        args = [g, *xs]
+        for a in (g, *xs, y):
+            if type(a) is Failure:
+                return a
+        op = node.op
+        if tracer is not None and ready is None:
+            ready = time.perf_counter()
+        try:
+            start, grads = self._call(op, op.vjp, (ArrayMath(self.xp, needs), g, xs, y))
+            check_rule_results(node, needs, grads, _array_shape)
+        except BaseException as exc:  # noqa: BLE001
+            return _failed(node, args, exc, BACKWARD)
+        if tracer is not None:
+            tracer.record(node, BACKWARD, step, lane or thread_lane(), ready, start, time.perf_counter(), args)
+        if self.check_numerics:
+            for gi in grads:
+                if gi is not None and _has_nan(self.xp, gi):
+                    return Failure(nan_error(node, args, BACKWARD, "gradient"))
+        return list(grads)
+
+
+def _array_shape(a) -> tuple:
+    return tuple(a.shape)
+
+
+# -- the pieces of a step around the vertices ------------------------------------------------------
+def total_gradient(add: Callable, parts: Sequence[Any]):
+    """`sum_edges` of a vertex's edge gradients, or the first Failure among them."""
+    for part in parts:
+        if type(part) is Failure:
+            return part
+    return sum_edges(add, parts)
+
+
+def backward_vertex(runner: VertexRunner, reverse, node: Node, total, value_of: Callable[[Node], Any],
+                    tracer=None, step: int = 0, lane: str | None = None, ready: float | None = None):
+    """One vertex's step of the reverse sweep, given its summed gradient `total`.
+
+    Returns:
+        [(edge index, gradient or None or Failure)] for the edges it sends to its inputs.
+    """
+    outgoing = reverse.outgoing.get(node.id)
+    if not outgoing:
+        return []
+    if total is None:
+        grads: Any = [None] * len(node.inputs)
+    elif type(total) is Failure:
+        grads = [total] * len(node.inputs)
+    else:
+        xs = [value_of(i) for i in node.inputs]
+        grads = runner.derivative(node, reverse.needs[node.id], total, xs, value_of(node), tracer, step, lane, ready)
+        if type(grads) is Failure:
+            grads = [grads] * len(node.inputs)
+    return [(edge, grads[pos]) for pos, edge in enumerate(outgoing) if edge >= 0]
+
+
+def seed_gradient(xp, loss_value):
+    """The gradient the reverse sweep starts from: ones shaped like the loss (a Failure passes on)."""
+    if type(loss_value) is Failure:
+        return loss_value
+    return ArrayMath(xp).ones_like(loss_value)
+
+
+def last_reads(reads: Sequence[Iterable[int]], pinned: Iterable[int] = ()) -> list[tuple[int, ...]]:
+    """For a program of steps reading values, the values each step is the last to read.
+
+    Args:
+        reads: per step, the keys (vertex ids or slots) it reads.
+        pinned: keys never let go (fetched values, values the reverse sweep needs).
+
+    Returns:
+        per step, the keys no later step reads, to let go right after it.
+    """
+    pinned = set(pinned)
+    last: dict[int, int] = {}
+    for index, keys in enumerate(reads):
+        for key in keys:
+            last[key] = index
+    frees: list[list[int]] = [[] for _ in reads]
+    for key, index in last.items():
+        if key not in pinned:
+            frees[index].append(key)
+    return [tuple(sorted(f)) for f in frees]
+
+
+def zero_gradient(node: Node, output_name: str, feeds: Mapping | None = None):
+    """The gradient of a vertex the loss does not depend on: zeros of its shape."""
+    if node.kind in ("param", "const"):
+        return np.zeros_like(node.value)
+    for key, value in (feeds or {}).items():
+        if key is node or (isinstance(key, str) and key == node.name):
+            return np.zeros(np.shape(value), node.dtype)
+    if node.spec.static:
+        return np.zeros(node.shape, node.dtype)
+    raise GraphError(
+        f"{output_name!r} does not depend on {node.name!r}, whose shape "
+        f"{format_shape(node.shape)} is not known without running it"
+    )
+
+
+def gradient_result(reverse, totals: Mapping[int, Any], to_host: Callable, feeds: Mapping | None = None) -> dict:
+    """{wrt vertex: gradient} as a backward call returns it; zeros for what the loss does not reach.
+
+    Raises:
+        the error of a Failure among the totals.
+    """
+    out = {}
+    for w in reverse.wrt:
+        total = totals.get(w.id)
+        if type(total) is Failure:
+            raise total.error
+        out[w] = to_host(total) if total is not None else zero_gradient(w, reverse.output.name, feeds)
+    return out
+
+
+def timeout_error(timeout: float, waiting: Mapping[str, str]) -> ExecutionTimeout:
+    """The ExecutionTimeout of a step that did not finish, listing what each waiting vertex waits for."""
+    shown = "; ".join(f"{name} waits for {what}" for name, what in list(waiting.items())[:10])
+    more = f"; and {len(waiting) - 10} more" if len(waiting) > 10 else ""
+    return ExecutionTimeout(
+        f"step did not finish within {timeout} s; {len(waiting)} vertices still waiting ({shown}{more})",
+        waiting=dict(waiting),
+    )
