@@ -34,8 +34,9 @@ import numpy as np
 
 from .autodiff.namespace import ArrayMath
 from .autodiff.reverse import check_rule_results, sum_edges
-from .errors import ExecutionTimeout, GraphError, VertexError, VertexflowError
-from .graph import Node, format_shape
+from .errors import ExecutionTimeout, FeedError, GraphError, ShapeError, VertexError, VertexflowError
+from .graph import Node, Spec, format_shape
+from .memory import BufferPool
 
 FORWARD, BACKWARD = "forward", "backward"
 
@@ -104,30 +105,38 @@ class VertexRunner:
             that BLAS calls on parallel threads take turns, each with all of BLAS's threads.
     """
 
-    __slots__ = ("xp", "check_numerics", "blas_lock")
+    __slots__ = ("xp", "check_numerics", "blas_lock", "buffers")
 
-    def __init__(self, xp, *, check_numerics: bool = False, blas_lock: threading.Lock | None = None):
+    def __init__(self, xp, *, check_numerics: bool = False, blas_lock: threading.Lock | None = None,
+                 buffers: BufferPool | None = None):
         self.xp = xp
         self.check_numerics = check_numerics
         self.blas_lock = blas_lock
+        self.buffers = buffers
 
     def with_blas_lock(self, lock: threading.Lock | None) -> VertexRunner:
         """The same runner, holding `lock` around BLAS calls."""
-        return VertexRunner(self.xp, check_numerics=self.check_numerics, blas_lock=lock)
+        return VertexRunner(self.xp, check_numerics=self.check_numerics, blas_lock=lock, buffers=self.buffers)
 
-    def _call(self, op, fn, args: tuple):
-        """(start time, fn(*args)), under the BLAS lock when the op calls BLAS and a lock is set."""
+    def _call(self, op, fn, args: tuple, out=None):
+        """(start time, fn(*args[, out=out])), under the BLAS lock when the op calls BLAS and a lock is set."""
         lock = self.blas_lock if op.blas else None
         if lock is None:
-            return time.perf_counter(), fn(*args)
+            if out is None:
+                return time.perf_counter(), fn(*args)
+            return time.perf_counter(), fn(*args, out=out)
         with lock:
-            return time.perf_counter(), fn(*args)
+            if out is None:
+                return time.perf_counter(), fn(*args)
+            return time.perf_counter(), fn(*args, out=out)
 
-    def forward(self, node: Node, args: Sequence[Any], tracer=None, step: int = 0, lane: str | None = None,
-                ready: float | None = None):
+    def forward(self, node: Node, args: Sequence[Any], spec: Spec | None = None, tracer=None, step: int = 0,
+                lane: str | None = None, ready: float | None = None):
         """The value of `node` computed from `args`, or a Failure; never raises for the vertex's own error.
 
         Args:
+            spec: the concrete Spec of an output to put in a reused buffer from the
+                executor's pool (the op must write into a given array: `op.writes_out`).
             tracer, step, lane: where the span goes, when tracing (lane None: this thread's).
             ready: when the vertex had all its inputs (default: now).
         """
@@ -135,11 +144,26 @@ class VertexRunner:
             if type(a) is Failure:
                 return a
         op = node.op
+        if tracer is None and (not op.blas or self.blas_lock is None):
+            # The common case, kept short: no span to record, no lock to take.
+            try:
+                if spec is None or self.buffers is None:
+                    out = op.forward(self.xp, *args)
+                else:
+                    out = op.forward(self.xp, *args, out=self.buffers.take(spec.shape, spec.dtype))
+            except BaseException as exc:  # noqa: BLE001 - every failure of a vertex is the vertex's
+                return _failed(node, args, exc, FORWARD)
+            if self.check_numerics and _has_nan(self.xp, out):
+                return Failure(nan_error(node, args, FORWARD))
+            return out
         if tracer is not None and ready is None:
             ready = time.perf_counter()
+        buffer = None
+        if spec is not None and self.buffers is not None:
+            buffer = self.buffers.take(spec.shape, spec.dtype)
         try:
-            start, out = self._call(op, op.forward, (self.xp, *args))
-        except BaseException as exc:  # noqa: BLE001 - every failure of a vertex is the vertex's
+            start, out = self._call(op, op.forward, (self.xp, *args), buffer)
+        except BaseException as exc:  # noqa: BLE001
             return _failed(node, args, exc, FORWARD)
         if tracer is not None:
             tracer.record(node, FORWARD, step, lane or thread_lane(), ready, start, time.perf_counter(), args)
@@ -151,11 +175,13 @@ class VertexRunner:
                    step: int = 0, lane: str | None = None, ready: float | None = None):
         """The op's derivative rule applied: one gradient (or None) per input, or a Failure.
 
-        The rule's results are checked: one entry per input, each needed one of
-        its input's shape (ShapeError or GraphError naming the op otherwise).
+        A user op's rule has its results checked: one entry per input, each
+        needed one of its input's shape (ShapeError or GraphError naming the op
+        otherwise). The built-in rules are tested to hold to that already.
         """
-        args = [g, *xs]
-        for a in (g, *xs, y):
+        if type(g) is Failure:
+            return g
+        for a in xs:
             if type(a) is Failure:
                 return a
         op = node.op
@@ -163,16 +189,17 @@ class VertexRunner:
             ready = time.perf_counter()
         try:
             start, grads = self._call(op, op.vjp, (ArrayMath(self.xp, needs), g, xs, y))
-            check_rule_results(node, needs, grads, _array_shape)
+            if not type(op).__module__.startswith("vertexflow."):
+                check_rule_results(node, needs, grads, _array_shape)
         except BaseException as exc:  # noqa: BLE001
-            return _failed(node, args, exc, BACKWARD)
+            return _failed(node, [g, *xs], exc, BACKWARD)
         if tracer is not None:
-            tracer.record(node, BACKWARD, step, lane or thread_lane(), ready, start, time.perf_counter(), args)
+            tracer.record(node, BACKWARD, step, lane or thread_lane(), ready, start, time.perf_counter(), [g, *xs])
         if self.check_numerics:
             for gi in grads:
                 if gi is not None and _has_nan(self.xp, gi):
-                    return Failure(nan_error(node, args, BACKWARD, "gradient"))
-        return list(grads)
+                    return Failure(nan_error(node, [g, *xs], BACKWARD, "gradient"))
+        return grads
 
 
 def _array_shape(a) -> tuple:
@@ -215,6 +242,35 @@ def seed_gradient(xp, loss_value):
     if type(loss_value) is Failure:
         return loss_value
     return ArrayMath(xp).ones_like(loss_value)
+
+
+def concrete_specs(order: Sequence[Node], values: Mapping[int, Any]) -> dict[int, Spec]:
+    """Every vertex's Spec with the step's real sizes, from the source values' shapes, before anything runs.
+
+    Args:
+        order: the vertices in topological order (sources included).
+        values: {source id: array} for the inputs fed (params and constants have fixed shapes).
+
+    Raises:
+        FeedError: the fed shapes do not fit some vertex (two batch sizes that differ, an
+            index out of bounds), naming the vertex, its op and the shapes it was given.
+    """
+    specs: dict[int, Spec] = {}
+    for node in order:
+        if node.kind != "op":
+            value = values.get(node.id)
+            specs[node.id] = node.spec if value is None else Spec(tuple(value.shape), node.dtype)
+            continue
+        given = [specs[i.id] for i in node.inputs]
+        try:
+            specs[node.id] = node.op.infer(*given)
+        except ShapeError as exc:
+            shown = ", ".join(format_shape(s.shape) for s in given)
+            raise FeedError(
+                f"the feeds do not fit vertex {node.name!r} ({node.op_name}, built at {node.origin}): "
+                f"it would get inputs of shapes {shown}: {exc}"
+            ) from None
+    return specs
 
 
 def last_reads(reads: Sequence[Iterable[int]], pinned: Iterable[int] = ()) -> list[tuple[int, ...]]:
@@ -277,3 +333,75 @@ def timeout_error(timeout: float, waiting: Mapping[str, str]) -> ExecutionTimeou
         f"step did not finish within {timeout} s; {len(waiting)} vertices still waiting ({shown}{more})",
         waiting=dict(waiting),
     )
+
+
+class WatchedThread:
+    """Runs calls on a thread of its own, so that the caller can stop waiting at a deadline.
+
+    A thread cannot be interrupted, so a call that overruns is left to finish
+    where it is (its result dropped) and the next call gets a new thread: the
+    caller returns in time whatever the call does. Used for `timeout=` by
+    the executors whose vertices otherwise run on the caller's thread.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._queue = None
+        self._lock = threading.Lock()
+
+    def _start(self):
+        import queue
+
+        jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+        def work() -> None:
+            while True:
+                job = jobs.get()
+                if job is None:
+                    return
+                fn, box, done = job
+                try:
+                    box.append((True, fn()))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
+                    box.append((False, exc))
+                done.set()
+
+        thread = threading.Thread(target=work, name=self.name, daemon=True)
+        thread.start()
+        return thread, jobs
+
+    def call(self, fn: Callable[[], Any], timeout: float) -> tuple[bool, Any]:
+        """fn() on the watched thread: (True, its result), its exception raised, or (False, None)
+        if it has not returned after `timeout` seconds (it goes on there)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread, self._queue = self._start()
+            jobs = self._queue
+        box: list = []
+        done = threading.Event()
+        jobs.put((fn, box, done))
+        try:
+            finished = done.wait(timeout)
+        except BaseException:
+            self._abandon(jobs)  # Ctrl-C while waiting: the call goes on without us
+            raise
+        if not finished:
+            self._abandon(jobs)
+            return False, None
+        ok, value = box[0]
+        if ok:
+            return True, value
+        raise value
+
+    def _abandon(self, jobs) -> None:
+        with self._lock:
+            if self._queue is jobs:
+                jobs.put(None)  # the old thread stops once its call returns
+                self._thread = self._queue = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._queue is not None:
+                self._queue.put(None)
+            self._thread = self._queue = None

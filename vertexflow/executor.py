@@ -9,13 +9,16 @@ returns arrays: a list for a list of fetches, one array for one fetch.
 The sequential executor compiles a *tape* per set of fetches (cached): the
 vertices the fetches need, in topological order, each reading its inputs from
 slots and writing its output to a slot, with each slot freed right after its
-last reader.
+last reader. For each set of fed shapes it infers every vertex's concrete
+spec once (a feed that fits no vertex is refused then) and, from those, which
+outputs go into reused buffers (`memory.py`). Each vertex runs through the
+execution core (`core.VertexRunner`).
 """
 
 from __future__ import annotations
 
 import abc
-import time
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,98 +27,162 @@ import numpy as np
 
 from .autodiff.namespace import ArrayMath
 from .autodiff.reverse import ReversePlan, plan_reverse, sweep
-from .core import Failure, VertexRunner, backward_vertex, gradient_result, last_reads, seed_gradient, timeout_error
+from .core import (
+    Failure,
+    VertexRunner,
+    WatchedThread,
+    backward_vertex,
+    concrete_specs,
+    gradient_result,
+    last_reads,
+    seed_gradient,
+    timeout_error,
+)
 from .errors import FeedError, GraphError
 from .gpu.backend import get_backend
-from .graph import Graph, Node, ancestors, format_shape
+from .graph import Graph, Node, Spec, ancestors, format_shape
+from .memory import BufferPool, owner
 from .trace.tracer import active_tracer
 
 Fetch = Node | str
 Feeds = Mapping[Any, Any] | None
 
 
+# Outputs at least this big go into reused buffers: below it malloc's free lists are
+# faster than the pool's bookkeeping; above it (glibc's mmap threshold) a fresh array
+# costs page faults on every step.
+BUFFER_MIN_BYTES = 128 * 1024
+
+
 class Executor(abc.ABC):
-    """What every executor shares: the graph, the backend, feed checks and result shapes.
+    """What every executor shares: the graph, the backend, feed checks, the memory plan, results.
 
     Args:
         graph: the graph to run.
         device: "cpu" (numpy) or "cuda" (cupy).
         tracer: a `vf.trace.Tracer` recording one span per vertex, or None.
         check_numerics: raise VertexError as soon as a vertex produces a NaN.
+        buffers: write outputs into reused buffers (on the CPU); False allocates every
+            output afresh (the values are the same, bit for bit).
     """
 
-    def __init__(self, graph: Graph, *, device: str = "cpu", tracer=None, check_numerics: bool = False):
+    # Outputs of at least this many bytes go into reused buffers.
+    buffer_min_bytes = BUFFER_MIN_BYTES
+
+    def __init__(self, graph: Graph, *, device: str = "cpu", tracer=None, check_numerics: bool = False,
+                 buffers: bool = True):
         if not isinstance(graph, Graph):
             raise GraphError(f"an executor runs a vf.Graph, got {type(graph).__name__}")
         self.graph = graph
         self.backend = get_backend(device)
         self.xp = self.backend.xp
         self.tracer = tracer
-        self.check_numerics = check_numerics
-        self.runner = VertexRunner(self.xp, check_numerics=check_numerics)
+        self.check_numerics = bool(check_numerics)
+        # Reused output buffers on the CPU; on a GPU cupy's own pool orders reuse by stream.
+        self.buffers = BufferPool(self.xp) if buffers and self.xp is np else None
+        self.runner = VertexRunner(self.xp, check_numerics=self.check_numerics, buffers=self.buffers)
         self._reverse_plans: dict[tuple, ReversePlan] = {}
         self._on_device: dict[int, tuple] = {}  # param id -> (host array, device array)
         self._step_counter = 0
+        self._spec_cache: dict[tuple, tuple[dict[int, Spec], dict[int, Spec]]] = {}
+        self._fetch_cache: dict[Any, tuple[list[Node], bool]] = {}
+        self._fitting_shapes: set[tuple[int, tuple]] = set()  # (input id, shape) known to fit
 
     # -- fetches and feeds ---------------------------------------------------
     def _fetches(self, fetch: Fetch | Sequence[Fetch]) -> tuple[list[Node], bool]:
+        """(fetched vertices, whether one was given rather than a list).
+
+        Raises:
+            GraphError: nothing, something that is not a vertex or a name, or a vertex of another graph.
+        """
+        key = fetch if isinstance(fetch, (Node, str)) else tuple(fetch) if isinstance(fetch, (list, tuple)) else None
+        try:
+            found = self._fetch_cache.get(key)
+        except TypeError:  # an unhashable item: let the checks below name it
+            found = key = None
+        if found is not None:
+            return found
         single = isinstance(fetch, (Node, str))
-        items = [fetch] if single else list(fetch)
+        if single:
+            items = [fetch]
+        elif isinstance(fetch, (list, tuple)):
+            items = list(fetch)
+        else:
+            raise GraphError(f"fetch must be a vertex, a vertex name, or a list of them; got {type(fetch).__name__}")
         if not items:
             raise GraphError("nothing to fetch: give a vertex or a list of vertices")
-        return [self.graph.resolve(f) for f in items], single
+        graph = self.graph
+        found = [f if type(f) is Node and f.graph is graph else graph.resolve(f) for f in items], single
+        if key is not None and len(self._fetch_cache) < 1024:
+            self._fetch_cache[key] = found
+        return found
 
     def _feeds(self, feeds: Feeds, needed: Iterable[Node]) -> dict[int, Any]:
         """Check feeds against the inputs' specs; {input id: device array}.
 
         Raises:
             FeedError: a feed names an unknown vertex, a vertex of another graph or a
-                non-input; has the wrong shape or dtype; or a needed input is not fed.
+                non-input, or one input twice; has the wrong shape or dtype, or values
+                its dtype cannot hold; or a needed input is not fed.
         """
         if feeds is None:
             feeds = {}
-        if not isinstance(feeds, Mapping):
+        elif not isinstance(feeds, Mapping):
             raise FeedError(f"feeds must be a mapping of inputs to arrays, got {type(feeds).__name__}")
+        graph = self.graph
         checked: dict[int, Any] = {}
+        fitting = self._fitting_shapes
+        plain = not self.check_numerics and self.xp is np
         for key, value in feeds.items():
-            try:
-                node = self.graph.resolve(key)
-            except GraphError as exc:
-                raise FeedError(f"cannot feed {key!r}: {exc}") from None
+            if type(key) is Node and key.graph is graph and key.kind == "input" and plain and \
+                    type(value) is np.ndarray and value.dtype == key.spec.dtype and (key.id, value.shape) in fitting:
+                if key.id in checked:
+                    raise FeedError(f"input {key.name!r} is fed twice (as a vertex and by its name); feed it once")
+                checked[key.id] = value  # an array already seen to fit: nothing more to check
+                continue
+            if type(key) is Node and key.graph is graph:
+                node = key
+            else:
+                try:
+                    node = graph.resolve(key)
+                except GraphError as exc:
+                    raise FeedError(f"cannot feed {key!r}: {exc}") from None
             if node.kind != "input":
                 raise FeedError(f"cannot feed {node.name!r}: it is a {node.kind}, and only inputs are fed")
-            checked[node.id] = self.backend.to_device(self._feed_array(node, value))
-        missing = [n.name for n in needed if n.kind == "input" and n.id not in checked]
-        if missing:
-            raise FeedError(f"missing feeds for {', '.join(map(repr, missing))}, needed by the fetches")
+            if node.id in checked:
+                raise FeedError(f"input {node.name!r} is fed twice (as a vertex and by its name); feed it once")
+            checked[node.id] = self._feed_array(node, value)
+        for node in needed:
+            if node.kind == "input" and node.id not in checked:
+                missing = [n.name for n in needed if n.kind == "input" and n.id not in checked]
+                raise FeedError(f"missing feeds for {', '.join(map(repr, missing))}, needed by the fetches")
         return checked
 
     def _feed_array(self, node: Node, value: Any):
         spec = node.spec
-        if isinstance(value, np.ndarray) or (self.xp is not np and isinstance(value, self.xp.ndarray)):
+        if type(value) is np.ndarray and value.dtype == spec.dtype:
+            array = value  # the common case, checked quickly
+        elif isinstance(value, np.ndarray) or (self.xp is not np and isinstance(value, self.xp.ndarray)):
             array = value
             if array.dtype != spec.dtype and not np.can_cast(array.dtype, spec.dtype, "safe"):
                 raise FeedError(
                     f"feed for {node.name!r} has dtype {array.dtype}, but the input is {spec.dtype}; "
                     f"convert it with .astype({str(spec.dtype)!r})"
                 )
-        else:
-            try:
-                array = np.asarray(value)
-            except (TypeError, ValueError) as exc:
-                raise FeedError(f"feed for {node.name!r} is not an array: {exc}") from None
-            if array.dtype != spec.dtype and not np.can_cast(array.dtype, spec.dtype, "same_kind"):
-                raise FeedError(f"feed for {node.name!r} has dtype {array.dtype}, but the input is {spec.dtype}")
-        if not spec.matches(tuple(array.shape)):
-            raise FeedError(
-                f"feed for {node.name!r} has shape {format_shape(tuple(array.shape))}, "
-                f"but the input is {format_shape(spec.shape)}"
-            )
-        if array.dtype != spec.dtype:
             array = array.astype(spec.dtype)
+        else:
+            array = _converted(node, value)
+        if (node.id, array.shape) not in self._fitting_shapes:
+            if not spec.matches(array.shape):
+                raise FeedError(
+                    f"feed for {node.name!r} has shape {format_shape(tuple(array.shape))}, "
+                    f"but the input is {format_shape(spec.shape)}"
+                )
+            if len(self._fitting_shapes) < 4096:
+                self._fitting_shapes.add((node.id, array.shape))
         if self.check_numerics and spec.dtype.kind == "f" and bool(self.xp.isnan(array).any()):
             raise FeedError(f"feed for {node.name!r} contains NaN")
-        return array
+        return self.backend.to_device(array)
 
     def _tracer(self):
         """The executor's own tracer, else the one of an enclosing `vf.trace()` block."""
@@ -140,8 +207,54 @@ class Executor(abc.ABC):
             held = self._on_device[node.id] = (value, self.backend.to_device(value))
         return held[1]
 
-    def _results(self, values: list, single: bool):
-        host = [self.backend.to_host(v) for v in values]
+    # -- the memory plan -------------------------------------------------------
+    def _specs(self, key: Any, order: Sequence[Node], checked: Mapping[int, Any]):
+        """(concrete specs, specs of the outputs to put in reused buffers) for these fed shapes.
+
+        Inferred once per set of shapes, then cached; the inference checks every
+        vertex against the fed shapes before anything runs.
+
+        Raises:
+            FeedError: the fed shapes do not fit some vertex.
+        """
+        signature = (key, *[v.shape for v in checked.values()], *checked)
+        found = self._spec_cache.get(signature)
+        if found is None:
+            specs = concrete_specs(order, checked)
+            pooled = {}
+            if self.buffers is not None:
+                for node in order:
+                    spec = specs[node.id]
+                    if node.kind == "op" and node.op.writes_out and spec.static and \
+                            math.prod(spec.shape) * spec.dtype.itemsize >= self.buffer_min_bytes:
+                        pooled[node.id] = spec
+            found = self._spec_cache[signature] = (specs, pooled)
+        return found
+
+    def _hand_out(self, values: Sequence[Any], nodes: Sequence[Node | None], sources: Iterable[Any] = ()) -> list:
+        """Values as the user gets them: on the host, and never a source's storage.
+
+        (A value in a pooled buffer stays busy while the user holds it, so needs nothing here.)
+
+        Args:
+            nodes: the vertex of each value (None for a gradient), to know which may be a view.
+            sources: the step's feeds, params and constants.
+        """
+        source_ids = None
+        out = []
+        for value, node in zip(values, nodes):
+            value = self.backend.to_host(value)
+            if node is not None and (node.kind != "op" or not node.op.writes_out):
+                # A source, or an op that may return a view of its input: never the source's own storage.
+                if source_ids is None:
+                    source_ids = {id(owner(s)) for s in sources}
+                if id(owner(value)) in source_ids:
+                    value = np.array(value)
+            out.append(value)
+        return out
+
+    def _results(self, values: list, nodes: Sequence[Node], single: bool, sources: Iterable[Any] = ()):
+        host = self._hand_out(values, nodes, sources)
         return host[0] if single else host
 
     def _plan(self, loss: Node, wrt) -> ReversePlan:
@@ -198,6 +311,33 @@ class Executor(abc.ABC):
         self.close()
 
 
+def _converted(node: Node, value: Any) -> np.ndarray:
+    """A Python value (list, scalar) as an array of the input's dtype, refusing what the dtype cannot hold."""
+    dtype = node.spec.dtype
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise FeedError(f"feed for {node.name!r} is not an array: {exc}") from None
+    if array.dtype == dtype:
+        return array
+    if array.dtype == object:
+        raise FeedError(f"feed for {node.name!r} is not an array of numbers (its values do not fit one dtype)")
+    if not np.can_cast(array.dtype, dtype, "same_kind"):
+        raise FeedError(f"feed for {node.name!r} has dtype {array.dtype}, but the input is {dtype}")
+    if array.size and dtype.kind in "iu" and array.dtype.kind in "iub":
+        info = np.iinfo(dtype)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            raise FeedError(f"feed for {node.name!r} holds {high if high > info.max else low}, "
+                            f"outside the range of {dtype} [{info.min}, {info.max}]")
+    converted = array.astype(dtype)
+    if array.size and dtype.kind == "f" and array.dtype.kind in "fiu":
+        if bool(np.isinf(converted).any()) and not bool(np.isinf(array).any()):
+            raise FeedError(f"feed for {node.name!r} holds values too large for {dtype} "
+                            f"(largest {np.finfo(dtype).max:g})")
+    return converted
+
+
 @dataclass(frozen=True)
 class Instruction:
     index: int
@@ -215,6 +355,8 @@ class Tape:
     instructions: tuple[Instruction, ...]
     fetch_slots: tuple[int, ...]
     slot_of: dict[int, int]
+    order: tuple[Node, ...]  # every vertex, sources first: what concrete specs are inferred over
+    inputs: tuple[Node, ...]  # the inputs it needs fed
 
     def listing(self) -> str:
         lines = []
@@ -249,18 +391,23 @@ def compile_tape(targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
         )
         for i, node in enumerate(ops)
     )
-    return Tape(loads, instructions, tuple(slot_of[t.id] for t in targets), slot_of)
+    return Tape(loads, instructions, tuple(slot_of[t.id] for t in targets), slot_of,
+                tuple(n for _, n in loads) + tuple(ops), tuple(n for _, n in loads if n.kind == "input"))
 
 
 class SequentialExecutor(Executor):
     """Runs a graph as a compiled tape, one vertex after another on the calling thread.
 
-    This is the baseline every other executor must match bit for bit.
+    This is the baseline every other executor must match bit for bit. With
+    `timeout=`, the tape runs on a watched thread of its own, so that the call
+    returns at the deadline whatever a vertex does.
     """
 
     def __init__(self, graph: Graph, **options):
         super().__init__(graph, **options)
         self._tapes: dict[tuple, Tape] = {}
+        self._backward_tapes: dict[tuple, Tape] = {}  # (reverse plan, extra fetches) -> tape
+        self._watched = WatchedThread("vf-tape-watched")
 
     def tape(self, targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
         keep = tuple(sorted(keep))
@@ -278,50 +425,83 @@ class SequentialExecutor(Executor):
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         nodes, single = self._fetches(fetch)
         tape = self.tape(nodes)
-        slots = self._execute(tape, feeds, timeout, self._tracer(), self._next_step())
-        return self._results([slots[s] for s in tape.fetch_slots], single)
+        slots, sources = self._execute(tape, feeds, timeout, self._tracer(), self._next_step())
+        return self._results([slots[s] for s in tape.fetch_slots], nodes, single, sources)
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         (loss,), _ = self._fetches([loss])
         extra, single = self._fetches(fetch) if fetch is not None else ([], False)
         plan = self._plan(loss, wrt)
-        keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
-        tape = self.tape([loss, *extra], keep)
+        tape = self._backward_tapes.get((id(plan), *(n.id for n in extra)))
+        if tape is None:
+            keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
+            tape = self._backward_tapes[(id(plan), *(n.id for n in extra))] = self.tape([loss, *extra], keep)
         tracer, step = self._tracer(), self._next_step()
-        slots = self._execute(tape, feeds, timeout, tracer, step)
-        grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]], feeds, tracer, step)
-        value = self.backend.to_host(slots[tape.fetch_slots[0]])
+
+        def forward_and_back():
+            slots, sources = self._execute(tape, feeds, None, tracer, step)
+            grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]], feeds, tracer, step)
+            return slots, sources, grads
+
+        slots, sources, grads = self._watch(forward_and_back, timeout, tape)
+        value, *given = self._hand_out([slots[tape.fetch_slots[0]], *grads.values()],
+                                       [loss, *([None] * len(grads))], sources)
+        grads = dict(zip(grads, given))
         if fetch is None:
             return value, grads
-        return value, grads, self._results([slots[s] for s in tape.fetch_slots[1:]], single)
+        return value, grads, self._results([slots[s] for s in tape.fetch_slots[1:]], extra, single, sources)
 
-    def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, tracer=None, step: int = 0) -> list:
-        checked = self._feeds(feeds, (n for _, n in tape.loads))
+    def _watch(self, fn, timeout: float | None, tape: Tape, progress: list | None = None):
+        """fn() here, or on the watched thread when there is a deadline (ExecutionTimeout after it)."""
+        if timeout is None:
+            return fn()
+        finished, result = self._watched.call(fn, timeout)
+        if not finished:
+            raise timeout_error(timeout, tape_waiting(tape, progress[0] if progress else None))
+        return result
+
+    def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, tracer=None, step: int = 0):
+        """Run the tape; (slots, the source arrays it loaded)."""
+        checked = self._feeds(feeds, tape.inputs)
+        specs, pooled = self._specs(id(tape), tape.order, checked)
         slots: list = [None] * len(tape.slot_of)
         for slot, node in tape.loads:
-            if node.kind == "input":
-                slots[slot] = checked[node.id]
-            else:
-                slots[slot] = self._device_value(node)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        forward = self.runner.forward
-        with np.errstate(all="ignore"):
-            for ins in tape.instructions:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise timeout_error(timeout, tape_waiting(tape, ins.index))
-                out = forward(ins.node, [slots[a] for a in ins.args], tracer, step)
-                if type(out) is Failure:
-                    raise out.error
-                slots[ins.out] = out
-                for s in ins.free:
-                    slots[s] = None
-        return slots
+            slots[slot] = checked[node.id] if node.kind == "input" else self._device_value(node)
+        sources = [slots[slot] for slot, _ in tape.loads]
+        progress = [0]
+
+        def run_instructions():
+            forward = self.runner.forward
+            get = pooled.get
+            with np.errstate(all="ignore"):
+                for ins in tape.instructions:
+                    progress[0] = ins.index
+                    node = ins.node
+                    out = forward(node, [slots[a] for a in ins.args], get(node.id), tracer, step)
+                    if type(out) is Failure:
+                        raise out.error
+                    slots[ins.out] = out
+                    for s in ins.free:
+                        slots[s] = None
+            if self.buffers is not None:
+                self.buffers.end_step()
+            return slots, sources
+
+        return self._watch(run_instructions, timeout, tape, progress)
+
+    def close(self) -> None:
+        self._watched.close()
 
 
-def tape_waiting(tape: Tape, index: int) -> dict[str, str]:
-    """{vertex: what it waits for} for the instructions from `index` on."""
-    before = tape.instructions[index - 1].node.name if index else "the loads"
-    return {ins.node.name: f"its turn on the tape, after {before}" for ins in tape.instructions[index:]}
+def tape_waiting(tape: Tape, index: int | None) -> dict[str, str]:
+    """{vertex: what it waits for} once instruction `index` has been running too long (None: not known)."""
+    if index is None or not tape.instructions:
+        return {ins.node.name: "its turn on the tape" for ins in tape.instructions}
+    running = tape.instructions[index].node
+    waiting = {running.name: f"running {running.op_name} to return"}
+    for ins in tape.instructions[index + 1:]:
+        waiting[ins.node.name] = f"its turn on the tape, after {running.name}"
+    return waiting
 
 
 def reverse_arrays(

@@ -75,7 +75,7 @@ class StreamExecutor(Executor):
         for n in nodes:
             if type(values[n.id]) is Failure:
                 raise values[n.id].error
-        return self._results([values[n.id] for n in nodes], single)
+        return self._results([values[n.id] for n in nodes], nodes, single)
 
     def _waiting(self, plan: StreamPlan, runtime, values: dict) -> dict[str, str]:
         running = {id(tag): stream for stream, tag in dict(getattr(runtime, "running", {})).items()}

@@ -232,7 +232,7 @@ class ActorExecutor(Executor):
         """`run` inside trio."""
         nodes, single = self._fetches(fetch)
         state = await self._step(feeds, nodes, None, timeout, _tracer)
-        return self._results([state.values[n.id] for n in nodes], single)
+        return self._results([state.values[n.id] for n in nodes], nodes, single)
 
     async def abackward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None,
                         _tracer=None):
@@ -245,7 +245,7 @@ class ActorExecutor(Executor):
         grads = gradient_result(plan, state.grads, to_host, feeds)
         if fetch is None:
             return to_host(state.values[loss.id]), grads
-        return to_host(state.values[loss.id]), grads, self._results([state.values[n.id] for n in extra], single)
+        return to_host(state.values[loss.id]), grads, self._results([state.values[n.id] for n in extra], extra, single)
 
     # The sync helpers find the tracer of a `vf.trace()` block on the calling thread.
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
@@ -293,7 +293,7 @@ class ActorExecutor(Executor):
                 if not pending:
                     return
                 state = await network.result(pending.popleft())
-                yield self._results([state.values[n.id] for n in nodes], single)
+                yield self._results([state.values[n.id] for n in nodes], nodes, single)
         finally:
             if network is not None:
                 for step in pending:

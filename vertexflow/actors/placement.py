@@ -30,8 +30,8 @@ def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, 
     for entry in entries:
         if entry.is_source:
             continue
-        values[entry.member.id] = runner.forward(entry.member, [values[k] for k in entry.inputs], tracer, step,
-                                                 lane, ready)
+        values[entry.member.id] = runner.forward(entry.member, [values[k] for k in entry.inputs], None, tracer,
+                                                 step, lane, ready)
         if tracer is not None:
             ready = time.perf_counter()  # the next member had its inputs once this one was done
         for key in entry.free:

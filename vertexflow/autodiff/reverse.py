@@ -118,8 +118,14 @@ def sweep(
     edges[0] = seed
     wanted = {w.id for w in plan.wrt}
     result: dict[int, Any] = {}
+    incoming = plan.incoming
     for node in plan.order:
-        g = sum_edges(add, _take(edges, plan.incoming[node.id]))
+        g = None
+        for i in incoming[node.id]:  # summed in the plan's fixed order, each let go once summed
+            part = edges[i]
+            if part is not None:
+                edges[i] = None
+                g = part if g is None else add(g, part)
         if g is None:
             continue
         if node.id in wanted:
@@ -141,14 +147,6 @@ def sum_edges(add: Callable, parts: Iterable[Any]):
         if part is not None:
             total = part if total is None else add(total, part)
     return total
-
-
-def _take(edges: list, indices: tuple[int, ...]):
-    """The edge gradients at `indices`, each let go as soon as it is taken."""
-    for i in indices:
-        part = edges[i]
-        edges[i] = None
-        yield part
 
 
 def check_rule_results(node: Node, needs: Sequence[bool], grads, shape_of: Callable[[Any], tuple]) -> None:

@@ -37,6 +37,9 @@ class Op(abc.ABC):
     # True for ops whose forward calls BLAS, which threads by itself: executors must not
     # run two of them at once on the same cores with all of BLAS's threads each.
     blas: bool = False
+    # True for ops whose forward takes `out=`, an array of the inferred shape and dtype
+    # to write the result into (and return): executors then hand it a reused buffer.
+    writes_out: bool = False
 
     @abc.abstractmethod
     def infer(self, *specs: Spec) -> Spec:
@@ -44,7 +47,11 @@ class Op(abc.ABC):
 
     @abc.abstractmethod
     def forward(self, xp, *xs):
-        """The output array from the input arrays, computed with array module `xp`."""
+        """The output array from the input arrays, computed with array module `xp`.
+
+        An op with `writes_out = True` also takes `out=`: None, or an array of
+        the shape and dtype `infer` gave, which it fills and returns.
+        """
 
     def vjp(self, F, g, xs, y) -> tuple:
         """Vector-Jacobian product: gradients for each input given the output's gradient `g`.

@@ -14,6 +14,7 @@ from .base import Op, broadcast_shapes, require_numeric
 class Matmul(Op):
     name = "matmul"
     blas = True
+    writes_out = True
 
     def infer(self, a: Spec, b: Spec) -> Spec:
         require_numeric(a, b)
@@ -33,8 +34,8 @@ class Matmul(Op):
         cols = b.shape[-1:] if b.ndim > 1 else ()
         return Spec(batch + rows + cols, np.result_type(a.dtype, b.dtype))
 
-    def forward(self, xp, a, b):
-        return xp.matmul(a, b)
+    def forward(self, xp, a, b, out=None):
+        return xp.matmul(a, b, out=out)
 
     def vjp(self, F, g, xs, y):
         # Promote vectors to matrices ((k,) -> (1, k) on the left, (k, 1) on the right),

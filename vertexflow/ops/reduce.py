@@ -7,6 +7,8 @@ from .base import Op, normalize_axes, numel, require_float, require_numeric
 
 
 class Reduce(Op):
+    writes_out = True
+
     def __init__(self, axis=None, keepdims: bool = False):
         self.axis = axis
         self.keepdims = bool(keepdims)
@@ -34,8 +36,8 @@ class Reduce(Op):
 class Sum(Reduce):
     name = "sum"
 
-    def forward(self, xp, x):
-        return xp.sum(x, axis=self.axis, keepdims=self.keepdims)
+    def forward(self, xp, x, out=None):
+        return xp.sum(x, axis=self.axis, keepdims=self.keepdims, out=out)
 
     def vjp(self, F, g, xs, y):
         (x,) = xs
@@ -49,8 +51,8 @@ class Mean(Reduce):
         require_float(x)
         return super().infer(x)
 
-    def forward(self, xp, x):
-        return xp.mean(x, axis=self.axis, keepdims=self.keepdims)
+    def forward(self, xp, x, out=None):
+        return xp.mean(x, axis=self.axis, keepdims=self.keepdims, out=out)
 
     def vjp(self, F, g, xs, y):
         (x,) = xs
@@ -66,10 +68,10 @@ class Max(Reduce):
             return Spec(super().infer(Spec(x.shape, "int8")).shape, x.dtype)
         return super().infer(x)
 
-    def forward(self, xp, x):
+    def forward(self, xp, x, out=None):
         if x.size == 0:  # the max of nothing is the lowest value (ONNX's convention), not an error
             return xp.full(self.infer(Spec.of(x)).shape, _lowest(x.dtype), dtype=x.dtype)
-        return xp.max(x, axis=self.axis, keepdims=self.keepdims)
+        return xp.max(x, axis=self.axis, keepdims=self.keepdims, out=out)
 
     def vjp(self, F, g, xs, y):
         # Ties share the gradient evenly, as PyTorch's amax does.
@@ -82,6 +84,7 @@ class Max(Reduce):
 
 class Softmax(Op):
     name = "softmax"
+    writes_out = True
 
     def __init__(self, axis: int = -1):
         self.axis = int(axis)
@@ -91,9 +94,10 @@ class Softmax(Op):
         normalize_axes(self.axis, x.ndim)
         return x
 
-    def forward(self, xp, x):
-        e = xp.exp(x - xp.max(x, axis=self.axis, keepdims=True))
-        return e / xp.sum(e, axis=self.axis, keepdims=True)
+    def forward(self, xp, x, out=None):
+        e = xp.subtract(x, xp.max(x, axis=self.axis, keepdims=True), out=out)
+        xp.exp(e, out=e)
+        return xp.divide(e, xp.sum(e, axis=self.axis, keepdims=True), out=e)
 
     def vjp(self, F, g, xs, y):
         gy = F.mul(g, y)
@@ -106,9 +110,9 @@ class Softmax(Op):
 class LogSoftmax(Softmax):
     name = "log_softmax"
 
-    def forward(self, xp, x):
-        shifted = x - xp.max(x, axis=self.axis, keepdims=True)
-        return shifted - xp.log(xp.sum(xp.exp(shifted), axis=self.axis, keepdims=True))
+    def forward(self, xp, x, out=None):
+        shifted = xp.subtract(x, xp.max(x, axis=self.axis, keepdims=True), out=out)
+        return xp.subtract(shifted, xp.log(xp.sum(xp.exp(shifted), axis=self.axis, keepdims=True)), out=shifted)
 
     def vjp(self, F, g, xs, y):
         return (F.sub(g, F.mul(F.exp(y), F.sum(g, self.axis, keepdims=True))),)

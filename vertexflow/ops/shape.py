@@ -209,6 +209,7 @@ class SumToLike(Op):
 
 class Concat(Op):
     name = "concat"
+    writes_out = True
 
     def __init__(self, axis: int = 0):
         self.axis = int(axis)
@@ -234,8 +235,8 @@ class Concat(Op):
             shape.append(known.pop() if known else None)
         return Spec(tuple(shape), np.result_type(*(x.dtype for x in xs)))
 
-    def forward(self, xp, *xs):
-        return xp.concatenate(xs, axis=self.axis)
+    def forward(self, xp, *xs, out=None):
+        return xp.concatenate(xs, axis=self.axis, out=out)
 
     def vjp(self, F, g, xs, y):
         return tuple(
