@@ -14,9 +14,9 @@ EXECUTORS = {
     "sequential": vf.SequentialExecutor,
     "actor": vf.ActorExecutor,
     # every vertex its own actor, every one on a worker thread
-    "actor-unfused": lambda g, **o: vf.ActorExecutor(g, threads=2, heavy_flops=0, **o),
+    "actor-unfused": lambda g, **o: vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network", **o),
     # everything on the trio thread
-    "actor-inline": lambda g, **o: vf.ActorExecutor(g, threads=0, **o),
+    "actor-inline": lambda g, **o: vf.ActorExecutor(g, threads=0, schedule="network", **o),
     # vertices launched on three streams emulated by threads
     "stream": lambda g, **o: vf.StreamExecutor(g, streams=3, **o),
 }

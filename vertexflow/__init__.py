@@ -7,8 +7,10 @@ from . import autodiff, data, init, nn, ops
 from .actors import ActorExecutor
 from .autodiff import check_grad, grad
 from .errors import (
+    AsyncContextError,
     DeviceError,
     ExecutionTimeout,
+    ExecutorClosed,
     FeedError,
     GraphError,
     InternalError,
@@ -72,7 +74,7 @@ __all__ = [
     "Graph", "Node", "Spec", "Executor", "SequentialExecutor", "ActorExecutor", "StreamExecutor",
     "grad", "check_grad", "trace", "Tracer", "autodiff", "data", "init", "nn", "ops", "optim",
     "VertexflowError", "ShapeError", "FeedError", "GraphError", "VertexError",
-    "ExecutionTimeout", "DeviceError", "InternalError",
+    "ExecutionTimeout", "ExecutorClosed", "AsyncContextError", "DeviceError", "InternalError",
     "abs", "add", "astype", "avg_pool2d", "broadcast_to", "concat", "conv2d", "cross_entropy",
     "divide", "equal", "exp", "expand_dims", "greater", "greater_equal", "leaky_relu", "less",
     "less_equal", "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean",

@@ -52,6 +52,14 @@ class ExecutionTimeout(VertexflowError, TimeoutError):
         self.waiting = dict(waiting or {})
 
 
+class AsyncContextError(VertexflowError, RuntimeError):
+    """A blocking call made inside an event loop, or a coroutine awaited outside one."""
+
+
+class ExecutorClosed(VertexflowError, RuntimeError):
+    """The executor was closed (or its host went away) while a call was waiting on it."""
+
+
 class DeviceError(VertexflowError, RuntimeError):
     """The requested device cannot be used (cupy missing, no CUDA device)."""
 

@@ -424,19 +424,28 @@ class SequentialExecutor(Executor):
 
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         nodes, single = self._fetches(fetch)
+        return self.run_nodes(feeds, nodes, single, timeout, self._tracer())
+
+    def run_nodes(self, feeds: Feeds, nodes: list[Node], single: bool, timeout: float | None, tracer):
+        """`run` with the fetches resolved and the tracer given (what other executors call)."""
         tape = self.tape(nodes)
-        slots, sources = self._execute(tape, feeds, timeout, self._tracer(), self._next_step())
+        slots, sources = self._execute(tape, feeds, timeout, tracer, self._next_step())
         return self._results([slots[s] for s in tape.fetch_slots], nodes, single, sources)
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         (loss,), _ = self._fetches([loss])
         extra, single = self._fetches(fetch) if fetch is not None else ([], False)
-        plan = self._plan(loss, wrt)
+        return self.backward_nodes(feeds, loss, self._plan(loss, wrt), extra, single, fetch is not None,
+                                   timeout, self._tracer())
+
+    def backward_nodes(self, feeds: Feeds, loss: Node, plan: ReversePlan, extra: list[Node], single: bool,
+                       fetched: bool, timeout: float | None, tracer):
+        """`backward` with the fetches and the reverse plan resolved and the tracer given."""
         tape = self._backward_tapes.get((id(plan), *(n.id for n in extra)))
         if tape is None:
             keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
             tape = self._backward_tapes[(id(plan), *(n.id for n in extra))] = self.tape([loss, *extra], keep)
-        tracer, step = self._tracer(), self._next_step()
+        step = self._next_step()
 
         def forward_and_back():
             slots, sources = self._execute(tape, feeds, None, tracer, step)
@@ -447,7 +456,7 @@ class SequentialExecutor(Executor):
         value, *given = self._hand_out([slots[tape.fetch_slots[0]], *grads.values()],
                                        [loss, *([None] * len(grads))], sources)
         grads = dict(zip(grads, given))
-        if fetch is None:
+        if not fetched:
             return value, grads
         return value, grads, self._results([slots[s] for s in tape.fetch_slots[1:]], extra, single, sources)
 

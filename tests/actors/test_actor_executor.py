@@ -56,7 +56,7 @@ def random_graph(draw):
 def test_random_graphs_match_sequential_bitwise(case, heavy, threads):
     g, outputs, loss, params, feeds = case
     seq = vf.SequentialExecutor(g)
-    with vf.ActorExecutor(g, threads=threads, heavy_flops=heavy) as act:
+    with vf.ActorExecutor(g, threads=threads, heavy_flops=heavy, schedule="network") as act:
         for want, got in zip(seq.run(feeds, outputs), act.run(feeds, outputs)):
             np.testing.assert_array_equal(got, want)
         (v_seq, g_seq), (v_act, g_act) = seq.backward(feeds, loss), act.backward(feeds, loss)
@@ -98,7 +98,7 @@ def test_independent_branches_run_at_the_same_time():
     left = Meet(barrier)(vf.exp(x), name="left")
     right = Meet(barrier)(vf.tanh(x), name="right")
     out = left + right
-    with vf.ActorExecutor(g, threads=2) as act:
+    with vf.ActorExecutor(g, threads=2, schedule="network") as act:
         got = act.run({x: np.ones(3, "float32")}, out, timeout=30)
     np.testing.assert_allclose(got, np.exp(1) + np.tanh(1), rtol=1e-6)
     barrier.reset()
@@ -141,7 +141,7 @@ def test_stream_lets_the_next_step_in_while_the_last_is_deeper():
     x = g.input("x", shape=(1,), dtype="float64")
     out = Relay(2, events)(Relay(1, events)(x, name="stage1"), name="stage2")
     feeds = [{x: np.array([float(k)])} for k in range(4)]
-    with vf.ActorExecutor(g, threads=2, depth=2) as act:
+    with vf.ActorExecutor(g, threads=2, depth=2, schedule="network") as act:
         got = list(act.run_stream(feeds, out))
     assert [float(o[0]) for o in got] == [0.0, 1.0, 2.0, 3.0]  # results in input order
 
@@ -151,9 +151,9 @@ def test_stream_lets_the_next_step_in_while_the_last_is_deeper():
 async def test_async_run_backward_and_persistent_network():
     g, feeds, loss = small_mlp("float64")
     seq = vf.SequentialExecutor(g)
-    async with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
+    async with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as act:
         assert await act.arun(feeds, loss) == seq.run(feeds, loss)
-        host = act._loop_host
+        host = act._hosts[0]
         network = next(iter(host.networks.values()))
         for _ in range(3):
             await act.arun(feeds, loss)
@@ -172,7 +172,7 @@ async def test_stream_keeps_order_and_bounds_steps_in_flight():
     entered = Counting()
     out = vf.exp(entered(x))
     batches = [{x: np.full(2, float(k))} for k in range(12)]
-    async with vf.ActorExecutor(g, threads=0, depth=3) as act:
+    async with vf.ActorExecutor(g, threads=0, depth=3, schedule="network") as act:
         seen = []
         async for result in act.stream(iter(batches), out):
             seen.append(result)
@@ -187,7 +187,7 @@ async def test_two_tasks_running_on_one_network_get_their_own_results():
     x = g.input("x", shape=(3,), dtype="float64")
     out = vf.tanh(x) * 2.0
     results = {}
-    async with vf.ActorExecutor(g, threads=2) as act:
+    async with vf.ActorExecutor(g, threads=2, schedule="network") as act:
 
         async def one(k):
             results[k] = await act.arun({x: np.full(3, float(k))}, out)
@@ -226,7 +226,7 @@ def test_timeout_lists_waiting_vertices_and_the_executor_recovers():
     stuck = Stuck(release)(x, name="stuck")
     after = vf.exp(stuck, name="after")
     fine = vf.tanh(x, name="fine")
-    act = vf.ActorExecutor(g, threads=2)
+    act = vf.ActorExecutor(g, threads=2, schedule="network")
     try:
         with pytest.raises(vf.ExecutionTimeout, match="still waiting") as info:
             act.run({x: np.ones(3, "float32")}, [after, fine], timeout=0.3)
@@ -258,7 +258,7 @@ def test_failure_in_backward_names_the_vertex_and_the_executor_recovers():
     x = g.input("x", shape=(3,), dtype="float64")
     w = g.param("w", value=np.ones(3))
     loss = vf.sum(BadGrad()(x * w, name="flat"))
-    with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as act:
         with pytest.raises(vf.VertexError, match="vertex 'flat' .* failed in backward.*ArithmeticError") as info:
             act.backward({x: np.ones(3)}, loss)
         assert isinstance(info.value.__cause__, ArithmeticError)
@@ -271,7 +271,7 @@ async def test_cancelling_a_stream_leaves_nothing_running_and_the_executor_works
     x = g.input("x", shape=(64, 64), dtype="float64")
     out = vf.tanh(x @ x) @ x
     batches = ({x: np.full((64, 64), 0.01 * k)} for k in range(10_000))
-    async with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
+    async with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as act:
         taken = 0
         with trio.move_on_after(0.2):
             async for _ in act.stream(batches, out):
@@ -280,11 +280,11 @@ async def test_cancelling_a_stream_leaves_nothing_running_and_the_executor_works
         pool = act._pool
         await trio.testing.wait_all_tasks_blocked()
         for _ in range(100):  # steps already in flight finish and are dropped
-            if pool.busy == 0 and all(not n.steps for n in act._loop_host.networks.values()):
+            if pool.busy == 0 and all(not n.steps for n in act._hosts[0].networks.values()):
                 break
             await trio.sleep(0.01)
         assert pool.busy == 0
-        assert all(not n.steps for n in act._loop_host.networks.values())
+        assert all(not n.steps for n in act._hosts[0].networks.values())
         value = await act.arun({x: np.eye(64)}, out)
         np.testing.assert_allclose(value, np.tanh(np.eye(64)))
     assert not [t for t in threading.enumerate() if t.name.startswith("vf-worker")]
@@ -294,7 +294,7 @@ def test_vertex_error_in_a_stream_is_raised_for_that_step():
     g = vf.Graph()
     x = g.input("x", shape=(1,), dtype="float64")
     out = vf.where(x > 2.5, Explode()(x, name="bomb"), x)
-    with vf.ActorExecutor(g) as act:
+    with vf.ActorExecutor(g, schedule="network") as act:
         got = []
         with pytest.raises(vf.VertexError, match="'bomb'"):
             for value in act.run_stream(({x: np.array([float(k)])} for k in range(5)), out):
@@ -305,7 +305,7 @@ def test_vertex_error_in_a_stream_is_raised_for_that_step():
 
 def test_close_stops_every_thread_and_the_executor_can_run_again():
     g, feeds, loss = small_mlp()
-    act = vf.ActorExecutor(g, threads=2, heavy_flops=0)
+    act = vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network")
     act.run(feeds, loss)
     assert any(t.name.startswith("vf-worker") for t in threading.enumerate())
     act.close()
@@ -322,7 +322,7 @@ def test_sync_run_inside_trio_points_to_arun():
     async def main():
         act.run(feeds, loss)
 
-    with pytest.raises(RuntimeError, match="await executor.arun"):
+    with pytest.raises(vf.AsyncContextError, match="await executor.arun"):
         trio.run(main)
     act.close()
 
@@ -359,7 +359,7 @@ class Slow(vf.ops.Op):
 g = vf.Graph()
 x = g.input("x", shape=(3,))
 out = vf.exp(Slow()(x))
-act = vf.ActorExecutor(g, threads=2)
+act = vf.ActorExecutor(g, threads=2, schedule="network")
 threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 try:
     act.run({x: np.zeros(3, "float32")}, out)

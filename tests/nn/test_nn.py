@@ -113,7 +113,7 @@ def test_training_matches_torch_step_for_step(name, executor):
                     for p in params]
     opt, topt = make_vf(params), make_torch(torch_params)
     rng = np.random.default_rng(5)
-    ex = vf.SequentialExecutor(g) if executor == "sequential" else vf.ActorExecutor(g, threads=2, heavy_flops=0)
+    ex = vf.SequentialExecutor(g) if executor == "sequential" else vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network")
     ours, theirs = [], []
     try:
         for _ in range(100):

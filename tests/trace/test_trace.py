@@ -21,7 +21,7 @@ def traced(executor_cls, **options):
     return g, tracer
 
 
-@pytest.mark.parametrize("make", [vf.SequentialExecutor, lambda g: vf.ActorExecutor(g, threads=2, heavy_flops=0)],
+@pytest.mark.parametrize("make", [vf.SequentialExecutor, lambda g: vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network")],
                          ids=["sequential", "actor"])
 def test_one_span_per_vertex_per_step_and_phase(make):
     g, tracer = traced(make)
@@ -46,7 +46,7 @@ def test_one_span_per_vertex_per_step_and_phase(make):
 
 
 def test_actor_spans_name_their_lanes():
-    g, tracer = traced(lambda g: vf.ActorExecutor(g, threads=2, heavy_flops=0))
+    g, tracer = traced(lambda g: vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network"))
     lanes = set(tracer.lanes())
     assert lanes <= {"trio", "vf-worker-0", "vf-worker-1"}
     assert lanes & {"vf-worker-0", "vf-worker-1"}
@@ -62,7 +62,7 @@ def test_no_tracer_no_spans():
 
 
 def test_chrome_trace_follows_the_format(tmp_path):
-    g, tracer = traced(lambda g: vf.ActorExecutor(g, threads=2, heavy_flops=0))
+    g, tracer = traced(lambda g: vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network"))
     path = tracer.save(str(tmp_path / "trace.json"))
     with open(path) as f:
         doc = json.load(f)

@@ -32,7 +32,7 @@ def trace_page(browser, tmp_path):
     left = vf.tanh(x @ x, name=EVIL)
     right = vf.sigmoid(x, name="right")
     out = vf.add(left, right, name="out")
-    with vf.ActorExecutor(g, threads=2, heavy_flops=0) as ex, vf.trace() as tracer:
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as ex, vf.trace() as tracer:
         for _ in range(2):
             ex.run({x: np.eye(64)}, out)
     path = tracer.save_html(str(tmp_path / "trace.html"))

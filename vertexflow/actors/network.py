@@ -80,6 +80,7 @@ class StepState:
     tracer: Any = None
     trace_step: int = 0  # the executor-wide step number spans carry
     slot: int = 0  # which of the window's places it holds (CUDA events are per place)
+    pooled: dict = field(default_factory=dict)  # {vertex id: Spec} of the outputs that go in reused buffers
     done: trio.Event = field(default_factory=trio.Event)
     discarded: bool = False
     error: BaseException | None = None
@@ -130,6 +131,7 @@ class Network:
         self.status = [ActorStatus() for _ in plan.actors]
         self.broken: BaseException | None = None
         self.cancel_scope: trio.CancelScope | None = None
+        self.blas_share = None  # a context-manager factory sharing BLAS's threads out while steps run
 
     # -- lifecycle -------------------------------------------------------------
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -159,7 +161,7 @@ class Network:
             state.done.set()
 
     # -- driver ----------------------------------------------------------------
-    async def submit(self, sources: dict[int, Any], tracer=None, trace_step: int = 0) -> int:
+    async def submit(self, sources: dict[int, Any], tracer=None, trace_step: int = 0, pooled=None) -> int:
         """Start a step with these source values (recording spans into `tracer`); returns its number."""
         if self.broken is not None:
             raise self.broken
@@ -173,7 +175,8 @@ class Network:
         step = self.next_step
         self.next_step += 1
         slot = self.free_slots.pop()
-        self.steps[step] = StepState(self.expected, tracer=tracer, trace_step=trace_step, slot=slot)
+        self.steps[step] = StepState(self.expected, tracer=tracer, trace_step=trace_step, slot=slot,
+                                     pooled=pooled or {})
         # No await from here on: a step is either fully submitted or not at all.
         for actor, mailbox in zip(self.plan.actors, self.mailboxes):
             if actor.sources:
@@ -287,7 +290,7 @@ class Network:
                 if state is None:
                     state = self._state(step)
                 status.at(step, segment.entries[0].member, Doing.RUNNING)
-                await placement.run(segment, values, state.tracer, state.trace_step, state.slot)
+                await placement.run(segment, values, state, status)
                 last = segment.last
                 if last.readers:
                     value = values[last.member.id]

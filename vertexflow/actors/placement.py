@@ -25,13 +25,21 @@ from .program import Entry, Segment
 
 
 def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, tracer, step: int,
-                lane: str | None, ready: float) -> None:
-    """Compute `entries` in order with `runner`, filing each output (or Failure) in `values`."""
+                lane: str | None, ready: float, status=None, pooled=None) -> None:
+    """Compute `entries` in order with `runner`, filing each output (or Failure) in `values`.
+
+    `status` (the actor's) is told which member runs, so a step that does not
+    finish names the vertex it is stuck in.
+    """
+    spec_of = (pooled or {}).get
     for entry in entries:
         if entry.is_source:
             continue
-        values[entry.member.id] = runner.forward(entry.member, [values[k] for k in entry.inputs], None, tracer,
-                                                 step, lane, ready)
+        member = entry.member
+        if status is not None:
+            status.vertex = member
+        values[member.id] = runner.forward(member, [values[k] for k in entry.inputs], spec_of(member.id), tracer,
+                                           step, lane, ready)
         if tracer is not None:
             ready = time.perf_counter()  # the next member had its inputs once this one was done
         for key in entry.free:
@@ -46,8 +54,9 @@ class Inline:
     def __init__(self, runner: VertexRunner):
         self.runner = runner
 
-    async def run(self, segment: Segment, values: dict, tracer, step: int, slot: int) -> None:
-        run_entries(self.runner, segment.entries, values, tracer, step, self.lane, time.perf_counter())
+    async def run(self, segment: Segment, values: dict, state, status=None) -> None:
+        run_entries(self.runner, segment.entries, values, state.tracer, state.trace_step, self.lane,
+                    time.perf_counter(), status, state.pooled)
 
     async def backward(self, reverse, node: Node, total, value_of, tracer, step: int):
         return backward_vertex(self.runner, reverse, node, total, value_of, tracer, step, self.lane)
@@ -60,9 +69,9 @@ class OnWorker:
         self.runner = runner
         self.pool = pool
 
-    async def run(self, segment: Segment, values: dict, tracer, step: int, slot: int) -> None:
-        await self.pool.run(run_entries, self.runner, segment.entries, values, tracer, step, None,
-                            time.perf_counter())
+    async def run(self, segment: Segment, values: dict, state, status=None) -> None:
+        await self.pool.run(run_entries, self.runner, segment.entries, values, state.tracer, state.trace_step, None,
+                            time.perf_counter(), status, state.pooled)
 
     async def backward(self, reverse, node: Node, total, value_of, tracer, step: int):
         return await self.pool.run(backward_vertex, self.runner, reverse, node, total, value_of, tracer, step, None,
@@ -86,8 +95,9 @@ class OnStreams:
         self.runtime = runtime
         self.plan = stream_plan
 
-    async def run(self, segment: Segment, values: dict, tracer, step: int, slot: int) -> None:
+    async def run(self, segment: Segment, values: dict, state, status=None) -> None:
         plan, runtime = self.plan, self.runtime
+        tracer, step, slot = state.tracer, state.trace_step, state.slot
         runtime.timed = tracer is not None
         for entry in segment.entries:
             if entry.is_source:
@@ -117,7 +127,7 @@ class OnStreams:
         """The step's fetches are complete: wait for its kernels, file their spans, free its events."""
         self.runtime.synchronize()
         if tracer is not None:
-            for span in self.runtime.take_spans(lambda tag: tag.step == step):
+            for span in self.runtime.take_spans(lambda tag: tag.step == trace_step):
                 tag = span.tag
                 tracer.record(tag.member, "forward", trace_step, f"cuda-stream-{span.stream}", span.start,
                               span.start, span.end, [_Shaped(s) for s in tag.shapes])

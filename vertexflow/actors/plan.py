@@ -132,12 +132,16 @@ def plan_network(
     source_shapes: Mapping[int, tuple],
     heavy_flops: float,
     pipeline: bool = False,
+    costs: Mapping[int, float] | None = None,
 ) -> NetworkPlan:
     """Partition the vertices that `fetch` (and the reverse plan) need into actors.
 
     Args:
+        heavy_flops: the cost from which a vertex is expensive (about a nanosecond per unit).
         pipeline: the network will carry several steps at once (a stream), so
             expensive vertices stay separate stages rather than fusing in chains.
+        costs: measured seconds per vertex id (forward and backward), used instead
+            of the ops' own estimates where given.
     """
     targets = list(fetch) + ([reverse.output] if reverse is not None else [])
     order = ancestors(targets)
@@ -166,7 +170,10 @@ def plan_network(
         depends[node.id] = mask
 
     for node in ops:
-        heavy = node.op.cost(*(specs[i.id] for i in node.inputs)) >= heavy_flops
+        if costs is not None and node.id in costs:
+            heavy = costs[node.id] * 1e9 >= heavy_flops
+        else:
+            heavy = node.op.cost(*(specs[i.id] for i in node.inputs)) >= heavy_flops
         index = _fusable_actor(node, actor_of, waits, expensive, depends[node.id], heavy and pipeline)
         actor = new_actor() if index is None else actors[index]
         actor.members.append(node)
@@ -224,16 +231,17 @@ def plan_network(
 
 
 def plan_for(fetch: Sequence[Node], reverse: ReversePlan | None, source_shapes: Mapping[int, tuple],
-             heavy_flops: float, threads: int, depth: int, stream: bool) -> NetworkPlan:
+             heavy_flops: float, threads: int, depth: int, stream: bool,
+             costs: Mapping[int, float] | None = None) -> NetworkPlan:
     """The plan a network runs: stages of a pipeline for a stream with too few parallel branches.
 
     A stream (several steps in flight) whose expensive vertices cannot keep the
     workers busy side by side gains from overlapping steps along its chains
     instead, so each expensive vertex becomes a stage of its own.
     """
-    plan = plan_network(fetch, reverse, source_shapes, heavy_flops)
+    plan = plan_network(fetch, reverse, source_shapes, heavy_flops, costs=costs)
     if stream and depth > 1 and plan.heavy_width < threads:
-        plan = plan_network(fetch, reverse, source_shapes, heavy_flops, pipeline=True)
+        plan = plan_network(fetch, reverse, source_shapes, heavy_flops, pipeline=True, costs=costs)
     return plan
 
 

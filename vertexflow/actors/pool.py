@@ -22,15 +22,32 @@ from ..machine import BlasThreads
 _STOP = object()
 
 
+class _Worker:
+    """One worker thread, and whether it has been retired (it ends after its current call)."""
+
+    __slots__ = ("thread", "retired", "busy")
+
+    def __init__(self):
+        self.thread: threading.Thread | None = None
+        self.retired = False
+        self.busy = False
+
+
 class WorkerPool:
-    """`size` daemon threads sharing one queue of calls; started lazily, stopped by `close`."""
+    """`size` daemon threads sharing one queue of calls; started lazily, stopped by `close`.
+
+    A call that never comes back cannot be interrupted; `replace_busy` leaves
+    the threads running such calls to themselves and starts new ones in
+    their place, so the pool keeps `size` threads that can take work.
+    """
 
     def __init__(self, size: int, name: str = "vf-worker"):
         self.size = size
         self.name = name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._workers: list[_Worker] = []
         self._lock = threading.Lock()
+        self._started = 0
         self.busy = 0  # calls taken by a worker and not yet finished (read for diagnostics)
         self.blas = BlasThreads()
         # Held around each BLAS-calling op on a worker unless cores are shared out
@@ -39,28 +56,49 @@ class WorkerPool:
 
     def _start(self) -> None:
         with self._lock:
-            if self._threads:
-                return
-            for i in range(self.size):
-                thread = threading.Thread(target=self._work, name=f"{self.name}-{i}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            while len(self._workers) < self.size:
+                self._spawn()
 
-    def _work(self) -> None:
+    def _spawn(self) -> None:
+        worker = _Worker()
+        worker.thread = threading.Thread(target=self._work, args=(worker,), name=f"{self.name}-{self._started}",
+                                         daemon=True)
+        self._started += 1
+        self._workers.append(worker)
+        worker.thread.start()
+
+    def _work(self, worker: _Worker) -> None:
         import numpy as np
 
         np.seterr(all="ignore")  # this thread's numpy error state; numerics are checked by check_numerics
-        while True:
+        while not worker.retired:
             item = self._queue.get()
             if item is _STOP:
                 return
             fn, args, deliver = item
             with self._lock:
                 self.busy += 1
+                worker.busy = True
             result = outcome.capture(fn, *args)
             with self._lock:
                 self.busy -= 1
+                worker.busy = False
             deliver(result)
+
+    def replace_busy(self) -> list[str]:
+        """Leave the threads now running a call to finish it on their own, and start new ones instead.
+
+        Returns:
+            the names of the threads left behind.
+        """
+        with self._lock:
+            stuck = [w for w in self._workers if w.busy]
+            for worker in stuck:
+                worker.retired = True
+                self._workers.remove(worker)
+            for _ in stuck:
+                self._spawn()
+        return [w.thread.name for w in stuck]
 
     async def run(self, fn: Callable, *args: Any) -> Any:
         """Run fn(*args) on a worker thread and return its result (or raise its exception).
@@ -68,7 +106,7 @@ class WorkerPool:
         Cancelling the waiting task abandons the call: the worker finishes it and
         the result is dropped (a thread cannot be interrupted).
         """
-        if not self._threads:
+        if len(self._workers) < self.size:
             self._start()
         task = trio.lowlevel.current_task()
         token = trio.lowlevel.current_trio_token()
@@ -94,13 +132,13 @@ class WorkerPool:
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the workers after the calls already queued; join them; give BLAS its threads back."""
         with self._lock:
-            threads, self._threads = self._threads, []
-        for _ in threads:
+            workers, self._workers = self._workers, []
+        for _ in workers:
             self._queue.put(_STOP)
-        for thread in threads:
-            thread.join(timeout)
+        for worker in workers:
+            worker.thread.join(timeout)
         self.blas.restore()
 
     @property
     def threads(self) -> list[threading.Thread]:
-        return list(self._threads)
+        return [w.thread for w in self._workers]

@@ -1,0 +1,278 @@
+"""The host: an executor's own trio loop, on a thread of its own, where its networks live.
+
+Every call that runs a network (`run`, `backward`, `run_stream` from any
+thread, and `arun`, `abackward`, `stream` from any trio loop) becomes a
+`Request` handed to the host. The host wires the network for the request's
+fetches the first time (one network per set of fetches, however many
+callers ask at once), submits the step, and completes the request when the
+step's results are in. The caller waits for that on its own side: a thread
+blocks on an event, a trio task is rescheduled. So no vertex ever runs on a
+caller's thread or in a caller's trio loop: a vertex that blocks its thread
+cannot stop a caller from returning at its deadline, from being cancelled,
+or from getting its Ctrl-C.
+
+Lifetime: the host holds nothing of the executor (the networks hold the
+plan, the execution core and the worker pool), so an executor dropped
+without `close()` is collected and its finalizer stops the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import outcome
+import trio
+
+from ..errors import ExecutorClosed
+from .network import Network
+
+
+class Request:
+    """One step asked of the host, and where its result goes.
+
+    Attributes:
+        network, step: set once the host has submitted the step (for diagnostics and discarding).
+    """
+
+    def __init__(self, key: Any, build: Callable[[], Network], values: dict, tracer, trace_step: int,
+                 pooled: dict | None = None):
+        self.key = key
+        self.pooled = pooled or {}
+        self.build = build
+        self.values = values
+        self.tracer = tracer
+        self.trace_step = trace_step
+        self.network: Network | None = None
+        self.step: int | None = None
+        self.abandoned = False
+        self._outcome: outcome.Outcome | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._task = None
+        self._token = None
+        self._future = None  # an asyncio caller's future
+
+    def complete(self, result: outcome.Outcome) -> None:
+        """Hand the step's outcome to whoever waits (called on the host's thread)."""
+        with self._lock:
+            if self._outcome is not None:
+                return
+            self._outcome = result
+            task, token, future = self._task, self._token, self._future
+        self._done.set()
+        if task is not None:
+            try:
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            except trio.RunFinishedError:
+                pass  # that caller's trio run has ended; nobody waits any more
+        if future is not None:
+            try:
+                future.get_loop().call_soon_threadsafe(_settle, future, result)
+            except RuntimeError:
+                pass  # that asyncio loop has closed
+
+    def wait(self, timeout: float | None) -> outcome.Outcome | None:
+        """The outcome, blocking this thread; None if `timeout` seconds pass first."""
+        if not self._done.wait(timeout):
+            return None
+        return self._outcome
+
+    async def wait_async(self, on_cancel: Callable[[], None]):
+        """The step's result in the calling trio task (which may be cancelled: then `on_cancel` runs)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with self._lock:
+            ready = self._outcome
+            if ready is None:
+                self._task = trio.lowlevel.current_task()
+                self._token = trio.lowlevel.current_trio_token()
+        if ready is not None:
+            return ready.unwrap()
+
+        def abort(raise_cancel) -> trio.lowlevel.Abort:
+            with self._lock:
+                if self._outcome is not None:
+                    return trio.lowlevel.Abort.FAILED  # its reschedule is on its way
+                self._task = None
+            on_cancel()
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+    async def wait_asyncio(self, on_cancel: Callable[[], None]):
+        """The step's result in the calling asyncio task (cancelled: `on_cancel` runs)."""
+        import asyncio
+
+        future = asyncio.get_running_loop().create_future()
+        with self._lock:
+            ready = self._outcome
+            if ready is None:
+                self._future = future
+        if ready is not None:
+            return ready.unwrap()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            on_cancel()
+            raise
+
+
+def _settle(future, result: outcome.Outcome) -> None:
+    if future.done():
+        return
+    if isinstance(result, outcome.Value):
+        future.set_result(result.value)
+    else:
+        future.set_exception(result.error)
+
+
+class _Wiring:
+    """A network being wired: later requests for the same fetches wait for this one."""
+
+    def __init__(self):
+        self.done = trio.Event()
+        self.network: Network | None = None
+        self.error: BaseException | None = None
+
+
+class Host:
+    """A trio loop on a daemon thread running an executor's networks."""
+
+    def __init__(self, name: str = "vf-actor-host"):
+        self.name = name
+        self.networks: dict[Any, Network | _Wiring] = {}
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _main(self) -> None:
+        trio.run(self._serve)
+
+    async def _serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._token = trio.lowlevel.current_trio_token()
+            self._ready.set()
+            await trio.sleep_forever()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def call_soon(self, fn: Callable, *args) -> None:
+        """Run fn(*args) on the host's thread, soon.
+
+        Raises:
+            ExecutorClosed: the host has stopped.
+        """
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            raise ExecutorClosed("the executor's host has stopped; the executor starts a new one on its next call") from None
+
+    def submit(self, request: Request) -> None:
+        self.call_soon(self._start, request)
+
+    def _start(self, request: Request) -> None:
+        self._nursery.start_soon(self._drive, request, name=f"vf step {request.key!r}"[:80])
+
+    async def _drive(self, request: Request) -> None:
+        try:
+            network = await self._network(request.key, request.build)
+            if request.abandoned:
+                return  # its caller went away before the step started
+            with network.blas_share() if network.blas_share is not None else contextlib.nullcontext():
+                step = await network.submit(request.values, request.tracer, request.trace_step, request.pooled)
+                request.network, request.step = network, step
+                if request.abandoned:
+                    network.discard(step)
+                    return
+                state = await network.result(step)
+            request.complete(outcome.Value(state))
+        except trio.Cancelled:
+            request.complete(outcome.Error(ExecutorClosed("the executor was closed while this step ran")))
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the step's failure is the caller's to see
+            request.complete(outcome.Error(exc))
+
+    async def _network(self, key: Any, build: Callable[[], Network]) -> Network:
+        """The network for `key`, wired once however many requests ask for it at once."""
+        while True:
+            found = self.networks.get(key)
+            if isinstance(found, _Wiring):
+                await found.done.wait()
+                if found.error is not None:
+                    raise found.error
+                continue
+            if found is not None and found.broken is None:
+                return found
+            wiring = self.networks[key] = _Wiring()
+            try:
+                network = build()
+                await self._nursery.start(network.serve)
+            except BaseException as exc:
+                self.networks.pop(key, None)
+                wiring.error = exc
+                wiring.done.set()
+                raise
+            self.networks[key] = network
+            wiring.network = network
+            wiring.done.set()
+            return network
+
+    # -- from other threads ----------------------------------------------------------
+    def discard(self, request: Request) -> None:
+        """The caller stopped waiting: drop the request's results when they come."""
+        request.abandoned = True
+
+        def drop() -> None:
+            if request.network is not None and request.step is not None:
+                request.network.discard(request.step)
+
+        try:
+            self.call_soon(drop)
+        except ExecutorClosed:
+            pass
+
+    def tear_down(self, network: Network, error: BaseException) -> None:
+        """Stop a network that cannot be trusted any more (a step timed out in it); the next call wires anew."""
+
+        def stop() -> None:
+            network.shutdown(error)
+            for key, found in list(self.networks.items()):
+                if found is network:
+                    del self.networks[key]
+
+        try:
+            self.call_soon(stop)
+        except ExecutorClosed:
+            pass
+
+    def responsive(self, timeout: float) -> bool:
+        """Whether the host's loop answers within `timeout` s (a vertex may be blocking its thread)."""
+        answered = threading.Event()
+        try:
+            self.call_soon(answered.set)
+        except ExecutorClosed:
+            return False
+        return answered.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel every network and wait (up to `timeout` s) for the thread to end."""
+        if self._thread is threading.current_thread():
+            raise RuntimeError("an executor cannot be closed from inside one of its own vertices")
+        try:
+            self.call_soon(self._nursery.cancel_scope.cancel)
+        except ExecutorClosed:
+            return
+        self._thread.join(timeout)
