@@ -1,20 +1,49 @@
-"""The `vertexflow` command end to end, at tiny sizes, in a temporary directory (no timing assertions)."""
+"""The `vertexflow` command end to end, at tiny sizes, as a user runs it (no timing assertions)."""
 
 import json
 import subprocess
 import sys
+import textwrap
 
+import numpy as np
 import pytest
 
 from vertexflow.cli import main
 
+SCRIPT = """
+import numpy as np
+import vertexflow as vf
 
-def test_demo_writes_its_trace_and_says_where(tmp_path, capsys):
+
+def build():
+    with open({marker!r}, "w") as f:
+        f.write("built")
+    g = vf.Graph("two_branches")
+    x = g.input("x", shape=(None, 16), dtype="float64")
+    w = g.param("w", value=np.eye(16))
+    out = vf.tanh(x @ w) + vf.sigmoid(x)
+    return g, {{x: np.ones((8, 16))}}, [out]
+"""
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "vertexflow.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_line_error(done, words):
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert words in lines[0], lines[0]
+
+
+def test_demo_benchmarks_both_executors_and_writes_its_trace(tmp_path, capsys):
     assert main(["demo", "--branches", "3", "--depth", "2", "--rows", "16", "--cols", "32",
-                 "--repeat", "2", "--out", str(tmp_path)]) == 0
+                 "--processes", "1", "--runs", "2", "--quiet", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "outputs identical on both executors: yes" in out
-    assert "speedup" in out and "ideal bound" in out and "efficiency" in out
+    assert "speedup" in out and "lower bound" in out and "efficiency" in out
     assert str(tmp_path / "trace.html") in out and str(tmp_path / "trace.json") in out
     page = (tmp_path / "trace.html").read_text()
     assert page.startswith("<!doctype html>") and "default-src 'none'" in page
@@ -22,31 +51,119 @@ def test_demo_writes_its_trace_and_says_where(tmp_path, capsys):
     assert any(e["ph"] == "X" for e in events)
 
 
-def test_bench_writes_json_markdown_and_plot(tmp_path):
-    """One family of each mode (a step, a stream, a training step), in a process of its own as a user runs it."""
+def test_bench_families_write_json_pyperf_markdown_and_plot(tmp_path):
+    """One family of each mode (a step, a stream, a training step), in processes of their own."""
     pytest.importorskip("matplotlib")
-    paths = {k: tmp_path / f"bench.{k}" for k in ("json", "md", "png")}
-    command = [sys.executable, "-m", "vertexflow.cli", "bench", "--suite", "quick", "--tiny", "--repeat", "1",
-               "--quiet", "--family", "wide", "--family", "mlp_ensemble", "--family", "mlp_train",
-               "--json", str(paths["json"]), "--markdown", str(paths["md"]), "--plot", str(paths["png"])]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    paths = {k: tmp_path / f"bench.{k}" for k in ("json", "pyperf.json", "md", "png")}
+    done = _cli("bench", "--tiny", "--processes", "1", "--runs", "2", "--quiet", "--family", "wide",
+                "--family", "mlp_ensemble", "--family", "mlp_train", "--json", str(paths["json"]),
+                "--pyperf", str(paths["pyperf.json"]), "--markdown", str(paths["md"]), "--plot", str(paths["png"]))
     assert done.returncode == 0, done.stderr
-    report = json.loads(paths["json"].read_text())
-    assert report["schema"] == "vertexflow.bench/1" and report["suite"] == "quick" and report["tiny"]
-    assert report["command"].startswith("vertexflow bench --suite quick")
-    assert report["machine"]["cores"] >= 1
-    assert {r["family"] for r in report["results"]} == {"wide", "mlp_ensemble", "mlp_train"}
-    assert {r["mode"] for r in report["results"]} == {"run", "stream", "backward"}
-    executors = {r["executor"] for r in report["results"]}
-    assert {"sequential", "actor-1", "numpy"} <= executors
-    for r in report["results"]:
-        assert set(r) >= {"workload", "executor", "median_s", "q1_s", "q3_s", "speedup", "ideal_s", "efficiency",
-                          "overhead_per_vertex_us", "peak_bytes", "times_s", "vertices"}
-        assert r["median_s"] > 0 and len(r["times_s"]) == 3  # one round of three runs
-    table = paths["md"].read_text()
-    assert table.count("\n|") >= len(report["results"]) and "| workload |" in table
+    suite = json.loads(paths["json"].read_text())
+    assert suite["schema"] == "vertexflow.bench-suite/2" and suite["suite"] == "quick" and suite["tiny"]
+    assert suite["command"].startswith("vertexflow bench --tiny")
+    reports = suite["reports"]
+    assert {r["family"] for r in reports} == {"wide", "mlp_ensemble", "mlp_train"}
+    assert {r["mode"] for r in reports} == {"run", "stream", "backward"}
+    for report in reports:
+        assert report["schema"] == "vertexflow.bench/2"
+        assert report["bound"]["ideal_s"] <= report["bound"]["total_work_1_thread_s"]
+        executors = {r["executor"] for r in report["results"]}
+        assert {"sequential", "actor"} <= executors
+        for r in report["results"]:
+            assert set(r) >= {"executor", "median_s", "q1_s", "q3_s", "ci95_s", "speedup", "speedup_ci95",
+                              "efficiency", "overhead_per_vertex_us", "peak_bytes", "times_s",
+                              "process_medians_s"}
+            assert r["median_s"] > 0 and len(r["times_s"]) == 2
+    pyperf = json.loads(paths["pyperf.json"].read_text())
+    assert pyperf["version"] == "1.0" and len(pyperf["benchmarks"]) >= 6
+    assert "| executor |" in paths["md"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sequential" in done.stdout
+
+
+def test_bench_a_users_script(tmp_path):
+    marker = tmp_path / "built"
+    script = tmp_path / "my_model.py"
+    script.write_text(SCRIPT.format(marker=str(marker)))
+    done = _cli("bench", f"{script}:build", "--processes", "1", "--runs", "2", "--quiet", "--json",
+                str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["schema"] == "vertexflow.bench/2" and report["workload"].endswith("my_model.py:build")
+    assert report["recipe"] == {"kind": "script", "path": str(script), "function": "build"}
+    assert {r["executor"] for r in report["results"]} >= {"sequential", "actor", "dask-sync", "dask-threaded"}
+    assert "lower bound" in done.stdout
+
+
+def test_bench_an_onnx_model_against_onnxruntime(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [w])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    done = _cli("bench", str(path), "--batch", "4", "--processes", "1", "--runs", "2", "--quiet", "--json",
+                str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {r["executor"] for r in report["results"]} >= {"sequential", "actor", "onnxruntime",
+                                                          "onnxruntime-parallel"}
+
+
+@pytest.mark.parametrize("args, words", [
+    (["bench", "{script}:nosuch"], "has no function 'nosuch'; functions there: build"),
+    (["bench", "{missing}"], "no such file"),
+    (["bench", "{script}", "--executor", "warp"], "unknown --executor 'warp'"),
+    (["bench", "--family", "wide", "--size", "nosuch=3"], "--size nosuch= is not a size of wide"),
+    (["bench", "--size", "rows=abc"], "rows= takes a whole number, got 'abc'"),
+    (["bench", "--processes", "0"], "must be at least 1, got 0"),
+    (["bench", "{script}", "--json", "/nonexistent/x.json"], "the folder /nonexistent does not exist"),
+    (["demo", "--branches", "0"], "must be at least 1, got 0"),
+    (["trace", "no-such-thing"], "is neither a built-in example"),
+    (["run", "{missing}"], "no such file"),
+])
+def test_mistakes_get_one_line_and_status_2_before_any_work(tmp_path, args, words):
+    marker = tmp_path / "built"
+    script = tmp_path / "my_model.py"
+    script.write_text(SCRIPT.format(marker=str(marker)))
+    filled = [a.format(script=script, missing=tmp_path / "missing.onnx") for a in args]
+    done = _cli(*filled, timeout=120)
+    _one_line_error(done, words)
+    if "nosuch'" not in words:
+        assert not marker.exists()  # the target was never built
+
+
+def test_version_and_help_on_every_command():
+    import vertexflow
+
+    done = _cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"vertexflow {vertexflow.__version__}"
+    for command in ("demo", "bench", "trace", "run", "train"):
+        done = _cli(command, "--help")
+        assert done.returncode == 0 and "usage: vertexflow" in done.stdout, command
+    assert "(default: 3)" in _cli("bench", "--help").stdout
+
+
+def test_trace_command_on_an_example_and_a_script(tmp_path, capsys):
+    out = tmp_path / "t.html"
+    assert main(["trace", "inception", "--out", str(out), "--steps", "1", "--graph"]) == 0
+    assert out.exists() and (tmp_path / "t.json").exists()
+    assert (tmp_path / "t.dot").read_text().startswith('digraph "inception"')
+    script = tmp_path / "mine.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np, vertexflow as vf
+        g = vf.Graph()
+        x = g.input('x', shape=(4,))
+        vf.SequentialExecutor(g).run({x: np.ones(4, 'float32')}, vf.exp(x, name='mine'))
+    """))
+    assert main(["trace", str(script), "--out", str(tmp_path / "s.html")]) == 0
+    assert "mine" in (tmp_path / "s.html").read_text()
 
 
 def test_the_quick_suite_covers_every_family():
@@ -57,25 +174,3 @@ def test_the_quick_suite_covers_every_family():
     for family, sizes in SUITES["quick"]:  # and every one builds at its tiny size
         workload = FAMILIES[family](**shrink(family, sizes))
         assert workload.vertices > 0
-
-
-def test_trace_command_on_an_example_and_a_script(tmp_path):
-    out = tmp_path / "t.html"
-    assert main(["trace", "inception", "--out", str(out), "--steps", "1", "--graph"]) == 0
-    assert out.exists() and (tmp_path / "t.json").exists()
-    assert (tmp_path / "t.dot").read_text().startswith('digraph "inception"')
-    script = tmp_path / "mine.py"
-    script.write_text(
-        "import numpy as np, vertexflow as vf\n"
-        "g = vf.Graph()\nx = g.input('x', shape=(4,))\n"
-        "vf.SequentialExecutor(g).run({x: np.ones(4, 'float32')}, vf.exp(x, name='mine'))\n"
-    )
-    assert main(["trace", str(script), "--out", str(tmp_path / "s.html")]) == 0
-    assert "mine" in (tmp_path / "s.html").read_text()
-    with pytest.raises(SystemExit, match="neither a built-in example nor a script"):
-        main(["trace", "no-such-thing", "--out", str(tmp_path / "x.html")])
-
-
-def test_console_script_is_installed():
-    done = subprocess.run([sys.executable, "-m", "vertexflow.cli", "--help"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "demo" in done.stdout and "bench" in done.stdout

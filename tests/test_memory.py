@@ -5,6 +5,7 @@ import gc
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 import vertexflow as vf
 from vertexflow.memory import BufferPool
@@ -123,3 +124,44 @@ def test_memory_stays_flat_over_ten_thousand_steps():
         tracemalloc.stop()
     assert held[1] <= held[0]
     assert traced[1] - traced[0] < 64 * 1024  # nothing grows with the steps
+
+
+@given(case=random_graph(), threads=st.sampled_from([0, 2]))
+def test_actor_streams_and_backward_never_overwrite_what_they_handed_out(case, threads):
+    g, outputs, loss, params, feeds = case
+    rng = np.random.default_rng(1)
+    batches = [{k: rng.normal(size=v.shape) for k, v in feeds.items()} for _ in range(24)]
+    seq = vf.SequentialExecutor(g, buffers=False)
+    with _pool_everything(vf.ActorExecutor(g, threads=threads, depth=4, heavy_flops=0, schedule="network")) as act:
+        streamed = list(act.run_stream(batches[:4], outputs))  # kept by the caller
+        kept_value, kept_grads = act.backward(batches[0], loss)
+        want = [seq.run(b, outputs) for b in batches[:4]]
+        for _ in act.run_stream(batches[4:], outputs):  # 20 later steps through the same buffers
+            pass
+        for b in batches[4:8]:
+            act.backward(b, loss)
+        for got, expected in zip(streamed, want):
+            for a, b in zip(got, expected):
+                np.testing.assert_array_equal(a, b)
+        v_seq, g_seq = seq.backward(batches[0], loss)
+        np.testing.assert_array_equal(kept_value, v_seq)
+        for p in g_seq:
+            np.testing.assert_array_equal(kept_grads[p], g_seq[p])
+        assert act.buffers.reused > 0
+
+
+def test_a_stream_reads_each_feed_when_it_is_given_not_later():
+    """A loader that refills one array for every batch gets the sequential executor's results."""
+    g = vf.Graph()
+    x = g.input("x", shape=(4,), dtype="float64")
+    out = vf.tanh(x) * 2.0
+
+    def refilled():
+        buffer = np.zeros(4)
+        for k in range(12):
+            buffer[:] = k
+            yield {x: buffer}
+
+    with vf.ActorExecutor(g, threads=2, depth=4, heavy_flops=0, schedule="network") as act:
+        got = list(act.run_stream(refilled(), out))
+    np.testing.assert_array_equal(np.array(got)[:, 0], np.tanh(np.arange(12.0)) * 2.0)

@@ -6,8 +6,10 @@ Only re-exports live here; `tests/test_api.py` checks the public names.
 from . import autodiff, data, init, nn, ops
 from .actors import ActorExecutor
 from .autodiff import check_grad, grad
+from .benchmarks.measure import benchmark
 from .errors import (
     AsyncContextError,
+    BenchmarkError,
     DeviceError,
     ExecutionTimeout,
     ExecutorClosed,
@@ -72,9 +74,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Graph", "Node", "Spec", "Executor", "SequentialExecutor", "ActorExecutor", "StreamExecutor",
-    "grad", "check_grad", "trace", "Tracer", "autodiff", "data", "init", "nn", "ops", "optim",
+    "grad", "check_grad", "trace", "Tracer", "benchmark", "autodiff", "data", "init", "nn", "ops", "optim",
     "VertexflowError", "ShapeError", "FeedError", "GraphError", "VertexError",
-    "ExecutionTimeout", "ExecutorClosed", "AsyncContextError", "DeviceError", "InternalError",
+    "ExecutionTimeout", "ExecutorClosed", "AsyncContextError", "BenchmarkError", "DeviceError", "InternalError",
     "abs", "add", "astype", "avg_pool2d", "broadcast_to", "concat", "conv2d", "cross_entropy",
     "divide", "equal", "exp", "expand_dims", "greater", "greater_equal", "leaky_relu", "less",
     "less_equal", "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean",

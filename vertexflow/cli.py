@@ -1,81 +1,204 @@
 """The `vertexflow` command.
 
-    vertexflow demo                        a wide graph on both executors, compared, with a trace
-    vertexflow bench --suite quick         executors against each other, numpy and Dask
-    vertexflow trace wide --out t.html     trace a built-in example (or a script) into the viewer
-    vertexflow train mlp --epochs 30       the training examples in examples/ (mlp, autoencoder, cnn, linear)
+    vertexflow demo                          a wide graph benchmarked on both executors, with a trace
+    vertexflow bench --suite quick           executors against each other, numpy and Dask, on graph families
+    vertexflow bench my_model.py:build       ... on your own graph (a function returning graph, feeds, fetch)
+    vertexflow bench model.onnx --batch 32   ... on an ONNX model, against onnxruntime
+    vertexflow trace wide --out t.html       trace a built-in example (or a script) into the viewer
+    vertexflow train mlp --epochs 30         the training examples (mlp, autoencoder, cnn, linear)
     vertexflow run model.onnx --input x=x.npy    run an ONNX model, outputs written as .npy
+
+Every argument is checked before any work starts; a mistake gets one line
+on stderr and exit status 2 (`--debug` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import runpy
 import shlex
 import sys
 
+from .errors import CommandLineError as UsageError
+from .errors import VertexflowError
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vertexflow", description="Dataflow graphs where every vertex is an actor.")
-    commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run a wide graph on the sequential and actor executors and compare")
-    demo.add_argument("--branches", type=int, default=8, help="independent branches (default 8)")
-    demo.add_argument("--depth", type=int, default=6, help="expensive ops per branch (default 6)")
-    demo.add_argument("--rows", type=int, default=256)
-    demo.add_argument("--cols", type=int, default=512)
-    demo.add_argument("--repeat", type=int, default=5, help="timed runs per executor")
-    demo.add_argument("--threads", type=int, default=None, help="worker threads (default: the cores)")
-    demo.add_argument("--out", default=".", help="directory for trace.html and trace.json")
+# -- argument types: each refuses a bad value with words a user can act on -----------------
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
+
+def _output_file(text: str) -> str:
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} is not writable")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    return text
+
+
+def _output_folder(text: str) -> str:
+    parent = os.path.dirname(os.path.abspath(text)) if not os.path.isdir(text) else text
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text}: neither it nor its parent folder exists")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not writable")
+    return text
+
+
+def _input_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not readable")
+    return text
+
+
+def _named_file(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
+    return name, _input_file(path)
+
+
+def _size(text: str) -> tuple[str, int]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. rows=128; got {text!r}")
+    try:
+        return key, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}= takes a whole number, got {value!r}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .benchmarks.configs import PEERS, VERTEXFLOW
     from .benchmarks.families import FAMILIES
-    from .benchmarks.report import SUITES
+    from .benchmarks.report import SUITE_HELP, SUITES
 
-    bench = commands.add_parser("bench", help="measure executors on graph families")
-    bench.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = _Parser(prog="vertexflow", description="Dataflow graphs where every vertex is an actor.",
+                     formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"vertexflow {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = commands.add_parser("demo", help="benchmark a wide graph on the sequential and actor executors",
+                               formatter_class=fmt)
+    demo.add_argument("--branches", type=_count, default=8, help="independent branches")
+    demo.add_argument("--depth", type=_count, default=6, help="expensive ops per branch")
+    demo.add_argument("--rows", type=_count, default=256, help="rows of the batch")
+    demo.add_argument("--cols", type=_count, default=512, help="columns of the batch")
+    demo.add_argument("--processes", type=_count, default=3, help="fresh processes per executor")
+    demo.add_argument("--runs", type=_count, default=5, help="timed runs in each process")
+    demo.add_argument("--threads", type=_count, default=None, help="worker threads (default: the cores)")
+    demo.add_argument("--out", type=_output_folder, default=".", help="folder for trace.html and trace.json")
+    demo.add_argument("--quiet", action="store_true", help="no progress")
+
+    suites = "; ".join(f"{k}: {v}" for k, v in SUITE_HELP.items())
+    bench = commands.add_parser("bench", help="benchmark executors on graph families, a script or an ONNX model",
+                                formatter_class=fmt)
+    bench.add_argument("target", nargs="?", default=None,
+                       help="your own workload: script.py[:function] (the function returns graph, feeds, fetch "
+                            "and optionally a loss) or model.onnx; default: the graph families of --suite")
+    bench.add_argument("--suite", choices=sorted(SUITES), default="quick", help=f"the families to run ({suites})")
     bench.add_argument("--family", action="append", choices=sorted(FAMILIES), help="only these families (repeatable)")
-    bench.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a family size, e.g. --size rows=128 (repeatable)")
-    bench.add_argument("--threads", type=int, action="append", help="actor thread counts (repeatable; default 1 and the cores)")
-    bench.add_argument("--repeat", type=int, default=3, help="rounds per workload (default 3)")
-    bench.add_argument("--no-dask", action="store_true", help="leave out the Dask peer")
-    bench.add_argument("--json", help="write the report as JSON (schema: bench/README.md)")
-    bench.add_argument("--markdown", help="write the table as Markdown")
-    bench.add_argument("--plot", help="write a PNG plot (needs matplotlib)")
-    bench.add_argument("--quiet", action="store_true", help="no progress bar")
-    bench.add_argument("--tiny", action="store_true", help="shrink every workload to run in seconds (a smoke test)")
+    bench.add_argument("--size", action="append", default=[], type=_size, metavar="KEY=VALUE",
+                       help="a family's size, e.g. --size rows=128 (repeatable)")
+    bench.add_argument("--executor", action="append", default=None, metavar="NAME",
+                       help=f"configurations to time (repeatable): {', '.join(VERTEXFLOW)} or actor-N; "
+                            "default sequential and actor")
+    bench.add_argument("--no-peers", action="store_true", help=f"leave out the peers ({', '.join(PEERS)})")
+    bench.add_argument("--threads", type=_count, default=None, help="worker threads (default: the cores)")
+    bench.add_argument("--processes", type=_count, default=3, help="fresh processes per configuration")
+    bench.add_argument("--runs", type=_count, default=5, help="timed runs in each process")
+    bench.add_argument("--input", action="append", default=[], type=_named_file, metavar="NAME=FILE.npy",
+                       help="an ONNX model's input (repeatable; others get random data)")
+    bench.add_argument("--batch", type=_count, default=None, help="the batch size for an ONNX model's random inputs")
+    bench.add_argument("--json", type=_output_file, help="write the report as JSON (schema: bench/README.md)")
+    bench.add_argument("--pyperf", type=_output_file, help="write the timings as pyperf JSON (pyperf compare_to)")
+    bench.add_argument("--markdown", type=_output_file, help="write the tables as Markdown")
+    bench.add_argument("--plot", type=_output_file, help="write a PNG plot (needs matplotlib)")
+    bench.add_argument("--quiet", action="store_true", help="no progress")
+    bench.add_argument("--tiny", action="store_true", help="shrink every family to run in seconds (a smoke test)")
 
-    trace = commands.add_parser("trace", help="trace an example or a script into the HTML viewer and Chrome JSON")
+    trace = commands.add_parser("trace", help="trace an example or a script into the HTML viewer and Chrome JSON",
+                                formatter_class=fmt)
     trace.add_argument("target", help=f"a built-in example ({', '.join(sorted(FAMILIES))}) or a Python script")
-    trace.add_argument("--out", default="trace.html", help="HTML output; the JSON goes beside it")
-    trace.add_argument("--executor", choices=["actor", "sequential"], default="actor")
-    trace.add_argument("--threads", type=int, default=None)
-    trace.add_argument("--steps", type=int, default=2, help="steps to run (examples only)")
+    trace.add_argument("--out", type=_output_file, default="trace.html", help="HTML output; the JSON goes beside it")
+    trace.add_argument("--executor", choices=["actor", "sequential"], default="actor", help="for an example")
+    trace.add_argument("--threads", type=_count, default=None, help="worker threads (default: the cores)")
+    trace.add_argument("--steps", type=_count, default=2, help="steps to run (examples only)")
     trace.add_argument("--graph", action="store_true", help="also write the graph as Graphviz (.dot), coloured by time")
 
-    run = commands.add_parser("run", help="run an ONNX model on the inputs given as .npy files")
-    run.add_argument("model", help="an .onnx file")
-    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input (repeatable)")
-    run.add_argument("--executor", choices=["sequential", "actor"], default="sequential")
-    run.add_argument("--out", default=".", help="directory for the outputs (OUTPUT_NAME.npy)")
-    run.add_argument("--trace", default=None, help="also write a trace viewer here (and its JSON beside it)")
+    run = commands.add_parser("run", help="run an ONNX model on inputs given as .npy files", formatter_class=fmt)
+    run.add_argument("model", type=_input_file, help="an .onnx file")
+    run.add_argument("--input", action="append", default=[], type=_named_file, metavar="NAME=FILE.npy",
+                     help="an input (repeatable)")
+    run.add_argument("--executor", choices=["sequential", "actor"], default="sequential", help="the executor")
+    run.add_argument("--out", type=_output_folder, default=".", help="folder for the outputs (OUTPUT_NAME.npy)")
+    run.add_argument("--trace", type=_output_file, default=None, help="also write a trace viewer here")
 
     train = commands.add_parser("train", help="run a training example: mlp, autoencoder, cnn or linear",
-                                 add_help=False)
-    train.add_argument("example", choices=sorted(EXAMPLES))
+                                formatter_class=fmt, add_help=False)
+    train.add_argument("example", choices=sorted(EXAMPLES), help="the example")
     train.add_argument("rest", nargs=argparse.REMAINDER, help="the example's own options (see --help)")
+    parser.train = train  # for `vertexflow train --help`, which the example itself would otherwise take
+    return parser
 
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return _main(argv)
+    except UsageError as exc:
+        if debug:
+            raise
+        print(str(exc), file=sys.stderr)
+        return 2
+    except VertexflowError as exc:
+        if debug:
+            raise
+        print(f"vertexflow: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vertexflow: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
+    parser = _parser()
+    if argv[:1] == ["train"] or (len(argv) > 1 and argv[0] == "--debug" and argv[1] == "train"):
+        rest = argv[argv.index("train") + 1:]
+        if not rest or rest[0] in ("-h", "--help"):
+            parser.train.print_help()
+            return 0
+        args, extra = parser.parse_known_args(argv)
         return _train(args.example, list(extra) + list(args.rest))
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
 
         return run_demo(branches=args.branches, depth=args.depth, rows=args.rows, cols=args.cols,
-                        repeat=args.repeat, threads=args.threads, out=args.out)
+                        processes=args.processes, runs=args.runs, threads=args.threads, out=args.out,
+                        quiet=args.quiet)
     if args.command == "bench":
         return _bench(args, argv)
     if args.command == "run":
@@ -83,27 +206,98 @@ def main(argv: list[str] | None = None) -> int:
     return _trace(args)
 
 
+def _check_sizes(families: list[str], sizes: dict[str, int]) -> None:
+    from .benchmarks.families import FAMILIES
+
+    for family in families:
+        accepted = set(inspect.signature(FAMILIES[family]).parameters)
+        unknown = sorted(set(sizes) - accepted)
+        if unknown:
+            raise UsageError(f"vertexflow bench: --size {unknown[0]}= is not a size of {family} "
+                             f"(its sizes: {', '.join(sorted(accepted))})")
+
+
+def _bench(args, argv) -> int:
+    from .benchmarks.configs import known
+    from .benchmarks.measure import benchmark
+    from .benchmarks.report import run_suite, suite_plan, write_all
+    from .progress import progress
+
+    executors = args.executor or ["sequential", "actor"]
+    for name in executors:
+        if not known(name):
+            raise UsageError(f"vertexflow bench: unknown --executor {name!r} (use sequential, actor, "
+                             f"actor-network, actor-N or stream)")
+    sizes = dict(args.size)
+    command = "vertexflow " + " ".join(shlex.quote(a) for a in argv)
+    if args.target is not None:
+        if args.family or sizes or args.tiny:
+            raise UsageError("vertexflow bench: --family, --size and --tiny go with the graph families, not a target")
+        _check_target(args.target, args.input)
+        inputs = dict(args.input)
+        bar = progress(0, "benchmark", quiet=args.quiet)
+        with bar:
+            report = benchmark(args.target, executors=executors, peers=not args.no_peers, threads=args.threads,
+                               processes=args.processes, runs=args.runs, inputs=inputs, batch=args.batch,
+                               progress=bar.note if not args.quiet else None)
+    else:
+        if args.input or args.batch:
+            raise UsageError("vertexflow bench: --input and --batch go with an ONNX model target")
+        plan = suite_plan(args.suite, args.family, sizes, args.tiny)
+        _check_sizes(sorted({f for f, _ in plan}), sizes)
+        bar = progress(len(plan), "benchmark", quiet=args.quiet)
+        with bar:
+            report = run_suite(args.suite, args.family, threads=args.threads, processes=args.processes,
+                               runs=args.runs, sizes=sizes, tiny=args.tiny, executors=executors,
+                               peers=not args.no_peers, progress=bar.set_description)
+    report.command = command
+    print(report)
+    write_all(report, args.json, args.markdown, args.plot, args.pyperf)
+    return 0
+
+
+def _check_target(target: str, inputs) -> None:
+    from .benchmarks.workload import parse_target
+
+    if target.endswith(".onnx"):
+        if not os.path.isfile(target):
+            raise UsageError(f"vertexflow bench: {target}: no such file")
+        return
+    path, _ = parse_target(target)
+    if not path.endswith(".py"):
+        raise UsageError(f"vertexflow bench: {target!r} is neither script.py[:function] nor model.onnx")
+    if not os.path.isfile(path):
+        raise UsageError(f"vertexflow bench: {path}: no such file")
+    if inputs:
+        raise UsageError("vertexflow bench: --input goes with an ONNX model; a script builds its own feeds")
+
+
 def _run_onnx(args) -> int:
     import numpy as np
 
     import vertexflow as vf
-    from vertexflow import onnx as vf_onnx
 
-    feeds = {}
-    for item in args.input:
-        name, _, path = item.partition("=")
-        if not path:
-            raise SystemExit(f"--input takes NAME=FILE.npy, got {item!r}")
-        feeds[name] = np.load(path, allow_pickle=False)
+    from . import onnx as vf_onnx
+
     model = vf_onnx.load(args.model)
+    by_name = {n.name: n for n in model.inputs}
+    feeds = {}
+    for name, path in args.input:
+        if name not in by_name:
+            raise UsageError(f"vertexflow run: {args.model} has no input {name!r}; its inputs: "
+                             f"{', '.join(f'{n.name} {n.spec}' for n in model.inputs)}")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"vertexflow run: {path}: not a .npy array file ({exc})") from None
     missing = [n.name for n in model.inputs if n.name not in feeds]
     if missing:
-        raise SystemExit(f"missing --input for {', '.join(missing)} (the model's inputs: "
+        raise UsageError(f"vertexflow run: missing --input for {', '.join(missing)} (the model's inputs: "
                          f"{', '.join(f'{n.name} {n.spec}' for n in model.inputs)})")
+    os.makedirs(args.out, exist_ok=True)
     with vf.trace() as tracer:
         outputs = model.run(feeds, executor=args.executor)
     model.close()
-    os.makedirs(args.out, exist_ok=True)
     for node, value in zip(model.outputs, outputs):
         path = os.path.join(args.out, node.name.replace("/", "_") + ".npy")
         np.save(path, np.asarray(value), allow_pickle=False)
@@ -123,61 +317,47 @@ def _train(example: str, argv: list[str]) -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.path.join(root, "examples", EXAMPLES[example])
     if not os.path.exists(path):
-        raise SystemExit(f"the examples are not installed with this copy of vertexflow (looked for {path}); "
-                         "install from a source checkout: pip install -e .")
+        raise UsageError(f"vertexflow train: the examples are not installed with this copy of vertexflow (looked "
+                         f"for {path}); install from a source checkout: pip install -e .")
     sys.path.insert(0, os.path.dirname(path))
     try:
         module = runpy.run_path(path, run_name="vertexflow_example")
-        module["main"](argv)
+        try:
+            module["main"](argv)
+        except SystemExit as exc:  # the example's own argparse: its message is already on stderr
+            return exc.code if isinstance(exc.code, int) else 2
     finally:
         sys.path.remove(os.path.dirname(path))
-    return 0
-
-
-def _bench(args, argv) -> int:
-    from .benchmarks.report import run_suite, table, write_all
-
-    sizes = {}
-    for item in args.size:
-        key, _, value = item.partition("=")
-        if not value:
-            raise SystemExit(f"--size takes KEY=VALUE, got {item!r}")
-        sizes[key] = int(value)
-    report = run_suite(args.suite, families=args.family, threads=args.threads, repeat=args.repeat,
-                       with_dask=not args.no_dask, progress=not args.quiet, sizes=sizes, tiny=args.tiny)
-    report["command"] = "vertexflow " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    print(table(report))
-    write_all(report, args.json, args.markdown, args.plot)
     return 0
 
 
 def _trace(args) -> int:
     import vertexflow as vf
 
+    from .benchmarks.configs import Config, runner
     from .benchmarks.families import FAMILIES
-    from .benchmarks.measure import _unit
-    from .executor import make_executor
     from .machine import cores
 
     html = args.out
     json_path = os.path.splitext(html)[0] + ".json"
+    if args.target not in FAMILIES and not os.path.isfile(args.target):
+        raise UsageError(f"vertexflow trace: {args.target!r} is neither a built-in example "
+                         f"({', '.join(sorted(FAMILIES))}) nor a script")
     with vf.trace() as tracer:
         if args.target in FAMILIES:
             workload = FAMILIES[args.target]()
-            options = {"threads": args.threads or cores()} if args.executor == "actor" else {}
-            executor = make_executor(workload.graph, args.executor, **options)
-            unit = _unit(workload, executor)
-            for _ in range(args.steps):
-                unit()
-            executor.close()
-            title = f"{workload.name} on {type(executor).__name__}"
-        elif os.path.exists(args.target):
+            run = runner(Config(args.executor, True), workload, args.threads or cores())
+            try:
+                for _ in range(args.steps):
+                    run.unit()
+            finally:
+                run.close()
+            title = f"{workload.name} on {type(run.executor).__name__}"
+        else:
             runpy.run_path(args.target, run_name="__main__")
             title = os.path.basename(args.target)
-        else:
-            raise SystemExit(f"{args.target!r} is neither a built-in example nor a script")
     if not tracer.spans:
-        raise SystemExit("nothing was traced: the script ran no executor")
+        raise UsageError("vertexflow trace: nothing was traced: the script ran no executor")
     tracer.save_html(html, title=title)
     tracer.save(json_path)
     print(f"{len(tracer.spans)} spans on {len(tracer.lanes())} lanes")

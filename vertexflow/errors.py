@@ -92,5 +92,14 @@ class UnsupportedOnnxError(VertexflowError, ValueError):
         self.nodes = nodes
 
 
+class BenchmarkError(VertexflowError, ValueError):
+    """A benchmark that cannot be made: a target that does not build, an unknown executor,
+    or executors whose results differ (checked before anything is timed)."""
+
+
+class CommandLineError(VertexflowError, ValueError):
+    """A mistake in a `vertexflow` command line, found before any work starts."""
+
+
 class InternalError(VertexflowError, AssertionError):
     """One of vertexflow's own invariants is broken: a bug in vertexflow, please report it."""

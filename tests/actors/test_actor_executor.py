@@ -383,3 +383,68 @@ def test_ctrl_c_during_a_sync_run_leaves_a_working_executor_and_no_threads(tmp_p
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines == ["interrupted", "again 1.0", "left []"]
+
+
+# -- choosing between the network and one actor (schedule="auto") ------------------------
+def test_a_chain_runs_as_one_actor_from_the_first_measured_call():
+    g = vf.Graph()
+    x = g.input("x", shape=(64, 64), dtype="float64")
+    h = x
+    for _ in range(6):
+        h = vf.tanh(h @ x)
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
+        first = act.run({x: np.eye(64) * 0.1}, h)
+        assert act.describe(h).startswith("runs as: tape (measured: no two expensive vertices can run at once")
+        assert act._hosts == []  # no network was ever wired
+        np.testing.assert_array_equal(first, vf.SequentialExecutor(g).run({x: np.eye(64) * 0.1}, h))
+
+
+def test_parallel_branches_are_timed_both_ways_before_the_choice():
+    g = vf.Graph()
+    x = g.input("x", shape=(64, 64), dtype="float64")
+    branches = [vf.tanh(vf.tanh(x * float(k)) @ x) for k in range(4)]
+    out = branches[0]
+    for b in branches[1:]:
+        out = out + b
+    want = vf.SequentialExecutor(g).run({x: np.eye(64)}, out)
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0, calibration=2) as act:
+        for _ in range(8):
+            np.testing.assert_array_equal(act.run({x: np.eye(64)}, out), want)  # the same bits either way
+        choice = next(iter(act._choices.values()))
+        assert len(choice.times["network"]) >= 3 and len(choice.times["tape"]) >= 3
+        assert choice.mode in ("network", "tape") and choice.reason.startswith("measured: the network took")
+        assert act.describe(out).startswith(f"runs as: {choice.mode} (measured")
+
+
+def test_schedule_is_checked():
+    g, feeds, loss = small_mlp()
+    with pytest.raises(ValueError, match="schedule= must be one of auto, network, tape"):
+        vf.ActorExecutor(g, schedule="fast")
+    with pytest.raises(TypeError, match="threads= takes an int, got '2'"):
+        vf.ActorExecutor(g, threads="2")
+
+
+def test_the_async_api_works_under_asyncio_too():
+    import asyncio
+
+    g, feeds, loss = small_mlp("float64")
+    want = vf.SequentialExecutor(g).run(feeds, loss)
+
+    async def main():
+        async with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as act:
+            got = await act.arun(feeds, loss)
+            value, grads = await act.abackward(feeds, loss)
+            streamed = [out async for out in act.stream([feeds] * 3, loss)]
+        return got, value, streamed
+
+    got, value, streamed = asyncio.run(main())
+    assert got == want and value == want and streamed == [want] * 3
+
+
+def test_awaiting_outside_any_event_loop_says_what_to_call_instead():
+    g, feeds, loss = small_mlp()
+    act = vf.ActorExecutor(g)
+    coroutine = act.arun(feeds, loss)
+    with pytest.raises(vf.AsyncContextError, match="call the blocking form instead"):
+        coroutine.send(None)
+    act.close()

@@ -143,5 +143,6 @@ def test_run_command_writes_outputs_and_a_trace(tmp_path, capsys):
     with torch.no_grad():
         np.testing.assert_allclose(got, net(example).numpy(), rtol=1e-5, atol=1e-6)
     assert (tmp_path / "t.html").exists() and json.loads((tmp_path / "t.json").read_text())["traceEvents"]
-    with pytest.raises(SystemExit, match="missing --input for x"):
-        main(["run", str(tmp_path / "mlp.onnx"), "--out", str(tmp_path)])
+    assert main(["run", str(tmp_path / "mlp.onnx"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "vertexflow run: missing --input for x (the model's inputs: x (None, 20) float32)")

@@ -85,8 +85,8 @@ class Choice:
         if len(tape) >= self.trials and len(network) >= self.trials:
             t, n = statistics.median(tape), statistics.median(network)
             self.mode = NETWORK if n < t else TAPE
-            self.reason = (f"measured: the network took {n * 1e3:.3g} ms, the tape {t * 1e3:.3g} ms "
-                           f"(medians of {self.trials}); {self.mode} kept")
+            self.reason = (f"measured: the network took {n * 1e3:.3g} ms a call, the tape {t * 1e3:.3g} ms "
+                           f"(medians of {self.trials})")
 
     def decide(self, mode: str, reason: str) -> None:
         self.mode, self.reason = mode, reason
@@ -206,7 +206,8 @@ class ActorExecutor(Executor):
         self._tape.close()
 
     async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self.close)
+        """`close` from a trio or asyncio task (it joins threads, so off the loop)."""
+        await _off_loop(self.close)
 
     async def __aenter__(self):
         return self
@@ -250,8 +251,8 @@ class ActorExecutor(Executor):
         plan = self._network_plan(fetch, reverse, shapes, stream, choice.costs)
         parallel = plan.heavy_count if stream and self.depth > 1 else plan.heavy_width
         if self._pool is None or parallel < 2:
-            choice.decide(TAPE, "measured: no two expensive vertices can run at once, so one actor (the tape) "
-                                "runs it; a network would only add hand-offs")
+            choice.decide(TAPE, "measured: no two expensive vertices can run at once; a network would only "
+                                "add hand-offs")
 
     def _network_factory(self, fetch, reverse, shapes: dict, stream: bool, costs: dict | None):
         def build() -> Network:

@@ -1,42 +1,25 @@
 """Graph families for benchmarks and the demo, each a function of its sizes returning a Workload.
 
-A Workload is a graph with its fetches and feeds, and how to run it: one
-step (`run`), a training step (`backward`), or a stream of batches
-(`stream`). Where a hand-written numpy version of the same computation
-exists, it is attached for comparison.
+Each returns a `Workload` (workload.py) whose recipe is the family and its
+sizes, so a fresh process builds the same graph. Where a hand-written numpy
+version of the same computation exists, it is attached for comparison.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 import vertexflow as vf
 
+from .workload import Workload
 
-@dataclass
-class Workload:
-    family: str
-    params: dict[str, Any]
-    graph: vf.Graph
-    fetch: list[vf.Node]
-    feeds: dict
-    mode: str = "run"  # "run", "backward" or "stream"
-    loss: vf.Node | None = None
-    batches: list[dict] = field(default_factory=list)  # for mode "stream"
-    numpy: Callable[[], Any] | None = None  # the same work by hand
 
-    @property
-    def name(self) -> str:
-        sizes = ",".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.family}({sizes})"
-
-    @property
-    def vertices(self) -> int:
-        return sum(1 for n in vf.graph.ancestors(self.fetch + ([self.loss] if self.loss is not None else [])) if n.kind == "op")
+def _family(family: str, params: dict, graph: vf.Graph, fetch: list, feeds: dict, **extra) -> Workload:
+    sizes = ",".join(f"{k}={v}" for k, v in params.items())
+    return Workload(f"{family}({sizes})", graph, fetch, feeds, family=family, params=dict(params),
+                    recipe={"kind": "family", "family": family, "params": dict(params)}, **extra)
 
 
 def _heavy_op(h, i):
@@ -68,7 +51,7 @@ def wide(branches: int = 8, depth: int = 6, rows: int = 256, cols: int = 1024, s
             total = h if total is None else total + h
         return total
 
-    return Workload("wide", dict(branches=branches, depth=depth, rows=rows, cols=cols), g, [total], feeds, numpy=by_hand)
+    return _family("wide", dict(branches=branches, depth=depth, rows=rows, cols=cols), g, [total], feeds, numpy=by_hand)
 
 
 def deep(length: int = 40, rows: int = 256, cols: int = 1024, seed: int = 0) -> Workload:
@@ -79,7 +62,7 @@ def deep(length: int = 40, rows: int = 256, cols: int = 1024, seed: int = 0) -> 
     for i in range(length):
         h = _heavy_op(h, i)
     feeds = {x: np.random.default_rng(seed).normal(size=(rows, cols))}
-    return Workload("deep", dict(length=length, rows=rows, cols=cols), g, [h], feeds)
+    return _family("deep", dict(length=length, rows=rows, cols=cols), g, [h], feeds)
 
 
 def inception(blocks: int = 3, width: int = 4, rows: int = 256, cols: int = 512, seed: int = 0) -> Workload:
@@ -94,7 +77,7 @@ def inception(blocks: int = 3, width: int = 4, rows: int = 256, cols: int = 512,
             joined = joined + b
         h = joined * (1.0 / width)
     feeds = {x: np.random.default_rng(seed).normal(size=(rows, cols))}
-    return Workload("inception", dict(blocks=blocks, width=width, rows=rows, cols=cols), g, [h], feeds)
+    return _family("inception", dict(blocks=blocks, width=width, rows=rows, cols=cols), g, [h], feeds)
 
 
 def random_dag(vertices: int = 60, rows: int = 128, cols: int = 512, seed: int = 0) -> Workload:
@@ -115,7 +98,7 @@ def random_dag(vertices: int = 60, rows: int = 128, cols: int = 512, seed: int =
     for s in sinks[1:]:
         total = total + s
     feeds = {x: rng.normal(size=(rows, cols))}
-    return Workload("random_dag", dict(vertices=vertices, rows=rows, cols=cols, seed=seed), g, [total], feeds)
+    return _family("random_dag", dict(vertices=vertices, rows=rows, cols=cols, seed=seed), g, [total], feeds)
 
 
 def fine_grained(vertices: int = 1000, size: int = 64, seed: int = 0) -> Workload:
@@ -142,10 +125,11 @@ def fine_grained(vertices: int = 1000, size: int = 64, seed: int = 0) -> Workloa
     for s in sinks[1:]:  # every vertex feeds the output
         total = total + s
     feeds = {a: rng.normal(size=(size, size)), b: rng.normal(size=(size, size))}
-    return Workload("fine_grained", dict(vertices=vertices, size=size), g, [total], feeds)
+    return _family("fine_grained", dict(vertices=vertices, size=size), g, [total], feeds)
 
 
-def _mlp(g, x, sizes, prefix, seed, activation=vf.relu):
+def _mlp(g, x, sizes, prefix, seed, activation=None):
+    activation = activation or vf.relu
     init = vf.init.glorot_normal(seed=seed)
     h = x
     params = []
@@ -173,10 +157,8 @@ def mlp_ensemble(members: int = 4, batch: int = 128, hidden: int = 512, batches:
     mean = vf.multiply(mean, 1.0 / members, name="ensemble")
     rng = np.random.default_rng(seed)
     stream = [{x: rng.random((batch, 784), dtype=np.float32)} for _ in range(batches)]
-    return Workload(
-        "mlp_ensemble", dict(members=members, batch=batch, hidden=hidden, batches=batches),
-        g, [mean], stream[0], mode="stream", batches=stream,
-    )
+    return _family("mlp_ensemble", dict(members=members, batch=batch, hidden=hidden, batches=batches),
+                   g, [mean], stream[0], mode="stream", batches=stream)
 
 
 def mlp_train(batch: int = 100, seed: int = 0) -> Workload:
@@ -188,7 +170,7 @@ def mlp_train(batch: int = 100, seed: int = 0) -> Workload:
     loss = vf.cross_entropy(logits, y, name="loss")
     rng = np.random.default_rng(seed)
     feeds = {x: rng.random((batch, 784), dtype=np.float32), y: rng.integers(0, 10, batch)}
-    return Workload("mlp_train", dict(batch=batch), g, [loss], feeds, mode="backward", loss=loss)
+    return _family("mlp_train", dict(batch=batch), g, [loss], feeds, mode="backward", loss=loss)
 
 
 def cnn_block(batch: int = 16, channels: int = 8, size: int = 28, seed: int = 0) -> Workload:
@@ -206,7 +188,8 @@ def cnn_block(batch: int = 16, channels: int = 8, size: int = 28, seed: int = 0)
     loss = vf.cross_entropy(flat @ w3, y, name="loss")
     rng = np.random.default_rng(seed)
     feeds = {x: rng.random((batch, 1, size, size), dtype=np.float32), y: rng.integers(0, 10, batch)}
-    return Workload("cnn_block", dict(batch=batch, channels=channels, size=size), g, [loss], feeds, mode="backward", loss=loss)
+    return _family("cnn_block", dict(batch=batch, channels=channels, size=size), g, [loss], feeds, mode="backward",
+                   loss=loss)
 
 
 FAMILIES: dict[str, Callable[..., Workload]] = {

@@ -1,234 +1,272 @@
-"""Measure executors on a workload, in one run, so that machine noise hits them alike.
+"""`vf.benchmark`: executors timed on one workload in fresh processes, interleaved, reported honestly.
 
-Each *runner* does one unit of the workload (a step, a training step, or the
-whole stream of batches). After warm-up, the runners take turns for `repeat`
-rounds of a few runs each; each gets its median and spread, its speedup over the sequential
-executor, and its efficiency against the ideal bound max(critical path,
-total work / cores), where per-vertex times come from a traced sequential run.
+How a benchmark goes:
+
+1. The workload is built (a graph in memory, a function in a script, an
+   ONNX file, a graph family) and every configuration runs it once, here:
+   their results must agree (vertexflow's executors bit for bit, peers to
+   rounding) before anything is timed.
+2. The machine is checked for load: the load average, and the spread of a
+   short calibration loop. A busy machine makes the report say so.
+3. One process measures the lower bound on the tape (`child.measure_bound`):
+   max(critical path, total work at one BLAS thread / cores).
+4. `processes` rounds: in each, every configuration runs in a process of its
+   own (warm-up, then `runs` timed units), the order rotating from round to
+   round. A process's allocator and cache state moves figures by 30-50%
+   here, so no two configurations share one. A workload with a recipe gets
+   fresh interpreters; a graph built in memory, forked ones.
+5. The report (report.py): medians, spreads, confidence intervals,
+   speedups, efficiency against the bound, peak memory, warnings and advice.
 """
 
 from __future__ import annotations
 
-import gc
+import json
+import multiprocessing
+import os
 import statistics
-import tracemalloc
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from functools import partial
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-import vertexflow as vf
-from vertexflow.machine import blas_threads, cores
-from vertexflow.trace import summarize
-
-from .families import Workload
-from .timing import Spread, interleaved
-
-
-@dataclass
-class Measurement:
-    workload: str
-    family: str
-    params: dict[str, Any]
-    mode: str
-    executor: str
-    vertices: int
-    times_s: list[float]
-    median_s: float
-    q1_s: float
-    q3_s: float
-    speedup: float | None = None  # sequential median / this median
-    ideal_s: float | None = None
-    efficiency: float | None = None  # ideal / median
-    overhead_per_vertex_us: float | None = None  # (median - traced work) / vertices
-    peak_bytes: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from ..errors import BenchmarkError
+from ..graph import Graph
+from ..machine import blas_info, cores
+from .configs import Config, configs, runner
+from .report import Report, Result
+from .workload import Workload, from_graph, from_onnx, from_script, parse_target
 
 
-def _unit(workload: Workload, executor) -> Callable[[], Any]:
-    """One unit of the workload on an executor."""
-    if workload.mode == "backward":
-        return partial(executor.backward, workload.feeds, workload.loss)
-    if workload.mode == "stream":
-        if isinstance(executor, vf.ActorExecutor):
-            return lambda: list(executor.run_stream(workload.batches, workload.fetch))
-        return lambda: [executor.run(b, workload.fetch) for b in workload.batches]
-    return partial(executor.run, workload.feeds, workload.fetch)
-
-
-def dask_graph(workload: Workload) -> tuple[dict, list[str]]:
-    """The workload's graph as a dask task graph over the same op functions."""
-    nodes = vf.graph.ancestors(workload.fetch)
-    feeds = {(k if isinstance(k, str) else k.name): v for k, v in workload.feeds.items()}
-    dsk: dict[str, Any] = {}
-    for node in nodes:
-        if node.kind == "input":
-            dsk[node.name] = feeds[node.name]
-        elif node.kind in ("param", "const"):
-            dsk[node.name] = node.value
-        else:
-            dsk[node.name] = (partial(node.op.forward, np), *(i.name for i in node.inputs))
-    return dsk, [n.name for n in workload.fetch]
-
-
-def runners(
-    workload: Workload, threads: list[int], with_dask: bool = True, blas_share: bool = False
-) -> dict[str, tuple[Callable, Callable]]:
-    """{name: (one unit of work, cleanup)} for every executor that can run this workload."""
-    out: dict[str, tuple[Callable, Callable]] = {}
-    if workload.numpy is not None:
-        out["numpy"] = (workload.numpy, lambda: None)
-    seq = vf.SequentialExecutor(workload.graph)
-    out["sequential"] = (_unit(workload, seq), lambda: None)
-    one = _unit(workload, seq)
-
-    def sequential_one_blas_thread():
-        with blas_threads(1):
-            return one()
-
-    out["sequential-blas1"] = (sequential_one_blas_thread, lambda: None)
-    for n in threads:
-        act = vf.ActorExecutor(workload.graph, threads=n)
-        out[f"actor-{n}"] = (_unit(workload, act), act.close)
-    if blas_share and max(threads) > 1:
-        act = vf.ActorExecutor(workload.graph, threads=max(threads), blas="share")
-        out[f"actor-{max(threads)}-blas-share"] = (_unit(workload, act), act.close)
-    if with_dask and workload.mode == "run":
-        try:
-            import dask.local
-            import dask.threaded
-        except ImportError:
-            pass
-        else:
-            dsk, keys = dask_graph(workload)
-            workers = max(threads)
-            out["dask-sync"] = (lambda: list(dask.local.get_sync(dsk, keys)), lambda: None)
-            out[f"dask-threaded-{workers}"] = (
-                lambda: list(dask.threaded.get(dsk, keys, num_workers=workers)), lambda: None)
-    return out
-
-
-def traced_work(workload: Workload, lanes: int) -> tuple[float, float, float]:
-    """(total work, critical path, ideal bound) of one unit, from a traced sequential run."""
-    seq = vf.SequentialExecutor(workload.graph)
-    feeds = workload.batches[0] if workload.mode == "stream" else workload.feeds
-    run = (partial(seq.backward, feeds, workload.loss) if workload.mode == "backward"
-           else partial(seq.run, feeds, workload.fetch))
-    run()  # warm-up
-    summaries = []
-    # One BLAS thread: the work of each vertex on one core, so that work / cores is a true bound.
-    with blas_threads(1):
-        for _ in range(3):
-            with vf.trace() as tracer:
-                run()
-            summaries.append(summarize(tracer, cores=lanes))
-    work = statistics.median(s.total_work for s in summaries)
-    path = statistics.median(s.critical_path for s in summaries)
-    if workload.mode == "stream":
-        batches = len(workload.batches)
-        return work * batches, path, max(path, work * batches / lanes)
-    return work, path, max(path, work / lanes)
-
-
-def peak_memory(fn: Callable) -> int:
-    """Peak bytes allocated (numpy included) while fn runs."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-def measure(
-    workload: Workload,
-    threads: list[int] | None = None,
-    repeat: int = 5,
-    warmup: int = 1,
-    inner: int = 3,
-    with_dask: bool = True,
-    blas_share: bool = False,
-    memory: bool = True,
+def benchmark(
+    target: Graph | Workload | str,
+    feeds: Mapping | None = None,
+    fetch=None,
+    *,
+    mode: str = "run",
+    loss=None,
+    batches: Sequence[Mapping] | None = None,
+    executors: Sequence[str] = ("sequential", "actor"),
+    peers: bool = True,
+    threads: int | None = None,
+    processes: int = 3,
+    runs: int = 5,
+    warmup: int | None = None,
+    inputs: Mapping[str, str] | None = None,
+    batch: int | None = None,
     progress: Callable[[str], None] | None = None,
-) -> list[Measurement]:
-    """Time every runner on `workload`, taking turns round by round."""
-    threads = threads or [cores()]
-    lanes = cores()
-    work, path, ideal = traced_work(workload, lanes)
-    table = runners(workload, threads, with_dask, blas_share)
-    try:
-        outputs = {}
-        for name, (fn, _) in table.items():
-            for _ in range(warmup):
-                outputs[name] = fn()
-        _check_agreement(workload, outputs)
-        results = interleaved({name: fn for name, (fn, _) in table.items()}, repeat, inner,
-                              after_round=(lambda _: progress(workload.name)) if progress else None)
-        peaks = {name: peak_memory(fn) for name, (fn, _) in table.items()} if memory else {}
-    finally:
-        for _, cleanup in table.values():
-            cleanup()
-    seq_median = statistics.median(results["sequential"])
-    vertices = workload.vertices
-    out = []
-    for name, times in results.items():
-        spread = Spread.of(times)
-        median = spread.median
-        out.append(
-            Measurement(
-                workload=workload.name,
-                family=workload.family,
-                params=workload.params,
-                mode=workload.mode,
-                executor=name,
-                vertices=vertices,
-                times_s=times,
-                median_s=median,
-                q1_s=spread.q1,
-                q3_s=spread.q3,
-                speedup=seq_median / median,
-                ideal_s=ideal,
-                efficiency=ideal / median,
-                overhead_per_vertex_us=(median - work) / max(vertices, 1) * 1e6,
-                peak_bytes=peaks.get(name),
-                extra={"critical_path_s": path, "total_work_s": work, "cores": lanes},
-            )
-        )
-    return out
+) -> Report:
+    """Time sequential against concurrent execution (and the peers a user would pick instead) on one workload.
+
+    Args:
+        target: a vf.Graph (with feeds and fetch), a Workload, a "script.py:function" whose
+            function returns (graph, feeds, fetch[, loss]), or an ".onnx" file.
+        mode: "run" (one step), "backward" (forward and backward from `loss`), or "stream"
+            (the `batches` one after another; pipelined by the actor executor).
+        executors: vertexflow's configurations: "sequential", "actor", "actor-network",
+            "actor-N" (N worker threads), "stream".
+        peers: also time what fits the workload: numpy by hand, Dask's schedulers (one
+            step), onnxruntime sequential and parallel (an ONNX file).
+        processes: fresh processes per configuration (the rounds).
+        runs: timed units in each process, after the warm-up.
+        inputs, batch: for an ONNX file, {input: file.npy}, and the size of open dimensions.
+        progress: called with a line for each process started.
+
+    Returns:
+        a Report: print it for a table; `.save(path)` writes its JSON.
+
+    Raises:
+        BenchmarkError: a target that does not build, an unknown executor, bad counts, or
+            configurations whose results differ.
+    """
+    for name, value, low in (("processes", processes, 1), ("runs", runs, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise BenchmarkError(f"vf.benchmark: {name}= must be an int >= {low}, got {value!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise BenchmarkError(f"vf.benchmark: threads= must be an int >= 1, got {threads!r}")
+    workload = resolve(target, feeds, fetch, mode=mode, loss=loss, batches=batches, inputs=inputs, batch=batch)
+    cfgs = configs(list(executors), workload, peers)
+    threads = threads or cores()
+    say = progress or (lambda line: None)
+    check_results(workload, cfgs, threads)
+    load = machine_load()
+    say(f"{workload.name}: bound")
+    bound = launch(workload, {"bound": True, "repeat": 3})
+    rounds: dict[str, list[dict]] = {c.name: [] for c in cfgs}
+    for r in range(processes):
+        order = cfgs[r % len(cfgs):] + cfgs[: r % len(cfgs)]  # each configuration goes first in turn
+        for config in order:
+            say(f"{workload.name}: {config.name}, process {r + 1} of {processes}")
+            spec = {"config": config.name, "exact": config.exact, "threads": threads, "runs": runs,
+                    "warmup": warmup if warmup is not None else _warmup(config, workload),
+                    "memory": r == 0}
+            rounds[config.name].append(launch(workload, spec))
+    results = [Result.from_processes(c.name, c.exact, rounds[c.name]) for c in cfgs]
+    return Report.make(workload, results, bound, load, machine_info(threads), processes, runs)
 
 
-def _check_agreement(workload: Workload, outputs: dict[str, Any]) -> None:
-    """Executors must agree bit for bit; the hand-written and dask versions to rounding."""
-    reference = outputs["sequential"]
-    for name, out in outputs.items():
-        # Same BLAS settings, same bits (executors are interchangeable); other thread counts round differently.
-        exact = name.startswith("actor") and not name.endswith("blas-share")
-        _assert_same(reference, out, name, exact=exact)
+def resolve(target, feeds=None, fetch=None, *, mode="run", loss=None, batches=None, inputs=None,
+            batch=None) -> Workload:
+    """The workload a benchmark target names."""
+    if isinstance(target, Workload):
+        return target
+    if isinstance(target, Graph):
+        return from_graph(target, feeds, fetch, mode=mode, loss=loss, batches=batches)
+    if isinstance(target, str):
+        if target.endswith(".onnx"):
+            return from_onnx(target, inputs, batch)
+        path, function = parse_target(target)
+        if path.endswith(".py"):
+            return from_script(path, function)
+    raise BenchmarkError(f"vf.benchmark: cannot benchmark {target!r}; give a vf.Graph (with feeds and fetch), "
+                         f"a 'script.py:function' or an '.onnx' file")
 
 
-def _assert_same(reference, out, name: str, exact: bool) -> None:
-    if isinstance(reference, tuple):  # backward: (loss, {param: grad})
-        _assert_same(reference[0], out[0], name, exact)
-        for key in reference[1]:
-            _assert_same(reference[1][key], out[1][key], name, exact)
-        return
-    if isinstance(reference, list) or isinstance(out, list):
-        ref = reference if isinstance(reference, list) else [reference]
-        got = out if isinstance(out, list) else [out]
-        if len(ref) == len(got):
-            for r, o in zip(ref, got):
-                _assert_same(r, o, name, exact)
-            return
-        got = got[0] if len(got) == 1 else got
-        ref = ref[0] if len(ref) == 1 else ref
-        return _assert_same(ref, got, name, exact)
-    if exact:
-        np.testing.assert_array_equal(np.asarray(out), np.asarray(reference), err_msg=f"{name} differs")
+def _warmup(config: Config, workload: Workload) -> int:
+    # The actor executor decides how to run in its first calls (or blocks of stream steps); every
+    # configuration gets as many, so none is timed with colder caches than another.
+    return 3 if workload.mode == "stream" else 10
+
+
+def check_results(workload: Workload, cfgs: Sequence[Config], threads: int) -> None:
+    """Every configuration once, here; their results must agree with the sequential executor's.
+
+    Raises:
+        BenchmarkError: a configuration failed, or gave other values (naming it and the difference).
+    """
+    outputs = {}
+    for config in cfgs:
+        run = runner(config, workload, threads)
+        try:
+            outputs[config.name] = run.unit()
+            if config.name == "actor":  # it may run as one actor first: let it try the network too
+                for _ in range(_warmup(config, workload)):
+                    again = run.unit()
+                    _compare(outputs["sequential"], again, config)
+        except BenchmarkError:
+            raise
+        except Exception as exc:
+            raise BenchmarkError(f"{config.name} failed on {workload.name}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            run.close()
+        _compare(outputs["sequential"], outputs[config.name], config)
+
+
+def _compare(reference: list, got: list, config: Config) -> None:
+    if len(reference) != len(got):
+        raise BenchmarkError(f"{config.name} returned {len(got)} arrays, sequential {len(reference)}")
+    for i, (a, b) in enumerate(zip(reference, got)):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            raise BenchmarkError(f"{config.name} gives output {i} of shape {b.shape}, sequential {a.shape}")
+        if config.exact:
+            same = np.array_equal(a, b, equal_nan=True)
+        else:
+            same = np.allclose(b, a, rtol=1e-4, atol=1e-5, equal_nan=True)
+        if not same:
+            diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))
+            how = "bit for bit" if config.exact else "to rounding (rtol 1e-4)"
+            raise BenchmarkError(f"{config.name} gives different values from sequential for output {i} "
+                                 f"(largest difference {diff:.3g}; they must agree {how}); nothing was timed")
+
+
+def machine_load() -> dict[str, Any]:
+    """How busy the machine is: the load average and the spread of a short calibration loop."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    a = np.random.default_rng(0).standard_normal((192, 192))
+    times = []
+    for _ in range(21):
+        start = time.perf_counter()
+        for _ in range(8):
+            np.tanh(a @ a)
+        times.append(time.perf_counter() - start)
+    q1, med, q3 = statistics.quantiles(times, n=4)
+    spread = (q3 - q1) / med
+    reasons = []
+    if load is not None and load > 0.5 * cores():
+        reasons.append(f"load average {load:.2f} on {cores()} cores")
+    if spread > 0.10:
+        reasons.append(f"a calibration loop varied by {spread:.0%} (quartiles)")
+    return {"load_average": load, "calibration_spread": spread, "busy": bool(reasons), "reasons": reasons}
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    import platform
+
+    return {
+        "cores": cores(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "processor": platform.processor() or platform.machine(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "blas": blas_info(),
+    }
+
+
+def launch(workload: Workload, spec: dict) -> dict:
+    """Run one benchmark process; its answer.
+
+    A workload with a recipe gets a fresh interpreter; one built in memory, a forked
+    process (or, where fork is missing, this process, which the report then says).
+
+    Raises:
+        BenchmarkError: the process failed (its error in one line).
+    """
+    if workload.recipe is not None:
+        spec = dict(spec, recipe=workload.recipe)
+        done = subprocess.run([sys.executable, "-m", "vertexflow.benchmarks.child"], input=json.dumps(spec),
+                              capture_output=True, text=True, env=_child_env())
+        try:
+            result = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise BenchmarkError(f"a benchmark process of {workload.name} failed: {tail}") from None
     else:
-        np.testing.assert_allclose(np.asarray(out), np.asarray(reference), rtol=1e-5, atol=1e-6, err_msg=f"{name} differs")
+        result = _forked(workload, spec)
+    if "error" in result:
+        raise BenchmarkError(f"a benchmark process of {workload.name} failed: {result['error']}")
+    return result
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("TQDM_DISABLE", "1")
+    return env
+
+
+def _forked(workload: Workload, spec: dict) -> dict:
+    from .child import run_spec
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        result = run_spec(spec, workload)
+        result["in_process"] = True
+        return result
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads alive (Python 3.12+)
+        process = context.Process(target=_forked_main, args=(send, workload, spec), daemon=True)
+        process.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:
+        result = {"error": f"the forked process ended with status {process.exitcode}"}
+    process.join()
+    return result
+
+
+def _forked_main(send, workload: Workload, spec: dict) -> None:
+    from .child import run_spec
+
+    try:
+        result = run_spec(spec, workload)
+    except BaseException as exc:  # noqa: BLE001
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    send.send(result)
+    send.close()
