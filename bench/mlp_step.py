@@ -1,108 +1,36 @@
-"""Sequential executor against hand-written numpy: one MLP training step's forward + backward.
+"""The tape against hand-written numpy on one MLP training step, in fresh processes.
 
-MLP 784-250-100-10, ReLU, softmax cross-entropy, batch 100, float32 (the
-issue's reference). Both sides compute the loss and every param gradient
-from the same weights and batch; the script checks they agree, then reports
-median times over repeated runs after warm-up and their ratio.
+    python bench/mlp_step.py [--processes 5] [--runs 50] [--batch 100]
 
-    python bench/mlp_step.py [--repeat 300] [--json out.json]
+MLP 784-250-100-10, ReLU, softmax cross-entropy, float32: both sides compute
+the loss and every param gradient from the same weights and batch (checked
+equal before timing). Reports the medians, their ratio and peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-
-import numpy as np
 
 import vertexflow as vf
-from vertexflow.benchmarks.timing import interleaved
+from vertexflow.benchmarks.families import mlp_train
 
 
-def build(seed: int = 0, batch: int = 100):
-    g = vf.Graph("mlp")
-    x = g.input("x", shape=(None, 784))
-    y = g.input("y", shape=(None,), dtype="int64")
-    init = vf.init.glorot_normal(seed=seed)
-    sizes = [784, 250, 100, 10]
-    params = []
-    h = x
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:]), start=1):
-        w = g.param(f"w{i}", shape=(n_in, n_out), init=init)
-        b = g.param(f"b{i}", shape=(n_out,), init=vf.init.zeros())
-        params += [w, b]
-        h = h @ w + b
-        if i < len(sizes) - 1:
-            h = vf.relu(h, name=f"h{i}")
-    loss = vf.cross_entropy(h, y, name="loss")
-    rng = np.random.default_rng(seed)
-    feeds = {x: rng.random((batch, 784), dtype=np.float32), y: rng.integers(0, 10, batch)}
-    return g, params, loss, feeds
-
-
-def numpy_step(ws, bs, xb, yb):
-    """The same step written by hand, as a numpy user would."""
-    z1 = xb @ ws[0] + bs[0]
-    h1 = np.maximum(z1, 0)
-    z2 = h1 @ ws[1] + bs[1]
-    h2 = np.maximum(z2, 0)
-    logits = h2 @ ws[2] + bs[2]
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    s = e.sum(axis=1, keepdims=True)
-    n = xb.shape[0]
-    loss = np.mean(np.log(s[:, 0]) - shifted[np.arange(n), yb])
-    d = e / s
-    d[np.arange(n), yb] -= 1
-    d /= n
-    gw3, gb3 = h2.T @ d, d.sum(0)
-    d = (d @ ws[2].T) * (z2 > 0)
-    gw2, gb2 = h1.T @ d, d.sum(0)
-    d = (d @ ws[1].T) * (z1 > 0)
-    gw1, gb1 = xb.T @ d, d.sum(0)
-    return loss, [gw1, gb1, gw2, gb2, gw3, gb3]
-
-
-def main(argv=None) -> dict:
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=300)
-    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--processes", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--json")
     args = parser.parse_args(argv)
-
-    g, params, loss, feeds = build()
-    ex = vf.SequentialExecutor(g)
-    ws = [p.value for p in params[0::2]]
-    bs = [p.value for p in params[1::2]]
-    xb, yb = feeds[g["x"]], feeds[g["y"]]
-
-    value, grads = ex.backward(feeds, loss)
-    ref_loss, ref_grads = numpy_step(ws, bs, xb, yb)
-    np.testing.assert_allclose(value, ref_loss, rtol=1e-5)
-    for p, ref in zip(params, ref_grads):
-        np.testing.assert_allclose(grads[p], ref, rtol=1e-3, atol=1e-6)
-
-    times = interleaved({"numpy": lambda: numpy_step(ws, bs, xb, yb), "sequential": lambda: ex.backward(feeds, loss)},
-                        rounds=10, inner=max(1, args.repeat // 10))
-    t_numpy, t_seq = times["numpy"], times["sequential"]
-    result = {
-        "numpy_ms": statistics.median(t_numpy) * 1e3,
-        "sequential_ms": statistics.median(t_seq) * 1e3,
-    }
-    result["ratio"] = result["sequential_ms"] / result["numpy_ms"]
-    try:
-        from threadpoolctl import threadpool_info
-
-        result["blas"] = [(i.get("internal_api"), i.get("num_threads")) for i in threadpool_info()]
-    except ImportError:
-        pass
-    print(f"hand-written numpy : {result['numpy_ms']:.3f} ms/step (median of {len(t_numpy)})")
-    print(f"SequentialExecutor : {result['sequential_ms']:.3f} ms/step (median of {len(t_seq)})")
-    print(f"ratio              : {result['ratio']:.2f}x (target <= 1.2x)")
+    report = vf.benchmark(mlp_train(batch=args.batch), executors=("sequential",), processes=args.processes,
+                          runs=args.runs)
+    print(report)
+    seq, by_hand = report.result("sequential"), report.result("numpy")
+    print(f"\ntape / numpy by hand: {seq.median_s / by_hand.median_s:.2f}x (target <= 1.0x); "
+          f"peak memory {seq.peak_bytes / 2**20:.2f} MB vs {by_hand.peak_bytes / 2**20:.2f} MB")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+        report.save(args.json)
+    return report
 
 
 if __name__ == "__main__":

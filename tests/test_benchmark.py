@@ -30,7 +30,10 @@ def test_benchmark_reports_every_executor_with_honest_summaries(tmp_path):
     for r in report.results:
         low, high = r.speedup_ci95
         assert low <= r.speedup <= high
-        assert r.efficiency == pytest.approx(report.bound["ideal_s"] / r.median_s)
+        if r.exact:  # vertexflow's executors, against the bound of this graph's schedules
+            assert r.efficiency == pytest.approx(report.bound["ideal_s"] / r.median_s)
+        else:
+            assert r.efficiency is None
     text = str(report)
     assert "lower bound" in text and "vs sequential" in text and "actor-network" in text
     report.save(str(tmp_path / "r.json"))

@@ -22,6 +22,12 @@ def _family(family: str, params: dict, graph: vf.Graph, fetch: list, feeds: dict
                     recipe={"kind": "family", "family": family, "params": dict(params)}, **extra)
 
 
+def _sigmoid(h):
+    """How a numpy user writes it (overflow to inf in exp gives 0, as it should)."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-h))
+
+
 def _heavy_op(h, i):
     """A GIL-releasing elementwise op of a few milliseconds on big arrays."""
     return vf.tanh(h) if i % 2 == 0 else vf.sigmoid(h)
@@ -47,7 +53,7 @@ def wide(branches: int = 8, depth: int = 6, rows: int = 256, cols: int = 1024, s
         for b in range(branches):
             h = feeds[x] * (1.0 + 0.1 * b)
             for i in range(depth):
-                h = np.tanh(h) if (i + b) % 2 == 0 else np.exp(-np.logaddexp(0, -h))
+                h = np.tanh(h) if (i + b) % 2 == 0 else _sigmoid(h)
             total = h if total is None else total + h
         return total
 
@@ -62,7 +68,14 @@ def deep(length: int = 40, rows: int = 256, cols: int = 1024, seed: int = 0) -> 
     for i in range(length):
         h = _heavy_op(h, i)
     feeds = {x: np.random.default_rng(seed).normal(size=(rows, cols))}
-    return _family("deep", dict(length=length, rows=rows, cols=cols), g, [h], feeds)
+
+    def by_hand():
+        out = feeds[x]
+        for i in range(length):
+            out = np.tanh(out) if i % 2 == 0 else _sigmoid(out)
+        return out
+
+    return _family("deep", dict(length=length, rows=rows, cols=cols), g, [h], feeds, numpy=by_hand)
 
 
 def inception(blocks: int = 3, width: int = 4, rows: int = 256, cols: int = 512, seed: int = 0) -> Workload:
@@ -166,11 +179,36 @@ def mlp_train(batch: int = 100, seed: int = 0) -> Workload:
     g = vf.Graph("mlp_train")
     x = g.input("x", shape=(None, 784))
     y = g.input("y", shape=(None,), dtype="int64")
-    logits, _ = _mlp(g, x, [784, 250, 100, 10], "", seed)
+    logits, params = _mlp(g, x, [784, 250, 100, 10], "", seed)
     loss = vf.cross_entropy(logits, y, name="loss")
     rng = np.random.default_rng(seed)
     feeds = {x: rng.random((batch, 784), dtype=np.float32), y: rng.integers(0, 10, batch)}
-    return _family("mlp_train", dict(batch=batch), g, [loss], feeds, mode="backward", loss=loss)
+
+    def by_hand():
+        """The same step as a numpy user writes it: forward, loss, and every gradient."""
+        ws, bs = [p.value for p in params[0::2]], [p.value for p in params[1::2]]
+        xb, yb = feeds[x], feeds[y]
+        z1 = xb @ ws[0] + bs[0]
+        h1 = np.maximum(z1, 0)
+        z2 = h1 @ ws[1] + bs[1]
+        h2 = np.maximum(z2, 0)
+        out = h2 @ ws[2] + bs[2]
+        shifted = out - out.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        s = e.sum(axis=1, keepdims=True)
+        n = xb.shape[0]
+        value = np.mean(np.log(s[:, 0]) - shifted[np.arange(n), yb])
+        d = e / s
+        d[np.arange(n), yb] -= 1
+        d /= n
+        gw3, gb3 = h2.T @ d, d.sum(0)
+        d = (d @ ws[2].T) * (z2 > 0)
+        gw2, gb2 = h1.T @ d, d.sum(0)
+        d = (d @ ws[1].T) * (z1 > 0)
+        gw1, gb1 = xb.T @ d, d.sum(0)
+        return value, dict(zip(params, [gw1, gb1, gw2, gb2, gw3, gb3]))
+
+    return _family("mlp_train", dict(batch=batch), g, [loss], feeds, mode="backward", loss=loss, numpy=by_hand)
 
 
 def cnn_block(batch: int = 16, channels: int = 8, size: int = 28, seed: int = 0) -> Workload:

@@ -116,8 +116,9 @@ class Report:
             r.speedup = seq.median_s / r.median_s
             boot = seq_boot / _bootstrap(r._processes, rng)
             r.speedup_ci95 = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
-            r.efficiency = ideal / r.median_s
-            r.overhead_per_vertex_us = (r.median_s - ideal) / max(self.vertices, 1) * 1e6
+            if r.exact:  # the bound is over schedules of this graph's vertices: peers are other programs
+                r.efficiency = ideal / r.median_s
+                r.overhead_per_vertex_us = (r.median_s - ideal) / max(self.vertices, 1) * 1e6
         self.warnings = self._warnings()
         self.advice = self._advice()
 
@@ -191,8 +192,8 @@ class Report:
                 f"{_ms(r.q1_s)}-{_ms(r.q3_s)}",
                 f"{_ms(r.ci95_s[0])}-{_ms(r.ci95_s[1])}",
                 f"{r.speedup:.2f}x [{low:.2f}-{high:.2f}]",
-                f"{100 * r.efficiency:.0f}%",
-                f"{r.overhead_per_vertex_us:.1f} us",
+                "-" if r.efficiency is None else f"{100 * r.efficiency:.0f}%",
+                "-" if r.overhead_per_vertex_us is None else f"{r.overhead_per_vertex_us:.1f} us",
                 "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.1f}",
             ])
         return out
@@ -406,7 +407,8 @@ def _series(ax, reports: list[Report], x_key: str, y_key: str) -> None:
     by_executor: dict[str, list[tuple[float, float]]] = {}
     for report in reports:
         for r in report.results:
-            by_executor.setdefault(r.executor, []).append((report.params.get(x_key, 0), getattr(r, y_key)))
+            if getattr(r, y_key) is not None:
+                by_executor.setdefault(r.executor, []).append((report.params.get(x_key, 0), getattr(r, y_key)))
     for name, points in sorted(by_executor.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
