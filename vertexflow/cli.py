@@ -223,6 +223,10 @@ def _bench(args, argv) -> int:
     from .benchmarks.report import run_suite, suite_plan, write_all
     from .progress import progress
 
+    if args.pyperf and not _importable("pyperf"):
+        raise UsageError("vertexflow bench: --pyperf needs pyperf (pip install pyperf, or the bench extra)")
+    if args.plot and not _importable("matplotlib"):
+        raise UsageError("vertexflow bench: --plot needs matplotlib (pip install matplotlib, or the bench extra)")
     executors = args.executor or ["sequential", "actor"]
     for name in executors:
         if not known(name):
@@ -254,6 +258,12 @@ def _bench(args, argv) -> int:
     print(report)
     write_all(report, args.json, args.markdown, args.plot, args.pyperf)
     return 0
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _check_target(target: str, inputs) -> None:
