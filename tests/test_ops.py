@@ -414,6 +414,7 @@ def test_second_derivative_matches_torch(case, rng):
 
 def _op_samples():
     """An instance and input specs for every op class vertexflow defines (keyed by class name)."""
+    from vertexflow.fusion import FusedOp, Group
     from vertexflow.nn.layers import DropoutMask, Mode
     from vertexflow.onnx.importer import TruncDivide
     from vertexflow.ops import elementwise as ew
@@ -468,12 +469,21 @@ def _op_samples():
         nn.AvgPool2d: (nn.AvgPool2d(2), [img]),
         nn.AvgPool2dGrad: (nn.AvgPool2dGrad(2), [pooled, img]),
         DropoutMask: (DropoutMask(0.5, 0, Mode()), [S((3, 4), f)]),
+        FusedOp: (_fused_sample(FusedOp, Group), [S((3, 4), f), S((3, 4), f)]),
     })
     return {cls.__qualname__: sample for cls, sample in samples.items()}
 
 
+def _fused_sample(FusedOp, Group):
+    g = vf.Graph()
+    a, b = g.input("a", shape=(3, 4), dtype="float64"), g.input("b", shape=(3, 4), dtype="float64")
+    out = vf.relu(a + b)
+    return FusedOp(Group(out, (out.inputs[0], out), (a, b)), {n.id: n.spec for n in g})
+
+
 def test_every_op_estimates_its_cost_from_its_own_inputs():
-    import vertexflow.onnx.importer  # noqa: F401 - its ops are in the registry too
+    import vertexflow.fusion  # noqa: F401 - its ops are in the registry too
+    import vertexflow.onnx.importer  # noqa: F401
 
     samples = _op_samples()
     registry = {cls.__qualname__ for cls in vf.ops.builtin_ops()}

@@ -37,6 +37,7 @@ from .autodiff.reverse import check_rule_results, sum_edges
 from .errors import ExecutionTimeout, FeedError, GraphError, ShapeError, VertexError, VertexflowError
 from .graph import Node, Spec, format_shape
 from .memory import BufferPool
+from .ops.base import Op
 
 FORWARD, BACKWARD = "forward", "backward"
 
@@ -131,7 +132,7 @@ class VertexRunner:
             return time.perf_counter(), fn(*args, out=out)
 
     def forward(self, node: Node, args: Sequence[Any], spec: Spec | None = None, tracer=None, step: int = 0,
-                lane: str | None = None, ready: float | None = None):
+                lane: str | None = None, ready: float | None = None, op: Op | None = None):
         """The value of `node` computed from `args`, or a Failure; never raises for the vertex's own error.
 
         Args:
@@ -139,11 +140,12 @@ class VertexRunner:
                 executor's pool (the op must write into a given array: `op.writes_out`).
             tracer, step, lane: where the span goes, when tracing (lane None: this thread's).
             ready: when the vertex had all its inputs (default: now).
+            op: what to run instead of the vertex's own op (a fused group ending at it).
         """
         for a in args:
             if type(a) is Failure:
                 return a
-        op = node.op
+        op = op or node.op
         if tracer is None and (not op.blas or self.blas_lock is None):
             # The common case, kept short: no span to record, no lock to take.
             try:

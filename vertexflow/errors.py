@@ -56,6 +56,10 @@ class AsyncContextError(VertexflowError, RuntimeError):
     """A blocking call made inside an event loop, or a coroutine awaited outside one."""
 
 
+class MissingExtraError(VertexflowError, ImportError):
+    """An optional extra that a feature needs is not installed (the message says which, and how to get it)."""
+
+
 class ExecutorClosed(VertexflowError, RuntimeError):
     """The executor was closed (or its host went away) while a call was waiting on it."""
 

@@ -64,13 +64,16 @@ class Executor(abc.ABC):
         check_numerics: raise VertexError as soon as a vertex produces a NaN.
         buffers: write outputs into reused buffers (on the CPU); False allocates every
             output afresh (the values are the same, bit for bit).
+        fuse: run groups of elementwise vertices as one compiled pass where that measures
+            faster (needs numba; values equal the unfused graph's to rounding, and every
+            executor with fuse=True gives the same bits). See vertexflow/fusion.py.
     """
 
     # Outputs of at least this many bytes go into reused buffers.
     buffer_min_bytes = BUFFER_MIN_BYTES
 
     def __init__(self, graph: Graph, *, device: str = "cpu", tracer=None, check_numerics: bool = False,
-                 buffers: bool = True):
+                 buffers: bool = True, fuse: bool = False):
         if not isinstance(graph, Graph):
             raise GraphError(f"an executor runs a vf.Graph, got {type(graph).__name__}")
         self.graph = graph
@@ -78,6 +81,12 @@ class Executor(abc.ABC):
         self.xp = self.backend.xp
         self.tracer = tracer
         self.check_numerics = bool(check_numerics)
+        if fuse:
+            from . import fusion
+
+            fusion.require()
+        self.fuse = bool(fuse)
+        self._fusion_cache: dict[tuple, Any] = {}
         # Reused output buffers on the CPU; on a GPU cupy's own pool orders reuse by stream.
         self.buffers = BufferPool(self.xp) if buffers and self.xp is np else None
         self.runner = VertexRunner(self.xp, check_numerics=self.check_numerics, buffers=self.buffers)
@@ -357,6 +366,7 @@ class Tape:
     slot_of: dict[int, int]
     order: tuple[Node, ...]  # every vertex, sources first: what concrete specs are inferred over
     inputs: tuple[Node, ...]  # the inputs it needs fed
+    kept: frozenset[int] = frozenset()  # ids of the values never let go (fetched, or for the reverse sweep)
 
     def listing(self) -> str:
         lines = []
@@ -392,7 +402,27 @@ def compile_tape(targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
         for i, node in enumerate(ops)
     )
     return Tape(loads, instructions, tuple(slot_of[t.id] for t in targets), slot_of,
-                tuple(n for _, n in loads) + tuple(ops), tuple(n for _, n in loads if n.kind == "input"))
+                tuple(n for _, n in loads) + tuple(ops), tuple(n for _, n in loads if n.kind == "input"),
+                frozenset(t.id for t in targets) | frozenset(k for k in keep if k in slot_of))
+
+
+def fused_instructions(tape: Tape, plan) -> tuple[tuple[Instruction, ...], dict]:
+    """The tape's instructions with each fused group as one (reading the group's outer inputs).
+
+    Returns:
+        (instructions, {root id: FusedOp}); slots are let go after their new last readers.
+    """
+    kept = [ins for ins in tape.instructions if ins.node.id not in plan.skipped]
+    reads = []
+    for ins in kept:
+        op = plan.ops.get(ins.node.id)
+        reads.append([tape.slot_of[i.id] for i in op.group.inputs] if op is not None else list(ins.args))
+    pinned = set(tape.fetch_slots) | {tape.slot_of[k] for k in tape.kept}
+    frees = last_reads(reads, pinned)
+    return tuple(
+        Instruction(index=ins.index, node=ins.node, args=tuple(r), out=ins.out, free=f)
+        for ins, r, f in zip(kept, reads, frees)
+    ), plan.ops
 
 
 class SequentialExecutor(Executor):
@@ -473,6 +503,9 @@ class SequentialExecutor(Executor):
         """Run the tape; (slots, the source arrays it loaded)."""
         checked = self._feeds(feeds, tape.inputs)
         specs, pooled = self._specs(id(tape), tape.order, checked)
+        instructions, fused = tape.instructions, {}
+        if self.fuse:
+            instructions, fused = self._fused(tape, specs)
         slots: list = [None] * len(tape.slot_of)
         for slot, node in tape.loads:
             slots[slot] = checked[node.id] if node.kind == "input" else self._device_value(node)
@@ -482,11 +515,13 @@ class SequentialExecutor(Executor):
         def run_instructions():
             forward = self.runner.forward
             get = pooled.get
+            fused_op = fused.get
             with np.errstate(all="ignore"):
-                for ins in tape.instructions:
+                for ins in instructions:
                     progress[0] = ins.index
                     node = ins.node
-                    out = forward(node, [slots[a] for a in ins.args], get(node.id), tracer, step)
+                    out = forward(node, [slots[a] for a in ins.args], get(node.id), tracer, step, None, None,
+                                  fused_op(node.id))
                     if type(out) is Failure:
                         raise out.error
                     slots[ins.out] = out
@@ -497,6 +532,16 @@ class SequentialExecutor(Executor):
             return slots, sources
 
         return self._watch(run_instructions, timeout, tape, progress)
+
+    def _fused(self, tape: Tape, specs: dict):
+        """The fused form of a tape for these specs (groups measured once per process, then cached)."""
+        from .fusion import plan_fusion
+
+        key = (id(tape), id(specs))
+        found = self._fusion_cache.get(key)
+        if found is None:
+            found = self._fusion_cache[key] = fused_instructions(tape, plan_fusion(tape.order, specs, tape.kept))
+        return found
 
     def close(self) -> None:
         self._watched.close()

@@ -171,7 +171,7 @@ class ActorExecutor(Executor):
         self.calibration = calibration
         self._pool = WorkerPool(threads) if threads else None
         self._tape = SequentialExecutor(graph, device=self.backend.name, check_numerics=self.check_numerics,
-                                        buffers=self.buffers is not None)
+                                        buffers=self.buffers is not None, fuse=self.fuse)
         self._tape.buffers = self.buffers  # one pool of buffers for both ways of running
         self._tape.runner = self.runner
         self._hosts: list[Host] = []  # the live host, if any (a list, so the finalizer can see it)
@@ -224,8 +224,26 @@ class ActorExecutor(Executor):
             sources = self._sources[key] = [n for n in ancestors(targets) if n.kind in SOURCE_KINDS]
         return sources
 
-    def _network_plan(self, fetch, reverse, shapes: dict, stream: bool, costs: dict | None = None) -> NetworkPlan:
-        return plan_for(fetch, reverse, shapes, self.heavy_flops, self.threads, self.depth, stream, costs=costs)
+    def _network_plan(self, fetch, reverse, shapes: dict, stream: bool, costs: dict | None = None,
+                      fusion=None) -> NetworkPlan:
+        return plan_for(fetch, reverse, shapes, self.heavy_flops, self.threads, self.depth, stream, costs=costs,
+                        fusion=fusion)
+
+    def _fusion(self, fetch, reverse, specs: dict):
+        """The fused groups for these specs, as the tape finds them (the same groups, the same kernels)."""
+        if not self.fuse:
+            return None
+        from ..fusion import plan_fusion
+
+        key = (tuple(n.id for n in fetch), id(reverse), id(specs))
+        found = self._fusion_cache.get(key)
+        if found is None:
+            kept = {n.id for n in fetch}
+            if reverse is not None:
+                kept |= {n.id for n in reverse.order} | {i.id for n in reverse.order for i in n.inputs}
+                kept.add(reverse.output.id)
+            found = self._fusion_cache[key] = plan_fusion(self._order(fetch, reverse), specs, kept)
+        return found
 
     def _order(self, fetch: Sequence[Node], reverse: ReversePlan | None) -> list[Node]:
         """Every vertex a step needs, in topological order (for the fed shapes' check)."""
@@ -254,9 +272,9 @@ class ActorExecutor(Executor):
             choice.decide(TAPE, "measured: no two expensive vertices can run at once; a network would only "
                                 "add hand-offs")
 
-    def _network_factory(self, fetch, reverse, shapes: dict, stream: bool, costs: dict | None):
+    def _network_factory(self, fetch, reverse, shapes: dict, stream: bool, costs: dict | None, fusion=None):
         def build() -> Network:
-            plan = self._network_plan(fetch, reverse, shapes, stream, costs)
+            plan = self._network_plan(fetch, reverse, shapes, stream, costs, fusion)
             streams = self._stream_runtime(plan) if self.backend.name in ("cuda", "emulated-cuda") else None
             share = self.blas == "share" and self._pool is not None
             blas_lock = self._pool.blas_lock if self._pool is not None and not share else None
@@ -293,13 +311,16 @@ class ActorExecutor(Executor):
         """Check the feeds, then hand one step to the host; (host, request, checked feeds)."""
         sources = self._needed_sources(fetch, reverse)
         checked = self._feeds(feeds, sources)
-        _, pooled = self._specs(("actor", *(n.id for n in fetch), id(reverse)), self._order(fetch, reverse), checked)
+        specs, pooled = self._specs(("actor", *(n.id for n in fetch), id(reverse)), self._order(fetch, reverse),
+                                    checked)
+        fusion = self._fusion(fetch, reverse, specs)
         values = self._source_values(sources, checked, copy=stream)
         self.backend.uploaded()
-        key = (tuple(n.id for n in fetch), None if reverse is None else id(reverse), stream)
+        key = (tuple(n.id for n in fetch), None if reverse is None else id(reverse), stream,
+               None if fusion is None else frozenset(fusion.ops))
         shapes = {k: tuple(v.shape) for k, v in checked.items()}
         costs = choice.costs if choice is not None and choice.costs else None
-        build = self._network_factory(fetch, reverse, shapes, stream, costs)
+        build = self._network_factory(fetch, reverse, shapes, stream, costs, fusion)
         request = Request(key, build, values, tracer, self._next_step() if tracer is not None else 0, pooled)
         host = self._host()
         host.submit(request)

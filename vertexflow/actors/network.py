@@ -239,7 +239,8 @@ class Network:
                 for member in members:
                     if member.id <= vertex.id or member.kind != "op":
                         continue
-                    pos, inp = next(((p, i) for p, i in enumerate(member.inputs) if i.id in pending), (None, None))
+                    pos, inp = next(((p, i) for p, i in enumerate(plan.inputs_of(member)) if i.id in pending),
+                                    (None, None))
                     out[member.name] = (
                         f"input {pos} ({inp.name!r}), from its own actor (step {at_step})" if inp is not None
                         else f"its turn after {vertex.name!r} in its actor (step {at_step})"
@@ -254,7 +255,7 @@ class Network:
                 consumer = plan.reverse.senders[status.detail][0]
                 out[vertex.name] = f"the gradient from {consumer.name!r} (step {at_step})"
             else:
-                inp = vertex.inputs[status.detail]
+                inp = plan.inputs_of(vertex)[status.detail]
                 source = "the step's feeds" if inp.kind in SOURCE_KINDS else (
                     f"actor {plan.actors[plan.actor_of[inp.id]].name}")
                 out[vertex.name] = f"input {status.detail} ({inp.name!r}) from {source} (step {at_step})"

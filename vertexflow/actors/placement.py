@@ -39,7 +39,7 @@ def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, 
         if status is not None:
             status.vertex = member
         values[member.id] = runner.forward(member, [values[k] for k in entry.inputs], spec_of(member.id), tracer,
-                                           step, lane, ready)
+                                           step, lane, ready, entry.op)
         if tracer is not None:
             ready = time.perf_counter()  # the next member had its inputs once this one was done
         for key in entry.free:
@@ -106,8 +106,8 @@ class OnStreams:
             args = [values[k] for k in entry.inputs]
             box: dict[str, Any] = {}
 
-            def kernels(member=member, args=args, box=box):
-                box["out"] = self.runner.forward(member, args)
+            def kernels(member=member, args=args, box=box, op=entry.op):
+                box["out"] = self.runner.forward(member, args, op=op)
 
             tag = Launch(member, step, tuple(tuple(getattr(a, "shape", ())) for a in args))
             try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..autodiff.reverse import ReversePlan
 from ..graph import Node, Spec, ancestors
@@ -78,6 +79,17 @@ class NetworkPlan:
     actors: list[ActorPlan]
     actor_of: dict[int, int]  # vertex id -> actor index (sources: the actor that owns them)
     heavy_flops: float
+    fusion: Any = None  # a fusion.FusionPlan: groups run as one, their inner vertices not at all
+
+    def inputs_of(self, node: Node) -> tuple[Node, ...]:
+        """What a vertex reads here: a fused group's root reads the group's outer inputs."""
+        fused = self.fusion.ops.get(node.id) if self.fusion is not None else None
+        return fused.group.inputs if fused is not None else node.inputs
+
+    def op_of(self, node: Node):
+        """What runs for a vertex: its op, or the fused op of the group it ends."""
+        fused = self.fusion.ops.get(node.id) if self.fusion is not None else None
+        return fused if fused is not None else node.op
 
     @functools.cached_property
     def heavy_width(self) -> int:
@@ -89,7 +101,7 @@ class NetworkPlan:
         depth: dict[int, int] = {}
         per_level: dict[int, int] = {}
         for member, heavy in members:
-            d = max((depth.get(i.id, 0) for i in member.inputs), default=0)
+            d = max((depth.get(i.id, 0) for i in self.inputs_of(member)), default=0)
             if heavy:
                 d += 1
                 per_level[d] = per_level.get(d, 0) + 1
@@ -133,6 +145,7 @@ def plan_network(
     heavy_flops: float,
     pipeline: bool = False,
     costs: Mapping[int, float] | None = None,
+    fusion=None,
 ) -> NetworkPlan:
     """Partition the vertices that `fetch` (and the reverse plan) need into actors.
 
@@ -142,10 +155,16 @@ def plan_network(
             expensive vertices stay separate stages rather than fusing in chains.
         costs: measured seconds per vertex id (forward and backward), used instead
             of the ops' own estimates where given.
+        fusion: a fusion.FusionPlan; its groups' inner vertices are left out, and each
+            root reads its group's outer inputs.
     """
     targets = list(fetch) + ([reverse.output] if reverse is not None else [])
     order = ancestors(targets)
     specs = concrete_specs(order, source_shapes)
+    shell = NetworkPlan(list(fetch), reverse, [], {}, heavy_flops, fusion)
+    inputs_of = shell.inputs_of
+    if fusion is not None:
+        order = [n for n in order if n.id not in fusion.skipped]
     actors: list[ActorPlan] = []
     actor_of: dict[int, int] = {}
     # Bit sets of vertex ids: what each vertex depends on, and what each actor waits for from outside.
@@ -164,7 +183,7 @@ def plan_network(
     consumers: dict[int, list[Node]] = {}
     for node in order:
         mask = 0
-        for inp in node.inputs:
+        for inp in inputs_of(node):
             mask |= depends[inp.id] | (1 << inp.id)
             consumers.setdefault(inp.id, []).append(node)
         depends[node.id] = mask
@@ -173,15 +192,16 @@ def plan_network(
         if costs is not None and node.id in costs:
             heavy = costs[node.id] * 1e9 >= heavy_flops
         else:
-            heavy = node.op.cost(*(specs[i.id] for i in node.inputs)) >= heavy_flops
-        index = _fusable_actor(node, actor_of, waits, expensive, depends[node.id], heavy and pipeline)
+            heavy = shell.op_of(node).cost(*(specs[i.id] for i in inputs_of(node))) >= heavy_flops
+        index = _fusable_actor(node, inputs_of(node), actor_of, waits, expensive, depends[node.id],
+                               heavy and pipeline)
         actor = new_actor() if index is None else actors[index]
         actor.members.append(node)
         actor_of[node.id] = actor.index
         if heavy:
             actor.heavy_ids.add(node.id)
             expensive[actor.index] |= 1 << node.id
-        for inp in node.inputs:
+        for inp in inputs_of(node):
             if inp.kind not in SOURCE_KINDS and actor_of[inp.id] != actor.index:
                 waits[actor.index] |= 1 << inp.id
 
@@ -202,7 +222,7 @@ def plan_network(
             if member.kind in SOURCE_KINDS:
                 sources[member.id] = member
                 continue
-            for inp in member.inputs:
+            for inp in inputs_of(member):
                 if inp.kind in SOURCE_KINDS:
                     sources[inp.id] = inp
                 elif actor_of[inp.id] != actor.index:
@@ -227,26 +247,27 @@ def plan_network(
             if src != dst:
                 actors[src].grad_to[edge] = dst
                 actors[dst].grad_from[edge] = src
-    return NetworkPlan(list(fetch), reverse, actors, actor_of, heavy_flops)
+    return NetworkPlan(list(fetch), reverse, actors, actor_of, heavy_flops, fusion)
 
 
 def plan_for(fetch: Sequence[Node], reverse: ReversePlan | None, source_shapes: Mapping[int, tuple],
              heavy_flops: float, threads: int, depth: int, stream: bool,
-             costs: Mapping[int, float] | None = None) -> NetworkPlan:
+             costs: Mapping[int, float] | None = None, fusion=None) -> NetworkPlan:
     """The plan a network runs: stages of a pipeline for a stream with too few parallel branches.
 
     A stream (several steps in flight) whose expensive vertices cannot keep the
     workers busy side by side gains from overlapping steps along its chains
     instead, so each expensive vertex becomes a stage of its own.
     """
-    plan = plan_network(fetch, reverse, source_shapes, heavy_flops, costs=costs)
+    plan = plan_network(fetch, reverse, source_shapes, heavy_flops, costs=costs, fusion=fusion)
     if stream and depth > 1 and plan.heavy_width < threads:
-        plan = plan_network(fetch, reverse, source_shapes, heavy_flops, pipeline=True, costs=costs)
+        plan = plan_network(fetch, reverse, source_shapes, heavy_flops, pipeline=True, costs=costs, fusion=fusion)
     return plan
 
 
 def _fusable_actor(
-    node: Node, actor_of: dict[int, int], waits: list[int], expensive: list[int], depends: int, stage: bool
+    node: Node, inputs: Sequence[Node], actor_of: dict[int, int], waits: list[int], expensive: list[int],
+    depends: int, stage: bool
 ) -> int | None:
     """The index of an actor that `node` can join without being held up by anything it does not depend on.
 
@@ -257,7 +278,7 @@ def _fusable_actor(
     expensive vertex in a pipelined network) it joins no actor that already
     holds expensive work, so steps can overlap along the chain.
     """
-    preferred = [actor_of[i.id] for i in node.inputs if i.kind not in SOURCE_KINDS]
+    preferred = [actor_of[i.id] for i in inputs if i.kind not in SOURCE_KINDS]
     for index in dict.fromkeys(preferred + list(range(len(waits)))):
         if stage and expensive[index]:
             continue  # a pipeline keeps each expensive vertex a stage of its own

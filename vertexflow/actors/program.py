@@ -13,6 +13,7 @@ reverse sweep needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..core import last_reads
 from ..graph import Node
@@ -41,6 +42,7 @@ class Entry:
         readers: indices of the actors its value is sent to.
         fetched: its value is one of the step's fetches.
         free: ids of the values to let go once it has run.
+        op: what runs for it when that is not its own op (the fused op of a group it ends).
     """
 
     member: Node
@@ -49,6 +51,7 @@ class Entry:
     readers: tuple[int, ...]
     fetched: bool
     free: tuple[int, ...]
+    op: Any = None
 
 
 @dataclass(frozen=True)
@@ -97,17 +100,20 @@ def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> Actor
             takes.append(Take(member.id, member, FEED))
             have.add(member.id)
             if readers or fetched:
-                entries.append((member, True, (), readers, fetched))
+                entries.append((member, True, (), readers, fetched, None))
                 close()
             continue
-        missing = [(i.id, pos) for pos, i in enumerate(member.inputs) if i.id not in have]
+        inputs = plan.inputs_of(member)
+        missing = [(i.id, pos) for pos, i in enumerate(inputs) if i.id not in have]
         if missing and entries:
             close()
         for key, pos in missing:
             if key not in have:
                 takes.append(Take(key, member, pos))
                 have.add(key)
-        entries.append((member, False, tuple(i.id for i in member.inputs), readers, fetched))
+        op = plan.op_of(member)
+        entries.append((member, False, tuple(i.id for i in inputs), readers, fetched, op if op is not member.op
+                        else None))
         on_worker = on_worker or member.id in heavy_ids
         have.add(member.id)
         if readers or fetched:
@@ -122,7 +128,7 @@ def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> Actor
     order = [entry for _, piece, _ in pieces for entry in piece]
     frees = iter(last_reads([entry[2] for entry in order], keep))
     segments = tuple(
-        Segment(tuple(t), tuple(Entry(*entry, next(frees)) for entry in piece), worker)
+        Segment(tuple(t), tuple(Entry(*entry[:5], next(frees), entry[5]) for entry in piece), worker)
         for t, piece, worker in pieces
     )
     return ActorProgram(actor, segments)
