@@ -140,7 +140,13 @@ def _parser() -> argparse.ArgumentParser:
 
     trace = commands.add_parser("trace", help="trace an example or a script into the HTML viewer and Chrome JSON",
                                 formatter_class=fmt)
-    trace.add_argument("target", help=f"a built-in example ({', '.join(sorted(FAMILIES))}) or a Python script")
+    trace.add_argument("target", nargs="?", default=None,
+                       help=f"a built-in example ({', '.join(sorted(FAMILIES))}) or a Python script")
+    trace.add_argument("--open", type=_input_file, default=None, metavar="TRACE.json",
+                       help="make the viewer of a Chrome JSON trace saved before (instead of running anything)")
+    trace.add_argument("--compare", action="store_true",
+                       help="compare the sequential run with the concurrent one (an example runs both; a script "
+                            "must run both executors)")
     trace.add_argument("--out", type=_output_file, default="trace.html", help="HTML output; the JSON goes beside it")
     trace.add_argument("--executor", choices=["actor", "sequential"], default="actor", help="for an example")
     trace.add_argument("--threads", type=_count, default=None, help="worker threads (default: the cores)")
@@ -350,25 +356,53 @@ def _trace(args) -> int:
 
     html = args.out
     json_path = os.path.splitext(html)[0] + ".json"
+    if args.open is not None:
+        if args.target is not None or args.compare:
+            raise UsageError("vertexflow trace: --open takes a saved trace; give no target or --compare with it")
+        try:
+            tracer = vf.Tracer.load(args.open)
+        except (ValueError, KeyError, json_errors()) as exc:
+            raise UsageError(f"vertexflow trace: {args.open}: not a trace vertexflow wrote ({exc})") from None
+        tracer.save_html(html, title=os.path.basename(args.open))
+        print(f"{len(tracer.spans)} spans on {len(tracer.lanes())} lanes")
+        print(f"trace viewer: {os.path.abspath(html)}")
+        return 0
+    if args.target is None:
+        raise UsageError("vertexflow trace: give an example or a script to trace (or --open a saved trace)")
     if args.target not in FAMILIES and not os.path.isfile(args.target):
         raise UsageError(f"vertexflow trace: {args.target!r} is neither a built-in example "
                          f"({', '.join(sorted(FAMILIES))}) nor a script")
+    comparison = None
     with vf.trace() as tracer:
         if args.target in FAMILIES:
             workload = FAMILIES[args.target]()
-            run = runner(Config(args.executor, True), workload, args.threads or cores())
-            try:
-                for _ in range(args.steps):
-                    run.unit()
-            finally:
-                run.close()
+            kinds = ["sequential", "actor-network"] if args.compare else [args.executor]
+            tracers = []
+            for kind in kinds:
+                run = runner(Config(kind, True), workload, args.threads or cores())
+                try:
+                    run.unit()  # warm-up, untraced: networks are wired and buffers made here
+                    with vf.trace() as own:
+                        for _ in range(args.steps):
+                            run.unit()
+                    tracers.append(own)
+                finally:
+                    run.close()
+            if args.compare:
+                comparison = tracers[0].compare(tracers[1])
             title = f"{workload.name} on {type(run.executor).__name__}"
         else:
             runpy.run_path(args.target, run_name="__main__")
             title = os.path.basename(args.target)
     if not tracer.spans:
         raise UsageError("vertexflow trace: nothing was traced: the script ran no executor")
-    tracer.save_html(html, title=title)
+    if args.compare and comparison is None:
+        comparison = _compare_tracks(tracer)
+    if comparison is not None:
+        comparison.save_html(html, title=f"{title}: sequential against concurrent")
+        print(comparison)
+    else:
+        tracer.save_html(html, title=title)
     tracer.save(json_path)
     print(f"{len(tracer.spans)} spans on {len(tracer.lanes())} lanes")
     print(f"trace viewer: {os.path.abspath(html)}")
@@ -378,10 +412,31 @@ def _trace(args) -> int:
         with open(dot_path, "w") as f:
             f.write(_coloured_dot(tracer))
         print(f"graph: {os.path.abspath(dot_path)}  (dot -Tsvg {os.path.basename(dot_path)} > graph.svg)")
-    summary = tracer.summary()
-    print(f"wall {summary.wall * 1e3:.1f} ms, work {summary.total_work * 1e3:.1f} ms, "
-          f"parallelism {summary.parallelism:.2f}, critical path {summary.critical_path * 1e3:.1f} ms")
+    for track in tracer.track_ids():
+        summary = tracer.summary(track=track)
+        print(f"{tracer.track_label(track)}: wall {summary.wall * 1e3:.1f} ms, work {summary.total_work * 1e3:.1f} ms, "
+              f"parallelism {summary.parallelism:.2f}, critical path {summary.critical_path * 1e3:.1f} ms, "
+              f"efficiency {summary.efficiency:.0%}")
     return 0
+
+
+def json_errors():
+    import json
+
+    return json.JSONDecodeError
+
+
+def _compare_tracks(tracer):
+    """The comparison of a script's sequential executor with its concurrent one (one track each)."""
+    from .trace.compare import compare
+
+    labels = {t: tracer.track_label(t) for t in tracer.track_ids()}
+    sequential = [t for t, label in labels.items() if label.startswith("SequentialExecutor")]
+    concurrent = [t for t, label in labels.items() if not label.startswith("SequentialExecutor") and t]
+    if not sequential or not concurrent:
+        raise UsageError("vertexflow trace --compare: the script must run a SequentialExecutor and a concurrent "
+                         f"executor on its graph; it ran: {', '.join(labels.values())}")
+    return compare(tracer, tracer, sequential[0], concurrent[0])
 
 
 def _coloured_dot(tracer) -> str:

@@ -8,10 +8,12 @@ dask's `get_sync` is its `get_async` handed a synchronous executor:
     grads = runner.derivative(node, needs, g, xs, y, ...) # a gradient per input, or a Failure
 
 `VertexRunner.forward` passes a failed input on as the vertex's own failure,
-takes the BLAS lock for a BLAS-calling op when the executor gives one, calls
-the op, wraps an exception as `VertexError` (the original chained; a
-`KeyboardInterrupt` or other BaseException is kept as itself), checks for
-NaNs when numerics checking is on, and records a span when a tracer listens.
+takes a reused output buffer where the plan gives one, takes the BLAS lock
+for a BLAS-calling op when the executor gives one, calls the op, wraps an
+exception as `VertexError` (the original chained; a `KeyboardInterrupt` or
+other BaseException is kept as itself), checks for NaNs when numerics
+checking is on, and records an honest span when a tracer listens: a wait for
+the lock is an event of its own, never part of the vertex's work.
 `derivative` does the same for the op's derivative rule and checks that the
 rule returned one gradient of the right shape per input that needs one.
 
@@ -119,26 +121,40 @@ class VertexRunner:
         """The same runner, holding `lock` around BLAS calls."""
         return VertexRunner(self.xp, check_numerics=self.check_numerics, blas_lock=lock, buffers=self.buffers)
 
-    def _call(self, op, fn, args: tuple, out=None):
-        """(start time, fn(*args[, out=out])), under the BLAS lock when the op calls BLAS and a lock is set."""
+    def _traced(self, node: Node, op: Op, fn, args: tuple, out, trace, lane: str, ready: float, phase: str,
+                shown) -> Any:
+        """fn(*args) with an honest span: any BLAS-lock wait recorded apart, then the work, with CPU time."""
         lock = self.blas_lock if op.blas else None
-        if lock is None:
-            if out is None:
-                return time.perf_counter(), fn(*args)
-            return time.perf_counter(), fn(*args, out=out)
-        with lock:
-            if out is None:
-                return time.perf_counter(), fn(*args)
-            return time.perf_counter(), fn(*args, out=out)
+        if lock is not None:
+            asked = time.perf_counter()
+            lock.acquire()
+            acquired = time.perf_counter()
+            if acquired - asked > 2e-6:
+                trace.wait("BLAS lock", node.name, lane, asked, acquired)
+        else:
+            acquired = time.perf_counter()
+        try:
+            cpu = time.thread_time()
+            start = time.perf_counter()
+            result = fn(*args) if out is None else fn(*args, out=out)
+            end = time.perf_counter()
+            cpu = time.thread_time() - cpu
+        finally:
+            if lock is not None:
+                lock.release()
+        trace.record(node, phase, lane, min(ready, acquired), acquired, start, end, cpu, shown,
+                     op if op is not node.op else None, getattr(result, "shape", None) if phase == FORWARD else None)
+        return result
 
-    def forward(self, node: Node, args: Sequence[Any], spec: Spec | None = None, tracer=None, step: int = 0,
+    def forward(self, node: Node, args: Sequence[Any], spec: Spec | None = None, trace=None,
                 lane: str | None = None, ready: float | None = None, op: Op | None = None):
         """The value of `node` computed from `args`, or a Failure; never raises for the vertex's own error.
 
         Args:
             spec: the concrete Spec of an output to put in a reused buffer from the
                 executor's pool (the op must write into a given array: `op.writes_out`).
-            tracer, step, lane: where the span goes, when tracing (lane None: this thread's).
+            trace: a `trace.StepTrace` to record the span in, or None.
+            lane: the span's lane (None: this thread's).
             ready: when the vertex had all its inputs (default: now).
             op: what to run instead of the vertex's own op (a fused group ending at it).
         """
@@ -146,35 +162,26 @@ class VertexRunner:
             if type(a) is Failure:
                 return a
         op = op or node.op
-        if tracer is None and (not op.blas or self.blas_lock is None):
-            # The common case, kept short: no span to record, no lock to take.
-            try:
-                if spec is None or self.buffers is None:
-                    out = op.forward(self.xp, *args)
-                else:
-                    out = op.forward(self.xp, *args, out=self.buffers.take(spec.shape, spec.dtype))
-            except BaseException as exc:  # noqa: BLE001 - every failure of a vertex is the vertex's
-                return _failed(node, args, exc, FORWARD)
-            if self.check_numerics and _has_nan(self.xp, out):
-                return Failure(nan_error(node, args, FORWARD))
-            return out
-        if tracer is not None and ready is None:
-            ready = time.perf_counter()
-        buffer = None
-        if spec is not None and self.buffers is not None:
-            buffer = self.buffers.take(spec.shape, spec.dtype)
+        buffer = None if spec is None or self.buffers is None else self.buffers.take(spec.shape, spec.dtype)
         try:
-            start, out = self._call(op, op.forward, (self.xp, *args), buffer)
-        except BaseException as exc:  # noqa: BLE001
+            if trace is None:
+                lock = self.blas_lock if op.blas else None
+                if lock is None:
+                    out = op.forward(self.xp, *args) if buffer is None else op.forward(self.xp, *args, out=buffer)
+                else:
+                    with lock:
+                        out = op.forward(self.xp, *args) if buffer is None else op.forward(self.xp, *args, out=buffer)
+            else:
+                out = self._traced(node, op, op.forward, (self.xp, *args), buffer, trace, lane or thread_lane(),
+                                   time.perf_counter() if ready is None else ready, FORWARD, args)
+        except BaseException as exc:  # noqa: BLE001 - every failure of a vertex is the vertex's
             return _failed(node, args, exc, FORWARD)
-        if tracer is not None:
-            tracer.record(node, FORWARD, step, lane or thread_lane(), ready, start, time.perf_counter(), args)
         if self.check_numerics and _has_nan(self.xp, out):
             return Failure(nan_error(node, args, FORWARD))
         return out
 
-    def derivative(self, node: Node, needs: tuple[bool, ...], g, xs: Sequence[Any], y, tracer=None,
-                   step: int = 0, lane: str | None = None, ready: float | None = None):
+    def derivative(self, node: Node, needs: tuple[bool, ...], g, xs: Sequence[Any], y, trace=None,
+                   lane: str | None = None, ready: float | None = None):
         """The op's derivative rule applied: one gradient (or None) per input, or a Failure.
 
         A user op's rule has its results checked: one entry per input, each
@@ -187,16 +194,22 @@ class VertexRunner:
             if type(a) is Failure:
                 return a
         op = node.op
-        if tracer is not None and ready is None:
-            ready = time.perf_counter()
+        args = (ArrayMath(self.xp, needs), g, xs, y)
         try:
-            start, grads = self._call(op, op.vjp, (ArrayMath(self.xp, needs), g, xs, y))
+            if trace is None:
+                lock = self.blas_lock if op.blas else None
+                if lock is None:
+                    grads = op.vjp(*args)
+                else:
+                    with lock:
+                        grads = op.vjp(*args)
+            else:
+                grads = self._traced(node, op, op.vjp, args, None, trace, lane or thread_lane(),
+                                     time.perf_counter() if ready is None else ready, BACKWARD, [g, *xs])
             if not type(op).__module__.startswith("vertexflow."):
                 check_rule_results(node, needs, grads, _array_shape)
         except BaseException as exc:  # noqa: BLE001
             return _failed(node, [g, *xs], exc, BACKWARD)
-        if tracer is not None:
-            tracer.record(node, BACKWARD, step, lane or thread_lane(), ready, start, time.perf_counter(), [g, *xs])
         if self.check_numerics:
             for gi in grads:
                 if gi is not None and _has_nan(self.xp, gi):
@@ -218,7 +231,7 @@ def total_gradient(add: Callable, parts: Sequence[Any]):
 
 
 def backward_vertex(runner: VertexRunner, reverse, node: Node, total, value_of: Callable[[Node], Any],
-                    tracer=None, step: int = 0, lane: str | None = None, ready: float | None = None):
+                    trace=None, lane: str | None = None, ready: float | None = None):
     """One vertex's step of the reverse sweep, given its summed gradient `total`.
 
     Returns:
@@ -233,7 +246,7 @@ def backward_vertex(runner: VertexRunner, reverse, node: Node, total, value_of: 
         grads = [total] * len(node.inputs)
     else:
         xs = [value_of(i) for i in node.inputs]
-        grads = runner.derivative(node, reverse.needs[node.id], total, xs, value_of(node), tracer, step, lane, ready)
+        grads = runner.derivative(node, reverse.needs[node.id], total, xs, value_of(node), trace, lane, ready)
         if type(grads) is Failure:
             grads = [grads] * len(node.inputs)
     return [(edge, grads[pos]) for pos, edge in enumerate(outgoing) if edge >= 0]

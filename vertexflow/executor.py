@@ -197,6 +197,14 @@ class Executor(abc.ABC):
         """The executor's own tracer, else the one of an enclosing `vf.trace()` block."""
         return self.tracer if self.tracer is not None else active_tracer()
 
+    def trace_options(self) -> dict:
+        """What a trace's process track says of this executor (its label and metadata)."""
+        return {}
+
+    def _trace(self, tracer, step: int = 0, run: int | None = None):
+        """The StepTrace a step records into, or None without a tracer."""
+        return None if tracer is None else tracer.step_trace(self, step, run)
+
     def _next_step(self) -> int:
         step = self._step_counter
         self._step_counter = step + 1
@@ -459,7 +467,7 @@ class SequentialExecutor(Executor):
     def run_nodes(self, feeds: Feeds, nodes: list[Node], single: bool, timeout: float | None, tracer):
         """`run` with the fetches resolved and the tracer given (what other executors call)."""
         tape = self.tape(nodes)
-        slots, sources = self._execute(tape, feeds, timeout, tracer, self._next_step())
+        slots, sources = self._execute(tape, feeds, timeout, _as_trace(self, tracer))
         return self._results([slots[s] for s in tape.fetch_slots], nodes, single, sources)
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
@@ -475,11 +483,11 @@ class SequentialExecutor(Executor):
         if tape is None:
             keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
             tape = self._backward_tapes[(id(plan), *(n.id for n in extra))] = self.tape([loss, *extra], keep)
-        step = self._next_step()
+        trace = _as_trace(self, tracer)
 
         def forward_and_back():
-            slots, sources = self._execute(tape, feeds, None, tracer, step)
-            grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]], feeds, tracer, step)
+            slots, sources = self._execute(tape, feeds, None, trace)
+            grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]], feeds, trace)
             return slots, sources, grads
 
         slots, sources, grads = self._watch(forward_and_back, timeout, tape)
@@ -499,7 +507,7 @@ class SequentialExecutor(Executor):
             raise timeout_error(timeout, tape_waiting(tape, progress[0] if progress else None))
         return result
 
-    def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, tracer=None, step: int = 0):
+    def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, trace=None):
         """Run the tape; (slots, the source arrays it loaded)."""
         checked = self._feeds(feeds, tape.inputs)
         specs, pooled = self._specs(id(tape), tape.order, checked)
@@ -520,7 +528,7 @@ class SequentialExecutor(Executor):
                 for ins in instructions:
                     progress[0] = ins.index
                     node = ins.node
-                    out = forward(node, [slots[a] for a in ins.args], get(node.id), tracer, step, None, None,
+                    out = forward(node, [slots[a] for a in ins.args], get(node.id), trace, None, None,
                                   fused_op(node.id))
                     if type(out) is Failure:
                         raise out.error
@@ -559,13 +567,13 @@ def tape_waiting(tape: Tape, index: int | None) -> dict[str, str]:
 
 
 def reverse_arrays(
-    executor: Executor, plan: ReversePlan, value_of, feeds: Feeds = None, tracer=None, step: int = 0
+    executor: Executor, plan: ReversePlan, value_of, feeds: Feeds = None, trace=None
 ) -> dict[Node, Any]:
     """The reverse sweep on arrays, each vertex's derivative run by the executor's runner."""
     runner = executor.runner
 
     def apply_vjp(node: Node, g):
-        sent = backward_vertex(runner, plan, node, g, value_of, tracer, step)
+        sent = backward_vertex(runner, plan, node, g, value_of, trace)
         for _, gi in sent:
             if type(gi) is Failure:
                 raise gi.error
@@ -574,6 +582,15 @@ def reverse_arrays(
     with np.errstate(all="ignore"):
         totals = sweep(plan, seed_gradient(executor.xp, value_of(plan.output)), apply_vjp, ArrayMath(executor.xp).add)
     return gradient_result(plan, totals, executor.backend.to_host, feeds)
+
+
+def _as_trace(executor: Executor, tracer):
+    """A tracer becomes this executor's StepTrace; a StepTrace (another executor's, lent) stays itself."""
+    if tracer is None:
+        return None
+    if hasattr(tracer, "step_trace"):
+        return tracer.step_trace(executor)
+    return tracer
 
 
 def make_executor(graph: Graph, executor: str | Executor = "sequential", **options) -> Executor:

@@ -65,13 +65,13 @@ class StreamExecutor(Executor):
         if not runtime.synchronize(timeout):
             raise timeout_error(timeout, self._waiting(plan, runtime, values))
         if tracer is not None:
-            step = self._next_step()
+            trace = tracer.step_trace(self)
             lane = "cuda-stream-{}" if self.backend.name == "cuda" else "stream-{}"
             spans = runtime.spans if isinstance(runtime, EmulatedStreams) else runtime.take_spans(lambda tag: True)
             for span in spans:
                 v = span.tag
-                tracer.record(v, "forward", step, lane.format(span.stream), span.start, span.start, span.end,
-                              [values.get(i.id) for i in v.inputs])
+                trace.record(v, "forward", lane.format(span.stream), span.start, span.start, span.start, span.end,
+                             None, [values.get(i.id) for i in v.inputs])
         for n in nodes:
             if type(values[n.id]) is Failure:
                 raise values[n.id].error
@@ -89,6 +89,9 @@ class StreamExecutor(Executor):
             else:
                 out[v.name] = f"its turn on stream {stream}"
         return out
+
+    def trace_options(self) -> dict:
+        return {"streams": self.streams, "device": self.backend.name}
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         """Forward and reverse sweep on the tape, on this executor's device (same values and gradients)."""

@@ -93,16 +93,23 @@ class Choice:
 
 
 class _Profile:
-    """A tracer that keeps each vertex's time (forward and backward together), passing spans on to another."""
+    """A step trace that keeps each vertex's time (forward and backward together), passing all on to another."""
 
     def __init__(self, costs: dict[int, float], inner=None):
         self.costs = costs
         self.inner = inner
 
-    def record(self, node, phase, step, lane, ready, start, end, args) -> None:
+    def record(self, node, phase, lane, ready, acquired, start, end, cpu, args, op=None, out_shape=None) -> None:
         self.costs[node.id] = self.costs.get(node.id, 0.0) + (end - start)
         if self.inner is not None:
-            self.inner.record(node, phase, step, lane, ready, start, end, args)
+            self.inner.record(node, phase, lane, ready, acquired, start, end, cpu, args, op, out_shape)
+
+    def __getattr__(self, name):
+        if self.inner is not None:
+            return getattr(self.inner, name)
+        if name == "step":
+            return 0
+        return lambda *args, **kwargs: None
 
 
 class ActorExecutor(Executor):
@@ -306,7 +313,7 @@ class ActorExecutor(Executor):
                 values[n.id] = self._device_value(n)
         return values
 
-    def _request(self, fetch: list[Node], reverse, feeds: Feeds, tracer, stream: bool = False,
+    def _request(self, fetch: list[Node], reverse, feeds: Feeds, trace, stream: bool = False,
                  choice: Choice | None = None) -> tuple[Host, Request, dict]:
         """Check the feeds, then hand one step to the host; (host, request, checked feeds)."""
         sources = self._needed_sources(fetch, reverse)
@@ -321,7 +328,7 @@ class ActorExecutor(Executor):
         shapes = {k: tuple(v.shape) for k, v in checked.items()}
         costs = choice.costs if choice is not None and choice.costs else None
         build = self._network_factory(fetch, reverse, shapes, stream, costs, fusion)
-        request = Request(key, build, values, tracer, self._next_step() if tracer is not None else 0, pooled)
+        request = Request(key, build, values, trace, pooled)
         host = self._host()
         host.submit(request)
         return host, request, checked
@@ -368,13 +375,12 @@ class ActorExecutor(Executor):
         raise ExecutorClosed("the step was cancelled")  # pragma: no cover - move_on_after only cancels itself
 
     # -- one step, either way --------------------------------------------------------------
-    def _tape_call(self, choice: Choice, fetch, reverse, feeds, extra, single, fetched, timeout, tracer):
-        profile = None
+    def _tape_call(self, choice: Choice, fetch, reverse, feeds, extra, single, fetched, timeout, trace):
         if choice.mode is None and choice.calls == 0:
-            profile = _Profile(choice.costs, tracer)
+            trace = _Profile(choice.costs, trace)
         if reverse is None:
-            return self._tape.run_nodes(feeds, fetch, single, timeout, profile or tracer)
-        return self._tape.backward_nodes(feeds, fetch[0], reverse, extra, single, fetched, timeout, profile or tracer)
+            return self._tape.run_nodes(feeds, fetch, single, timeout, trace)
+        return self._tape.backward_nodes(feeds, fetch[0], reverse, extra, single, fetched, timeout, trace)
 
     def _network_result(self, state: StepState, fetch, reverse, extra, single, fetched, feeds):
         if reverse is None:
@@ -391,14 +397,15 @@ class ActorExecutor(Executor):
         choice = self._choice((tuple(n.id for n in fetch), None if reverse is None else id(reverse), False))
         mode = choice.next()
         start = time.perf_counter()
+        trace = self._trace(tracer)
         if mode == TAPE:
             first = choice.calls == 0
-            result = self._tape_call(choice, fetch, reverse, feeds, extra, single, fetched, timeout, tracer)
+            result = self._tape_call(choice, fetch, reverse, feeds, extra, single, fetched, timeout, trace)
             if first:
                 sources = self._needed_sources(fetch, reverse)
                 self._after_profile(choice, fetch, reverse, self._feeds(feeds, sources), stream=False)
         else:
-            host, request, _ = self._request(fetch, reverse, feeds, tracer, choice=choice)
+            host, request, _ = self._request(fetch, reverse, feeds, trace, choice=choice)
             state = self._wait(host, request, timeout)
             result = self._network_result(state, fetch, reverse, extra, single, fetched, feeds)
         choice.record(mode, time.perf_counter() - start)
@@ -411,7 +418,7 @@ class ActorExecutor(Executor):
         if mode == TAPE:
             # Off the caller's loop, so its other tasks go on; _call records the time.
             return await _off_loop(partial(self._call, fetch, reverse, feeds, extra, single, fetched, timeout, tracer))
-        host, request, _ = self._request(fetch, reverse, feeds, tracer, choice=choice)
+        host, request, _ = self._request(fetch, reverse, feeds, self._trace(tracer), choice=choice)
         state = await self._await(host, request, timeout)
         result = self._network_result(state, fetch, reverse, extra, single, fetched, feeds)
         choice.record(mode, time.perf_counter() - start)
@@ -483,6 +490,11 @@ class ActorExecutor(Executor):
             steps.close()
 
     # -- diagnostics -----------------------------------------------------------------------
+    def trace_options(self) -> dict:
+        return {"threads": self.threads, "schedule": self.schedule, "blas": self.blas,
+                **({"device": self.backend.name} if self.backend.name != "cpu" else {}),
+                **({"fuse": True} if self.fuse else {})}
+
     def describe(self, fetch: Fetch | Sequence[Fetch], feeds: Feeds = None, *, stream: bool = False) -> str:
         """How the vertices for `fetch` run: one actor or the network (and why), and the actors."""
         nodes, _ = self._fetches(fetch)
@@ -549,6 +561,8 @@ def _stream_steps(ex: ActorExecutor, feeds_iterable: Iterable[Feeds], nodes: lis
         raise ValueError(f"depth= must be an int >= 1, got {depth!r}")
     choice = ex._stream_choice(nodes)
     tracer = ex._tracer()
+    run = tracer.new_run() if tracer is not None else 0
+    step = 0
     pending: deque[_Pending] = deque()
     block_mode, block_left, block_start, block_steps = None, 0, 0.0, 0
     sources = ex._needed_sources(nodes, None)
@@ -566,8 +580,10 @@ def _stream_steps(ex: ActorExecutor, feeds_iterable: Iterable[Feeds], nodes: lis
             block_steps += 1
             if block_mode == TAPE:
                 first = choice.calls == 0 and block_steps == 1
-                profile = _Profile(choice.costs, tracer) if first else tracer
-                yield _TapeStep(partial(ex._tape.run_nodes, feeds, nodes, single, None, profile))
+                trace = ex._trace(tracer, step, run)
+                step += 1
+                yield _TapeStep(partial(ex._tape.run_nodes, feeds, nodes, single, None,
+                                        _Profile(choice.costs, trace) if first else trace))
                 if first:
                     ex._after_profile(choice, nodes, None, ex._feeds(feeds, sources), stream=True)
                     if choice.mode is not None:
@@ -575,7 +591,8 @@ def _stream_steps(ex: ActorExecutor, feeds_iterable: Iterable[Feeds], nodes: lis
                 continue
             while len(pending) >= limit:
                 yield pending.popleft()
-            host, request, _ = ex._request(nodes, None, feeds, tracer, stream=True, choice=choice)
+            host, request, _ = ex._request(nodes, None, feeds, ex._trace(tracer, step, run), stream=True, choice=choice)
+            step += 1
             pending.append(_Pending(ex, host, request, nodes, single, choice, time.perf_counter()))
         while pending:
             yield pending.popleft()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,14 +38,12 @@ class Request:
         network, step: set once the host has submitted the step (for diagnostics and discarding).
     """
 
-    def __init__(self, key: Any, build: Callable[[], Network], values: dict, tracer, trace_step: int,
-                 pooled: dict | None = None):
+    def __init__(self, key: Any, build: Callable[[], Network], values: dict, trace, pooled: dict | None = None):
         self.key = key
         self.pooled = pooled or {}
         self.build = build
         self.values = values
-        self.tracer = tracer
-        self.trace_step = trace_step
+        self.trace = trace
         self.network: Network | None = None
         self.step: int | None = None
         self.abandoned = False
@@ -188,11 +187,11 @@ class Host:
 
     async def _drive(self, request: Request) -> None:
         try:
-            network = await self._network(request.key, request.build)
+            network = await self._network(request.key, request.build, request.trace)
             if request.abandoned:
                 return  # its caller went away before the step started
             with network.blas_share() if network.blas_share is not None else contextlib.nullcontext():
-                step = await network.submit(request.values, request.tracer, request.trace_step, request.pooled)
+                step = await network.submit(request.values, request.trace, request.pooled)
                 request.network, request.step = network, step
                 if request.abandoned:
                     network.discard(step)
@@ -205,7 +204,7 @@ class Host:
         except BaseException as exc:  # noqa: BLE001 - the step's failure is the caller's to see
             request.complete(outcome.Error(exc))
 
-    async def _network(self, key: Any, build: Callable[[], Network]) -> Network:
+    async def _network(self, key: Any, build: Callable[[], Network], trace=None) -> Network:
         """The network for `key`, wired once however many requests ask for it at once."""
         while True:
             found = self.networks.get(key)
@@ -217,9 +216,13 @@ class Host:
             if found is not None and found.broken is None:
                 return found
             wiring = self.networks[key] = _Wiring()
+            started = time.perf_counter()
             try:
                 network = build()
                 await self._nursery.start(network.serve)
+                if trace is not None:
+                    trace.event("wire network", "trio", started, time.perf_counter(),
+                                actors=len(network.plan.actors))
             except BaseException as exc:
                 self.networks.pop(key, None)
                 wiring.error = exc

@@ -32,6 +32,7 @@ cancellation mid-step tears the network down; the next run wires a new one.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,8 +78,8 @@ class StepState:
     expected: int
     values: dict[int, Any] = field(default_factory=dict)
     grads: dict[int, Any] = field(default_factory=dict)
-    tracer: Any = None
-    trace_step: int = 0  # the executor-wide step number spans carry
+    trace: Any = None  # the StepTrace its spans go to, or None
+    submitted: float = 0.0
     slot: int = 0  # which of the window's places it holds (CUDA events are per place)
     pooled: dict = field(default_factory=dict)  # {vertex id: Spec} of the outputs that go in reused buffers
     done: trio.Event = field(default_factory=trio.Event)
@@ -161,8 +162,8 @@ class Network:
             state.done.set()
 
     # -- driver ----------------------------------------------------------------
-    async def submit(self, sources: dict[int, Any], tracer=None, trace_step: int = 0, pooled=None) -> int:
-        """Start a step with these source values (recording spans into `tracer`); returns its number."""
+    async def submit(self, sources: dict[int, Any], trace=None, pooled=None) -> int:
+        """Start a step with these source values (recording spans into `trace`); returns its number."""
         if self.broken is not None:
             raise self.broken
         try:
@@ -175,8 +176,10 @@ class Network:
         step = self.next_step
         self.next_step += 1
         slot = self.free_slots.pop()
-        self.steps[step] = StepState(self.expected, tracer=tracer, trace_step=trace_step, slot=slot,
-                                     pooled=pooled or {})
+        self.steps[step] = StepState(self.expected, trace=trace, slot=slot, pooled=pooled or {},
+                                     submitted=time.perf_counter())
+        if trace is not None:
+            trace.counter("steps in flight", len(self.steps))
         # No await from here on: a step is either fully submitted or not at all.
         for actor, mailbox in zip(self.plan.actors, self.mailboxes):
             if actor.sources:
@@ -216,8 +219,11 @@ class Network:
         if state.received() == state.expected:
             if self.streams is not None:
                 # The fetches are complete: now, and only now, the host waits for the kernels.
-                self.streams.step_done(step, state.slot, state.tracer, state.trace_step)
+                self.streams.step_done(state.slot, state.trace)
             self.free_slots.append(state.slot)
+            if state.trace is not None:
+                state.trace.slice(state.submitted, time.perf_counter())
+                state.trace.counter("steps in flight", len(self.steps) - 1)
             state.done.set()
             self.window.release()
             if state.discarded:
@@ -282,10 +288,16 @@ class Network:
             state: StepState | None = None
             for segment in program.segments:
                 for take in segment.takes:
-                    if not mailbox.has(step, FORWARD, take.key):
-                        doing = Doing.FEED if take.position == FEED else Doing.INPUT
-                        status.at(step, take.member, doing, take.position)
+                    if mailbox.has(step, FORWARD, take.key):
+                        values[take.key] = await mailbox.take(step, FORWARD, take.key)
+                        continue
+                    doing = Doing.FEED if take.position == FEED else Doing.INPUT
+                    status.at(step, take.member, doing, take.position)
+                    waiting_on = self.steps.get(step) if doing is Doing.INPUT else None
+                    asked = time.perf_counter()
                     values[take.key] = await mailbox.take(step, FORWARD, take.key)
+                    if waiting_on is not None and waiting_on.trace is not None:  # an actor waiting in its inbox
+                        waiting_on.trace.wait("input", take.member.name, None, asked, time.perf_counter())
                 if not segment.entries:
                     continue
                 if state is None:
@@ -319,9 +331,14 @@ class Network:
                 if edge == 0:
                     parts.append(seed_gradient(self.xp, values[node.id]))
                 elif edge in actor.grad_from:
-                    if not mailbox.has(step, BACKWARD, edge):
-                        status.at(step, node, Doing.GRADIENT, edge)
+                    if mailbox.has(step, BACKWARD, edge):
+                        parts.append(await mailbox.take(step, BACKWARD, edge))
+                        continue
+                    status.at(step, node, Doing.GRADIENT, edge)
+                    asked = time.perf_counter()
                     parts.append(await mailbox.take(step, BACKWARD, edge))
+                    if state.trace is not None:
+                        state.trace.wait("gradient", f"{node.name} (backward)", None, asked, time.perf_counter())
                 else:
                     parts.append(edges.pop(edge, None))
             total = total_gradient(add, parts)
@@ -334,8 +351,7 @@ class Network:
             placement = self.placements[actor.index] if node.id in actor.heavy_ids else self.inline
             if self.streams is not None:
                 placement = self.streams
-            sent = await placement.backward(reverse, node, total, lambda n: values[n.id], state.tracer,
-                                            state.trace_step)
+            sent = await placement.backward(reverse, node, total, lambda n: values[n.id], state.trace)
             for edge, gi in sent:
                 target = actor.grad_to.get(edge)
                 if target is None:

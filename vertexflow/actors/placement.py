@@ -24,26 +24,39 @@ from ..graph import Node
 from .program import Entry, Segment
 
 
-def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, tracer, step: int,
-                lane: str | None, ready: float, status=None, pooled=None) -> None:
+def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, trace, lane: str | None,
+                ready: float, status=None, pooled=None, queued: float | None = None) -> None:
     """Compute `entries` in order with `runner`, filing each output (or Failure) in `values`.
 
     `status` (the actor's) is told which member runs, so a step that does not
     finish names the vertex it is stuck in.
     """
     spec_of = (pooled or {}).get
+    if trace is not None and queued is not None:  # the hand-off: time queued until a worker took it
+        picked = time.perf_counter()
+        first = next((e.member.name for e in entries if not e.is_source), "?")
+        trace.wait("worker", first, None, queued, picked)
+        ready = picked
     for entry in entries:
         if entry.is_source:
             continue
         member = entry.member
         if status is not None:
             status.vertex = member
-        values[member.id] = runner.forward(member, [values[k] for k in entry.inputs], spec_of(member.id), tracer,
-                                           step, lane, ready, entry.op)
-        if tracer is not None:
+        values[member.id] = runner.forward(member, [values[k] for k in entry.inputs], spec_of(member.id), trace,
+                                           lane, ready, entry.op)
+        if trace is not None:
             ready = time.perf_counter()  # the next member had its inputs once this one was done
         for key in entry.free:
             del values[key]
+
+
+def _backward_on_worker(runner, reverse, node, total, value_of, trace, queued: float):
+    if trace is not None:
+        picked = time.perf_counter()
+        trace.wait("worker", f"{node.name} (backward)", None, queued, picked)
+        return backward_vertex(runner, reverse, node, total, value_of, trace, None, picked)
+    return backward_vertex(runner, reverse, node, total, value_of, None)
 
 
 class Inline:
@@ -55,11 +68,11 @@ class Inline:
         self.runner = runner
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
-        run_entries(self.runner, segment.entries, values, state.tracer, state.trace_step, self.lane,
-                    time.perf_counter(), status, state.pooled)
+        run_entries(self.runner, segment.entries, values, state.trace, self.lane, time.perf_counter(), status,
+                    state.pooled)
 
-    async def backward(self, reverse, node: Node, total, value_of, tracer, step: int):
-        return backward_vertex(self.runner, reverse, node, total, value_of, tracer, step, self.lane)
+    async def backward(self, reverse, node: Node, total, value_of, trace):
+        return backward_vertex(self.runner, reverse, node, total, value_of, trace, self.lane)
 
 
 class OnWorker:
@@ -70,11 +83,12 @@ class OnWorker:
         self.pool = pool
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
-        await self.pool.run(run_entries, self.runner, segment.entries, values, state.tracer, state.trace_step, None,
-                            time.perf_counter(), status, state.pooled)
+        now = time.perf_counter()
+        await self.pool.run(run_entries, self.runner, segment.entries, values, state.trace, None, now, status,
+                            state.pooled, now if state.trace is not None else None)
 
-    async def backward(self, reverse, node: Node, total, value_of, tracer, step: int):
-        return await self.pool.run(backward_vertex, self.runner, reverse, node, total, value_of, tracer, step, None,
+    async def backward(self, reverse, node: Node, total, value_of, trace):
+        return await self.pool.run(_backward_on_worker, self.runner, reverse, node, total, value_of, trace,
                                    time.perf_counter())
 
 
@@ -85,6 +99,7 @@ class Launch:
     member: Node
     step: int
     shapes: tuple
+    trace: Any = None
 
 
 class OnStreams:
@@ -97,8 +112,9 @@ class OnStreams:
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
         plan, runtime = self.plan, self.runtime
-        tracer, step, slot = state.tracer, state.trace_step, state.slot
-        runtime.timed = tracer is not None
+        trace, slot = state.trace, state.slot
+        step = trace.step if trace is not None else 0
+        runtime.timed = trace is not None
         for entry in segment.entries:
             if entry.is_source:
                 continue
@@ -109,7 +125,7 @@ class OnStreams:
             def kernels(member=member, args=args, box=box, op=entry.op):
                 box["out"] = self.runner.forward(member, args, op=op)
 
-            tag = Launch(member, step, tuple(tuple(getattr(a, "shape", ())) for a in args))
+            tag = Launch(member, step, tuple(tuple(getattr(a, "shape", ())) for a in args), trace)
             try:
                 runtime.launch(plan.stream[member.id], kernels, plan.waits.get(member.id, ()),
                                plan.record.get(member.id), tag=tag, slot=slot)
@@ -119,18 +135,18 @@ class OnStreams:
             for key in entry.free:
                 del values[key]
 
-    async def backward(self, reverse, node: Node, total, value_of, tracer, step: int):
+    async def backward(self, reverse, node: Node, total, value_of, trace):
         # Derivative kernels go on the current stream, after the step's forward (see Network._backward).
-        return backward_vertex(self.runner, reverse, node, total, value_of, tracer, step, "cuda-current-stream")
+        return backward_vertex(self.runner, reverse, node, total, value_of, trace, "cuda-current-stream")
 
-    def step_done(self, step: int, slot: int, tracer, trace_step: int) -> None:
+    def step_done(self, slot: int, trace) -> None:
         """The step's fetches are complete: wait for its kernels, file their spans, free its events."""
         self.runtime.synchronize()
-        if tracer is not None:
-            for span in self.runtime.take_spans(lambda tag: tag.step == trace_step):
+        if trace is not None:
+            for span in self.runtime.take_spans(lambda tag: tag.step == trace.step and tag.trace is trace):
                 tag = span.tag
-                tracer.record(tag.member, "forward", trace_step, f"cuda-stream-{span.stream}", span.start,
-                              span.start, span.end, [_Shaped(s) for s in tag.shapes])
+                trace.record(tag.member, "forward", f"cuda-stream-{span.stream}", span.start, span.start, span.start,
+                             span.end, None, [_Shaped(s) for s in tag.shapes])
         self.runtime.release(slot)
 
 

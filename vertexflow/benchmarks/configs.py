@@ -7,7 +7,8 @@ flat list of arrays, so results can be compared before anything is timed.
 vertexflow's own: "sequential" (the tape), "actor" (the actor executor as a
 user gets it: it decides between the network and the tape), "actor-network"
 (the network always), "actor-N" (N worker threads), "stream" (emulated
-streams). Peers: "numpy" (the workload written by hand, where it exists),
+streams), "sequential-fused" and "actor-fused" (with fuse=True: elementwise
+groups compiled, where that measures faster). Peers: "numpy" (the workload written by hand, where it exists),
 "dask-sync" and "dask-threaded" (Dask's schedulers on the same op
 functions), "onnxruntime" and "onnxruntime-parallel" (ORT_SEQUENTIAL and
 ORT_PARALLEL, for an ONNX workload).
@@ -29,7 +30,7 @@ from ..graph import ancestors
 from ..machine import cores
 from .workload import Workload
 
-VERTEXFLOW = ("sequential", "actor", "actor-network", "stream")
+VERTEXFLOW = ("sequential", "actor", "actor-network", "stream", "sequential-fused", "actor-fused")
 PEERS = ("numpy", "dask-sync", "dask-threaded", "onnxruntime", "onnxruntime-parallel")
 
 
@@ -83,7 +84,8 @@ def configs(names: Sequence[str], workload: Workload, peers: bool = True) -> lis
         for peer in applicable_peers(workload):
             if peer not in chosen:
                 chosen.append(peer)
-    return [Config(n, exact=n not in PEERS) for n in chosen]
+    # Fused kernels round differently from numpy's passes: they agree with the rest to rounding.
+    return [Config(n, exact=n not in PEERS and not n.endswith("fused")) for n in chosen]
 
 
 def applicable_peers(workload: Workload) -> list[str]:
@@ -121,8 +123,12 @@ def runner(config: Config, workload: Workload, threads: int | None = None) -> Ru
     """The runner of a configuration on a workload."""
     threads = threads or cores()
     name = config.name
-    if name == "sequential":
-        return _executor_unit(workload, SequentialExecutor(workload.graph))
+    if name in ("sequential", "sequential-fused"):
+        return _executor_unit(workload, SequentialExecutor(workload.graph, fuse=name.endswith("fused")))
+    if name == "actor-fused":
+        from ..actors import ActorExecutor
+
+        return _executor_unit(workload, ActorExecutor(workload.graph, threads=threads, fuse=True))
     if name == "actor" or name == "actor-network" or re.fullmatch(r"actor-\d+", name):
         from ..actors import ActorExecutor
 

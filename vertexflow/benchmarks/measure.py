@@ -174,9 +174,32 @@ def _compare(reference: list, got: list, config: Config) -> None:
                                  f"(largest difference {diff:.3g}; they must agree {how}); nothing was timed")
 
 
+def _others_busy(seconds: float = 0.5) -> float | None:
+    """Cores kept busy by other processes, measured while this one sleeps (/proc/stat; None elsewhere)."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    return cores() * (1 - (idle1 - idle0) / elapsed) if elapsed > 0 else None
+
+
 def machine_load() -> dict[str, Any]:
-    """How busy the machine is: the load average and the spread of a short calibration loop."""
+    """How busy the machine is with other work: cores others keep busy, and the spread of a calibration loop.
+
+    The load average is kept for the record but not judged: it still counts the
+    benchmark's own processes of the last minute.
+    """
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    others = _others_busy()
     a = np.random.default_rng(0).standard_normal((192, 192))
     times = []
     for _ in range(21):
@@ -187,11 +210,14 @@ def machine_load() -> dict[str, Any]:
     q1, med, q3 = statistics.quantiles(times, n=4)
     spread = (q3 - q1) / med
     reasons = []
-    if load is not None and load > 0.5 * cores():
+    if others is not None and others > 0.25:
+        reasons.append(f"other processes kept {others:.2f} of {cores()} cores busy")
+    elif others is None and load is not None and load > 0.5 * cores():
         reasons.append(f"load average {load:.2f} on {cores()} cores")
     if spread > 0.10:
         reasons.append(f"a calibration loop varied by {spread:.0%} (quartiles)")
-    return {"load_average": load, "calibration_spread": spread, "busy": bool(reasons), "reasons": reasons}
+    return {"load_average": load, "others_busy_cores": others, "calibration_spread": spread,
+            "busy": bool(reasons), "reasons": reasons}
 
 
 def machine_info(threads: int) -> dict[str, Any]:

@@ -1,17 +1,26 @@
-"""What a trace says: busy time per lane, parallelism, the critical path and the ideal bound.
+"""What a trace says: work, waits, parallelism, the critical path of each step, and an honest bound.
 
-The critical path is the longest chain of dependent spans, weighted by their
-durations: forward spans depend on the spans of their inputs; a backward span
-depends on its vertex's forward span and on the backward spans of its
-consumers. The ideal bound of a run is max(critical path, total work / lanes):
-no schedule on that many lanes can beat it.
+All figures come from honest spans: a span's duration is the vertex's work
+(waits are events of their own), and its CPU time is the time its thread
+actually ran. For one executor's track (or every span):
+
+- wall: the time some run was under way (each run from its first vertex
+  ready to its last one done; the gaps between runs left out);
+- work: the sum of span durations; CPU work: the sum of their threads' CPU
+  time (no more than cores x wall, however many threads shared the cores);
+- critical path: per step, the longest chain of dependent spans (forward
+  spans on their inputs' spans, a backward span on its vertex's forward and
+  on its consumers' backward spans), with the durations that step measured;
+- ideal bound: max(longest critical path, CPU work / cores), capped at the
+  work: no schedule of these spans on these cores beats it, so efficiency =
+  bound / wall is at most 100% up to timer noise.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the tracer calls into this module; it needs it only for hints
@@ -26,11 +35,16 @@ class Summary:
     parallelism: float
     total_work: float
     critical_path: float
-    critical_spans: list[tuple[str, str]]  # (vertex, phase) along the critical path
+    critical_spans: list[tuple[str, str]]  # (vertex, phase) along the longest step's critical path
     ideal: float
     lanes: int
     top_ops: list[tuple[str, float, int]]  # (op, total seconds, spans)
     steps: int
+    cpu_work: float = 0.0
+    cores: int = 1
+    waits: dict[str, float] = field(default_factory=dict)  # kind -> total seconds
+    critical_by_step: dict[tuple[int, int], list[tuple[str, str]]] = field(default_factory=dict)
+    top_vertices: list[dict] = field(default_factory=list)
 
     @property
     def efficiency(self) -> float:
@@ -43,12 +57,18 @@ class Summary:
             "utilization": self.utilization,
             "parallelism": self.parallelism,
             "total_work_s": self.total_work,
+            "cpu_work_s": self.cpu_work,
             "critical_path_s": self.critical_path,
             "critical_path": [list(x) for x in self.critical_spans],
+            "critical_by_step": [[run, step, [list(x) for x in path]]
+                                 for (run, step), path in sorted(self.critical_by_step.items())],
             "ideal_s": self.ideal,
             "lanes": self.lanes,
+            "cores": self.cores,
             "efficiency": self.efficiency,
+            "waits_s": self.waits,
             "top_ops": [{"op": op, "total_s": t, "spans": n} for op, t, n in self.top_ops],
+            "top_vertices": self.top_vertices,
             "steps": self.steps,
         }
 
@@ -107,39 +127,87 @@ def critical_path(times: dict, deps: dict) -> tuple[float, list]:
     return max(finish.values()), path[::-1]
 
 
-def summarize(tracer: Tracer, cores: int | None = None) -> Summary:
-    """Summary of every span in the tracer.
+def _covered(spans: list[Span]) -> float:
+    """The time some run of these spans was under way: each run from its first ready to its last end,
+    overlapping runs merged, the gaps between runs left out."""
+    runs: dict[tuple[int, int], list[float]] = {}
+    for s in spans:
+        extent = runs.setdefault((s.track, s.run), [s.ready, s.end])
+        extent[0] = min(extent[0], s.ready, s.start)
+        extent[1] = max(extent[1], s.end)
+    total, reach = 0.0, None
+    for a, b in sorted(runs.values()):
+        if reach is None or a > reach:
+            total += b - a
+            reach = b
+        elif b > reach:
+            total += b - reach
+            reach = b
+    return total
+
+
+def by_step(spans: list[Span]) -> dict[tuple[int, int, int], list[Span]]:
+    """Spans grouped by (track, run, step): what one step of one executor did."""
+    out: dict[tuple[int, int, int], list[Span]] = defaultdict(list)
+    for s in spans:
+        out[(s.track, s.run, s.step)].append(s)
+    return out
+
+
+def summarize(tracer: Tracer, cores: int | None = None, track: int | None = None) -> Summary:
+    """Summary of the spans of one executor's track (`track`), or of all of them.
 
     Args:
-        cores: lanes for the ideal bound; default the lanes the trace used.
+        cores: the cores the bound assumes (default: the machine's).
     """
-    spans = tracer.spans
+    from ..machine import cores as machine_cores
+
+    spans = [s for s in tracer.spans if track is None or s.track == track]
+    n = cores or machine_cores()
     if not spans:
-        return Summary(0.0, {}, {}, 0.0, 0.0, 0.0, [], 0.0, cores or 1, [], 0)
-    begin = min(min(s.ready, s.start) for s in spans)
-    wall = max(s.end for s in spans) - begin
+        return Summary(0.0, {}, {}, 0.0, 0.0, 0.0, [], 0.0, 0, [], 0, cores=n)
+    wall = _covered(spans)
     busy: dict[str, float] = defaultdict(float)
     ops: dict[str, list[float]] = defaultdict(list)
+    per_vertex: dict[tuple[str, str], list[float]] = defaultdict(list)
     for s in spans:
         busy[s.lane] += s.duration
         ops[s.op].append(s.duration)
+        per_vertex[(s.vertex, s.phase)].append(s.duration)
     total = sum(busy.values())
-    steps = len({s.step for s in spans})
-    times = vertex_times(spans)
-    path_len, path = critical_path(times, dependencies(spans))
-    lanes = cores or len(busy)
-    per_step_work = total / max(steps, 1)
-    ideal_step = max(path_len, per_step_work / lanes)
+    cpu = sum(s.cpu if s.cpu is not None else s.duration for s in spans)
+    steps = by_step(spans)
+    longest, longest_path, paths = 0.0, [], {}
+    for (_, run, step), members in steps.items():
+        times = {(s.vertex, s.phase): s.duration for s in members}
+        length, path = critical_path(times, dependencies(members))
+        paths[(run, step)] = path
+        if length > longest:
+            longest, longest_path = length, path
+    ideal = min(max(longest, min(cpu, total) / n), total)
+    waits: dict[str, float] = defaultdict(float)
+    for w in tracer.waits:
+        if track is None or w.track == track:
+            waits[w.what] += w.end - w.start
+    top_vertices = sorted(
+        ({"vertex": v, "phase": ph, "count": len(d), "total_s": sum(d), "mean_s": statistics.fmean(d),
+          "min_s": min(d), "max_s": max(d)} for (v, ph), d in per_vertex.items()),
+        key=lambda r: -r["total_s"])[:20]
     return Summary(
         wall=wall,
         busy=dict(busy),
         utilization={lane: b / wall if wall else 0.0 for lane, b in busy.items()},
         parallelism=total / wall if wall else 0.0,
         total_work=total,
-        critical_path=path_len,
-        critical_spans=path,
-        ideal=ideal_step * steps,
-        lanes=lanes,
+        critical_path=longest,
+        critical_spans=longest_path,
+        ideal=ideal,
+        lanes=len(busy),
         top_ops=sorted(((op, sum(v), len(v)) for op, v in ops.items()), key=lambda x: -x[1])[:10],
-        steps=steps,
+        steps=len(steps),
+        cpu_work=cpu,
+        cores=n,
+        waits=dict(waits),
+        critical_by_step=paths,
+        top_vertices=top_vertices,
     )

@@ -1,77 +1,250 @@
-"""Export spans as Chrome Trace Event Format JSON, which Perfetto UI and chrome://tracing open.
+"""Traces as Chrome Trace Event Format JSON, which Perfetto UI and chrome://tracing open (and read back).
 
-One complete event ("ph": "X", microseconds) per span, one `tid` per lane
-named by `thread_name` metadata, and a flow (an "s" and an "f" event sharing
-an id) along each data edge from the producer's span to the consumer's.
+Each executor is a process of its own ("ActorExecutor threads=2 ... (#1)"),
+each of its lanes a thread with an id unique in the file and never equal to
+a pid. One complete event ("ph": "X", microseconds since the tracer began)
+per span, named by its vertex (backward spans "vertex (backward)", so
+per-name statistics never mix the phases), with the op, step, run, output
+dtype, shape, bytes, estimated flops, fused group, input shapes, CPU time
+and wait in its args. Waits that block a thread (the BLAS lock) are complete
+events of their own on that thread, just before the work; waits that block
+no thread (a task queued for a worker, an actor waiting in its inbox) are
+async slices, as are the steps of a run. Counters are "C" events. Flows join
+spans of one step of one run only: each data edge from the producer's end
+to the consumer's start, each gradient edge backward, and each vertex's
+forward to its backward. `otherData` holds the clock base and the executors'
+options, so the trace lines up with PyTorch's or viztracer's.
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .tracer import Tracer
 
-PID = 1
+PHASES = ("forward", "backward")
 
 
 def chrome_events(tracer: Tracer) -> list[dict]:
-    spans = sorted(tracer.spans, key=lambda s: (s.start, s.end))
-    lanes = tracer.lanes()
-    tid = {lane: i + 1 for i, lane in enumerate(lanes)}
-    origin = min((min(s.ready, s.start) for s in spans), default=tracer.origin)
+    spans = sorted(tracer.spans, key=lambda s: (s.track, s.start, s.end))
+    origin = tracer.origin
 
     def us(t: float) -> float:
         return round((t - origin) * 1e6, 3)
 
-    events: list[dict] = [
-        {"ph": "M", "name": "process_name", "pid": PID, "tid": 0, "args": {"name": "vertexflow"}},
-    ]
-    for lane in lanes:
-        events.append({"ph": "M", "name": "thread_name", "pid": PID, "tid": tid[lane], "args": {"name": lane}})
-        events.append({"ph": "M", "name": "thread_sort_index", "pid": PID, "tid": tid[lane], "args": {"sort_index": tid[lane]}})
-    producer = {}
+    events: list[dict] = []
+    tracks = sorted({s.track for s in spans} | {e.track for e in tracer.events} | {c.track for c in tracer.counters})
+    tid_of: dict[tuple[int, str], int] = {}
+    for track in tracks:
+        pid = max(track, 0) + 1  # track 0 (spans recorded by hand) is pid 1; executors 2, 3, ...
+        events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
+                       "args": {"name": tracer.track_label(track) if track else "vertexflow"}})
+        events.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": pid}})
+        if track in tracer.tracks:
+            events.append({"ph": "M", "name": "process_labels", "pid": pid, "tid": 0,
+                           "args": {"labels": ", ".join(f"{k}={v}" for k, v in tracer.tracks[track].options.items())}})
+        for k, lane in enumerate(tracer.lanes(track, everything=True)):
+            tid = pid * 1000 + k + 1
+            tid_of[(track, lane)] = tid
+            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": lane}})
+            events.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": k}})
+
+    def pid(track: int) -> int:
+        return max(track, 0) + 1
+
+    as_lists: dict[tuple, list] = {}  # shapes and inputs repeat from step to step: convert each once
     for s in spans:
-        events.append(
-            {
-                "ph": "X",
-                "name": s.vertex,
-                "cat": s.phase,
-                "ts": us(s.start),
-                "dur": max(round((s.end - s.start) * 1e6, 3), 0.0),
-                "pid": PID,
-                "tid": tid[s.lane],
-                "args": {
-                    "vertex": s.vertex,
-                    "op": s.op,
-                    "phase": s.phase,
-                    "step": s.step,
-                    "lane": s.lane,
-                    "input_shapes": [list(shape) for shape in s.input_shapes],
-                    "inputs": list(s.inputs),
-                    "wait_us": round(s.wait * 1e6, 3),
-                },
-            }
-        )
-        if s.phase == "forward":
-            producer[(s.step, s.vertex)] = s
-    flow_id = 0
-    for s in spans:
-        if s.phase != "forward":
+        shapes = as_lists.get(s.input_shapes)
+        if shapes is None:
+            shapes = as_lists[s.input_shapes] = [list(x) for x in s.input_shapes]
+        inputs = as_lists.get(s.inputs)
+        if inputs is None:
+            inputs = as_lists[s.inputs] = list(s.inputs)
+        args = {"vertex": s.vertex, "op": s.op, "phase": s.phase, "step": s.step, "run": s.run, "lane": s.lane,
+                "input_shapes": shapes, "inputs": inputs, "wait_us": round(max(s.start - s.ready, 0.0) * 1e6, 3)}
+        if s.dtype:
+            args["dtype"] = s.dtype
+            args["shape"] = list(s.shape)
+            args["bytes"] = s.bytes
+        if s.cpu is not None:
+            args["cpu_us"] = round(s.cpu * 1e6, 3)
+        if s.flops is not None:
+            args["estimated_flops"] = s.flops
+        if s.fused:
+            args["fused"] = s.fused
+        events.append({"ph": "X", "name": s.name, "cat": s.phase, "ts": us(s.start),
+                       "dur": max(round((s.end - s.start) * 1e6, 3), 0.0), "pid": pid(s.track),
+                       "tid": tid_of[(s.track, s.lane)], "args": args})
+    async_id = 0
+    for w in tracer.waits:
+        if w.lane is not None and (w.track, w.lane) in tid_of:
+            events.append({"ph": "X", "name": f"wait: {w.what}", "cat": "wait", "ts": us(w.start),
+                           "dur": max(round((w.end - w.start) * 1e6, 3), 0.0), "pid": pid(w.track),
+                           "tid": tid_of[(w.track, w.lane)],
+                           "args": {"vertex": w.vertex, "step": w.step, "run": w.run}})
             continue
-        for name in dict.fromkeys(s.inputs):
-            p = producer.get((s.step, name))
-            if p is None:
-                continue
-            flow_id += 1
-            events.append({"ph": "s", "id": flow_id, "name": "value", "cat": "edge", "ts": us(p.start),
-                           "pid": PID, "tid": tid[p.lane]})
-            events.append({"ph": "f", "bp": "e", "id": flow_id, "name": "value", "cat": "edge",
-                           "ts": us(max(s.start, p.start)), "pid": PID, "tid": tid[s.lane]})
+        async_id += 1
+        common = {"cat": "wait", "name": f"waits for {'a ' if w.what == 'worker' else 'its '}{w.what}",
+                  "id": async_id, "pid": pid(w.track), "tid": 0}
+        events.append({"ph": "b", "ts": us(w.start), "args": {"vertex": w.vertex, "step": w.step, "run": w.run},
+                       **common})
+        events.append({"ph": "e", "ts": us(w.end), **common})
+    for e in tracer.events:
+        events.append({"ph": "X", "name": e.name, "cat": "executor", "ts": us(e.start),
+                       "dur": max(round((e.end - e.start) * 1e6, 3), 0.0), "pid": pid(e.track),
+                       "tid": tid_of.get((e.track, e.lane), pid(e.track) * 1000), "args": dict(e.args)})
+    for c in tracer.counters:
+        events.append({"ph": "C", "name": c.name, "ts": us(c.time), "pid": pid(c.track), "tid": 0,
+                       "args": {c.name: c.value}})
+    for sl in tracer.slices:
+        async_id += 1
+        common = {"cat": "step", "name": f"step {sl.step} (run {sl.run})", "id": async_id, "pid": pid(sl.track),
+                  "tid": 0}
+        events.append({"ph": "b", "ts": us(sl.start), **common})
+        events.append({"ph": "e", "ts": us(sl.end), **common})
+    events += _flows(spans, tid_of, us, pid)
     return events
 
 
+def _flows(spans, tid_of, us, pid) -> list[dict]:
+    """Flow events along each edge of one step of one run: values forward, gradients backward."""
+    by_key = {}
+    for s in spans:
+        by_key[(s.track, s.run, s.step, s.vertex, s.phase)] = s
+    out: list[dict] = []
+    flow_id = 0
+
+    def link(a, b, name: str) -> None:
+        nonlocal flow_id
+        if b.start < a.end:  # not causally after (spans recorded by hand): no flow backwards in time
+            return
+        flow_id += 1
+        eps_a = min(0.5, (a.end - a.start) * 1e6 / 2)
+        eps_b = min(0.5, (b.end - b.start) * 1e6 / 2)
+        out.append({"ph": "s", "id": flow_id, "name": name, "cat": "edge", "ts": round(us(a.end) - eps_a, 3),
+                    "pid": pid(a.track), "tid": tid_of[(a.track, a.lane)]})
+        out.append({"ph": "f", "bp": "e", "id": flow_id, "name": name, "cat": "edge",
+                    "ts": round(us(b.start) + eps_b, 3), "pid": pid(b.track), "tid": tid_of[(b.track, b.lane)]})
+
+    inputs_of: dict[tuple[int, int, int, str], tuple[str, ...]] = {}
+    for s in spans:
+        if s.phase == "forward":
+            inputs_of[(s.track, s.run, s.step, s.vertex)] = s.inputs
+    for s in spans:
+        key = (s.track, s.run, s.step)
+        if s.phase == "forward":
+            for name in dict.fromkeys(s.inputs):
+                producer = by_key.get((*key, name, "forward"))
+                if producer is not None:
+                    link(producer, s, "value")
+        else:
+            forward = by_key.get((*key, s.vertex, "forward"))
+            if forward is not None:
+                link(forward, s, "to backward")
+            for name in dict.fromkeys(inputs_of.get((*key, s.vertex), ())):
+                producer = by_key.get((*key, name, "backward"))
+                if producer is not None:
+                    link(s, producer, "gradient")
+    return out
+
+
 def write_chrome_trace(tracer: Tracer, path: str) -> None:
+    doc = {
+        "traceEvents": chrome_events(tracer),
+        "displayTimeUnit": "ms",
+        "otherData": {
+            "producer": "vertexflow",
+            "clock": "time.perf_counter, microseconds since otherData.perf_counter_origin_s",
+            "perf_counter_origin_s": tracer.origin,
+            "unix_time_origin_s": tracer.wall_origin,
+            "machine": tracer.metadata,
+            "executors": {t.label: t.options for t in tracer.tracks.values()},
+        },
+    }
+    text = json.dumps(doc, separators=(",", ":"))  # one C-encoded string: json.dump's chunks are slower
     with open(path, "w") as f:
-        json.dump({"traceEvents": chrome_events(tracer), "displayTimeUnit": "ms"}, f)
+        f.write(text)
+
+
+def read_chrome_trace(path: str) -> Tracer:
+    """A Tracer from a file `write_chrome_trace` wrote: its spans, tracks, waits, events and counters.
+
+    Raises:
+        ValueError: the file is not a vertexflow Chrome trace.
+    """
+    from .tracer import Counter, Event, Span, Tracer, Track, Wait
+
+    with open(path) as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or "traceEvents" not in doc:
+        raise ValueError(f"{path}: not a Chrome trace (no traceEvents)")
+    other = doc.get("otherData", {})
+    tracer = Tracer()
+    tracer.origin = float(other.get("perf_counter_origin_s", 0.0))
+    tracer.wall_origin = float(other.get("unix_time_origin_s", tracer.wall_origin))
+    tracer.metadata = other.get("machine", tracer.metadata)
+
+    def sec(ts: float) -> float:
+        return tracer.origin + ts / 1e6
+
+    lanes: dict[tuple[int, int], str] = {}
+    track_of_pid: dict[int, int] = {}
+    for e in doc["traceEvents"]:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            track = e["pid"] - 1
+            track_of_pid[e["pid"]] = track
+            if track:
+                label = e["args"]["name"]
+                options = other.get("executors", {}).get(label, {})
+                tracer.tracks[track] = Track(track, label, options)
+        elif e.get("ph") == "M" and e.get("name") == "thread_name":
+            lanes[(e["pid"], e["tid"])] = e["args"]["name"]
+    open_async: dict[tuple, dict] = {}
+    for e in doc["traceEvents"]:
+        ph = e.get("ph")
+        track = track_of_pid.get(e.get("pid"), 0)
+        if ph == "X" and e.get("cat") in PHASES:
+            a = e["args"]
+            start, end = sec(e["ts"]), sec(e["ts"] + e["dur"])
+            ready = start - a.get("wait_us", 0.0) / 1e6
+            tracer._spans.append(Span(
+                a["vertex"], a["op"], a["phase"], a["step"], a["lane"], ready, start, end,
+                tuple(tuple(x) for x in a.get("input_shapes", ())), tuple(a.get("inputs", ())), start,
+                None if "cpu_us" not in a else a["cpu_us"] / 1e6, a.get("run", 0), track,
+                tuple(a.get("shape", ())), a.get("dtype", ""), a.get("estimated_flops"), a.get("fused")))
+        elif ph == "X" and e.get("cat") == "wait":
+            a = e.get("args", {})
+            tracer.waits.append(Wait(e["name"].removeprefix("wait: "), a.get("vertex", ""), track, a.get("run", 0),
+                                     a.get("step", 0), lanes.get((e["pid"], e["tid"])), sec(e["ts"]),
+                                     sec(e["ts"] + e["dur"])))
+        elif ph == "X" and e.get("cat") == "executor":
+            tracer.events.append(Event(e["name"], track, lanes.get((e["pid"], e["tid"]), "?"), sec(e["ts"]),
+                                       sec(e["ts"] + e["dur"]), dict(e.get("args", {}))))
+        elif ph == "C":
+            for name, value in e.get("args", {}).items():
+                tracer.counters.append(Counter(name, track, sec(e["ts"]), value))
+        elif ph == "b" and e.get("cat") == "wait":
+            open_async[(e["pid"], e["id"])] = e
+        elif ph == "e" and e.get("cat") == "wait":
+            begin = open_async.pop((e["pid"], e["id"]), None)
+            if begin is not None:
+                a = begin.get("args", {})
+                what = begin["name"].removeprefix("waits for ").removeprefix("a ").removeprefix("its ")
+                tracer.waits.append(Wait(what, a.get("vertex", ""), track, a.get("run", 0), a.get("step", 0), None,
+                                         sec(begin["ts"]), sec(e["ts"])))
+    tracer._spans.sort(key=lambda s: s.end)
+    return tracer
+
+
+def lane_table(events: list[dict]) -> dict[int, list[dict]]:
+    """Complete events per (pid, tid), sorted: what the tests check nesting on."""
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X":
+            out[(e["pid"], e["tid"])].append(e)
+    for v in out.values():
+        v.sort(key=lambda e: (e["ts"], -e["dur"]))
+    return out
