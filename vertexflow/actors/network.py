@@ -351,7 +351,7 @@ class Network:
             placement = self.placements[actor.index] if node.id in actor.heavy_ids else self.inline
             if self.streams is not None:
                 placement = self.streams
-            sent = await placement.backward(reverse, node, total, lambda n: values[n.id], state.trace)
+            sent = await placement.backward(reverse, node, total, lambda n: values[n.id], state)
             for edge, gi in sent:
                 target = actor.grad_to.get(edge)
                 if target is None:

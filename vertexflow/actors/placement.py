@@ -71,8 +71,8 @@ class Inline:
         run_entries(self.runner, segment.entries, values, state.trace, self.lane, time.perf_counter(), status,
                     state.pooled)
 
-    async def backward(self, reverse, node: Node, total, value_of, trace):
-        return backward_vertex(self.runner, reverse, node, total, value_of, trace, self.lane)
+    async def backward(self, reverse, node: Node, total, value_of, state):
+        return backward_vertex(self.runner, reverse, node, total, value_of, state.trace, self.lane)
 
 
 class OnWorker:
@@ -84,12 +84,16 @@ class OnWorker:
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
         now = time.perf_counter()
+        # An older step first; within a step, in topological order, so that branches
+        # finish one after another and what joins them can start before the last one.
         await self.pool.run(run_entries, self.runner, segment.entries, values, state.trace, None, now, status,
-                            state.pooled, now if state.trace is not None else None)
+                            state.pooled, now if state.trace is not None else None,
+                            priority=(state.submitted, segment.entries[-1].member.id))
 
-    async def backward(self, reverse, node: Node, total, value_of, trace):
-        return await self.pool.run(_backward_on_worker, self.runner, reverse, node, total, value_of, trace,
-                                   time.perf_counter())
+    async def backward(self, reverse, node: Node, total, value_of, state):
+        # Derivatives in reverse topological order, the same step before the next.
+        return await self.pool.run(_backward_on_worker, self.runner, reverse, node, total, value_of, state.trace,
+                                   time.perf_counter(), priority=(state.submitted, -node.id))
 
 
 @dataclass(frozen=True)
@@ -135,9 +139,9 @@ class OnStreams:
             for key in entry.free:
                 del values[key]
 
-    async def backward(self, reverse, node: Node, total, value_of, trace):
+    async def backward(self, reverse, node: Node, total, value_of, state):
         # Derivative kernels go on the current stream, after the step's forward (see Network._backward).
-        return backward_vertex(self.runner, reverse, node, total, value_of, trace, "cuda-current-stream")
+        return backward_vertex(self.runner, reverse, node, total, value_of, state.trace, "cuda-current-stream")
 
     def step_done(self, slot: int, trace) -> None:
         """The step's fetches are complete: wait for its kernels, file their spans, free its events."""

@@ -1,14 +1,20 @@
 """A bounded pool of worker threads that trio tasks hand expensive vertices to.
 
-`await pool.run(fn, *args)` puts the call on a queue, parks the calling task,
+`await pool.run(fn, *args, priority=p)` puts the call on a queue, parks the calling task,
 and a worker thread runs it and reschedules the task through the trio token:
 one queue hand-off and one `run_sync_soon` each way, cheaper than a
 `trio.to_thread.run_sync` round trip. Workers are named `vf-worker-N`; that
 name is the lane a trace shows.
+
+The queue is ordered by priority, lowest first: the network passes (when its
+step was submitted, the vertex's topological id), so an older step's work
+goes first and, within a step, the branch a join waits on longest is not
+starved by breadth-first arrival order.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Callable
@@ -20,6 +26,7 @@ import trio
 from ..machine import BlasThreads
 
 _STOP = object()
+_LAST = (float("inf"),)  # the priority of a stop: after every queued call
 
 
 class _Worker:
@@ -34,7 +41,7 @@ class _Worker:
 
 
 class WorkerPool:
-    """`size` daemon threads sharing one queue of calls; started lazily, stopped by `close`.
+    """`size` daemon threads sharing one priority queue of calls; started lazily, stopped by `close`.
 
     A call that never comes back cannot be interrupted; `replace_busy` leaves
     the threads running such calls to themselves and starts new ones in
@@ -44,7 +51,8 @@ class WorkerPool:
     def __init__(self, size: int, name: str = "vf-worker"):
         self.size = size
         self.name = name
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()  # ties in priority go first come, first served
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._started = 0
@@ -72,7 +80,7 @@ class WorkerPool:
 
         np.seterr(all="ignore")  # this thread's numpy error state; numerics are checked by check_numerics
         while not worker.retired:
-            item = self._queue.get()
+            _, _, item = self._queue.get()
             if item is _STOP:
                 return
             fn, args, deliver = item
@@ -100,8 +108,10 @@ class WorkerPool:
                 self._spawn()
         return [w.thread.name for w in stuck]
 
-    async def run(self, fn: Callable, *args: Any) -> Any:
+    async def run(self, fn: Callable, *args: Any, priority: tuple = (0.0,)) -> Any:
         """Run fn(*args) on a worker thread and return its result (or raise its exception).
+
+        Calls waiting for a worker are taken lowest `priority` first.
 
         Cancelling the waiting task abandons the call: the worker finishes it and
         the result is dropped (a thread cannot be interrupted).
@@ -126,7 +136,7 @@ class WorkerPool:
             state["abandoned"] = True
             return trio.lowlevel.Abort.SUCCEEDED
 
-        self._queue.put((fn, args, deliver))
+        self._queue.put((priority, next(self._order), (fn, args, deliver)))
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
     def close(self, timeout: float | None = 10.0) -> None:
@@ -134,7 +144,7 @@ class WorkerPool:
         with self._lock:
             workers, self._workers = self._workers, []
         for _ in workers:
-            self._queue.put(_STOP)
+            self._queue.put((_LAST, next(self._order), _STOP))
         for worker in workers:
             worker.thread.join(timeout)
         self.blas.restore()
