@@ -55,28 +55,27 @@ def chrome_events(tracer: Tracer) -> list[dict]:
     def pid(track: int) -> int:
         return max(track, 0) + 1
 
-    as_lists: dict[tuple, list] = {}  # shapes and inputs repeat from step to step: convert each once
+    # A vertex's spans repeat from step to step: what does not change is built once, and copied.
+    fixed: dict[tuple, tuple[dict, str]] = {}
     for s in spans:
-        shapes = as_lists.get(s.input_shapes)
-        if shapes is None:
-            shapes = as_lists[s.input_shapes] = [list(x) for x in s.input_shapes]
-        inputs = as_lists.get(s.inputs)
-        if inputs is None:
-            inputs = as_lists[s.inputs] = list(s.inputs)
-        args = {"vertex": s.vertex, "op": s.op, "phase": s.phase, "step": s.step, "run": s.run, "lane": s.lane,
-                "input_shapes": shapes, "inputs": inputs, "wait_us": round(max(s.start - s.ready, 0.0) * 1e6, 3)}
-        if s.dtype:
-            args["dtype"] = s.dtype
-            args["shape"] = list(s.shape)
-            args["bytes"] = s.bytes
+        key = (s.vertex, s.op, s.phase, s.lane, s.input_shapes, s.inputs, s.shape, s.dtype, s.flops, s.fused)
+        base = fixed.get(key)
+        if base is None:
+            base = {"vertex": s.vertex, "op": s.op, "phase": s.phase, "lane": s.lane,
+                    "input_shapes": [list(x) for x in s.input_shapes], "inputs": list(s.inputs)}
+            if s.dtype:
+                base.update(dtype=s.dtype, shape=list(s.shape), bytes=s.bytes)
+            if s.flops is not None:
+                base["estimated_flops"] = s.flops
+            if s.fused:
+                base["fused"] = s.fused
+            base = fixed[key] = (base, s.name)
+        waited, took = s.start - s.ready, s.end - s.start
+        args = {**base[0], "step": s.step, "run": s.run, "wait_us": round(waited * 1e6, 3) if waited > 0 else 0.0}
         if s.cpu is not None:
             args["cpu_us"] = round(s.cpu * 1e6, 3)
-        if s.flops is not None:
-            args["estimated_flops"] = s.flops
-        if s.fused:
-            args["fused"] = s.fused
-        events.append({"ph": "X", "name": s.name, "cat": s.phase, "ts": us(s.start),
-                       "dur": max(round((s.end - s.start) * 1e6, 3), 0.0), "pid": pid(s.track),
+        events.append({"ph": "X", "name": base[1], "cat": s.phase, "ts": round((s.start - origin) * 1e6, 3),
+                       "dur": round(took * 1e6, 3) if took > 0 else 0.0, "pid": s.track + 1 if s.track > 0 else 1,
                        "tid": tid_of[(s.track, s.lane)], "args": args})
     async_id = 0
     for w in tracer.waits:

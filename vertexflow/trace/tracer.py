@@ -151,7 +151,7 @@ class StepTrace:
     def record(self, node: Node, phase: str, lane: str, ready: float, acquired: float, start: float, end: float,
                cpu: float | None, args, op=None, out_shape=None) -> None:
         self.tracer._raw.append((node, phase, self.track, self.run, self.step, lane, ready, acquired, start, end, cpu,
-                                 [getattr(a, "shape", ()) for a in args], op, out_shape))
+                                 tuple([getattr(a, "shape", ()) for a in args]), op, out_shape))
 
     def wait(self, what: str, vertex: str, lane: str | None, start: float, end: float) -> None:
         self.tracer.waits.append(Wait(what, vertex, self.track, self.run, self.step, lane, start, end))
@@ -227,7 +227,9 @@ class Tracer:
         self.counters: list[Counter] = []
         self.slices: list[StepSlice] = []
         self.metadata: dict = _machine_metadata()
-        self._flops: dict = {}  # (vertex, input shapes) -> the op's estimate, worked out once
+        # (vertex, phase, op, input shapes, output shape) -> what a span of it shows besides
+        # its times, worked out once: spans of one vertex repeat from step to step.
+        self._fixed: dict[tuple, tuple] = {}
         self._enclosing: list[Tracer] = []  # the tracers of the vf.trace() blocks around this one's
         self._enclosing_runs: dict[int, dict[int, int]] = {}
 
@@ -270,7 +272,7 @@ class Tracer:
                args) -> None:
         """A span recorded by hand (outside any executor): track 0, run 0."""
         self._raw.append((node, phase, 0, 0, step, lane, ready, start, start, end, None,
-                          [getattr(a, "shape", ()) for a in args], None, None))
+                          tuple([tuple(getattr(a, "shape", ())) for a in args]), None, None))
 
     # -- what readers see ----------------------------------------------------------------
     @property
@@ -284,6 +286,7 @@ class Tracer:
     def clear(self) -> None:
         self._raw.clear()
         self._spans.clear()
+        self._fixed.clear()  # keyed by ids of vertices the records held
         self.waits.clear()
         self.events.clear()
         self.counters.clear()
@@ -372,30 +375,36 @@ class _Named:
 
 def _span(raw: tuple, tracer: Tracer) -> Span:
     node, phase, track, run, step, lane, ready, acquired, start, end, cpu, shapes, op, out_shape = raw
+    key = (id(node), phase, id(op), shapes, out_shape)
+    fixed = tracer._fixed.get(key)
+    if fixed is None:
+        fixed = tracer._fixed[key] = _fixed_part(node, phase, shapes, op, out_shape, tracer)
+    name, op_name, shapes, inputs, out_shape, dtype, flops, fused = fixed
+    return Span(name, op_name, phase, step, lane, ready, start, end, shapes, inputs, acquired, cpu, run, track,
+                out_shape, dtype, flops, fused)
+
+
+def _fixed_part(node, phase: str, shapes: tuple, op, out_shape, tracer: Tracer) -> tuple:
+    """What a span shows besides its times and step: the same for every step with these shapes."""
     graph = getattr(node, "graph", None)
     if graph is not None:
         tracer.graph = graph
+    shapes = tuple(tuple(s) for s in shapes)
     inputs = tuple(i.name for i in node.inputs) if phase == "forward" else ()
     spec = getattr(node, "spec", None)
     flops = None
     used = op if op is not None else getattr(node, "op", None)
     if used is not None and phase == "forward" and op is None:
-        key = (id(node), tuple(tuple(s) for s in shapes))
-        flops = tracer._flops.get(key, False)
-        if flops is False:
-            from ..graph import Spec
+        from ..graph import Spec
 
-            try:
-                flops = float(used.cost(*(Spec(tuple(s), i.dtype) for s, i in zip(shapes, node.inputs))))
-            except Exception:  # noqa: BLE001 - an estimate only: a user op's cost may not take these
-                flops = None
-            tracer._flops[key] = flops
+        try:
+            flops = float(used.cost(*(Spec(s, i.dtype) for s, i in zip(shapes, node.inputs))))
+        except Exception:  # noqa: BLE001 - an estimate only: a user op's cost may not take these
+            flops = None
     if out_shape is None and spec is not None and phase == "forward":
         out_shape = tuple(-1 if d is None else d for d in spec.shape)
-    return Span(node.name, node.op_name, phase, step, lane, ready, start, end,
-                tuple(tuple(s) for s in shapes), inputs, acquired, cpu, run, track,
-                tuple(out_shape or ()), "" if spec is None else str(spec.dtype), flops,
-                None if op is None else repr(op))
+    return (node.name, node.op_name, shapes, inputs, tuple(out_shape or ()), "" if spec is None else str(spec.dtype),
+            flops, None if op is None else repr(op))
 
 
 def _machine_metadata() -> dict:
