@@ -10,7 +10,7 @@ from vertexflow import fusion
 
 pytestmark = pytest.mark.skipif(not fusion.available(), reason="numba is not installed (the fuse extra)")
 
-UNARY = [vf.negative, vf.relu, vf.abs, lambda h: h * 0.5, lambda h: h + 1.5, vf.tanh]
+UNARY = [vf.negative, vf.relu, vf.abs, lambda h: h * 0.5, lambda h: h + 1.5, vf.tanh, vf.erf, vf.gelu]
 BINARY = [vf.add, vf.subtract, vf.multiply, vf.maximum, vf.minimum, lambda a, b: vf.where(a > b, a, b)]
 
 

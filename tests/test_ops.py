@@ -9,6 +9,7 @@ Each case builds the op on float64 inputs, then checks
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,12 @@ CASES = [
     Case("sqrt", [(3, 4)], vf.sqrt, np.sqrt, torch and torch.sqrt, domain="positive"),
     Case("abs", [(3, 4)], vf.abs, np.abs, torch and torch.abs, domain="away0"),
     Case("tanh", [(3, 4)], vf.tanh, np.tanh, torch and torch.tanh),
+    Case("erf", [(3, 4)], vf.erf, np.vectorize(math.erf), torch and torch.erf),
+    Case("gelu", [(3, 4)], vf.gelu, lambda x: x * 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
+         torch and TF.gelu),
+    Case("gelu_tanh", [(3, 4)], lambda x: vf.gelu(x, approximate="tanh"),
+         lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+         torch and (lambda x: TF.gelu(x, approximate="tanh"))),
     Case("sigmoid", [(3, 4)], vf.sigmoid, lambda x: 1 / (1 + np.exp(-x)), torch and torch.sigmoid),
     Case("relu", [(3, 4)], vf.relu, lambda x: np.maximum(x, 0), torch and torch.relu, domain="away0"),
     Case(
@@ -426,7 +433,7 @@ def _op_samples():
     out_conv = S((2, 4, 4, 4), f)
     pooled = S((2, 3, 3, 3), f)
     unary = {cls: (cls(), [S((3, 4), f)]) for cls in (
-        ew.Negative, ew.Abs, ew.Sign, ew.Exp, ew.Log, ew.Sqrt, ew.Tanh, ew.Sigmoid, ew.Relu, ew.LeakyRelu)}
+        ew.Negative, ew.Abs, ew.Sign, ew.Exp, ew.Erf, ew.Log, ew.Sqrt, ew.Tanh, ew.Sigmoid, ew.Relu, ew.LeakyRelu)}
     binary = {cls: (cls(), [S((3, 4), f), S((4,), f)]) for cls in (
         ew.Add, ew.Subtract, ew.Multiply, ew.Divide, ew.Power, ew.Maximum, ew.Minimum, ew.Greater, ew.Less,
         ew.GreaterEqual, ew.LessEqual, ew.Equal, ew.NotEqual, TruncDivide)}
@@ -530,3 +537,11 @@ def test_getitem_shape_rule_follows_numpy(case):
     assert node.shape == want.shape, (shape, index)
     np.testing.assert_array_equal(vf.SequentialExecutor(g).run({x: xv}, node), want)
     vf.check_grad(vf.sum(node * 1.5), [x], {x: xv})
+
+
+def test_gelu_names_its_two_forms_when_given_another():
+    g = vf.Graph()
+    x = g.input("x", shape=(3,))
+    with pytest.raises(ValueError, match=r"approximate= takes 'none' or 'tanh', got 'fast'"):
+        vf.gelu(x, approximate="fast")
+    assert len(g) == 1  # nothing was added

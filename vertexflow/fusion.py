@@ -38,8 +38,10 @@ from .ops.base import Op
 
 # How each elementwise op reads as a scalar expression of its arguments. Transcendental ops
 # (exp, log, tanh, sigmoid, sqrt) are left out on purpose: numpy's SIMD loops for them beat a
-# compiled scalar loop calling libm, so a group stops at them and they stay numpy's.
+# compiled scalar loop calling libm, so a group stops at them and they stay numpy's. erf has no
+# SIMD loop to lose (scipy's is a scalar loop too), so it fuses: an exported GELU is one pass.
 TEMPLATES: dict[type, str] = {
+    ew.Erf: "math.erf({0})",
     ew.Add: "({0} + {1})",
     ew.Subtract: "({0} - {1})",
     ew.Multiply: "({0} * {1})",

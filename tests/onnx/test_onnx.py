@@ -74,15 +74,15 @@ def test_unsupported_nodes_are_all_listed_at_load_time():
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="ok"),
-        helper.make_node("Erf", ["a"], ["b"], name="erf_1"),
+        helper.make_node("Hardmax", ["a"], ["b"], name="hardmax_1"),
         helper.make_node("Conv", ["b", "b"], ["c"], name="grouped", group=2),
         helper.make_node("Identity", ["c"], ["y"], name="out"),
     ]
     model = helper.make_model(helper.make_graph(nodes, "bad", [x], [y]))
-    with pytest.raises(vf_onnx.UnsupportedOnnxError, match=r"cannot import 2 node\(s\): Erf 'erf_1': op not supported; "
+    with pytest.raises(vf_onnx.UnsupportedOnnxError, match=r"cannot import 2 node\(s\): Hardmax 'hardmax_1': op not supported; "
                                                             r"Conv 'grouped': .*group=2") as info:
         vf_onnx.load(model)
-    assert [(op, name) for op, name, _ in info.value.nodes] == [("Erf", "erf_1"), ("Conv", "grouped")]
+    assert [(op, name) for op, name, _ in info.value.nodes] == [("Hardmax", "hardmax_1"), ("Conv", "grouped")]
 
 
 torch = pytest.importorskip("torch")
@@ -108,10 +108,24 @@ def _nets():
     with torch.no_grad():  # non-trivial running statistics
         cnn[1].running_mean.uniform_(-0.5, 0.5)
         cnn[1].running_var.uniform_(0.5, 1.5)
-    return {"mlp": (mlp.eval(), torch.randn(7, 20)), "cnn": (cnn.eval(), torch.randn(6, 1, 10, 10))}
+    return {"mlp": (mlp.eval(), torch.randn(7, 20)), "cnn": (cnn.eval(), torch.randn(6, 1, 10, 10)),
+            "branches": (Branches().eval(), torch.randn(5, 12))}
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+class Branches(torch.nn.Module):
+    """Members with exact GELU (exported as Erf and four arithmetic nodes), tanh GELU, ReLU and sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        act = [torch.nn.GELU(), torch.nn.GELU(approximate="tanh"), torch.nn.ReLU(), torch.nn.Sigmoid()]
+        self.members = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(12, 16), a, torch.nn.Linear(16, 4)) for a in act)
+
+    def forward(self, x):
+        return sum(m(x) for m in self.members)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "branches"])
 def test_exported_pytorch_models_match_torch_and_onnxruntime(name):
     net, example = _nets()[name]
     data = _export(net, example)

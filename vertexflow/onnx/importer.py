@@ -136,6 +136,8 @@ def _why_unsupported(node, attrs: dict, opset: int, consts: set[str], values: di
         if pos < len(node.input) and node.input[pos] and node.input[pos] not in consts:
             return (f"input {pos} ({node.input[pos]!r}) must be a constant of the file "
                     "(or bound with load(..., constants={...}))")
+    if op == "Gelu" and attrs.get("approximate", "none") not in ("none", "tanh"):
+        return f"approximate={attrs['approximate']!r} not supported (none or tanh)"
     if op == "Reshape" and attrs.get("allowzero", 0):
         return "allowzero=1 not supported"
     if op == "Dropout" and len(node.input) > 2 and node.input[2]:
@@ -146,7 +148,7 @@ def _why_unsupported(node, attrs: dict, opset: int, consts: set[str], values: di
 
 
 ALLOWED_ATTRS = {
-    "LeakyRelu": {"alpha"}, "Softmax": {"axis"}, "LogSoftmax": {"axis"},
+    "LeakyRelu": {"alpha"}, "Gelu": {"approximate"}, "Softmax": {"axis"}, "LogSoftmax": {"axis"},
     "Gemm": {"alpha", "beta", "transA", "transB"},
     "Conv": {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"},
     "MaxPool": {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"},
@@ -380,11 +382,16 @@ def _leaky(env, node, xs, attrs, opset):
     return ops.leaky_relu(xs[0], attrs.get("alpha", 0.01), name=_out(env, node))
 
 
+def _gelu(env, node, xs, attrs, opset):
+    return ops.gelu(xs[0], attrs.get("approximate", "none"), name=_out(env, node))
+
+
 CONVERTERS: dict[str, Callable] = {
     "Add": _binary(ops.add), "Sub": _binary(ops.subtract), "Mul": _binary(ops.multiply),
     "Div": _div, "Pow": _binary(ops.power), "Neg": _unary(ops.negative),
     "Sqrt": _unary(ops.sqrt), "Exp": _unary(ops.exp), "Log": _unary(ops.log), "Abs": _unary(ops.abs),
     "Relu": _unary(ops.relu), "LeakyRelu": _leaky, "Sigmoid": _unary(ops.sigmoid), "Tanh": _unary(ops.tanh),
+    "Erf": _unary(ops.erf), "Gelu": _gelu,
     "Softmax": _softmax(ops.softmax), "LogSoftmax": _softmax(ops.log_softmax),
     "MatMul": _binary(ops.matmul), "Gemm": _gemm, "Conv": _conv,
     "MaxPool": _pool(ops.max_pool2d), "AveragePool": _pool(ops.avg_pool2d),

@@ -12,7 +12,9 @@ from .elementwise import (
     astype,
     divide,
     equal,
+    erf,
     exp,
+    gelu,
     greater,
     greater_equal,
     leaky_relu,
@@ -56,7 +58,7 @@ def builtin_ops() -> list[type[Op]]:
 
 __all__ = [
     "Op", "broadcast_shapes", "builtin_ops", "numel", "sum_to_shape",
-    "abs", "add", "astype", "divide", "equal", "exp", "greater", "greater_equal", "leaky_relu",
+    "abs", "add", "astype", "divide", "equal", "erf", "exp", "gelu", "greater", "greater_equal", "leaky_relu",
     "less", "less_equal", "log", "maximum", "minimum", "multiply", "negative", "not_equal",
     "power", "relu", "sigmoid", "sign", "sqrt", "subtract", "tanh", "where",
     "matmul", "avg_pool2d", "conv2d", "cross_entropy", "max_pool2d", "mse",

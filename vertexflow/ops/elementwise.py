@@ -123,6 +123,27 @@ class Sigmoid(Unary):
         return (F.mul(F.mul(g, y), F.sub(1, y)),)
 
 
+class Erf(Unary):
+    """The error function, from scipy.special (cupyx.scipy.special on a GPU): numpy has none."""
+
+    name = "erf"
+    per_element = 12.0
+
+    def forward(self, xp, x, out=None):
+        if xp.__name__ == "numpy":
+            from scipy import special
+        else:
+            from cupyx.scipy import special
+        return special.erf(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        (x,) = xs
+        return (F.mul(g, F.mul(F.exp(F.neg(F.mul(x, x))), _TWO_OVER_SQRT_PI)),)
+
+
+_TWO_OVER_SQRT_PI = 1.1283791670955126
+
+
 class Relu(Unary):
     name = "relu"
 
@@ -433,6 +454,24 @@ def sigmoid(x, name=None):
 
 def relu(x, name=None):
     return Relu()(x, name=name)
+
+
+def erf(x, name=None):
+    return Erf()(x, name=name)
+
+
+def gelu(x, approximate: str = "none", name=None):
+    """x * P(X <= x) for a standard normal X, as torch.nn.GELU: exactly with `erf`, or `approximate="tanh"`.
+
+    Built from elementwise vertices (so fuse=True can run it as one pass); `name`
+    names the last of them.
+    """
+    if approximate == "none":
+        return multiply(multiply(x, 0.5), add(erf(multiply(x, 0.7071067811865476)), 1.0), name=name)
+    if approximate == "tanh":
+        inner = multiply(add(x, multiply(multiply(multiply(x, x), x), 0.044715)), 0.7978845608028654)
+        return multiply(multiply(x, 0.5), add(tanh(inner), 1.0), name=name)
+    raise ValueError(f"gelu: approximate= takes 'none' or 'tanh', got {approximate!r}")
 
 
 def leaky_relu(x, negative_slope=0.01, name=None):
