@@ -1,6 +1,7 @@
 """vf.benchmark on a user's graph: the report, its JSON, results checked before timing, bad arguments."""
 
 import json
+import os
 import threading
 
 import numpy as np
@@ -36,6 +37,9 @@ def test_benchmark_reports_every_executor_with_honest_summaries(tmp_path):
             assert r.efficiency is None
     text = str(report)
     assert "lower bound" in text and "vs sequential" in text and "actor-network" in text
+    # A machine that pins OpenBLAS's kernels is told so: it slows numpy's products, not onnxruntime's.
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    assert any(f"OPENBLAS_CORETYPE={pinned} pins" in a for a in report.advice) == bool(pinned)
     report.save(str(tmp_path / "r.json"))
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["schema"] == "vertexflow.bench/2" and saved["mode"] == "run" and saved["recipe"] is None

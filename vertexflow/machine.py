@@ -22,6 +22,19 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
+def vector_extensions() -> list[str]:
+    """The SIMD extensions the CPU reports among AVX2 and AVX-512 (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [name for name in ("avx2", "avx512f") if name in flags]
+    except OSError:
+        pass
+    return []
+
+
 _controller = None
 _controller_lock = threading.Lock()
 

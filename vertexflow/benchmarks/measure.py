@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import BenchmarkError
 from ..graph import Graph
-from ..machine import blas_info, cores
+from ..machine import blas_info, cores, vector_extensions
 from .configs import Config, configs, runner
 from .report import Report, Result
 from .workload import Workload, from_graph, from_onnx, from_script, parse_target
@@ -230,6 +230,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "numpy": np.__version__,
         "processor": platform.processor() or platform.machine(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "vector_extensions": vector_extensions(),
         "blas": blas_info(),
     }
 

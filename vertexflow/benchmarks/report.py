@@ -177,6 +177,13 @@ class Report:
             out.append("BLAS runs each product with all cores, so parallel products take turns (results stay "
                        "bitwise equal); ActorExecutor(blas='share') splits the cores instead, at the price of "
                        "last-bit rounding differences")
+        pinned = self.machine.get("OPENBLAS_CORETYPE")
+        if pinned:
+            cpu = " on a CPU with AVX-512" if "avx512f" in self.machine.get("vector_extensions", []) else ""
+            out.append(f"OPENBLAS_CORETYPE={pinned} pins OpenBLAS to its {pinned} kernels{cpu}: numpy's matrix "
+                       "products (so vertexflow's and dask's) may run slower than this CPU allows, while peers "
+                       "with kernels of their own (onnxruntime) are not held back; unset it to compare at the "
+                       "CPU's best")
         return list(dict.fromkeys(out))
 
     # -- forms ---------------------------------------------------------------------------
