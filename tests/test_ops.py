@@ -170,6 +170,10 @@ CASES = [
          torch and (lambda x: TF.max_pool2d(x, 3, stride=2, padding=1))),
     Case("avg_pool2d", [(2, 3, 6, 6)], lambda x: vf.avg_pool2d(x, 2),
          lambda x: _pool_ref(x, 2, 2, 0, np.mean, 0.0), torch and (lambda x: TF.avg_pool2d(x, 2))),
+    Case("avg_pool2d_global", [(2, 3, 4, 4)], lambda x: vf.avg_pool2d(x, 4),
+         lambda x: x.mean(axis=(2, 3), keepdims=True), torch and (lambda x: TF.avg_pool2d(x, 4))),
+    Case("max_pool2d_global", [(2, 3, 4, 4)], lambda x: vf.max_pool2d(x, 4),
+         lambda x: x.max(axis=(2, 3), keepdims=True), torch and (lambda x: TF.max_pool2d(x, 4))),
     Case("avg_pool2d_overlap_pad", [(1, 2, 5, 5)], lambda x: vf.avg_pool2d(x, 3, stride=2, padding=1),
          lambda x: _pool_ref(x, 3, 2, 1, np.mean, 0.0),
          torch and (lambda x: TF.avg_pool2d(x, 3, stride=2, padding=1))),
@@ -545,3 +549,36 @@ def test_gelu_names_its_two_forms_when_given_another():
     with pytest.raises(ValueError, match=r"approximate= takes 'none' or 'tanh', got 'fast'"):
         vf.gelu(x, approximate="fast")
     assert len(g) == 1  # nothing was added
+
+
+@needs_torch
+@given(n=st.integers(1, 3), c=st.integers(1, 3), o=st.integers(1, 3), h=st.integers(3, 9), w=st.integers(3, 9),
+       kh=st.integers(1, 3), kw=st.integers(1, 3), stride=st.integers(1, 3), padding=st.integers(0, 1),
+       dilation=st.integers(1, 2), seed=st.integers(0, 99))
+def test_conv_and_pools_of_any_geometry_match_torch_with_gradients(n, c, o, h, w, kh, kw, stride, padding,
+                                                                   dilation, seed):
+    from hypothesis import assume
+
+    assume(h + 2 * padding >= dilation * (kh - 1) + 1 and w + 2 * padding >= dilation * (kw - 1) + 1)
+    rng = np.random.default_rng(seed)
+    x_val, w_val = rng.normal(size=(n, c, h, w)), rng.normal(size=(o, c, kh, kw))
+    g = vf.Graph()
+    x, k = g.input("x", shape=x_val.shape, dtype="float64"), g.param("k", value=w_val)
+    conv = vf.conv2d(x, k, stride=stride, padding=padding, dilation=dilation)
+    k_pool = max(kh, kw)
+    pools = []
+    if k_pool <= h + 2 * min(padding, k_pool // 2) and k_pool <= w + 2 * min(padding, k_pool // 2):
+        pad = min(padding, k_pool // 2)
+        pools = [(vf.max_pool2d(x, k_pool, stride, pad), lambda t: TF.max_pool2d(t, k_pool, stride, pad)),
+                 (vf.avg_pool2d(x, k_pool, stride, pad), lambda t: TF.avg_pool2d(t, k_pool, stride, pad))]
+    loss = vf.sum(conv * conv) + sum((vf.sum(p * p) for p, _ in pools), start=0.0)
+    grads = vf.grad(loss, [x, k])
+    got = vf.SequentialExecutor(g).run({x: x_val}, [conv, *[p for p, _ in pools], *grads])
+    tx, tk = (torch.tensor(v, requires_grad=True) for v in (x_val, w_val))
+    t_conv = TF.conv2d(tx, tk, stride=stride, padding=padding, dilation=dilation)
+    t_pools = [f(tx) for _, f in pools]
+    t_loss = (t_conv * t_conv).sum() + sum(((p * p).sum() for p in t_pools), start=0.0)
+    t_loss.backward()
+    want = [t_conv, *t_pools, tx.grad, tk.grad]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-9, atol=1e-10)
