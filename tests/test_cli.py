@@ -72,7 +72,7 @@ def test_bench_families_write_json_pyperf_markdown_and_plot(tmp_path):
         assert {"sequential", "actor"} <= executors
         for r in report["results"]:
             assert set(r) >= {"executor", "median_s", "q1_s", "q3_s", "ci95_s", "speedup", "speedup_ci95",
-                              "efficiency", "overhead_per_vertex_us", "peak_bytes", "times_s",
+                              "efficiency", "gap_per_vertex_us", "peak_bytes", "times_s",
                               "process_medians_s"}
             assert r["median_s"] > 0 and len(r["times_s"]) == 2
     pyperf = json.loads(paths["pyperf.json"].read_text())

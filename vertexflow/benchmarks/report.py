@@ -52,7 +52,7 @@ class Result:
     speedup: float | None = None
     speedup_ci95: tuple[float, float] | None = None
     efficiency: float | None = None
-    overhead_per_vertex_us: float | None = None
+    gap_per_vertex_us: float | None = None  # (median - lower bound) / vertices: what a schedule did not recover
     _processes: list[list[float]] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -118,7 +118,7 @@ class Report:
             r.speedup_ci95 = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
             if r.exact:  # the bound is over schedules of this graph's vertices: peers are other programs
                 r.efficiency = ideal / r.median_s
-                r.overhead_per_vertex_us = (r.median_s - ideal) / max(self.vertices, 1) * 1e6
+                r.gap_per_vertex_us = (r.median_s - ideal) / max(self.vertices, 1) * 1e6
         self.warnings = self._warnings()
         self.advice = self._advice()
 
@@ -187,7 +187,7 @@ class Report:
         return list(dict.fromkeys(out))
 
     # -- forms ---------------------------------------------------------------------------
-    COLUMNS = ["executor", "median", "IQR", "95% CI", "vs sequential", "efficiency", "overhead/vertex", "peak MB"]
+    COLUMNS = ["executor", "median", "IQR", "95% CI", "vs sequential", "efficiency", "gap/vertex", "peak MB"]
 
     def rows(self) -> list[list[str]]:
         out = []
@@ -200,7 +200,7 @@ class Report:
                 f"{_ms(r.ci95_s[0])}-{_ms(r.ci95_s[1])}",
                 f"{r.speedup:.2f}x [{low:.2f}-{high:.2f}]",
                 "-" if r.efficiency is None else f"{100 * r.efficiency:.0f}%",
-                "-" if r.overhead_per_vertex_us is None else f"{r.overhead_per_vertex_us:.1f} us",
+                "-" if r.gap_per_vertex_us is None else f"{r.gap_per_vertex_us:.1f} us",
                 "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.1f}",
             ])
         return out
@@ -383,7 +383,7 @@ class SuiteReport:
         return "\n".join(head + [""] + [r.markdown() for r in self.reports])
 
     def plot(self, path: str) -> str | None:
-        """Speedup against graph width (wide family) and overhead per vertex against vertex count."""
+        """Speedup against graph width (wide family) and time above the bound per vertex against vertex count."""
         try:
             import matplotlib
 
@@ -396,9 +396,9 @@ class SuiteReport:
         left.axhline(1.0, color="#888", lw=0.8, ls="--")
         left.set(xlabel="independent branches (wide graph)", ylabel="speedup over sequential",
                  title="Speedup against graph width")
-        _series(right, [r for r in self.reports if r.family == "fine_grained"], "vertices", "overhead_per_vertex_us")
+        _series(right, [r for r in self.reports if r.family == "fine_grained"], "vertices", "gap_per_vertex_us")
         right.set(xlabel="vertices (fine-grained graph)", ylabel="time over the bound per vertex (us)",
-                  title="Overhead per vertex", xscale="log")
+                  title="Time above the bound per vertex", xscale="log")
         for ax in (left, right):
             ax.grid(alpha=0.3)
             if ax.lines:
