@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import BenchmarkError
 from ..graph import Graph
-from ..machine import blas_info, cores, vector_extensions
+from ..machine import blas_info, blas_threads, cores, vector_extensions
 from .configs import Config, configs, runner
 from .report import Report, Result
 from .workload import Workload, from_graph, from_onnx, from_script, parse_target
@@ -202,11 +202,13 @@ def machine_load() -> dict[str, Any]:
     others = _others_busy()
     a = np.random.default_rng(0).standard_normal((192, 192))
     times = []
-    for _ in range(21):
-        start = time.perf_counter()
-        for _ in range(8):
-            np.tanh(a @ a)
-        times.append(time.perf_counter() - start)
+    # One BLAS thread: with two, thread wake-ups alone make the loop vary by 5-70% on an idle VM.
+    with blas_threads(1):
+        for _ in range(21):
+            start = time.perf_counter()
+            for _ in range(8):
+                np.tanh(a @ a)
+            times.append(time.perf_counter() - start)
     q1, med, q3 = statistics.quantiles(times, n=4)
     spread = (q3 - q1) / med
     reasons = []
