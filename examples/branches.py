@@ -2,7 +2,7 @@
 
     vertexflow bench examples/branches.py            # build() below
     vertexflow bench examples/branches.py:train      # forward and backward of a loss
-    vertexflow trace examples/branches.py --compare  # where the concurrent time goes
+    vertexflow trace examples/branches.py:build --compare  # where the concurrent time goes
 
 A benchmark target is any function returning (graph, feeds, fetch), or
 (graph, feeds, fetch, loss) to time training steps.

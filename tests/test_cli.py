@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
+import vertexflow as vf
 from vertexflow.cli import main
 
 SCRIPT = """
@@ -174,3 +175,25 @@ def test_the_quick_suite_covers_every_family():
     for family, sizes in SUITES["quick"]:  # and every one builds at its tiny size
         workload = FAMILIES[family](**shrink(family, sizes))
         assert workload.vertices > 0
+
+
+def test_trace_runs_a_benchmark_target_after_warm_up_and_compares(tmp_path, capsys):
+    script = tmp_path / "target.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np, vertexflow as vf
+        def build():
+            g = vf.Graph()
+            x = g.input('x', shape=(None, 8), dtype='float64')
+            return g, {x: np.ones((4, 8))}, [vf.tanh(x, name='left') + vf.exp(x, name='right')]
+    """))
+    out = tmp_path / "c.html"
+    assert main(["trace", f"{script}:build", "--compare", "--steps", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "against SequentialExecutor" in printed and "ideal (sequential work" in printed
+    tracer = vf.Tracer.load(str(tmp_path / "c.json"))
+    # Only the traced steps: three per executor, none of the warm-up's.
+    for track in tracer.track_ids():
+        steps = {(s.run, s.step) for s in tracer.spans if s.track == track and s.vertex == "left"}
+        assert len(steps) == 3
+    assert main(["trace", f"{script}:nothing", "--out", str(out)]) == 2
+    assert "has no function 'nothing'" in capsys.readouterr().err

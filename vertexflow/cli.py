@@ -141,16 +141,19 @@ def _parser() -> argparse.ArgumentParser:
     trace = commands.add_parser("trace", help="trace an example or a script into the HTML viewer and Chrome JSON",
                                 formatter_class=fmt)
     trace.add_argument("target", nargs="?", default=None,
-                       help=f"a built-in example ({', '.join(sorted(FAMILIES))}) or a Python script")
+                       help=f"a built-in example ({', '.join(sorted(FAMILIES))}), a benchmark target "
+                            "(script.py:function or model.onnx, run as the examples are), or a Python "
+                            "script (run as a program, every executor it runs traced)")
     trace.add_argument("--open", type=_input_file, default=None, metavar="TRACE.json",
                        help="make the viewer of a Chrome JSON trace saved before (instead of running anything)")
     trace.add_argument("--compare", action="store_true",
-                       help="compare the sequential run with the concurrent one (an example runs both; a script "
-                            "must run both executors)")
+                       help="compare the sequential run with the concurrent one (an example or target runs both; "
+                            "a script must run both executors)")
     trace.add_argument("--out", type=_output_file, default="trace.html", help="HTML output; the JSON goes beside it")
     trace.add_argument("--executor", choices=["actor", "sequential"], default="actor", help="for an example")
     trace.add_argument("--threads", type=_count, default=None, help="worker threads (default: the cores)")
-    trace.add_argument("--steps", type=_count, default=2, help="steps to run (examples only)")
+    trace.add_argument("--steps", type=_count, default=2, help="steps to run (examples and targets)")
+    trace.add_argument("--batch", type=_count, default=None, help="an ONNX target's batch size for random inputs")
     trace.add_argument("--graph", action="store_true", help="also write the graph as Graphviz (.dot), coloured by time")
 
     run = commands.add_parser("run", help="run an ONNX model on inputs given as .npy files", formatter_class=fmt)
@@ -272,6 +275,32 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _trace_workload(target: str, batch: int | None):
+    """The workload `vertexflow trace TARGET` runs itself, or None for a script it runs as a program.
+
+    Raises:
+        UsageError: a target that names nothing runnable.
+    """
+    from .benchmarks.families import FAMILIES
+    from .benchmarks.workload import from_onnx, from_script, parse_target
+
+    if target in FAMILIES:
+        return FAMILIES[target]()
+    path, function = parse_target(target)
+    if not os.path.isfile(path):
+        raise UsageError(f"vertexflow trace: {target!r} is neither a built-in example "
+                         f"({', '.join(sorted(FAMILIES))}) nor a file")
+    if target.endswith(".onnx"):
+        return from_onnx(target, batch=batch)
+    if batch is not None:
+        raise UsageError("vertexflow trace: --batch goes with an ONNX model")
+    if ":" in target:
+        return from_script(path, function)
+    if not path.endswith(".py"):
+        raise UsageError(f"vertexflow trace: {target!r} is not a Python script, script.py:function or model.onnx")
+    return None
+
+
 def _check_target(target: str, inputs) -> None:
     from .benchmarks.workload import parse_target
 
@@ -351,7 +380,7 @@ def _trace(args) -> int:
     import vertexflow as vf
 
     from .benchmarks.configs import Config, runner
-    from .benchmarks.families import FAMILIES
+    from .benchmarks.measure import warmup_units
     from .machine import cores
 
     html = args.out
@@ -369,31 +398,36 @@ def _trace(args) -> int:
         return 0
     if args.target is None:
         raise UsageError("vertexflow trace: give an example or a script to trace (or --open a saved trace)")
-    if args.target not in FAMILIES and not os.path.isfile(args.target):
-        raise UsageError(f"vertexflow trace: {args.target!r} is neither a built-in example "
-                         f"({', '.join(sorted(FAMILIES))}) nor a script")
+    workload = _trace_workload(args.target, args.batch)
     comparison = None
-    with vf.trace() as tracer:
-        if args.target in FAMILIES:
-            workload = FAMILIES[args.target]()
-            kinds = ["sequential", "actor-network"] if args.compare else [args.executor]
+    if workload is not None:
+        kinds = ["sequential", "actor-network"] if args.compare else [args.executor]
+        configs = [Config(kind, True) for kind in kinds]
+        runs = []
+        try:
+            for config in configs:
+                runs.append(runner(config, workload, args.threads or cores()))
+                # Warm-up, untraced, as long as a benchmark's: networks are wired, buffers
+                # made and an actor executor's choice of schedule measured here.
+                for _ in range(warmup_units(config, workload)):
+                    runs[-1].unit()
             tracers = []
-            for kind in kinds:
-                run = runner(Config(kind, True), workload, args.threads or cores())
-                try:
-                    run.unit()  # warm-up, untraced: networks are wired and buffers made here
+            with vf.trace() as tracer:
+                for run in runs:
                     with vf.trace() as own:
                         for _ in range(args.steps):
                             run.unit()
                     tracers.append(own)
-                finally:
-                    run.close()
-            if args.compare:
-                comparison = tracers[0].compare(tracers[1])
-            title = f"{workload.name} on {type(run.executor).__name__}"
-        else:
+        finally:
+            for run in runs:
+                run.close()
+        if args.compare:
+            comparison = tracers[0].compare(tracers[1])
+        title = f"{workload.name} on {type(runs[-1].executor).__name__}"
+    else:
+        with vf.trace() as tracer:
             runpy.run_path(args.target, run_name="__main__")
-            title = os.path.basename(args.target)
+        title = os.path.basename(args.target)
     if not tracer.spans:
         raise UsageError("vertexflow trace: nothing was traced: the script ran no executor")
     if args.compare and comparison is None:

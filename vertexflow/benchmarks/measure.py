@@ -102,7 +102,7 @@ def benchmark(
         for config in order:
             say(f"{workload.name}: {config.name}, process {r + 1} of {processes}")
             spec = {"config": config.name, "exact": config.exact, "threads": threads, "runs": runs,
-                    "warmup": warmup if warmup is not None else _warmup(config, workload),
+                    "warmup": warmup if warmup is not None else warmup_units(config, workload),
                     "memory": r == 0}
             rounds[config.name].append(launch(workload, spec))
     results = [Result.from_processes(c.name, c.exact, rounds[c.name]) for c in cfgs]
@@ -126,7 +126,7 @@ def resolve(target, feeds=None, fetch=None, *, mode="run", loss=None, batches=No
                          f"a 'script.py:function' or an '.onnx' file")
 
 
-def _warmup(config: Config, workload: Workload) -> int:
+def warmup_units(config: Config, workload: Workload) -> int:
     # The actor executor decides how to run in its first calls (or blocks of stream steps); every
     # configuration gets as many, so none is timed with colder caches than another.
     return 3 if workload.mode == "stream" else 10
@@ -144,7 +144,7 @@ def check_results(workload: Workload, cfgs: Sequence[Config], threads: int) -> N
         try:
             outputs[config.name] = run.unit()
             if config.name == "actor":  # it may run as one actor first: let it try the network too
-                for _ in range(_warmup(config, workload)):
+                for _ in range(warmup_units(config, workload)):
                     again = run.unit()
                     _compare(outputs["sequential"], again, config)
         except BenchmarkError:
