@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import statistics
 import sys
 import time
@@ -35,18 +36,36 @@ def run_spec(spec: dict, workload: Workload | None = None) -> dict[str, Any]:
     config = Config(spec["config"], exact=spec.get("exact", True))
     run = runner(config, workload, spec.get("threads"))
     try:
-        for _ in range(spec.get("warmup", 2)):
+        warm = []
+        for _ in range(max(spec.get("warmup", 2), 1)):
+            start = time.perf_counter()
             run.unit()
+            warm.append(time.perf_counter() - start)
+        # As pyperf does: a timed run of a short unit is the mean of enough units back to back to
+        # last `min_run_s`, so timer resolution and one-off hiccups do not make the spread.
+        loops = loops_for(min(warm[-3:]), spec.get("min_run_s", MIN_RUN_S))
         times = []
         for _ in range(spec["runs"]):
             start = time.perf_counter()
-            run.unit()
-            times.append(time.perf_counter() - start)
+            for _ in range(loops):
+                run.unit()
+            times.append((time.perf_counter() - start) / loops)
         peak = peak_memory(run.unit, run.executor) if spec.get("memory", True) else None
         info = run.choice()
     finally:
         run.close()
-    return {"config": config.name, "times_s": times, "peak_bytes": peak, "info": info}
+    return {"config": config.name, "times_s": times, "loops": loops, "peak_bytes": peak, "info": info}
+
+
+MIN_RUN_S = 0.02  # a timed run lasts at least this long (units are looped to fill it)
+MAX_LOOPS = 100
+
+
+def loops_for(unit_s: float, min_run_s: float) -> int:
+    """How many units back to back make one timed run last at least min_run_s (1 for long units)."""
+    if unit_s <= 0:
+        return MAX_LOOPS
+    return max(1, min(MAX_LOOPS, math.ceil(min_run_s / unit_s)))
 
 
 def run_prelude(recipe: dict) -> None:

@@ -53,6 +53,7 @@ class Result:
     speedup_ci95: tuple[float, float] | None = None
     efficiency: float | None = None
     gap_per_vertex_us: float | None = None  # (median - lower bound) / vertices: what a schedule did not recover
+    loops: int = 1  # units back to back in each timed run (times_s are per unit)
     _processes: list[list[float]] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -64,7 +65,8 @@ class Result:
         peak = next((p.get("peak_bytes") for p in processes if p.get("peak_bytes") is not None), None)
         info = next((p.get("info") for p in processes if p.get("info")), None)
         return cls(executor, exact, times, [statistics.median(r) for r in runs], statistics.median(times), q1, q3,
-                   (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))), peak, info, _processes=runs)
+                   (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))), peak, info,
+                   loops=max(p.get("loops", 1) for p in processes), _processes=runs)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -209,7 +211,9 @@ class Report:
         b, m = self.bound, self.machine
         return [
             f"{self.workload}: {self.mode}, {self.vertices} vertices; {self.processes} "
-            f"process{'es' if self.processes != 1 else ''} x {self.runs} runs per executor; {m['cores']} cores",
+            f"process{'es' if self.processes != 1 else ''} x {self.runs} runs per executor"
+            + (f" (a run: {max(r.loops for r in self.results)} units or fewer back to back)"
+               if any(r.loops > 1 for r in self.results) else "") + f"; {m['cores']} cores",
             f"lower bound {_ms(b['ideal_s'])} = max(critical path {_ms(b['critical_path_s'])}, "
             f"work {_ms(b['total_work_1_thread_s'])} / {b['cores']} cores)",
         ]
@@ -266,7 +270,7 @@ def save_pyperf(reports: Sequence[Report], path: str) -> None:
     benchmarks = []
     for report in reports:
         for r in report.results:
-            runs = [pyperf.Run(values, metadata={"name": f"{report.workload} {r.executor}", "loops": 1,
+            runs = [pyperf.Run(values, metadata={"name": f"{report.workload} {r.executor}", "loops": r.loops,
                                                  "unit": "second"}, collect_metadata=False)
                     for values in r._processes if len(values) >= 1]
             benchmarks.append(pyperf.Benchmark(runs))
