@@ -57,7 +57,13 @@ def test_actor_spans_name_their_lanes_and_the_network_is_wired_in_sight():
     assert lanes <= {"trio", "vf-worker-0", "vf-worker-1"} and lanes & {"vf-worker-0", "vf-worker-1"}
     assert [e.name for e in tracer.events] == ["wire network", "wire network"]  # a run's and a backward's
     assert {w.what for w in tracer.waits} >= {"worker"}
-    assert tracer.slices and tracer.counters
+    assert tracer.slices
+    counters = {}
+    for c in tracer.counters:
+        counters.setdefault(c.name, []).append(c.value)
+    assert set(counters) >= {"steps in flight", "worker queue", "busy workers"}
+    assert max(counters["steps in flight"]) == 1 and min(counters["steps in flight"]) == 0  # one step at a time
+    assert max(counters["worker queue"]) >= 1 and all(0 <= b <= 2 for b in counters["busy workers"])
     label = tracer.track_label(tracer.spans[0].track)
     assert label.startswith("ActorExecutor threads=2 schedule=network blas=auto")
 

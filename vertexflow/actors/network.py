@@ -106,6 +106,7 @@ class Network:
         self.plan = plan
         self.depth = depth
         self.xp = runner.xp
+        self.buffers = runner.buffers  # for the trace's counter of the pool's bytes
         inline = Inline(runner)
         if streams is not None:
             runtime, stream_plan = streams
@@ -224,6 +225,8 @@ class Network:
             if state.trace is not None:
                 state.trace.slice(state.submitted, time.perf_counter())
                 state.trace.counter("steps in flight", len(self.steps) - 1)
+                if self.buffers is not None:
+                    state.trace.counter("buffer pool MB", self.buffers.held_bytes() / 2**20)
             state.done.set()
             self.window.release()
             if state.discarded:

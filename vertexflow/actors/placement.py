@@ -84,11 +84,21 @@ class OnWorker:
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
         now = time.perf_counter()
+        trace = state.trace
+        if trace is not None:
+            self._count(trace, now, queued=1)
         # An older step first; within a step, in topological order, so that branches
         # finish one after another and what joins them can start before the last one.
-        await self.pool.run(run_entries, self.runner, segment.entries, values, state.trace, None, now, status,
-                            state.pooled, now if state.trace is not None else None,
+        await self.pool.run(run_entries, self.runner, segment.entries, values, trace, None, now, status,
+                            state.pooled, now if trace is not None else None,
                             priority=(state.submitted, segment.entries[-1].member.id))
+        if trace is not None:
+            self._count(trace, time.perf_counter())
+
+    def _count(self, trace, at: float, queued: int = 0) -> None:
+        """Counter samples of the pool: calls waiting for a worker (this one included), workers busy."""
+        trace.counter("worker queue", self.pool.queued() + queued, at)
+        trace.counter("busy workers", self.pool.busy, at)
 
     async def backward(self, reverse, node: Node, total, value_of, state):
         # Derivatives in reverse topological order, the same step before the next.

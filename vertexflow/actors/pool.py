@@ -93,6 +93,10 @@ class WorkerPool:
                 worker.busy = False
             deliver(result)
 
+    def queued(self) -> int:
+        """Calls waiting for a worker (approximate while workers take them)."""
+        return self._queue.qsize()
+
     def replace_busy(self) -> list[str]:
         """Leave the threads now running a call to finish it on their own, and start new ones instead.
 
