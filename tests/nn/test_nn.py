@@ -1,6 +1,7 @@
 """The neural-network kit: layers, optimizers against torch.optim, fit, model files, data."""
 
 import gzip
+import io
 
 import numpy as np
 import pytest
@@ -234,6 +235,88 @@ def test_npz_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, **{"param/fc0.w": np.array([object()], dtype=object)})
     with pytest.raises(vf.nn.ModelFileError, match="not a readable"):
+        vf.nn.load(str(path), model.parameters())
+
+
+def _hostile_state(opt, **changes):
+    state = opt.state_dict()
+    state.update(changes)
+    return state
+
+
+@pytest.mark.parametrize("steps, words", [
+    (np.array([1, 2]), "'steps' must be one integer >= 0, got int64 of shape \\(2,\\)"),
+    (np.array(np.nan), "'steps' must be one integer >= 0, got float64"),
+    (np.array("three"), "'steps' must be one integer >= 0, got <U5"),
+    (np.array(-1), "'steps' must be one integer >= 0"),
+])
+def test_bad_optimizer_entries_are_refused_before_anything_is_assigned(tmp_path, steps, words):
+    g, x, y, model, logits, loss = mlp()
+    params = model.parameters()
+    opt = vf.optim.Adam(params)
+    _, grads = vf.SequentialExecutor(g).backward({x: np.ones((2, 8)), y: np.array([0, 1])}, loss)
+    opt.step(grads)
+    arrays = {f"param/{p.name}": p.value + 1.0 for p in params}
+    arrays.update({f"optim/{k}": v for k, v in _hostile_state(opt, steps=steps).items()})
+    np.savez(tmp_path / "bad.npz", **arrays)
+    before = {p: p.value.copy() for p in params}
+    fresh = vf.optim.Adam(params)
+    with pytest.raises(vf.nn.ModelFileError, match=words):
+        vf.nn.load(str(tmp_path / "bad.npz"), params, fresh)
+    for p in params:
+        np.testing.assert_array_equal(p.value, before[p])
+    assert fresh.steps == 0 and fresh.state_dict() == {"steps": 0}
+
+
+def test_optimizer_slots_of_strings_or_nan_are_refused(tmp_path):
+    g, x, y, model, logits, loss = mlp()
+    params = model.parameters()
+    opt = vf.optim.Adam(params)
+    _, grads = vf.SequentialExecutor(g).backward({x: np.ones((2, 8)), y: np.array([0, 1])}, loss)
+    opt.step(grads)
+    key = next(k for k in opt.state_dict() if k != "steps")
+    shape = opt.state_dict()[key].shape
+    for bad, words in [(np.full(shape, np.nan), "NaN or infinite"), (np.full(shape, "x"), "not numbers")]:
+        arrays = {f"param/{p.name}": p.value for p in params}
+        arrays.update({f"optim/{k}": v for k, v in _hostile_state(opt, **{key: bad}).items()})
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(vf.nn.ModelFileError, match=f"optimizer state '{key}' holds .*{words}"):
+            vf.nn.load(str(tmp_path / "bad.npz"), params, vf.optim.Adam(params))
+
+
+def test_a_header_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    import tracemalloc
+    import zipfile
+
+    g, x, y, model, logits, loss = mlp()
+    params = model.parameters()
+    path = tmp_path / "huge.npz"
+    header = {"descr": "<f4", "fortran_order": False, "shape": (2**28,)}  # 1 GiB declared
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    member.write(b"\0" * 2**20)  # 1 MiB of data
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("param/fc0.w.npy", member.getvalue())
+    tracemalloc.start()
+    try:
+        with pytest.raises(vf.nn.ModelFileError, match=r"declares shape \(268435456,\) of float32 "
+                                                        r"\(1073741824 bytes\) but holds"):
+            vf.nn.load(str(path), params)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20
+
+
+def test_a_fifo_is_refused_instead_of_blocking(tmp_path):
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    g, x, y, model, logits, loss = mlp()
+    path = tmp_path / "pipe.npz"
+    os.mkfifo(path)
+    with pytest.raises(vf.nn.ModelFileError, match="not a regular file"):
         vf.nn.load(str(path), model.parameters())
 
 

@@ -9,6 +9,7 @@ file raises ModelFileError and leaves the model as it was.
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from collections.abc import Sequence
 
@@ -50,18 +51,55 @@ def _read(path: str) -> dict[str, np.ndarray]:
     kind = _format(path)
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such file")
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or never end
+        raise ModelFileError(f"{path}: not a regular file")
     try:
         if kind == ".npz":
             # Our own file handle: np.load leaves its own open when the zip is corrupt.
-            with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+            with open(path, "rb") as f:
+                _check_npz_sizes(path, f)
+                f.seek(0)
+                with np.load(f, allow_pickle=False) as data:
+                    return {k: data[k] for k in data.files}
         from safetensors.numpy import load_file
 
-        return load_file(str(path))
+        return load_file(str(path))  # safetensors checks every tensor's extent against the file
+    except ModelFileError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ModelFileError(f"{path}: not a readable {kind} model file ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # safetensors raises its own SafetensorError on corrupt headers
         raise ModelFileError(f"{path}: not a readable {kind} model file ({type(exc).__name__}: {exc})") from exc
+
+
+_MAX_EXPANSION = 1024  # a compressed member may not claim more than this many bytes per stored byte
+
+
+def _check_npz_sizes(path: str, f) -> None:
+    """Refuse, before allocating anything, arrays whose headers claim more bytes than the file holds.
+
+    Each member's .npy header declares a shape and dtype; numpy would allocate
+    that much before finding the data short. The declared bytes must fit the
+    member's size in the zip directory, and that size must be plausible for
+    the bytes actually stored.
+    """
+    with zipfile.ZipFile(f) as archive:
+        for info in archive.infolist():
+            if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1) + 2**20:
+                raise ModelFileError(f"{path}: entry {info.filename!r} claims {info.file_size} bytes from "
+                                     f"{info.compress_size} stored: not a model file vertexflow wrote")
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > info.file_size:
+                raise ModelFileError(f"{path}: entry {info.filename[:-4]!r} declares shape {shape} of {dtype} "
+                                     f"({declared} bytes) but holds {info.file_size} bytes")
 
 
 def load(path: str, params: Sequence[Node], optimizer: Optimizer | None = None) -> None:

@@ -92,7 +92,9 @@ class Optimizer(abc.ABC):
         shapes = {p.name: p for p in self.params}
         parsed: dict[str, dict[str, np.ndarray]] = {p.name: {} for p in self.params}
         for key, array in state.items():
+            array = np.asarray(array)
             if key == "steps":
+                self._check_steps(array)
                 continue
             name, _, slot = key.rpartition("/")
             if name not in shapes or slot not in self.slots:
@@ -100,13 +102,25 @@ class Optimizer(abc.ABC):
             p = shapes[name]
             if array.shape != p.shape:
                 raise GraphError(f"optimizer state {key!r} has shape {array.shape}, the param {p.shape}")
+            if array.dtype.kind not in "fiu":
+                raise GraphError(f"optimizer state {key!r} holds {array.dtype} values, not numbers")
+            if not np.isfinite(array).all():
+                raise GraphError(f"optimizer state {key!r} holds NaN or infinite values")
             parsed[name][slot] = np.array(array, dtype=p.dtype)
         return parsed
 
+    @staticmethod
+    def _check_steps(array: np.ndarray) -> int:
+        if array.shape != () or array.dtype.kind not in "iu" or int(array) < 0:
+            raise GraphError(f"optimizer state 'steps' must be one integer >= 0, got {array.dtype} of shape "
+                             f"{array.shape}")
+        return int(array)
+
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         parsed = self.check_state(state)
+        steps = self._check_steps(np.asarray(state.get("steps", 0)))
         self.state = parsed
-        self.steps = int(state.get("steps", 0))
+        self.steps = steps
 
 
 class SGD(Optimizer):
