@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import threading
 import time
 import weakref
@@ -64,10 +63,16 @@ class Choice:
 
     mode: str | None = None
     reason: str = "not run yet"
-    trials: int = 3
+    trials: int = 5
+    warm: int = 2  # each way's first calls, left out: a process's first calls are slower
     costs: dict[int, float] = field(default_factory=dict)
     times: dict[str, list[float]] = field(default_factory=lambda: {TAPE: [], NETWORK: []})
     calls: int = 0
+
+    @classmethod
+    def calls_to_decide(cls) -> int:
+        """Calls of one kind before the choice is made (the profile, then each way in turn)."""
+        return 1 + 2 * (cls.warm + cls.trials)
 
     def next(self) -> str:
         if self.mode is not None:
@@ -81,12 +86,14 @@ class Choice:
         if self.mode is not None:
             return
         self.times[mode].append(seconds)
-        tape, network = self.times[TAPE][1:], self.times[NETWORK][1:]
+        tape, network = self.times[TAPE][self.warm:], self.times[NETWORK][self.warm:]
         if len(tape) >= self.trials and len(network) >= self.trials:
-            t, n = statistics.median(tape), statistics.median(network)
+            # The fastest of each way: calls still speed up as the process warms (caches,
+            # buffers, page faults), and noise only ever adds time.
+            t, n = min(tape), min(network)
             self.mode = NETWORK if n < t else TAPE
             self.reason = (f"measured: the network took {n * 1e3:.3g} ms a call, the tape {t * 1e3:.3g} ms "
-                           f"(medians of {self.trials})")
+                           f"(fastest of {self.trials} after {self.warm} each)")
 
     def decide(self, mode: str, reason: str) -> None:
         self.mode, self.reason = mode, reason
@@ -134,7 +141,8 @@ class ActorExecutor(Executor):
             cores // parallel BLAS threads each; OpenBLAS then rounds many float32 products
             differently in the last bits than a run with all its threads.
         streams: on device="cuda", the most CUDA streams the stream plan uses.
-        calibration: calls (or blocks of stream steps) timed each way before "auto" decides.
+        calibration: calls (or blocks of stream steps) timed each way, after two warm-up calls
+            each, before "auto" decides (on the fastest of each way).
         device, tracer, check_numerics, buffers: as for every executor.
     """
 
@@ -148,7 +156,7 @@ class ActorExecutor(Executor):
         schedule: str = "auto",
         blas: str = "auto",
         streams: int = 4,
-        calibration: int = 3,
+        calibration: int = 5,
         **options,
     ):
         super().__init__(graph, **options)
