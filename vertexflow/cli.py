@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--branches", type=_count, default=8, help="independent branches")
     demo.add_argument("--depth", type=_count, default=6, help="expensive ops per branch")
     demo.add_argument("--rows", type=_count, default=256, help="rows of the batch")
-    demo.add_argument("--cols", type=_count, default=512, help="columns of the batch")
+    demo.add_argument("--cols", type=_count, default=1024, help="columns of the batch")
     demo.add_argument("--processes", type=_count, default=3, help="fresh processes per executor")
     demo.add_argument("--runs", type=_count, default=5, help="timed runs in each process")
     demo.add_argument("--threads", type=_count, default=None, help="worker threads (default: the cores)")

@@ -11,13 +11,16 @@ import os
 
 import vertexflow as vf
 
+from .actors.executor import Choice
 from .benchmarks.families import wide
 from .benchmarks.measure import benchmark
 from .machine import cores
 from .progress import progress
 
+TRACED_STEPS = 10
 
-def run_demo(branches: int = 8, depth: int = 6, rows: int = 256, cols: int = 512, processes: int = 3,
+
+def run_demo(branches: int = 8, depth: int = 6, rows: int = 256, cols: int = 1024, processes: int = 3,
              runs: int = 5, threads: int | None = None, out: str = ".", quiet: bool = False, say=print) -> int:
     threads = threads or cores()
     workload = wide(branches=branches, depth=depth, rows=rows, cols=cols)
@@ -51,15 +54,15 @@ def run_demo(branches: int = 8, depth: int = 6, rows: int = 256, cols: int = 512
     g, feeds, fetch = workload.graph, workload.feeds, workload.fetch
     seq_ex = vf.SequentialExecutor(g)
     with vf.ActorExecutor(g, threads=threads) as act_ex:
-        for _ in range(10):
+        for _ in range(Choice.calls_to_decide() + 3):  # past the actor executor's choice of schedule
             seq_ex.run(feeds, fetch)
             act_ex.run(feeds, fetch)
         with vf.trace() as everything:
             with vf.trace() as seq_trace:
-                for _ in range(3):
+                for _ in range(TRACED_STEPS):
                     seq_ex.run(feeds, fetch)
             with vf.trace() as act_trace:
-                for _ in range(3):
+                for _ in range(TRACED_STEPS):
                     act_ex.run(feeds, fetch)
     comparison = seq_trace.compare(act_trace)
     os.makedirs(out, exist_ok=True)
@@ -68,7 +71,7 @@ def run_demo(branches: int = 8, depth: int = 6, rows: int = 256, cols: int = 512
                                      title=f"vertexflow demo: the wide graph, sequential against "
                                            f"ActorExecutor(threads={threads})")
     say("")
-    say(f"traced (3 steps each): {comparison.speedup:.2f}x, {comparison.efficiency:.0%} of the ideal; the concurrent "
+    say(f"traced ({TRACED_STEPS} steps each, medians): {comparison.speedup:.2f}x, {comparison.efficiency:.0%} of the ideal; the concurrent "
         f"step's {comparison.concurrent_wall_s * 1e3:.1f} ms:")
     for part, seconds in comparison.breakdown():
         say(f"  {seconds * 1e3:8.2f} ms  {part}")
