@@ -61,9 +61,9 @@ def test_actor_spans_name_their_lanes_and_the_network_is_wired_in_sight():
     counters = {}
     for c in tracer.counters:
         counters.setdefault(c.name, []).append(c.value)
-    assert set(counters) >= {"steps in flight", "worker queue", "busy workers"}
+    assert set(counters) >= {"steps in flight", "workers queued", "workers busy"}
     assert max(counters["steps in flight"]) == 1 and min(counters["steps in flight"]) == 0  # one step at a time
-    assert max(counters["worker queue"]) >= 1 and all(0 <= b <= 2 for b in counters["busy workers"])
+    assert max(counters["workers queued"]) >= 1 and all(0 <= b <= 2 for b in counters["workers busy"])
     label = tracer.track_label(tracer.spans[0].track)
     assert label.startswith("ActorExecutor threads=2 schedule=network blas=auto")
 

@@ -180,7 +180,7 @@ class Network:
         self.steps[step] = StepState(self.expected, trace=trace, slot=slot, pooled=pooled or {},
                                      submitted=time.perf_counter())
         if trace is not None:
-            trace.counter("steps in flight", len(self.steps))
+            trace.counter("steps", "in flight", len(self.steps))
         # No await from here on: a step is either fully submitted or not at all.
         for actor, mailbox in zip(self.plan.actors, self.mailboxes):
             if actor.sources:
@@ -224,9 +224,9 @@ class Network:
             self.free_slots.append(state.slot)
             if state.trace is not None:
                 state.trace.slice(state.submitted, time.perf_counter())
-                state.trace.counter("steps in flight", len(self.steps) - 1)
+                state.trace.counter("steps", "in flight", len(self.steps) - 1)
                 if self.buffers is not None:
-                    state.trace.counter("buffer pool MB", self.buffers.held_bytes() / 2**20)
+                    state.trace.counter("buffer pool", "MB", self.buffers.held_bytes() / 2**20)
             state.done.set()
             self.window.release()
             if state.discarded:

@@ -97,8 +97,8 @@ class OnWorker:
 
     def _count(self, trace, at: float, queued: int = 0) -> None:
         """Counter samples of the pool: calls waiting for a worker (this one included), workers busy."""
-        trace.counter("worker queue", self.pool.queued() + queued, at)
-        trace.counter("busy workers", self.pool.busy, at)
+        trace.counter("workers", "queued", self.pool.queued() + queued, at)
+        trace.counter("workers", "busy", self.pool.busy, at)
 
     async def backward(self, reverse, node: Node, total, value_of, state):
         # Derivatives in reverse topological order, the same step before the next.

@@ -96,8 +96,9 @@ def chrome_events(tracer: Tracer) -> list[dict]:
                        "dur": max(round((e.end - e.start) * 1e6, 3), 0.0), "pid": pid(e.track),
                        "tid": tid_of.get((e.track, e.lane), pid(e.track) * 1000), "args": dict(e.args)})
     for c in tracer.counters:
-        events.append({"ph": "C", "name": c.name, "ts": us(c.time), "pid": pid(c.track), "tid": 0,
-                       "args": {c.name: c.value}})
+        # Perfetto names a counter track "<name> <arg key>": "workers busy", "steps in flight".
+        events.append({"ph": "C", "name": c.group, "ts": us(c.time), "pid": pid(c.track), "tid": 0,
+                       "args": {c.series: c.value}})
     for sl in tracer.slices:
         async_id += 1
         common = {"cat": "step", "name": f"step {sl.step} (run {sl.run})", "id": async_id, "pid": pid(sl.track),
@@ -223,8 +224,8 @@ def read_chrome_trace(path: str) -> Tracer:
             tracer.events.append(Event(e["name"], track, lanes.get((e["pid"], e["tid"]), "?"), sec(e["ts"]),
                                        sec(e["ts"] + e["dur"]), dict(e.get("args", {}))))
         elif ph == "C":
-            for name, value in e.get("args", {}).items():
-                tracer.counters.append(Counter(name, track, sec(e["ts"]), value))
+            for series, value in e.get("args", {}).items():
+                tracer.counters.append(Counter(e["name"], series, track, sec(e["ts"]), value))
         elif ph == "b" and e.get("cat") == "wait":
             open_async[(e["pid"], e["id"])] = e
         elif ph == "e" and e.get("cat") == "wait":

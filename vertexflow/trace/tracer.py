@@ -110,10 +110,17 @@ class Event:
 
 @dataclass(frozen=True)
 class Counter:
-    name: str
+    """One sample of a counter: `group` names the track family, `series` the line ("workers", "busy")."""
+
+    group: str
+    series: str
     track: int
     time: float
     value: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.group} {self.series}"
 
 
 @dataclass(frozen=True)
@@ -159,8 +166,9 @@ class StepTrace:
     def event(self, name: str, lane: str, start: float, end: float, **args) -> None:
         self.tracer.events.append(Event(name, self.track, lane, start, end, args))
 
-    def counter(self, name: str, value: float, at: float | None = None) -> None:
-        self.tracer.counters.append(Counter(name, self.track, time.perf_counter() if at is None else at, value))
+    def counter(self, group: str, series: str, value: float, at: float | None = None) -> None:
+        self.tracer.counters.append(Counter(group, series, self.track, time.perf_counter() if at is None else at,
+                                            value))
 
     def slice(self, start: float, end: float) -> None:
         self.tracer.slices.append(StepSlice(self.track, self.run, self.step, start, end))
