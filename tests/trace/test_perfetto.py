@@ -133,6 +133,7 @@ def test_perfetto_imports_a_mixed_trace_without_errors(tmp_path):
             browser.close()
     finally:
         server.shutdown()
+        server.server_close()
     assert problems == []  # e.g. slice_drop_overlapping_complete_event: overlapping spans on one thread
     assert slices == len(tracer.spans) + len([w for w in tracer.waits if w.lane is not None]) + len(tracer.events)
     assert any(n.startswith("ActorExecutor threads=2") for n in processes)
