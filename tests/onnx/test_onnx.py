@@ -85,6 +85,94 @@ def test_unsupported_nodes_are_all_listed_at_load_time():
     assert [(op, name) for op, name, _ in info.value.nodes] == [("Hardmax", "hardmax_1"), ("Conv", "grouped")]
 
 
+# -- hostile files -------------------------------------------------------------------------------
+def _relu_model(weight=None, name="w"):
+    """y = relu(x + w), with w an initializer (optionally given as a TensorProto)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    w = weight if weight is not None else onnx.numpy_helper.from_array(np.array([1.0, -1.0], np.float32), name)
+    nodes = [helper.make_node("Add", ["x", name], ["s"], name="add"), helper.make_node("Relu", ["s"], ["y"], name="r")]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]))
+
+
+def _external(model, location: str):
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    tensor.external_data.add(key="location", value=location)
+    return model
+
+
+def test_external_data_is_read_only_beside_a_model_given_by_path(tmp_path, monkeypatch):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.array([7.0, 7.0], np.float32).tobytes())
+    monkeypatch.chdir(tmp_path)  # where the external data would have been looked up for bytes
+    model = _external(_relu_model(), "secret.bin")
+    for given in (model.SerializeToString(), model):
+        with pytest.raises(vf_onnx.ModelFileError, match=r"tensor 'w' keeps its data in an external file; external "
+                                                           r"data is read only for a model given by path"):
+            vf_onnx.load(given)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(np.array([1.0, -1.0], np.float32).tobytes())
+    onnx.save(_external(_relu_model(), "weights.bin"), str(folder / "ok.onnx"))
+    loaded = vf_onnx.load(str(folder / "ok.onnx"))
+    np.testing.assert_array_equal(loaded.run({"x": np.zeros(2, np.float32)})[0], [1.0, 0.0])
+    onnx.save(_external(_relu_model(), "../secret.bin"), str(folder / "escape.onnx"))
+    with pytest.raises(vf_onnx.ModelFileError, match=r"tensor 'w' points outside the model's folder"):
+        vf_onnx.load(str(folder / "escape.onnx"))
+    onnx.save(_external(_relu_model(), str(secret)), str(folder / "absolute.onnx"))
+    with pytest.raises(vf_onnx.ModelFileError, match=r"points outside the model's folder"):
+        vf_onnx.load(str(folder / "absolute.onnx"))
+
+
+def test_malformed_and_empty_models_raise_vertexflows_own_error(tmp_path):
+    cases = [(b"\x08\x07garbage\xff\xff", "not an ONNX model"), (b"", "has no graph outputs")]
+    for data, words in cases:
+        with pytest.raises(vf_onnx.ModelFileError, match=words):
+            vf_onnx.load(data)
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage\xff\xff")
+    with pytest.raises(vf_onnx.ModelFileError, match=r"bad.onnx: not an ONNX model"):
+        vf_onnx.load(str(tmp_path / "bad.onnx"))
+    with pytest.raises(vf_onnx.ModelFileError, match="no such file"):
+        vf_onnx.load(str(tmp_path / "missing.onnx"))
+    from vertexflow import VertexflowError
+
+    assert issubclass(vf_onnx.ModelFileError, VertexflowError)
+
+
+def test_dangling_names_and_cycles_name_the_node_and_the_value():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    dangling = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["x", "nowhere"], ["y"], name="add")], "g", [x], [y]))
+    with pytest.raises(vf_onnx.ModelFileError, match=r"Add 'add' reads 'nowhere', which nothing before it defines"):
+        vf_onnx.load(dangling)
+    cycle = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["b"], ["a"], name="first"), helper.make_node("Relu", ["a"], ["b"], name="second"),
+         helper.make_node("Identity", ["b"], ["y"], name="out")], "g", [x], [y]))
+    with pytest.raises(vf_onnx.ModelFileError, match=r"Relu 'first' reads 'b'.*\(a dangling name, or a cycle\)"):
+        vf_onnx.load(cycle)
+
+
+def test_an_initializer_declaring_more_than_it_holds_is_refused_by_name():
+    huge = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2**28])
+    huge.raw_data = np.zeros(4, np.float32).tobytes()
+    with pytest.raises(vf_onnx.ModelFileError, match=r"initializer 'w' \(shape \[268435456\]\) is not readable"):
+        vf_onnx.load(_relu_model(huge))
+
+
+def test_a_fifo_is_refused_instead_of_blocking(tmp_path):
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    os.mkfifo(tmp_path / "pipe.onnx")
+    with pytest.raises(vf_onnx.ModelFileError, match="not a regular file"):
+        vf_onnx.load(str(tmp_path / "pipe.onnx"))
+
+
 torch = pytest.importorskip("torch")
 
 

@@ -4,8 +4,9 @@
     outputs = model.run({"input": batch}, executor="actor")
 """
 
+from ..errors import ModelFileError
 from .importer import CONVERTERS, OnnxModel, UnsupportedOnnxError, build_time_inputs, load
 
 SUPPORTED_OPS = sorted(CONVERTERS)
 
-__all__ = ["OnnxModel", "SUPPORTED_OPS", "UnsupportedOnnxError", "build_time_inputs", "load"]
+__all__ = ["ModelFileError", "OnnxModel", "SUPPORTED_OPS", "UnsupportedOnnxError", "build_time_inputs", "load"]
