@@ -94,6 +94,31 @@ def test_bad_feeds_are_refused_before_any_vertex_runs(make, feeds, words):
     assert counter.calls == 1
 
 
+def test_hostile_feeds_and_fetches_are_refused_before_any_vertex_runs(make):
+    g = vf.Graph()
+    i = g.input("i", shape=(2,), dtype="int32")
+    f = g.input("f", shape=(2,), dtype="float32")
+    a, b = g.input("a", shape=(None, 3)), g.input("b", shape=(None, 3))
+    counter = Counting()
+    both = counter(a) + b
+    ex = make(g)
+    cases = [
+        (lambda: ex.run({i: [2**40, 1]}, i * 2), vf.FeedError, r"holds 1099511627776, outside the range of int32"),
+        (lambda: ex.run({f: [1e40, 1.0]}, f * 2), vf.FeedError, r"holds values too large for float32"),
+        (lambda: ex.run({a: np.ones((5, 3), "float32"), b: np.ones((4, 3), "float32")}, both), vf.FeedError,
+         r"the feeds do not fit vertex 'add_1' \(add, built at .*\): it would get inputs of shapes \(5, 3\), \(4, 3\)"),
+        (lambda: ex.run({i: [1, 2]}, None), vf.GraphError, "fetch must be a vertex, a vertex name, or a list of them; "
+                                                           "got NoneType"),
+        (lambda: ex.run({i: [1, 2]}, 5), vf.GraphError, "got int"),
+        (lambda: ex.run({i: [1, 2], "i": [3, 4]}, i * 2), vf.FeedError, "input 'i' is fed twice"),
+    ]
+    for call, error, words in cases:
+        with pytest.raises(error, match=words):
+            call()
+    assert counter.calls == 0
+    np.testing.assert_array_equal(ex.run({a: np.ones((2, 3), "float32"), b: np.ones((2, 3), "float32")}, both), 2.0)
+
+
 def test_python_lists_are_fed_in_the_inputs_dtype(make):
     g = vf.Graph()
     x = g.input("x", shape=(2,))

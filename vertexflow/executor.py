@@ -347,7 +347,8 @@ def _converted(node: Node, value: Any) -> np.ndarray:
         if low < info.min or high > info.max:
             raise FeedError(f"feed for {node.name!r} holds {high if high > info.max else low}, "
                             f"outside the range of {dtype} [{info.min}, {info.max}]")
-    converted = array.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are refused just below
+        converted = array.astype(dtype)
     if array.size and dtype.kind == "f" and array.dtype.kind in "fiu":
         if bool(np.isinf(converted).any()) and not bool(np.isinf(array).any()):
             raise FeedError(f"feed for {node.name!r} holds values too large for {dtype} "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .core import Failure, timeout_error
+from .core import Failure, concrete_specs, timeout_error
 from .executor import Executor, Feeds, Fetch, SequentialExecutor
 from .gpu.runtime import CupyStreams, EmulatedStreams
 from .gpu.streams import StreamPlan, plan_streams
@@ -45,6 +45,7 @@ class StreamExecutor(Executor):
         plan = self.plan(nodes)
         sources = [n for n in ancestors(nodes) if n.kind != "op"]
         checked = self._feeds(feeds, sources)
+        concrete_specs([*sources, *plan.order], checked)  # shapes that fit every vertex, before any runs
         values = {n.id: checked[n.id] if n.kind == "input" else self._device_value(n) for n in sources}
         self.backend.uploaded()
         tracer = self._tracer()

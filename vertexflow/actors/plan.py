@@ -123,8 +123,9 @@ class NetworkPlan:
         return "\n".join(lines)
 
 
-def concrete_specs(order: Sequence[Node], source_shapes: Mapping[int, tuple]) -> dict[int, Spec]:
-    """Specs with the run's actual sizes, inferred from the first feed's shapes (for costs)."""
+def cost_specs(order: Sequence[Node], source_shapes: Mapping[int, tuple]) -> dict[int, Spec]:
+    """Specs with the run's actual sizes, inferred from the first feed's shapes, for cost estimates only
+    (lenient: a vertex whose shape rule refuses them keeps its static spec; feeds were checked before)."""
     specs: dict[int, Spec] = {}
     for node in order:
         if node.kind == "op":
@@ -160,7 +161,7 @@ def plan_network(
     """
     targets = list(fetch) + ([reverse.output] if reverse is not None else [])
     order = ancestors(targets)
-    specs = concrete_specs(order, source_shapes)
+    specs = cost_specs(order, source_shapes)
     shell = NetworkPlan(list(fetch), reverse, [], {}, heavy_flops, fusion)
     inputs_of = shell.inputs_of
     if fusion is not None:
