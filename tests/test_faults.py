@@ -77,12 +77,23 @@ def faulty_graph(draw):
             continue
         kind = draw(st.sampled_from(["tanh", "exp", "add", "mul", "matmul"]))
         a, b = (nodes[draw(st.integers(0, len(nodes) - 1))] for _ in range(2))
-        nodes.append({"tanh": lambda: vf.tanh(a), "exp": lambda: vf.exp(vf.tanh(a)), "add": lambda: a + b,
-                      "mul": lambda: a * b, "matmul": lambda: vf.tanh(a) @ w}[kind]())
+        nodes.append(_vertex(kind, a, b, w))
     out = nodes[-1] + nodes[at + 2]  # the fault's result and the last vertex both reach the fetch
     loss = vf.sum(out * out)
     feeds = {x: np.random.default_rng(draw(st.integers(0, 999))).normal(size=(4, 8))}
     return g, fault, out, loss, feeds
+
+
+def _vertex(kind: str, a, b, w):
+    if kind == "tanh":
+        return vf.tanh(a)
+    if kind == "exp":
+        return vf.exp(vf.tanh(a))
+    if kind == "add":
+        return a + b
+    if kind == "mul":
+        return a * b
+    return vf.tanh(a) @ w
 
 
 def _vf_threads() -> list[threading.Thread]:
@@ -215,11 +226,11 @@ def test_first_calls_from_several_threads_share_one_host_and_one_network():
         async def concurrent_first_aruns():
             async with trio.open_nursery() as nursery:
                 for _ in range(3):
-                    nursery.start_soon(ex.arun, {x: np.ones((4,))}, [out, vf.tanh(x)] if False else out)
+                    nursery.start_soon(ex.arun, {x: np.ones(4)}, out)
 
         trio.run(concurrent_first_aruns)
         assert len(ex._hosts[0].networks) == 1
-    assert _vf_threads() == [] or not any(t.is_alive() for t in _vf_threads())
+    assert _vf_threads() == []
 
 
 def test_close_from_another_thread_gives_waiting_callers_a_vertexflow_error():
