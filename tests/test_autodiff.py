@@ -107,13 +107,17 @@ def test_unused_gradient_vertices_are_pruned():
             assert node.name == "dsum_1/dw" or g.consumers(node), node
 
 
-def test_gradient_of_unrelated_vertex_is_zero():
+def test_gradient_of_unrelated_vertex_is_refused_unless_allowed_then_zero():
     g = vf.Graph()
     x = g.input("x", shape=(3,), dtype="float64")
     w = g.param("w", value=np.ones(3))
     unrelated = g.param("u", value=np.ones((2, 2)))
     loss = vf.sum(x * w)
-    du = vf.grad(loss, unrelated)
+    before = len(g)
+    with pytest.raises(vf.GraphError, match=r"'sum_1' does not depend on 'u'.*pass allow_unused=True"):
+        vf.grad(loss, [w, unrelated])
+    assert len(g) == before  # nothing was built
+    du = vf.grad(loss, unrelated, allow_unused=True)
     ex = vf.SequentialExecutor(g)
     np.testing.assert_array_equal(ex.run({x: np.ones(3)}, du), np.zeros((2, 2)))
     _, grads = ex.backward({x: np.ones(3)}, loss, [unrelated])
@@ -200,3 +204,18 @@ def test_grad_with_batch_dimension_unknown_until_run():
     for n in (1, 5):
         xv = np.arange(4.0 * n).reshape(n, 4)
         np.testing.assert_allclose(ex.run({x: xv}, db), 2 * xv.mean(0))
+
+
+def test_check_grad_picks_its_tolerances_from_the_dtype():
+    rng = np.random.default_rng(0)
+    for dtype in ("float32", "float64"):
+        g = vf.Graph()
+        x = g.input("x", shape=(3, 4), dtype=dtype)
+        w = g.param("w", value=rng.normal(size=(4, 2)).astype(dtype))
+        loss = vf.mean(vf.tanh(x @ w) ** 2)
+        checked = vf.check_grad(loss, [w, x], {x: rng.normal(size=(3, 4)).astype(dtype)})
+        assert set(checked) == {w, x}
+    g = vf.Graph()
+    h = g.input("h", shape=(3,), dtype="float16")
+    with pytest.raises(TypeError, match="need float64 or float32 vertices, not float16"):
+        vf.check_grad(vf.sum(h * h), [h], {h: np.ones(3, "float16")})

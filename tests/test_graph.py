@@ -142,3 +142,41 @@ def test_scalar_constants_are_shared():
     x = g.input("x", shape=(3,))
     a, b = x * 2, x + 2
     assert a.inputs[1] is b.inputs[1]
+
+
+def test_unnamed_graphs_get_distinct_names_so_errors_can_tell_them_apart():
+    a, b = vf.Graph(), vf.Graph()
+    assert a.name != b.name and a.name.startswith("graph_")
+    x, y = a.input("x", shape=(2,)), b.input("y", shape=(2,))
+    with pytest.raises(vf.GraphError, match=rf"different graphs \('{a.name}', '{b.name}'\)"):
+        x + y
+
+
+@pytest.mark.parametrize("shape", [(-1, 3), (2.5,), ("3",), (True,)])
+def test_shapes_that_are_not_sizes_are_refused_at_build(shape):
+    g = vf.Graph()
+    with pytest.raises(vf.ShapeError, match=r"is not a size; use an int >= 0, or None"):
+        g.input("x", shape=shape)
+    with pytest.raises(vf.ShapeError, match=r"is not a size"):
+        g.param("w", shape=shape, init=vf.init.zeros())
+    assert len(g) == 0
+
+
+def test_python_lists_beside_a_vertex_take_its_float_dtype_like_python_scalars():
+    g = vf.Graph()
+    h = g.input("h", shape=(3,), dtype="float32")
+    assert (h + [1, 2, 3]).dtype == np.float32 and (h * 2).dtype == np.float32
+    assert (h + [0.5, 1.5, 2.5]).dtype == np.float32
+    assert (h + np.ones(3)).dtype == np.float64  # a numpy float64 array promotes, as in numpy
+    i = g.input("i", shape=(3,), dtype="int32")
+    assert (i + [1, 2, 3]).dtype == np.int32 and (i + [0.5, 1.0, 2.0]).dtype == np.float64
+
+
+def test_graph_structure_is_fixed_once_built():
+    g = vf.Graph()
+    x = g.input("x", shape=(3,))
+    y = vf.exp(x)
+    for attr in ("inputs", "op", "kind"):
+        with pytest.raises(AttributeError, match="fixed once"):
+            setattr(y, attr, None)
+    assert y.inputs == (x,) and y.op_name == "exp"

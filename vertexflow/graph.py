@@ -109,7 +109,7 @@ class Node:
         origin: "file:line" of the user code that built it.
     """
 
-    __slots__ = ("graph", "name", "kind", "op", "inputs", "spec", "role", "origin", "id", "_value")
+    __slots__ = ("graph", "name", "_kind", "_op", "_inputs", "spec", "role", "origin", "id", "_value")
 
     # numpy must defer to our operators in `array * node`.
     __array_ufunc__ = None
@@ -117,14 +117,40 @@ class Node:
     def __init__(self, graph, name, kind, spec, op=None, inputs=(), role=None, value=None):
         self.graph = graph
         self.name = name
-        self.kind = kind
+        self._kind = kind
         self.spec = spec
-        self.op = op
-        self.inputs = tuple(inputs)
+        self._op = op
+        self._inputs = tuple(inputs)
         self.role = role
         self.origin = _user_frame()
         self.id = graph._take_id()
         self._value = value
+
+    # -- structure: fixed once built (executors cache plans of it) ---------
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return self._inputs
+
+    @inputs.setter
+    def inputs(self, value) -> None:
+        raise AttributeError(f"vertex {self.name!r}: inputs are fixed once a vertex is built; build a new vertex "
+                             "(op(*new_inputs)) instead")
+
+    @property
+    def op(self):
+        return self._op
+
+    @op.setter
+    def op(self, value) -> None:
+        raise AttributeError(f"vertex {self.name!r}: its op is fixed once it is built; build a new vertex instead")
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @kind.setter
+    def kind(self, value) -> None:
+        raise AttributeError(f"vertex {self.name!r}: its kind is fixed once it is built")
 
     # -- description -----------------------------------------------------
     @property
@@ -176,6 +202,21 @@ class Node:
     # Tracer: this module knows nothing of the op library.
 
 
+_unnamed = itertools.count(1)
+
+
+def _checked_shape(what: str, shape: Sequence[int | None]) -> tuple:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ShapeError(f"{what}: shape must be a tuple of sizes, got {shape!r}") from None
+    for d in dims:
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0):
+            raise ShapeError(f"{what}: dimension {d!r} in shape {dims!r} is not a size; use an int >= 0, or None "
+                             "for a size the feed gives")
+    return tuple(None if d is None else int(d) for d in dims)
+
+
 class Graph:
     """A dataflow graph of vertices.
 
@@ -184,8 +225,9 @@ class Graph:
     carrying the argument position as `argpos`.
     """
 
-    def __init__(self, name: str = "graph"):
-        self.name = name
+    def __init__(self, name: str | None = None):
+        # Unnamed graphs get distinct names, so an error about two graphs can tell them apart.
+        self.name = f"graph_{next(_unnamed)}" if name is None else name
         self.nx = nx.MultiDiGraph(name=name)
         self._nodes: dict[str, Node] = {}
         self._counters: dict[str, itertools.count] = defaultdict(lambda: itertools.count(1))
@@ -339,8 +381,12 @@ class Graph:
         return ident
 
     def input(self, name: str, shape: Sequence[int | None] = (), dtype: Any = "float32") -> Node:
-        """A value fed at run time; None in `shape` is a size given by the feed."""
-        spec = Spec(tuple(shape), as_dtype(dtype))
+        """A value fed at run time; None in `shape` is a size given by the feed.
+
+        Raises:
+            ShapeError: a dimension that is not None or an int >= 0.
+        """
+        spec = Spec(_checked_shape(f"input {name!r}", shape), as_dtype(dtype))
         return self._add(Node(self, self.unique_name(name, "input"), "input", spec))
 
     def param(
@@ -371,6 +417,7 @@ class Graph:
             dtype = "float32" if dtype is None else dtype
             if any(d is None for d in shape):
                 raise ShapeError(f"param {name!r}: every dimension of a param must be known, got {format_shape(tuple(shape))}")
+            shape = _checked_shape(f"param {name!r}", shape)
             array = np.asarray(init(tuple(shape), as_dtype(dtype)))
         spec = Spec(tuple(shape), as_dtype(dtype))
         checked = self._checked_param_value(name, spec, array)

@@ -1,6 +1,8 @@
 """Numeric gradient checks: central finite differences against runtime backward.
 
-Use float64 graphs: in float32, rounding swamps the difference quotient.
+float64 graphs get tight tolerances; float32 ones a larger step and looser
+tolerances (its rounding swamps a 1e-6 difference quotient); other dtypes are
+refused with what to do.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import numpy as np
 
 from ..errors import GradientMismatch
 from ..graph import Node
+
+# (eps, rtol, atol) by the widest float dtype involved.
+DEFAULTS = {np.dtype("float64"): (1e-6, 1e-5, 1e-7), np.dtype("float32"): (1e-3, 1e-2, 1e-3)}
 
 
 def numeric_grad(y: Node, wrt: Sequence[Node], feeds: Mapping | None = None, eps: float = 1e-6) -> dict[Node, np.ndarray]:
@@ -55,11 +60,15 @@ def check_grad(
     wrt: Sequence[Node] | Node,
     feeds: Mapping | None = None,
     *,
-    eps: float = 1e-6,
-    rtol: float = 1e-5,
-    atol: float = 1e-7,
+    eps: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> dict[Node, tuple[np.ndarray, np.ndarray]]:
     """Check runtime backward of scalar `y` against central finite differences.
+
+    Args:
+        eps, rtol, atol: the step and tolerances; by default from the dtype of `y`
+            (float64: 1e-6, 1e-5, 1e-7; float32: 1e-3, 1e-2, 1e-3).
 
     Returns:
         {vertex: (analytic, numeric)} when every gradient agrees within
@@ -72,6 +81,12 @@ def check_grad(
 
     wrt = [wrt] if isinstance(wrt, (Node, str)) else list(wrt)
     wrt = [y.graph.resolve(w) for w in wrt]
+    widest = max([np.dtype(y.dtype), *(np.dtype(w.dtype) for w in wrt)], key=lambda d: d.itemsize)
+    if widest not in DEFAULTS:
+        raise TypeError(f"check_grad: finite differences need float64 or float32 vertices, not {widest}; "
+                        "build the graph in float64 to check it")
+    eps, rtol, atol = (given if given is not None else default
+                       for given, default in zip((eps, rtol, atol), DEFAULTS[widest]))
     _, analytic = SequentialExecutor(y.graph).backward(feeds, y, wrt)
     numeric = numeric_grad(y, wrt, feeds, eps)
     report: dict[str, Any] = {}

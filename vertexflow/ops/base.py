@@ -87,7 +87,10 @@ def as_nodes(args: Sequence[Any], op_name: str) -> tuple[Node, ...]:
     """Turn op arguments into nodes of one graph: scalars and arrays become constants.
 
     A Python scalar takes the dtype it would have in numpy next to the node
-    arguments (so `x * 2` stays float32 when x is float32).
+    arguments (so `x * 2` stays float32 when x is float32), and so does a list or
+    tuple of Python numbers (`x + [1, 2, 3]` stays float32: numpy would make the list
+    float64 and the sum with it). numpy arrays and scalars keep their own dtype, as
+    in numpy.
     """
     graphs = {id(a.graph): a.graph for a in args if isinstance(a, Node)}
     if not graphs:
@@ -103,11 +106,24 @@ def as_nodes(args: Sequence[Any], op_name: str) -> tuple[Node, ...]:
             out.append(a)
         elif isinstance(a, (bool, int, float)):
             out.append(graph.scalar(a, scalar_dtype(node_dtypes, a)))
-        elif isinstance(a, (np.ndarray, np.generic, list, tuple)):
+        elif isinstance(a, (list, tuple)):
+            out.append(graph.const(a, dtype=_weak_sequence_dtype(node_dtypes, a)))
+        elif isinstance(a, (np.ndarray, np.generic)):
             out.append(graph.const(a))
         else:
             raise GraphError(f"{op_name}: cannot use a {type(a).__name__} as an argument")
     return tuple(out)
+
+
+def _weak_sequence_dtype(dtypes: Sequence[np.dtype], value: Sequence) -> np.dtype | None:
+    """A nested list of Python numbers next to vertices: the dtype its largest scalar would take."""
+    array = np.asarray(value)
+    if array.dtype == object or array.dtype.kind not in "biuf" or not dtypes or array.size == 0:
+        return None
+    kind_rank = {"b": 0, "u": 1, "i": 1, "f": 2}
+    if kind_rank[array.dtype.kind] > max(kind_rank.get(d.kind, 3) for d in dtypes):
+        return None  # floats next to integer vertices: numpy's promotion (a float result)
+    return np.result_type(*dtypes, array.flat[0].item())
 
 
 def scalar_dtype(dtypes: Sequence[np.dtype], value: Any) -> np.dtype:
