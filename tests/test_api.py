@@ -54,3 +54,12 @@ def test_every_error_type_lives_in_errors_py():
     assert defined == []
     for name in ("ModelFileError", "DataFileError", "UnsupportedOnnxError", "GradientMismatch", "InternalError"):
         assert issubclass(getattr(vertexflow.errors, name), vf.VertexflowError)
+
+
+def test_vf_onnx_is_there_without_importing_onnx_first():
+    import subprocess
+    import sys
+
+    code = ("import sys, vertexflow as vf; assert 'onnx' not in sys.modules; "
+            "assert callable(vf.onnx.load) and vf.onnx.SUPPORTED_OPS; assert 'onnx' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -197,3 +197,19 @@ def test_trace_runs_a_benchmark_target_after_warm_up_and_compares(tmp_path, caps
         assert len(steps) == 3
     assert main(["trace", f"{script}:nothing", "--out", str(out)]) == 2
     assert "has no function 'nothing'" in capsys.readouterr().err
+
+
+def test_training_logs_are_a_line_per_epoch_and_tqdm_disable_is_honoured():
+    pytest.importorskip("sklearn")
+    done = _cli("train", "mlp", "--epochs", "3", "--limit", "256")
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "\r" not in done.stdout  # no bar redraws in a log
+    epochs = [line for line in done.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert len(done.stderr) + len(done.stdout) < 1000
+    import os
+
+    quiet = subprocess.run([sys.executable, "-m", "vertexflow.cli", "train", "mlp", "--epochs", "2", "--limit", "128"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert quiet.returncode == 0 and "epoch " not in quiet.stderr
+    assert "test accuracy after 2 epochs" in quiet.stdout

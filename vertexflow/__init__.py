@@ -75,6 +75,15 @@ from .trace import Tracer, trace
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # `vf.onnx` without `import vertexflow.onnx`, and without importing onnx until a model is loaded.
+    if name == "onnx":
+        import importlib
+
+        return importlib.import_module(".onnx", __name__)
+    raise AttributeError(f"module 'vertexflow' has no attribute {name!r}")
+
 __all__ = [
     "Graph", "Node", "Spec", "Executor", "SequentialExecutor", "ActorExecutor", "StreamExecutor",
     "grad", "check_grad", "trace", "Tracer", "benchmark", "autodiff", "data", "init", "nn", "ops", "optim",

@@ -84,14 +84,15 @@ def fit(
         validation: a held-out (inputs, targets) split, measured after each epoch.
         output: a class-score vertex; with it, accuracies are measured (argmax vs integer targets).
         mode: a layers' Mode (e.g. model.mode), switched to evaluation while measuring.
-        progress: show a progress bar with the running loss (and accuracy, given `output`).
+        progress: report progress: on a terminal a bar with the running loss (and accuracy,
+            given `output`) and a line per epoch; elsewhere (a log, a pipe) the line per epoch
+            only. `TQDM_DISABLE=1` silences both.
 
     Returns:
         History with per-epoch loss (mean over the epoch's steps) and measured accuracies.
     """
-    from tqdm import tqdm
-
     from ..data import batches
+    from ..progress import progress as progress_report
 
     if loss.graph is not x.graph or loss.graph is not y.graph:
         raise GraphError("loss, x and y must belong to one graph")
@@ -101,8 +102,7 @@ def fit(
     steps_per_epoch = -(-len(xs) // batch_size)
     try:
         for epoch in range(epochs):
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                       leave=False, dynamic_ncols=True)
+            bar = progress_report(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", quiet=not progress)
             total, seen, correct = 0.0, 0, 0
             for xb, yb in batches(xs, ys, batch_size, shuffle=True, seed=seed + epoch):
                 if output is not None:  # the scores come from the same forward pass, for the bar's accuracy
@@ -136,8 +136,7 @@ def fit(
                 if output is not None:
                     history.val_accuracy.append(held["accuracy"])
                     line += f", val_accuracy {held['accuracy']:.4f}"
-            if progress:
-                tqdm.write(line)
+            bar.note(line)
     finally:
         if not isinstance(executor, Executor):
             ex.close()
