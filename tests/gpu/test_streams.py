@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vertexflow as vf
@@ -166,3 +166,39 @@ def test_a_wait_for_an_unrecorded_event_is_caught():
     streams.release(0)  # the step is done: its events go to a later step
     with pytest.raises(vf.DeviceError):
         streams.launch(1, lambda: None, waits=[0])
+
+
+@st.composite
+def sized_branches(draw):
+    """Two to four matmul branches of a size up to 512x512, joined: the shape of the bug at 256x512."""
+    rows, cols = draw(st.sampled_from([8, 64, 256])), draw(st.sampled_from([8, 128, 512]))
+    rng = np.random.default_rng(draw(st.integers(0, 99)))
+    g = vf.Graph("sized")
+    x = g.input("x", shape=(None, cols), dtype="float64")
+    params, tails = [], []
+    for k in range(draw(st.integers(2, 4))):
+        w = g.param(f"w{k}", value=rng.normal(size=(cols, cols)) * cols**-0.5)
+        params.append(w)
+        h = x @ w
+        tails.append(draw(st.sampled_from([vf.tanh, vf.sigmoid, vf.relu]))(h))
+    out = tails[0]
+    for t in tails[1:]:
+        out = out + t
+    loss = vf.mean(out * out)
+    batches = [{x: rng.normal(size=(rows, cols))} for _ in range(3)]
+    return g, out, loss, batches
+
+
+@settings(max_examples=12, deadline=None)
+@given(case=sized_branches(), streams=st.integers(2, 3))
+def test_emulated_cuda_at_every_size_matches_the_cpu_in_run_backward_and_streams(case, streams):
+    g, out, loss, batches = case
+    seq = vf.SequentialExecutor(g)
+    with vf.ActorExecutor(g, device="emulated-cuda", streams=streams) as act:
+        np.testing.assert_array_equal(act.run(batches[0], out), seq.run(batches[0], out))
+        (va, ga), (vs, gs) = act.backward(batches[0], loss), seq.backward(batches[0], loss)
+        np.testing.assert_array_equal(va, vs)
+        for p in gs:
+            np.testing.assert_array_equal(ga[p], gs[p])
+        for got, feeds in zip(act.run_stream(batches, out), batches):
+            np.testing.assert_array_equal(got, seq.run(feeds, out))
