@@ -128,12 +128,20 @@ def test_bench_an_onnx_model_against_onnxruntime(tmp_path):
     (["demo", "--branches", "0"], "must be at least 1, got 0"),
     (["trace", "no-such-thing"], "is neither a built-in example"),
     (["run", "{missing}"], "no such file"),
+    (["run", "{corrupt}"], "not an ONNX model"),
+    (["train", "mlp", "--epochs", "0"], "vertexflow train mlp: argument --epochs: must be at least 1, got 0"),
+    (["train", "mlp", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["train", "mlp", "--lr", "-1"], "argument --lr: must be above 0, got -1"),
+    (["train", "cnn", "--save", "/nonexistent/m.npz"], "the folder /nonexistent does not exist"),
+    (["train", "linear", "--save", "{tmp}/m.pkl"], "a model file ends in .npz or .safetensors"),
 ])
 def test_mistakes_get_one_line_and_status_2_before_any_work(tmp_path, args, words):
     marker = tmp_path / "built"
     script = tmp_path / "my_model.py"
     script.write_text(SCRIPT.format(marker=str(marker)))
-    filled = [a.format(script=script, missing=tmp_path / "missing.onnx") for a in args]
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
+    filled = [a.format(script=script, missing=tmp_path / "missing.onnx", corrupt=tmp_path / "corrupt.onnx",
+                       tmp=tmp_path) for a in args]
     done = _cli(*filled, timeout=120)
     _one_line_error(done, words)
     if "nosuch'" not in words:

@@ -21,64 +21,24 @@ import runpy
 import shlex
 import sys
 
+from .argtypes import count as _count
+from .argtypes import input_file as _input_file
+from .argtypes import named_file as _named_file
+from .argtypes import output_file as _output_file
+from .argtypes import output_folder as _output_folder
+from .argtypes import size as _size
 from .errors import CommandLineError as UsageError
 from .errors import VertexflowError
 
 
-# -- argument types: each refuses a bad value with words a user can act on -----------------
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except where there is none to show or the help already says it."""
 
-
-def _output_file(text: str) -> str:
-    folder = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} is not writable")
-    if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
-    return text
-
-
-def _output_folder(text: str) -> str:
-    parent = os.path.dirname(os.path.abspath(text)) if not os.path.isdir(text) else text
-    if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"{text}: neither it nor its parent folder exists")
-    if not os.access(parent, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{text}: not writable")
-    return text
-
-
-def _input_file(text: str) -> str:
-    if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
-    if not os.access(text, os.R_OK):
-        raise argparse.ArgumentTypeError(f"{text}: not readable")
-    return text
-
-
-def _named_file(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
-    return name, _input_file(path)
-
-
-def _size(text: str) -> tuple[str, int]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. rows=128; got {text!r}")
-    try:
-        return key, int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{key}= takes a whole number, got {value!r}") from None
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, [], False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     from .benchmarks.families import FAMILIES
     from .benchmarks.report import SUITE_HELP, SUITES
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Help
     parser = _Parser(prog="vertexflow", description="Dataflow graphs where every vertex is an actor.",
                      formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"vertexflow {__version__}")

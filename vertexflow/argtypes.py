@@ -1,0 +1,82 @@
+"""argparse types that refuse a bad value with words a user can act on (the CLI and the example programs).
+
+Each is a `type=` for `add_argument`: it returns the parsed value or raises
+`argparse.ArgumentTypeError`, so a mistake is one line before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def output_file(text: str) -> str:
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} is not writable")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    return text
+
+
+def output_folder(text: str) -> str:
+    parent = os.path.dirname(os.path.abspath(text)) if not os.path.isdir(text) else text
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text}: neither it nor its parent folder exists")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not writable")
+    return text
+
+
+def input_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not readable")
+    return text
+
+
+def named_file(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
+    return name, input_file(path)
+
+
+def size(text: str) -> tuple[str, int]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. rows=128; got {text!r}")
+    try:
+        return key, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}= takes a whole number, got {value!r}") from None
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def model_file(text: str) -> str:
+    """Where to save a model: .npz or .safetensors, in a folder that exists and is writable."""
+    if os.path.splitext(text)[1].lower() not in (".npz", ".safetensors"):
+        raise argparse.ArgumentTypeError(f"{text}: a model file ends in .npz or .safetensors")
+    return output_file(text)
