@@ -27,7 +27,7 @@ try:
 except ImportError:  # torch is an optional test extra
     torch = None
 
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (pip install 'vertexflow[test]')")
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (pip install -e '.[test]')")
 
 
 @dataclass

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'vertexflow[onnx]')")
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
 from onnx import TensorProto, helper  # noqa: E402
 
 from vertexflow import onnx as vf_onnx  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 
 import vertexflow as vf
 
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install 'vertexflow[test]')")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 CHROMIUM = os.environ.get("VERTEXFLOW_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 

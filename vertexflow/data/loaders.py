@@ -68,7 +68,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as sk_digits
     except ImportError as exc:
-        raise ImportError("load_digits needs scikit-learn: pip install 'vertexflow[nn]'") from exc
+        raise ImportError("load_digits needs scikit-learn: pip install scikit-learn (or, in a checkout, pip install -e '.[nn]')") from exc
     digits = sk_digits()
     return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
 

@@ -56,7 +56,7 @@ def get_backend(device: str = "cpu") -> Backend:
         except ImportError as exc:
             raise DeviceError(
                 "device='cuda' needs cupy, which is not installed; install it with "
-                "`pip install 'vertexflow[gpu]'` (cupy-cuda12x)"
+                "`pip install cupy-cuda12x` (or, in a checkout, `pip install -e '.[gpu]'`)"
             ) from exc
         try:
             count = cupy.cuda.runtime.getDeviceCount()

@@ -30,7 +30,7 @@ def _onnx():
         import onnx
         from onnx import numpy_helper
     except ImportError as exc:
-        raise ImportError("ONNX import needs the onnx package: pip install 'vertexflow[onnx]'") from exc
+        raise ImportError("ONNX import needs the onnx package: pip install onnx (or, in a checkout, pip install -e '.[onnx]')") from exc
     return onnx, numpy_helper
 
 
