@@ -1,5 +1,7 @@
 """Test helpers shared by the executor suites: ops that count, fail, or make NaNs."""
 
+import threading
+
 import numpy as np
 
 import vertexflow as vf
@@ -61,3 +63,26 @@ def small_mlp(dtype="float32", seed=0):
     rng = np.random.default_rng(seed)
     feeds = {x: rng.normal(size=(5, 8)).astype(dtype), y: rng.integers(0, 4, 5)}
     return g, feeds, loss
+
+
+def traced_on_two_threads(g, steps) -> "vf.Tracer":
+    """A SequentialExecutor and an ActorExecutor (every vertex on its workers) run `steps(ex)` at once,
+    each from its own thread, under one tracer; the tracer."""
+    tracer = vf.Tracer()
+    errors = []
+
+    def work(make):
+        try:
+            with vf.trace(tracer), make(g) as ex:
+                steps(ex)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    makers = (vf.SequentialExecutor, lambda g: vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network"))
+    threads = [threading.Thread(target=work, args=(make,)) for make in makers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return tracer

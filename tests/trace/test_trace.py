@@ -1,7 +1,6 @@
 """Tracing: honest spans from every executor, valid Chrome JSON for many runs, summaries, comparisons."""
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import vertexflow as vf
 from vertexflow.trace.analysis import critical_path, dependencies, vertex_times
 
 from ..actors.test_actor_executor import random_graph
-from ..executors import small_mlp
+from ..executors import small_mlp, traced_on_two_threads
 
 NETWORK = dict(threads=2, heavy_flops=0, schedule="network")
 
@@ -182,24 +181,12 @@ def test_traces_of_random_graphs_forward_backward_and_streams_are_valid(case, tm
 
 def test_two_executors_on_two_threads_under_one_tracer():
     g, feeds, loss = small_mlp("float64")
-    tracer = vf.Tracer()
-    errors = []
 
-    def work(make):
-        try:
-            with vf.trace(tracer), make(g) as ex:
-                for _ in range(3):
-                    ex.backward(feeds, loss)
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
+    def steps(ex):
+        for _ in range(3):
+            ex.backward(feeds, loss)
 
-    threads = [threading.Thread(target=work, args=(make,)) for make in
-               (vf.SequentialExecutor, lambda g: vf.ActorExecutor(g, **NETWORK))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    tracer = traced_on_two_threads(g, steps)
     events = {"traceEvents": __import__("vertexflow.trace.chrome", fromlist=["x"]).chrome_events(tracer)}
     found = _check_chrome(events)
     assert sorted(found["processes"].values())[0].startswith("ActorExecutor")
