@@ -71,15 +71,28 @@ def _conv_ref(x, w, stride, padding, dilation):
     return out
 
 
-def _pool_ref(x, k, s, p, reduce, fill):
+def _pool_ref(x, k, s, p, reduce, fill, d=1):
     n, c, h, w = x.shape
     xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=fill)
-    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    span = d * (k - 1) + 1
+    oh, ow = (h + 2 * p - span) // s + 1, (w + 2 * p - span) // s + 1
     out = np.zeros((n, c, oh, ow))
     for i in range(oh):
         for j in range(ow):
-            out[:, :, i, j] = reduce(xp[:, :, i * s : i * s + k, j * s : j * s + k], axis=(2, 3))
+            out[:, :, i, j] = reduce(xp[:, :, i * s : i * s + span : d, j * s : j * s + span : d], axis=(2, 3))
     return out
+
+
+def _grouped_conv_ref(x, w, groups):
+    cin, cout = x.shape[1] // groups, w.shape[0] // groups
+    return np.concatenate([_conv_ref(x[:, g * cin:(g + 1) * cin], w[g * cout:(g + 1) * cout], 1, 1, 1)
+                           for g in range(groups)], axis=1)
+
+
+def _layer_norm_ref(x, w, b):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-5) * w + b
 
 
 LABELS = np.array([2, 0, 3, 3, 1])
@@ -174,6 +187,31 @@ CASES = [
          lambda x: x.mean(axis=(2, 3), keepdims=True), torch and (lambda x: TF.avg_pool2d(x, 4))),
     Case("max_pool2d_global", [(2, 3, 4, 4)], lambda x: vf.max_pool2d(x, 4),
          lambda x: x.max(axis=(2, 3), keepdims=True), torch and (lambda x: TF.max_pool2d(x, 4))),
+    Case("conv2d_grouped", [(2, 4, 5, 5), (6, 2, 3, 3)], lambda x, w: vf.conv2d(x, w, padding=1, groups=2),
+         lambda x, w: _grouped_conv_ref(x, w, 2), torch and (lambda x, w: TF.conv2d(x, w, padding=1, groups=2))),
+    Case("conv2d_depthwise", [(2, 3, 5, 5), (3, 1, 3, 3)], lambda x, w: vf.conv2d(x, w, padding=1, groups=3),
+         lambda x, w: _grouped_conv_ref(x, w, 3), torch and (lambda x, w: TF.conv2d(x, w, padding=1, groups=3))),
+    Case("max_pool2d_dilated", [(1, 2, 7, 7)], lambda x: vf.max_pool2d(x, 2, stride=1, dilation=2),
+         lambda x: _pool_ref(x, 2, 1, 0, np.max, -np.inf, d=2),
+         torch and (lambda x: TF.max_pool2d(x, 2, stride=1, dilation=2))),
+    Case("layer_norm", [(3, 5), (5,), (5,)], lambda x, w, b: vf.layer_norm(x, (-1,), 1e-5, w, b), _layer_norm_ref,
+         torch and (lambda x, w, b: TF.layer_norm(x, (5,), w, b, 1e-5)), rtol=1e-4),
+    Case("min_axis", [(3, 4)], lambda x: vf.ops.min(x, axis=0), lambda x: x.min(0),
+         torch and (lambda x: torch.amin(x, 0))),
+    Case("remainder", [(3, 4), (3, 4)], lambda a, b: vf.remainder(a * 3.0, b), lambda a, b: np.mod(a * 3.0, b),
+         torch and (lambda a, b: torch.remainder(a * 3.0, b)), domain="positive"),
+    Case("fmod", [(3, 4), (4,)], lambda a, b: vf.remainder(a * 3.0, b, fmod=True), lambda a, b: np.fmod(a * 3.0, b),
+         torch and (lambda a, b: torch.fmod(a * 3.0, b)), domain="away0"),
+    Case("take_embedding", [(5, 3)], lambda x, idx: vf.take(x, idx, axis=0), lambda x, idx: np.take(x, idx, axis=0),
+         torch and (lambda x, idx: x[idx]), extra={"idx": np.array([[0, 4, 4], [2, -1, 0]])}),
+    Case("take_axis1", [(2, 5, 3)], lambda x, idx: vf.take(x, idx, axis=1), lambda x, idx: np.take(x, idx, axis=1),
+         torch and (lambda x, idx: x[:, idx]), extra={"idx": np.array([3, 1, 3])}),
+    Case("pad_constant", [(2, 3)], lambda x: vf.pad(x, [(1, 0), (2, 1)], value=0.5),
+         lambda x: np.pad(x, [(1, 0), (2, 1)], constant_values=0.5),
+         torch and (lambda x: TF.pad(x, (2, 1, 1, 0), value=0.5))),
+    *[Case(f"pad_{mode}", [(3, 4)], lambda x, m=mode: vf.pad(x, [(2, 1), (0, 3)], mode=m),
+           lambda x, m=mode: np.pad(x, [(2, 1), (0, 3)], mode={"edge": "edge", "reflect": "reflect", "wrap": "wrap"}[m]))
+      for mode in ("edge", "reflect", "wrap")],
     Case("avg_pool2d_overlap_pad", [(1, 2, 5, 5)], lambda x: vf.avg_pool2d(x, 3, stride=2, padding=1),
          lambda x: _pool_ref(x, 3, 2, 1, np.mean, 0.0),
          torch and (lambda x: TF.avg_pool2d(x, 3, stride=2, padding=1))),
@@ -427,7 +465,7 @@ def _op_samples():
     """An instance and input specs for every op class vertexflow defines (keyed by class name)."""
     from vertexflow.fusion import FusedOp, Group
     from vertexflow.nn.layers import DropoutMask, Mode
-    from vertexflow.onnx.importer import TruncDivide
+    from vertexflow.onnx.convert import SaturatingCast, TruncDivide
     from vertexflow.ops import elementwise as ew
     from vertexflow.ops import linalg, nn, reduce, shape
 
@@ -438,9 +476,11 @@ def _op_samples():
     pooled = S((2, 3, 3, 3), f)
     unary = {cls: (cls(), [S((3, 4), f)]) for cls in (
         ew.Negative, ew.Abs, ew.Sign, ew.Exp, ew.Erf, ew.Log, ew.Sqrt, ew.Tanh, ew.Sigmoid, ew.Relu, ew.LeakyRelu)}
+    unary[ew.LogicalNot] = (ew.LogicalNot(), [S((3, 4), b)])
     binary = {cls: (cls(), [S((3, 4), f), S((4,), f)]) for cls in (
         ew.Add, ew.Subtract, ew.Multiply, ew.Divide, ew.Power, ew.Maximum, ew.Minimum, ew.Greater, ew.Less,
-        ew.GreaterEqual, ew.LessEqual, ew.Equal, ew.NotEqual, TruncDivide)}
+        ew.GreaterEqual, ew.LessEqual, ew.Equal, ew.NotEqual, ew.Remainder, TruncDivide)}
+    binary.update({cls: (cls(), [S((3, 4), b), S((4,), b)]) for cls in (ew.LogicalAnd, ew.LogicalOr, ew.LogicalXor)})
     samples = {**unary, **binary}
     samples.update({
         ew.Cast: (ew.Cast("float32"), [S((3,), f)]),
@@ -449,6 +489,7 @@ def _op_samples():
         reduce.Sum: (reduce.Sum(0), [S((3, 4), f)]),
         reduce.Mean: (reduce.Mean(0), [S((3, 4), f)]),
         reduce.Max: (reduce.Max(0), [S((3, 4), f)]),
+        reduce.Min: (reduce.Min(0), [S((3, 4), f)]),
         reduce.Softmax: (reduce.Softmax(), [S((3, 4), f)]),
         reduce.LogSoftmax: (reduce.LogSoftmax(), [S((3, 4), f)]),
         shape.Reshape: (shape.Reshape((4, 3)), [S((3, 4), f)]),
@@ -464,6 +505,10 @@ def _op_samples():
         shape.Getitem: (shape.Getitem((0, slice(None))), [S((3, 4), f)]),
         shape.GetitemGrad: (shape.GetitemGrad((0,)), [S((4,), f), S((3, 4), f)]),
         shape.Identity: (shape.Identity(), [S((3, 4), f)]),
+        shape.Take: (shape.Take(1), [S((3, 4), f), S((2, 5), i)]),
+        shape.TakeGrad: (shape.TakeGrad(1), [S((3, 2, 5), f), S((2, 5), i), S((3, 4), f)]),
+        shape.ConstantPad: (shape.ConstantPad([(1, 0), (2, 1)]), [S((3, 4), f)]),
+        SaturatingCast: (SaturatingCast(np.dtype("float32")), [S((3,), f)]),
         shape.ZerosLike: (shape.ZerosLike(), [S((3, 4), f)]),
         shape.OnesLike: (shape.OnesLike(), [S((3, 4), f)]),
         shape.Count: (shape.Count((0,), f), [S((3, 4), f)]),
@@ -494,7 +539,7 @@ def _fused_sample(FusedOp, Group):
 
 def test_every_op_estimates_its_cost_from_its_own_inputs():
     import vertexflow.fusion  # noqa: F401 - its ops are in the registry too
-    import vertexflow.onnx.importer  # noqa: F401
+    import vertexflow.onnx.convert  # noqa: F401
 
     samples = _op_samples()
     registry = {cls.__qualname__ for cls in vf.ops.builtin_ops()}

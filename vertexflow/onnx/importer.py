@@ -1,540 +1,424 @@
-"""Import ONNX models as vertexflow graphs.
+"""Import ONNX models as vertexflow graphs, built for the values they are fed when they must be.
 
-`load(path_or_model)` checks every node first and raises one
-UnsupportedOnnxError listing each node it cannot import (op type, node name,
-and why), before building anything. Then it walks the nodes in file order:
-graph inputs become inputs (a symbolic dimension becomes None),
-initializers become params, `Constant` nodes constants, and each node one or
-a few vertices named after its outputs. Values that an op needs at build time
-(a Reshape's shape, Squeeze axes, Gather indices, Clip bounds, ...) must be
-constants (initializers or Constant nodes) of the file.
+`load(path_or_model)` reads the file safely (`reading`), checks every node and
+raises one UnsupportedOnnxError listing each node it cannot import (op type,
+node name, and why), then builds the graph: graph inputs become inputs (a
+symbolic dimension becomes None), float initializers params, and each node
+one or a few vertices named after its outputs (`convert`). A node whose inputs
+are all known when building (constants, integer initializers, shapes of
+tensors of known shape) is folded: its value is computed once, with the same
+ops, and becomes a constant.
+
+Some values shape the graph: a Reshape's target, Slice bounds, the axes of a
+reduction, the result of `Shape` on a tensor with a dynamic batch. When such
+a value is a graph input, or comes from the sizes of one, the model is
+*specialized*, as `jax.jit` does with static arguments: the graph is built at
+the first run for the values (and, when they matter, the input sizes) fed,
+and cached by them; another value builds and caches another graph. `load(...,
+constants={...})` fixes such inputs at load time instead.
 """
 
 from __future__ import annotations
 
-import math
-import stat
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from .. import ops
-from ..errors import ModelFileError, UnsupportedOnnxError
-from ..graph import Graph, Node
+from ..errors import FeedError, GraphError, ModelFileError, ShapeError, UnsupportedOnnxError
+from ..graph import Graph, Node, Spec, format_shape
+from .convert import CONVERTERS, Env, Inputs, NeedsValue, Unsupported, why_unsupported
+from .reading import check_structure, initializer_value, node_attributes, onnx_modules, read_model
+
+SPECIALIZATIONS_KEPT = 16  # graphs built for fed values, per model (least recently used dropped)
 
 
-def _onnx():
+class _Source:
+    """What a model's graphs are built from: the file's nodes, attributes and initializers."""
+
+    def __init__(self, model, where: str, bound: dict[str, np.ndarray]):
+        onnx, numpy_helper = onnx_modules()
+        self.where = where
+        self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
+        og = self.og = model.graph
+        self.name = og.name or "onnx"
+        self.initializers = {t.name: initializer_value(numpy_helper, t, where) for t in og.initializer}
+        self.bound = bound
+        self.attrs = [node_attributes(node) for node in og.node]
+        self.declared: dict[str, Spec] = {}
+        for vi in og.input:
+            if vi.name in self.initializers or vi.name in bound or not vi.type.HasField("tensor_type"):
+                continue
+            t = vi.type.tensor_type
+            shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+            self.declared[vi.name] = Spec(shape, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+        self.outputs = [vi.name for vi in og.output]
+        self.producers = {out: node for node in og.node for out in node.output if out}
+
+
+# -- building -------------------------------------------------------------------------------------
+class _Built:
+    def __init__(self, graph: Graph, inputs: list[Node], outputs: list[Node]):
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+
+
+def _build(src: _Source, values: Mapping[str, np.ndarray], shapes: Mapping[str, tuple] | None,
+           defer: bool, refused: list | None = None) -> _Built | list[NeedsValue]:
+    """The graph for these fixed input values (and input sizes, if given).
+
+    With `defer`, a value known only at run time stops that branch and the needs are
+    returned (the caller specializes); otherwise NeedsValue is raised. `refused` lists
+    problems found before building, (op, name, why, node index): those nodes are
+    skipped, and every problem is raised together.
+    """
+    g = Graph(src.name)
+    env = Env(g, src.opset)
+    for name, value in src.initializers.items():
+        env.known[name] = value
+        if value.dtype.kind == "f":
+            env.nodes[name] = g.param(g.fresh_name(name), value=value)
+            env.trainable.add(name)
+    env.known.update(src.bound)
+    inputs = []
+    for name, spec in src.declared.items():
+        if name in values:
+            env.known[name] = values[name]
+            continue
+        node = g.input(name, shape=shapes[name] if shapes is not None else spec.shape, dtype=spec.dtype)
+        env.nodes[name] = node
+        inputs.append(node)
+    problems, needs = [p[:3] for p in refused or []], []
+    blocked = {vi.name for vi in src.og.input if vi.name not in src.declared and vi.name not in src.initializers
+               and vi.name not in src.bound}  # inputs that are not tensors
+    skip = {p[3] for p in refused or []}
+    for index, (node, attrs) in enumerate(zip(src.og.node, src.attrs)):
+        outputs = [o for o in node.output if o]
+        if index in skip:
+            blocked.update(outputs)
+            continue
+        if node.op_type == "Constant":
+            env.known[node.output[0]] = _constant_value(attrs)
+            continue
+        if any(name in blocked for name in node.input if name):
+            blocked.update(outputs)
+            continue
+        label = node.name or f"#{index}"
+        try:
+            if _foldable(env, node):
+                results = _fold(src, env, node, attrs, label)
+            else:
+                results = CONVERTERS[node.op_type](env, node, Inputs(env, node), attrs)
+        except NeedsValue as need:
+            if not defer:
+                raise
+            needs.append(need)
+            blocked.update(outputs)
+            continue
+        except Unsupported as exc:
+            problems.append((node.op_type, label, str(exc)))
+            blocked.update(outputs)
+            continue
+        except ShapeError as exc:
+            if not defer:  # building for feeds: the feeds do not fit the model
+                raise ShapeError(f"{src.where}: {node.op_type} {label!r}: {exc}") from None
+            problems.append((node.op_type, label, str(exc)))  # loading: vertexflow cannot build it
+            blocked.update(outputs)
+            continue
+        if not isinstance(results, (list, tuple)):
+            results = [results]
+        for name, result in zip(node.output, results):
+            if not name or result is None:
+                continue
+            if isinstance(result, Node):
+                env.nodes[name] = result
+            else:
+                env.known[name] = np.asarray(result)
+    if problems:
+        raise _unsupported(problems)
+    if needs:
+        return needs
+    return _Built(g, inputs, [env.node(name) for name in src.outputs])
+
+
+def _constant_value(attrs: dict) -> np.ndarray:
+    if "value_float" in attrs or "value_floats" in attrs:
+        return np.asarray(attrs.get("value_float", attrs.get("value_floats")), dtype=np.float32)
+    if "value_int" in attrs or "value_ints" in attrs:
+        return np.asarray(attrs.get("value_int", attrs.get("value_ints")), dtype=np.int64)
+    return np.asarray(attrs["value"])
+
+
+def _foldable(env: Env, node) -> bool:
+    names = [n for n in node.input if n]
+    return bool(names) and all(n in env.known and n not in env.trainable for n in names)
+
+
+def _fold(src: _Source, env: Env, node, attrs: dict, label: str) -> list:
+    """The node's outputs as values: built with its own converter in a scratch graph, evaluated now."""
+    scratch = Env(Graph("fold"), env.opset)
+    scratch.known = {n: env.known[n] for n in node.input if n}
+    results = CONVERTERS[node.op_type](scratch, node, Inputs(scratch, node), attrs)
+    results = list(results) if isinstance(results, (list, tuple)) else [results]
+    values: dict[int, Any] = {}
     try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError as exc:
-        raise ImportError("ONNX import needs the onnx package: pip install onnx (or, in a checkout, pip install -e '.[onnx]')") from exc
-    return onnx, numpy_helper
+        for vertex in scratch.graph.nodes:  # creation order is a topological order
+            if vertex.kind == "const":
+                values[vertex.id] = vertex.value
+            else:
+                values[vertex.id] = vertex.op.forward(np, *(values[i.id] for i in vertex.inputs))
+    except (ArithmeticError, IndexError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{src.where}: {node.op_type} {label!r} fails on its constant inputs: "
+                             f"{type(exc).__name__}: {exc}") from None
+    return [values[r.id] if isinstance(r, Node) else r for r in results]
 
 
-@dataclass
+def _unsupported(problems: list[tuple[str, str, str]]) -> UnsupportedOnnxError:
+    listing = "; ".join(f"{op} {name!r}: {why}" for op, name, why in problems)
+    return UnsupportedOnnxError(f"cannot import {len(problems)} node(s): {listing}", problems)
+
+
+def _traced(src: _Source, need: NeedsValue) -> tuple[set[str], bool]:
+    """The graph inputs whose values a build-time need comes from, and whether input sizes matter."""
+    if need.shape:
+        return set(), True
+    inputs, sizes = set(), False
+    stack, seen = [need.tensor], set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in src.declared:
+            inputs.add(tensor)
+            continue
+        producer = src.producers.get(tensor)
+        if producer is None:
+            continue
+        if producer.op_type in ("Shape", "Size"):
+            sizes = True
+            continue
+        stack.extend(n for n in producer.input if n)
+    return inputs, sizes
+
+
+# -- the model ------------------------------------------------------------------------------------
 class OnnxModel:
-    """A loaded model: its graph, its inputs and outputs in the file's order, and a way to run it."""
+    """A loaded model: its inputs and outputs in the file's order, and a way to run it.
 
-    graph: Graph
-    inputs: list[Node]
-    outputs: list[Node]
-    opset: int
-    _executors: dict = field(default_factory=dict, repr=False)
+    A model whose graph does not depend on what it is fed has one `graph` (`static`).
+    Otherwise `run` builds the graph for each new set of structural values and input
+    sizes and caches it; `specialize(feeds)` gives that graph as a static model.
+    """
 
+    def __init__(self, src: _Source, built: _Built | None, fixed: Mapping[str, np.ndarray] | None = None,
+                 value_inputs: Iterable[str] = (), by_shape: bool = False, why: str = ""):
+        self._src = src
+        self._built = built
+        self._fixed = dict(fixed or {})
+        self._executors: dict = {}
+        self._specialized: OrderedDict = OrderedDict()
+        self.value_inputs = sorted(value_inputs)
+        self._by_shape = by_shape
+        self._why = why
+
+    # -- what the model is ------------------------------------------------------------------
+    @property
+    def opset(self) -> int:
+        return self._src.opset
+
+    @property
+    def static(self) -> bool:
+        """True when one graph serves every feed (the graph does not depend on fed values or sizes)."""
+        return self._built is not None
+
+    @property
+    def input_specs(self) -> dict[str, Spec]:
+        """Each input fed at run time, by name: the shape and dtype the file declares."""
+        return {k: v for k, v in self._src.declared.items() if k not in self._fixed}
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._src.outputs)
+
+    def _static_part(self, what: str) -> _Built:
+        if self._built is None:
+            raise GraphError(f"{self._src.where}: this model's graph depends on what it is fed ({self._why}), "
+                             f"so it has no single {what}: model.specialize(feeds) gives the graph for those feeds "
+                             "(model.run builds and caches it by itself)")
+        return self._built
+
+    @property
+    def graph(self) -> Graph:
+        return self._static_part("graph").graph
+
+    @property
+    def inputs(self) -> list[Node]:
+        return self._static_part("inputs").inputs
+
+    @property
+    def outputs(self) -> list[Node]:
+        return self._static_part("outputs").outputs
+
+    def __repr__(self) -> str:
+        kind = f"{len(self.graph)} vertices" if self.static else f"specialized per feed ({self._why})"
+        return f"<OnnxModel {self._src.where!r}: opset {self.opset}, {kind}>"
+
+    # -- specializing -----------------------------------------------------------------------
+    def _named(self, feeds: Mapping) -> dict[str, Any]:
+        if not isinstance(feeds, Mapping):
+            raise FeedError(f"feeds must be a mapping of input names to arrays, got {type(feeds).__name__}")
+        named = {}
+        for key, value in feeds.items():
+            name = key.name if isinstance(key, Node) else key
+            if name in named:
+                raise FeedError(f"input {name!r} is fed twice; feed it once")
+            named[name] = value
+        return named
+
+    def specialize(self, feeds: Mapping) -> OnnxModel:
+        """The model built for these feeds (itself when it is static), made once per key and cached.
+
+        Raises:
+            FeedError: a feed for no input, a missing feed, or sizes or a dtype the file does not allow.
+            UnsupportedOnnxError: a value the graph's structure needs is computed from data at run time.
+        """
+        if self._built is not None:
+            return self
+        named = self._named(feeds)
+        declared = self._src.declared
+        unknown = [k for k in named if k not in declared]
+        if unknown:
+            raise FeedError(f"{self._src.where} has no input {unknown[0]!r}; its inputs: "
+                            + ", ".join(f"{k} {v}" for k, v in declared.items()))
+        missing = [k for k in declared if k not in named]
+        if missing:
+            raise FeedError(f"missing feeds for {', '.join(map(repr, missing))}; the model's inputs: "
+                            + ", ".join(f"{k} {v}" for k, v in declared.items()))
+        arrays = {k: self._checked(k, named[k]) for k in declared}
+        while True:
+            key = self._key(arrays)
+            child = self._specialized.get(key)
+            if child is not None:
+                self._specialized.move_to_end(key)
+                return child
+            values = {k: arrays[k] for k in self.value_inputs}
+            shapes = {k: a.shape for k, a in arrays.items()} if self._by_shape else None
+            try:
+                built = _build(self._src, values, shapes, defer=False)
+            except NeedsValue as need:
+                inputs, sizes = _traced(self._src, need)
+                if not (inputs - set(self.value_inputs)) and not (sizes and not self._by_shape):
+                    raise UnsupportedOnnxError(
+                        f"{self._src.where}: {need.what} is computed from the data at run time ({need.tensor!r}); "
+                        "vertexflow needs it when the graph is built",
+                        [("?", need.tensor, f"{need.what} computed at run time")]) from None
+                self.value_inputs = sorted(set(self.value_inputs) | inputs)
+                self._by_shape = self._by_shape or sizes
+                continue
+            child = OnnxModel(self._src, built, fixed=values)
+            self._specialized[key] = child
+            if len(self._specialized) > SPECIALIZATIONS_KEPT:
+                _, dropped = self._specialized.popitem(last=False)
+                dropped.close()
+            return child
+
+    def _checked(self, name: str, value: Any) -> np.ndarray:
+        spec = self._src.declared[name]
+        array = np.asarray(value)
+        if array.dtype != spec.dtype:
+            if not np.can_cast(array.dtype, spec.dtype, "safe"):
+                raise FeedError(f"feed for {name!r} has dtype {array.dtype}, but the input is {spec.dtype}; "
+                                f"convert it with .astype({str(spec.dtype)!r})")
+            array = array.astype(spec.dtype)
+        if not spec.matches(array.shape):
+            raise FeedError(f"feed for {name!r} has shape {format_shape(array.shape)}, but the input is "
+                            f"{format_shape(spec.shape)}")
+        return array
+
+    def _key(self, arrays: Mapping[str, np.ndarray]) -> tuple:
+        values = tuple((k, arrays[k].dtype.str, arrays[k].shape, arrays[k].tobytes()) for k in self.value_inputs)
+        sizes = tuple((k, arrays[k].shape) for k in sorted(arrays)) if self._by_shape else ()
+        return values + sizes
+
+    # -- running ----------------------------------------------------------------------------
     def executor(self, kind: str = "sequential", **options):
-        """The model's executor of this kind and options, made once and kept."""
+        """The model's executor of this kind and options, made once and kept (static models)."""
         from ..executor import make_executor
 
+        built = self._static_part("executor")
         key = (kind, tuple(sorted(options.items())))
         if key not in self._executors:
-            self._executors[key] = make_executor(self.graph, kind, **options)
+            self._executors[key] = make_executor(built.graph, kind, **options)
         return self._executors[key]
 
-    def run(self, feeds: dict, executor: str = "sequential", **options) -> list[np.ndarray]:
-        """The outputs, in the file's order, for feeds keyed by input name (or node)."""
-        return self.executor(executor, **options).run(feeds, self.outputs)
+    def _runtime_feeds(self, feeds: Mapping) -> dict[str, Any]:
+        named = self._named(feeds)
+        for name, fixed in self._fixed.items():
+            if name in named:
+                given = np.asarray(named.pop(name))
+                if given.shape != fixed.shape or not np.array_equal(given, fixed):
+                    raise FeedError(f"input {name!r} was fixed when this graph was built for it; feed the "
+                                    "model it came from (model.run) to build the graph for another value")
+        return named
+
+    def run(self, feeds: Mapping, executor: str = "sequential", **options) -> list[np.ndarray]:
+        """The outputs, in the file's order, for feeds keyed by input name (or input vertex)."""
+        model = self.specialize(feeds)
+        return model.executor(executor, **options).run(model._runtime_feeds(feeds), model.outputs)
+
+    def run_stream(self, batches: Iterable[Mapping], executor: str = "actor", depth: int = 2,
+                   **options) -> Iterator[list[np.ndarray]]:
+        """Outputs for each feed dict of `batches`, in order, up to `depth` steps in flight.
+
+        Consecutive batches that share a specialization stream through one executor;
+        a batch that needs another graph (a last, smaller batch) starts a new stream.
+        """
+        group: list = []
+        current = None
+        for feeds in batches:
+            model = self.specialize(feeds)
+            if current is not None and model is not current:
+                yield from current._stream(group, executor, depth, options)
+                group = []
+            current = model
+            group.append(feeds)
+        if group:
+            yield from current._stream(group, executor, depth, options)
+
+    def _stream(self, group: list, kind: str, depth: int, options: dict) -> Iterator[list[np.ndarray]]:
+        ex = self.executor(kind, **options)
+        feeds = (self._runtime_feeds(f) for f in group)
+        if hasattr(ex, "run_stream"):
+            for out in ex.run_stream(feeds, self.outputs, depth=depth):
+                yield list(out)
+        else:
+            for f in feeds:
+                yield list(ex.run(f, self.outputs))
 
     def close(self) -> None:
         for ex in self._executors.values():
             ex.close()
         self._executors.clear()
+        for child in self._specialized.values():
+            child.close()
+        self._specialized.clear()
 
+    def __enter__(self) -> OnnxModel:
+        return self
 
-# -- attributes and constants ------------------------------------------------------------
-def _attrs(node) -> dict[str, Any]:
-    onnx, numpy_helper = _onnx()
-    out = {}
-    for a in node.attribute:
-        value = onnx.helper.get_attribute_value(a)
-        if isinstance(value, bytes):
-            value = value.decode()
-        elif a.type == onnx.AttributeProto.TENSOR:
-            value = numpy_helper.to_array(value)
-        elif isinstance(value, list) and value and isinstance(value[0], bytes):
-            value = [v.decode() for v in value]
-        out[a.name] = value
-    return out
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-class _Env:
-    """Tensor name -> vertex, plus the numpy value of tensors known at build time."""
-
-    def __init__(self, graph: Graph):
-        self.graph = graph
-        self.nodes: dict[str, Node] = {}
-        self.consts: dict[str, np.ndarray] = {}
-
-    def node(self, name: str) -> Node:
-        if name not in self.nodes:
-            self.nodes[name] = self.graph.const(self.consts[name], name=_safe(self.graph, name))
-        return self.nodes[name]
-
-    def const(self, name: str, what: str) -> np.ndarray:
-        if name not in self.consts:
-            raise UnsupportedOnnxError(f"{what} must be a constant of the file, but {name!r} is computed",
-                                       [("?", name, f"{what} not constant")])
-        return self.consts[name]
-
-
-def _safe(graph: Graph, name: str) -> str:
-    return graph.fresh_name(name)
-
-
-# -- support: which ops and attributes ----------------------------------------------------
-def _why_unsupported(node, attrs: dict, opset: int, consts: set[str], values: dict) -> str | None:
-    op = node.op_type
-    if op not in CONVERTERS:
-        return "op not supported"
-    allowed = ALLOWED_ATTRS.get(op, set())
-    for k, v in attrs.items():
-        if k not in allowed:
-            return f"attribute {k}={v!r} not supported"
-    if op in ("Conv", "MaxPool", "AveragePool"):
-        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            return f"auto_pad={attrs['auto_pad']} not supported"
-        pads = attrs.get("pads", [0] * 4)
-        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-            return f"pads={pads}: only 2-D, symmetric padding is supported"
-        kernel = attrs.get("kernel_shape")
-        if kernel is not None and len(kernel) != 2:
-            return "only 2-D kernels are supported"
-    if op == "Conv" and attrs.get("group", 1) != 1:
-        return f"group={attrs['group']} not supported"
-    if op in ("MaxPool", "AveragePool") and attrs.get("ceil_mode", 0):
-        return "ceil_mode=1 not supported"
-    if op == "MaxPool" and (any(d != 1 for d in attrs.get("dilations", [1, 1])) or attrs.get("storage_order", 0)):
-        return "dilations or storage_order not supported"
-    if op == "MaxPool" and len(node.output) > 1:
-        return "the Indices output is not supported"
-    if op == "AveragePool" and any(attrs.get("pads", [0])) and not attrs.get("count_include_pad", 0):
-        return "padding without count_include_pad=1 not supported"
-    if op == "BatchNormalization" and (attrs.get("training_mode", 0) or len(node.output) > 1):
-        return "training mode not supported"
-    for pos in BUILD_TIME_INPUTS.get(op, []):
-        if pos < len(node.input) and node.input[pos] and node.input[pos] not in consts:
-            return (f"input {pos} ({node.input[pos]!r}) must be a constant of the file "
-                    "(or bound with load(..., constants={...}))")
-    if op == "Gelu" and attrs.get("approximate", "none") not in ("none", "tanh"):
-        return f"approximate={attrs['approximate']!r} not supported (none or tanh)"
-    if op == "Reshape" and attrs.get("allowzero", 0):
-        return "allowzero=1 not supported"
-    if op == "Dropout" and len(node.input) > 2 and node.input[2]:
-        mode = values.get(node.input[2])
-        if mode is None or bool(np.asarray(mode)):
-            return "training mode (random masks) not supported"
-    return None
-
-
-ALLOWED_ATTRS = {
-    "LeakyRelu": {"alpha"}, "Gelu": {"approximate"}, "Softmax": {"axis"}, "LogSoftmax": {"axis"},
-    "Gemm": {"alpha", "beta", "transA", "transB"},
-    "Conv": {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"},
-    "MaxPool": {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"},
-    "AveragePool": {"auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides"},
-    "BatchNormalization": {"epsilon", "momentum", "training_mode"},
-    "Flatten": {"axis"}, "Reshape": {"allowzero"}, "Transpose": {"perm"}, "Concat": {"axis"},
-    "Squeeze": {"axes"}, "Unsqueeze": {"axes"}, "Constant": {"value", "value_float", "value_floats", "value_int", "value_ints"},
-    "Dropout": {"ratio", "seed"}, "Clip": {"min", "max"},
-    "ReduceSum": {"keepdims", "noop_with_empty_axes"}, "ReduceMean": {"axes", "keepdims", "noop_with_empty_axes"},
-    "ReduceMax": {"axes", "keepdims", "noop_with_empty_axes"}, "Gather": {"axis"},
-}
-
-
-# -- reading the file safely -----------------------------------------------------------------------
-def _read_model(onnx, model_or_path) -> tuple[Any, str]:
-    """The ModelProto, and how to name it in errors; external data only beside a model given by path.
-
-    Raises:
-        ModelFileError: not a regular file, not an ONNX model, or external data it may not read.
-    """
-    import os
-
-    from google.protobuf.message import DecodeError
-
-    if isinstance(model_or_path, os.PathLike):
-        model_or_path = os.fspath(model_or_path)
-    if isinstance(model_or_path, str):
-        where = model_or_path
-        if not os.path.exists(where):
-            raise ModelFileError(f"{where}: no such file")
-        if not stat.S_ISREG(os.stat(where).st_mode):
-            raise ModelFileError(f"{where}: not a regular file")
-        try:
-            model = onnx.load(where, load_external_data=False)
-        except (DecodeError, ValueError, OSError) as exc:
-            raise ModelFileError(f"{where}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
-        _load_external_data(onnx, model, os.path.dirname(os.path.abspath(where)), where)
-    elif isinstance(model_or_path, (bytes, bytearray, memoryview)):
-        where = "the model bytes"
-        try:
-            model = onnx.load_from_string(bytes(model_or_path))
-        except (DecodeError, ValueError) as exc:
-            raise ModelFileError(f"{where}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
-        _refuse_external_data(model, where)
-    elif isinstance(model_or_path, onnx.ModelProto):
-        where = "the ModelProto"
-        model = model_or_path
-        _refuse_external_data(model, where)
-    else:
-        raise TypeError(f"vf.onnx.load takes a path, bytes or an onnx.ModelProto, got {type(model_or_path).__name__}")
-    if not model.graph.output:
-        raise ModelFileError(f"{where}: the model has no graph outputs (an empty or truncated file?)")
-    return model, where
-
-
-def _external_tensors(model):
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
-
-
-def _refuse_external_data(model, where: str) -> None:
-    tensors = _external_tensors(model)
-    if tensors:
-        raise ModelFileError(f"{where}: tensor {tensors[0].name!r} keeps its data in an external file; external "
-                             "data is read only for a model given by path (from that model's folder)")
-
-
-def _load_external_data(onnx, model, folder: str, where: str) -> None:
-    """Read each external tensor's bytes, only from regular files inside the model's folder."""
-    import os
-
-    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor
-
-    root = os.path.realpath(folder)
-    for tensor in _external_tensors(model):
-        info = ExternalDataInfo(tensor)
-        location = info.location or ""
-        target = os.path.realpath(os.path.join(root, location))
-        if os.path.isabs(location) or os.path.commonpath([root, target]) != root:
-            raise ModelFileError(f"{where}: tensor {tensor.name!r} points outside the model's folder "
-                                 f"({location!r}); refused")
-        if not os.path.isfile(target):
-            raise ModelFileError(f"{where}: tensor {tensor.name!r}: its external data file {location!r} is missing "
-                                 "or not a regular file")
-        size = os.path.getsize(target)
-        offset = int(info.offset or 0)
-        length = int(info.length) if info.length is not None else size - offset
-        if offset < 0 or length < 0 or offset + length > size:
-            raise ModelFileError(f"{where}: tensor {tensor.name!r} asks for bytes {offset}..{offset + length} of "
-                                 f"{location!r}, which holds {size}")
-        load_external_data_for_tensor(tensor, root)
-
-
-def _check_structure(og, where: str) -> None:
-    """Every name a node reads is defined before it (the file's order is topological), once."""
-    defined = {vi.name for vi in og.input} | {t.name for t in og.initializer} | {""}
-    problems = []
-    for index, node in enumerate(og.node):
-        label = node.name or f"#{index}"
-        missing = [name for name in node.input if name not in defined]
-        if missing:
-            problems.append(f"{node.op_type} {label!r} reads {', '.join(map(repr, missing))}, which nothing "
-                            "before it defines (a dangling name, or a cycle)")
-        defined.update(node.output)
-    missing = [vi.name for vi in og.output if vi.name not in defined]
-    if missing:
-        problems.append(f"graph output(s) {', '.join(map(repr, missing))} defined by no node")
-    if problems:
-        raise ModelFileError(f"{where}: " + "; ".join(problems))
-
-
-def _initializer(numpy_helper, tensor, where: str) -> np.ndarray:
-    """A tensor's values, refused (naming it) when its declared shape does not match the bytes it holds."""
-    try:
-        return numpy_helper.to_array(tensor)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ModelFileError(f"{where}: initializer {tensor.name!r} (shape {list(tensor.dims)}) is not readable: "
-                             f"{exc}") from exc
-
-
-# -- converters: (env, node, inputs, attrs, opset) -> vertex -------------------------------------
-def _unary(fn):
-    return lambda env, node, xs, attrs, opset: fn(xs[0], name=_out(env, node))
-
-
-def _binary(fn):
-    return lambda env, node, xs, attrs, opset: fn(xs[0], xs[1], name=_out(env, node))
-
-
-def _softmax(fn):
-    def convert(env, node, xs, attrs, opset):
-        x = xs[0]
-        axis = attrs.get("axis", 1 if opset < 13 else -1)
-        if opset >= 13:
-            return fn(x, axis=axis, name=_out(env, node))
-        # Before opset 13: coerce to 2-D at `axis`, normalise each row, restore the shape.
-        axis %= x.ndim
-        rows = ops.reshape(x, (-1, math.prod(x.shape[axis:]))) if None not in x.shape[axis:] else None
-        if rows is None:
-            raise UnsupportedOnnxError("softmax over unknown sizes", [(node.op_type, node.name, "dynamic shape")])
-        from ..ops.shape import ReshapeLike
-
-        return ReshapeLike()(fn(rows, axis=-1), x, name=_out(env, node))
-
-    return convert
-
-
-def _gemm(env, node, xs, attrs, opset):
-    a, b = xs[0], xs[1]
-    if attrs.get("transA", 0):
-        a = ops.transpose(a)
-    if attrs.get("transB", 0):
-        b = ops.transpose(b)
-    out = ops.matmul(a, b)
-    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
-    if alpha != 1.0:
-        out = out * alpha
-    if len(xs) > 2 and xs[2] is not None:
-        c = xs[2] if beta == 1.0 else xs[2] * beta
-        out = out + c
-    return _rename(out, node)
-
-
-def _conv(env, node, xs, attrs, opset):
-    x, w = xs[0], xs[1]
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    out = ops.conv2d(x, w, stride=tuple(attrs.get("strides", [1, 1])), padding=(pads[0], pads[1]),
-                     dilation=tuple(attrs.get("dilations", [1, 1])))
-    if len(xs) > 2 and xs[2] is not None:
-        out = out + ops.reshape(xs[2], (-1, 1, 1))
-    return _rename(out, node)
-
-
-def _rename(node_out: Node, node) -> Node:
-    """Give the last vertex of a composed conversion the ONNX output's name (an identity vertex)."""
-    from ..ops.shape import Identity
-
-    return Identity()(node_out, name=_safe(node_out.graph, node.output[0]))
-
-
-def _out(env: _Env, node) -> str:
-    """The vertex name for a node's (first) output: the ONNX tensor name, made unique if it must be."""
-    return _safe(env.graph, node.output[0])
-
-
-def _pool(fn):
-    def convert(env, node, xs, attrs, opset):
-        pads = attrs.get("pads", [0, 0, 0, 0])
-        kernel = tuple(attrs["kernel_shape"])
-        return fn(xs[0], kernel, stride=tuple(attrs.get("strides", [1, 1])), padding=(pads[0], pads[1]),
-                  name=_out(env, node))
-
-    return convert
-
-
-def _global_average_pool(env, node, xs, attrs, opset):
-    x = xs[0]
-    return ops.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True, name=_out(env, node))
-
-
-def _batch_norm(env, node, xs, attrs, opset):
-    x, scale, bias, mean, var = xs[:5]
-    eps = attrs.get("epsilon", 1e-5)
-    shape = (-1,) + (1,) * (x.ndim - 2)
-    inv = ops.reshape(scale / ops.sqrt(var + eps), shape)
-    out = (x - ops.reshape(mean, shape)) * inv + ops.reshape(bias, shape)
-    return _rename(out, node)
-
-
-def _flatten(env, node, xs, attrs, opset):
-    x = xs[0]
-    axis = attrs.get("axis", 1) % max(x.ndim, 1) if x.ndim else 0
-    head, tail = x.shape[:axis], x.shape[axis:]
-    if None not in tail:
-        return ops.reshape(x, (-1 if None in head or not head else math.prod(head), math.prod(tail)) if head else (1, -1),
-                           name=_out(env, node))
-    if None not in head:
-        return ops.reshape(x, (math.prod(head), -1), name=_out(env, node))
-    raise UnsupportedOnnxError("Flatten over unknown sizes", [(node.op_type, node.name, "dynamic shape")])
-
-
-def _reshape(env, node, xs, attrs, opset):
-    x = xs[0]
-    target = [int(d) for d in env.const(node.input[1], "Reshape's shape")]
-    for i, d in enumerate(target):
-        if d == 0:  # copy the input's dimension
-            if x.shape[i] is None:
-                raise UnsupportedOnnxError("Reshape copies an unknown size", [(node.op_type, node.name, "dynamic")])
-            target[i] = x.shape[i]
-    return ops.reshape(x, tuple(target), name=_out(env, node))
-
-
-def _axes(env, node, attrs, position: int = 1):
-    if "axes" in attrs:
-        return [int(a) for a in attrs["axes"]]
-    if len(node.input) > position and node.input[position]:
-        return [int(a) for a in np.atleast_1d(env.const(node.input[position], f"{node.op_type}'s axes"))]
-    return None
-
-
-def _squeeze(env, node, xs, attrs, opset):
-    x = xs[0]
-    axes = _axes(env, node, attrs)
-    if axes is None:
-        axes = [i for i, d in enumerate(x.shape) if d == 1]
-    return ops.squeeze(x, tuple(axes), name=_out(env, node))
-
-
-def _unsqueeze(env, node, xs, attrs, opset):
-    return ops.expand_dims(xs[0], tuple(_axes(env, node, attrs)), name=_out(env, node))
-
-
-def _reduce(fn):
-    def convert(env, node, xs, attrs, opset):
-        axes = _axes(env, node, attrs)
-        keep = bool(attrs.get("keepdims", 1))
-        if not axes:
-            if attrs.get("noop_with_empty_axes", 0):
-                return _rename(xs[0], node)
-            axes = None
-        return fn(xs[0], axis=None if axes is None else tuple(axes), keepdims=keep, name=_out(env, node))
-
-    return convert
-
-
-def _clip(env, node, xs, attrs, opset):
-    x = xs[0]
-    low = attrs.get("min")
-    high = attrs.get("max")
-    if len(node.input) > 1 and node.input[1]:
-        low = env.const(node.input[1], "Clip's min")
-    if len(node.input) > 2 and node.input[2]:
-        high = env.const(node.input[2], "Clip's max")
-    out = x
-    if low is not None:
-        out = ops.maximum(out, np.asarray(low, dtype=x.dtype))
-    if high is not None:
-        out = ops.minimum(out, np.asarray(high, dtype=x.dtype))
-    return _rename(out, node)
-
-
-def _gather(env, node, xs, attrs, opset):
-    x = xs[0]
-    indices = np.asarray(env.const(node.input[1], "Gather's indices")).astype(np.int64)
-    axis = attrs.get("axis", 0) % x.ndim
-    index = (slice(None),) * axis + ((int(indices),) if indices.ndim == 0 else (indices,))
-    return ops.getitem(x, index, name=_out(env, node))
-
-
-class TruncDivide(ops.Op):
-    """ONNX's integer Div: the quotient rounded toward zero (C's), not numpy's floor."""
-
-    name = "trunc_div"
-
-    def infer(self, a, b):
-        from ..graph import Spec
-        from ..ops.base import broadcast_shapes
-
-        return Spec(broadcast_shapes(a.shape, b.shape), np.result_type(a.dtype, b.dtype))
-
-    def forward(self, xp, a, b):
-        q = xp.floor_divide(a, b)
-        # floor differs from truncation when the signs differ and the division is inexact
-        return q + ((xp.remainder(a, b) != 0) & ((a < 0) != (b < 0))).astype(q.dtype)
-
-    def vjp(self, F, g, xs, y):
-        return (None, None)
-
-
-def _div(env, node, xs, attrs, opset):
-    if xs[0].dtype.kind in "iu" and xs[1].dtype.kind in "iu":
-        return TruncDivide()(xs[0], xs[1], name=_out(env, node))
-    return ops.divide(xs[0], xs[1], name=_out(env, node))
-
-
-def _dropout(env, node, xs, attrs, opset):
-    out = _rename(xs[0], node)
-    if len(node.output) > 1 and node.output[1]:  # the mask: every unit kept, in inference
-        from ..ops.shape import OnesLike
-
-        env.nodes[node.output[1]] = ops.astype(OnesLike()(xs[0]), "bool", name=_safe(env.graph, node.output[1]))
-    return out
-
-
-def _concat(env, node, xs, attrs, opset):
-    return ops.concat(xs, axis=attrs["axis"], name=_out(env, node))
-
-
-def _transpose(env, node, xs, attrs, opset):
-    return ops.transpose(xs[0], attrs.get("perm"), name=_out(env, node))
-
-
-def _identity(env, node, xs, attrs, opset):
-    return _rename(xs[0], node)
-
-
-def _leaky(env, node, xs, attrs, opset):
-    return ops.leaky_relu(xs[0], attrs.get("alpha", 0.01), name=_out(env, node))
-
-
-def _gelu(env, node, xs, attrs, opset):
-    return ops.gelu(xs[0], attrs.get("approximate", "none"), name=_out(env, node))
-
-
-CONVERTERS: dict[str, Callable] = {
-    "Add": _binary(ops.add), "Sub": _binary(ops.subtract), "Mul": _binary(ops.multiply),
-    "Div": _div, "Pow": _binary(ops.power), "Neg": _unary(ops.negative),
-    "Sqrt": _unary(ops.sqrt), "Exp": _unary(ops.exp), "Log": _unary(ops.log), "Abs": _unary(ops.abs),
-    "Relu": _unary(ops.relu), "LeakyRelu": _leaky, "Sigmoid": _unary(ops.sigmoid), "Tanh": _unary(ops.tanh),
-    "Erf": _unary(ops.erf), "Gelu": _gelu,
-    "Softmax": _softmax(ops.softmax), "LogSoftmax": _softmax(ops.log_softmax),
-    "MatMul": _binary(ops.matmul), "Gemm": _gemm, "Conv": _conv,
-    "MaxPool": _pool(ops.max_pool2d), "AveragePool": _pool(ops.avg_pool2d),
-    "GlobalAveragePool": _global_average_pool, "BatchNormalization": _batch_norm,
-    "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Concat": _concat,
-    "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Identity": _identity, "Dropout": _dropout,
-    "Clip": _clip, "ReduceSum": _reduce(ops.sum), "ReduceMean": _reduce(ops.mean),
-    "ReduceMax": _reduce(ops.max), "Gather": _gather, "Constant": None,
-}
-
-
-# -- loading --------------------------------------------------------------------------------
-# Inputs whose values an op needs when its vertex is built.
-BUILD_TIME_INPUTS = {"Reshape": [1], "Squeeze": [1], "Unsqueeze": [1], "Gather": [1], "Clip": [1, 2],
-                     "ReduceSum": [1], "ReduceMean": [1], "ReduceMax": [1]}
-
-
-def build_time_inputs(model) -> list[str]:
-    """Graph inputs that some op needs as a constant (a Reshape's shape fed as an input, ...)."""
-    graph_inputs = {vi.name for vi in model.graph.input}
-    names = []
-    for node in model.graph.node:
-        for pos in BUILD_TIME_INPUTS.get(node.op_type, []):
-            if pos < len(node.input) and node.input[pos] in graph_inputs and node.input[pos] not in names:
-                names.append(node.input[pos])
-    return names
-
-
-def load(model_or_path: Any, constants: dict[str, np.ndarray] | None = None) -> OnnxModel:
+# -- loading --------------------------------------------------------------------------------------
+def load(model_or_path: Any, constants: Mapping[str, Any] | None = None) -> OnnxModel:
     """Import an ONNX model (a path, bytes or a ModelProto) as a vertexflow graph.
 
     Args:
-        constants: values for graph inputs that should be fixed at load time, such as a
-            shape or axes an op needs when its vertex is built (see `build_time_inputs`).
+        constants: values for graph inputs to fix at load time (a shape or axes an op
+            needs to build); without them such inputs are fed at run time and the graph
+            is built for the values fed (see the module's docstring).
 
     External data is read only for a model given by path, only from regular files inside
     that model's folder.
@@ -544,68 +428,51 @@ def load(model_or_path: Any, constants: dict[str, np.ndarray] | None = None) -> 
         ModelFileError: not an ONNX model (naming the file), a dangling or cyclic name (naming
             the node and the value), an unreadable initializer, or external data it may not read.
     """
-    onnx, numpy_helper = _onnx()
-    model, where = _read_model(onnx, model_or_path)
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
-    og = model.graph
-    _check_structure(og, where)
-    initializers = {t.name: _initializer(numpy_helper, t, where) for t in og.initializer}
+    onnx, _ = onnx_modules()
+    model, where = read_model(onnx, model_or_path)
+    check_structure(model.graph, where)
     bound = {k: np.asarray(v) for k, v in (constants or {}).items()}
-    consts = set(initializers) | set(bound)
-    known = {**initializers, **bound}
+    declared_names = {vi.name for vi in model.graph.input}
+    stray = [k for k in bound if k not in declared_names]
+    if stray:
+        raise FeedError(f"{where}: constants= names {', '.join(map(repr, stray))}, which are not inputs of the "
+                        f"model (its inputs: {', '.join(sorted(declared_names))})")
+    src = _Source(model, where, bound)
     problems = []
-    for vi in og.input:
+    for vi in model.graph.input:
         if not vi.type.HasField("tensor_type"):
-            problems.append(("input", vi.name, "only tensor inputs are supported (not sequences or optionals)"))
-    for index, node in enumerate(og.node):
-        attrs = _attrs(node)
+            problems.append(("input", vi.name, "only tensor inputs are supported (not sequences or optionals)", -1))
+    known = {**src.initializers, **bound}
+    for index, (node, attrs) in enumerate(zip(src.og.node, src.attrs)):
+        label = node.name or f"#{index}"
         if node.op_type == "Constant":
-            consts.update(node.output)
-            if "value" in attrs:
-                known[node.output[0]] = np.asarray(attrs["value"])
             if not ({"value", "value_float", "value_floats", "value_int", "value_ints"} & set(attrs)):
-                problems.append((node.op_type, node.name or f"#{index}", "only value constants are supported"))
+                problems.append((node.op_type, label, "only value constants are supported", index))
+            else:
+                known[node.output[0]] = _constant_value(attrs)
             continue
         if node.domain not in ("", "ai.onnx"):
-            problems.append((node.op_type, node.name or f"#{index}", f"domain {node.domain!r} not supported"))
+            problems.append((node.op_type, label, f"domain {node.domain!r} not supported", index))
             continue
-        why = _why_unsupported(node, attrs, opset, consts, known)
+        why = why_unsupported(node, attrs, known)
         if why:
-            problems.append((node.op_type, node.name or f"#{index}", why))
-    if problems:
-        listing = "; ".join(f"{op} {name!r}: {why}" for op, name, why in problems)
-        raise UnsupportedOnnxError(f"cannot import {len(problems)} node(s): {listing}", problems)
+            problems.append((node.op_type, label, why, index))
+    built = _build(src, {}, None, defer=True, refused=problems)
+    if isinstance(built, _Built):
+        return OnnxModel(src, built)
+    inputs, sizes = set(), False
+    for need in built:
+        more, by_shape = _traced(src, need)
+        inputs |= more
+        sizes = sizes or by_shape
+    reasons = []
+    if inputs:
+        reasons.append("the values of " + ", ".join(map(repr, sorted(inputs))))
+    if sizes or not inputs:
+        reasons.append("the sizes of its inputs")
+    return OnnxModel(src, None, value_inputs=inputs, by_shape=sizes or not inputs, why=" and ".join(reasons))
 
-    g = Graph(og.name or "onnx")
-    env = _Env(g)
-    env.consts.update(initializers)
-    env.consts.update(bound)
-    inputs = []
-    for vi in og.input:
-        if vi.name in initializers or vi.name in bound:
-            continue
-        t = vi.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-        node = g.input(vi.name, shape=shape, dtype=dtype)
-        env.nodes[vi.name] = node
-        inputs.append(node)
-    for name, value in initializers.items():
-        env.nodes[name] = g.param(_safe(g, name), value=value) if value.dtype.kind == "f" else g.const(
-            value, name=_safe(g, name))
-    for node in og.node:
-        attrs = _attrs(node)
-        if node.op_type == "Constant":
-            value = next(np.asarray(attrs[k]) for k in ("value", "value_float", "value_floats", "value_int", "value_ints")
-                         if k in attrs)
-            if "value_float" in attrs or "value_floats" in attrs:
-                value = value.astype(np.float32)
-            elif "value_int" in attrs or "value_ints" in attrs:
-                value = value.astype(np.int64)
-            env.consts[node.output[0]] = value
-            continue
-        xs = [env.node(name) if name else None for name in node.input]
-        out = CONVERTERS[node.op_type](env, node, xs, attrs, opset)
-        env.nodes[node.output[0]] = out
-    outputs = [env.node(vi.name) for vi in og.output]
-    return OnnxModel(g, inputs, outputs, opset)
+
+def build_time_inputs(model: Any) -> list[str]:
+    """Graph inputs whose values the graph's structure depends on (built for them at run time)."""
+    return load(model).value_inputs

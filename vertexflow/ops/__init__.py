@@ -21,6 +21,10 @@ from .elementwise import (
     less,
     less_equal,
     log,
+    logical_and,
+    logical_not,
+    logical_or,
+    logical_xor,
     maximum,
     minimum,
     multiply,
@@ -28,6 +32,7 @@ from .elementwise import (
     not_equal,
     power,
     relu,
+    remainder,
     sigmoid,
     sign,
     sqrt,
@@ -36,10 +41,10 @@ from .elementwise import (
     where,
 )
 from .linalg import matmul
-from .nn import avg_pool2d, conv2d, cross_entropy, max_pool2d, mse
+from .nn import avg_pool2d, conv2d, cross_entropy, layer_norm, max_pool2d, mse
 from .operators import attach as _attach_operators
-from .reduce import log_softmax, max, mean, softmax, sum
-from .shape import broadcast_to, concat, expand_dims, getitem, reshape, squeeze, transpose
+from .reduce import log_softmax, max, mean, min, softmax, sum
+from .shape import broadcast_to, concat, expand_dims, getitem, pad, reshape, squeeze, take, transpose
 
 _attach_operators()
 
@@ -59,9 +64,9 @@ def builtin_ops() -> list[type[Op]]:
 __all__ = [
     "Op", "broadcast_shapes", "builtin_ops", "numel", "sum_to_shape",
     "abs", "add", "astype", "divide", "equal", "erf", "exp", "gelu", "greater", "greater_equal", "leaky_relu",
-    "less", "less_equal", "log", "maximum", "minimum", "multiply", "negative", "not_equal",
-    "power", "relu", "sigmoid", "sign", "sqrt", "subtract", "tanh", "where",
-    "matmul", "avg_pool2d", "conv2d", "cross_entropy", "max_pool2d", "mse",
-    "log_softmax", "max", "mean", "softmax", "sum",
-    "broadcast_to", "concat", "expand_dims", "getitem", "reshape", "squeeze", "transpose",
+    "less", "less_equal", "log", "logical_and", "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "multiply", "negative", "not_equal",
+    "power", "relu", "remainder", "sigmoid", "sign", "sqrt", "subtract", "tanh", "where",
+    "matmul", "avg_pool2d", "conv2d", "cross_entropy", "layer_norm", "max_pool2d", "mse",
+    "log_softmax", "max", "mean", "min", "softmax", "sum",
+    "broadcast_to", "concat", "expand_dims", "getitem", "pad", "reshape", "squeeze", "take", "transpose",
 ]

@@ -310,6 +310,28 @@ class Minimum(Binary):
         return _select_vjp(F, g, xs, F.less)
 
 
+class Remainder(Binary):
+    """a mod b: with the divisor's sign (numpy's `mod`, Python's %), or the dividend's (`fmod`, C's)."""
+
+    name = "mod"
+
+    def __init__(self, fmod: bool = False):
+        self.fmod = bool(fmod)
+
+    def forward(self, xp, a, b, out=None):
+        return (xp.fmod if self.fmod else xp.mod)(a, b, out=out)
+
+    def vjp(self, F, g, xs, y):
+        # a - q * b with q = floor(a / b) (or its truncation) piecewise constant: d/da = 1, d/db = -q.
+        a, b = xs
+        need_a, need_b = F.needs_input_grad
+        gb = None
+        if need_b:
+            quotient = F.div(F.sub(a, y), b)
+            gb = F.sum_to(F.neg(F.mul(g, quotient)), b)
+        return (F.sum_to(g, a) if need_a else None, gb)
+
+
 def _select_vjp(F, g, xs, wins):
     """Gradient of max/min: to the winner; split evenly on ties (as PyTorch does)."""
     a, b = xs
@@ -358,6 +380,43 @@ class Equal(Compare):
 
 class NotEqual(Compare):
     name = ufunc = "not_equal"
+
+
+class Logical(Compare):
+    """and, or, xor of booleans."""
+
+    def infer(self, a: Spec, b: Spec) -> Spec:
+        for s in (a, b):
+            if s.dtype.kind != "b":
+                raise ShapeError(f"needs boolean inputs, got {s.dtype}")
+        return super().infer(a, b)
+
+
+class LogicalAnd(Logical):
+    name = ufunc = "logical_and"
+
+
+class LogicalOr(Logical):
+    name = ufunc = "logical_or"
+
+
+class LogicalXor(Logical):
+    name = ufunc = "logical_xor"
+
+
+class LogicalNot(Unary):
+    name = "logical_not"
+
+    def infer(self, x: Spec) -> Spec:
+        if x.dtype.kind != "b":
+            raise ShapeError(f"needs a boolean input, got {x.dtype}")
+        return x
+
+    def forward(self, xp, x, out=None):
+        return xp.logical_not(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (None,)
 
 
 class Where(Op):
@@ -504,6 +563,27 @@ def equal(a, b, name=None):
 
 def not_equal(a, b, name=None):
     return NotEqual()(a, b, name=name)
+
+
+def remainder(a, b, fmod=False, name=None):
+    """a mod b elementwise: the result takes b's sign (numpy's `mod`), or a's with fmod=True."""
+    return Remainder(fmod)(a, b, name=name)
+
+
+def logical_and(a, b, name=None):
+    return LogicalAnd()(a, b, name=name)
+
+
+def logical_or(a, b, name=None):
+    return LogicalOr()(a, b, name=name)
+
+
+def logical_xor(a, b, name=None):
+    return LogicalXor()(a, b, name=name)
+
+
+def logical_not(x, name=None):
+    return LogicalNot()(x, name=name)
 
 
 def where(cond, a, b, name=None):

@@ -253,6 +253,12 @@ class Window:
         return out[:, :, ph : ph + h, pw : pw + w]
 
 
+def _groups(groups) -> int:
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ShapeError(f"groups must be an int >= 1, got {groups!r}")
+    return int(groups)
+
+
 def _check_image(x: Spec, what: str = "input") -> None:
     if x.ndim != 4:
         raise ShapeError(f"{what} must be NCHW (4 dimensions), got {format_shape(x.shape)}")
@@ -265,15 +271,21 @@ class Conv2d(Op, Window):
     name = "conv2d"
     blas = True
 
-    def __init__(self, stride=1, padding=0, dilation=1):
+    def __init__(self, stride=1, padding=0, dilation=1, groups=1):
         self._init_window(None, stride, padding, dilation)
+        self.groups = _groups(groups)
 
     def infer(self, x: Spec, w: Spec) -> Spec:
         require_float(x, w)
         _check_image(x)
         _check_image(w, "weight")
-        if x.shape[1] is not None and w.shape[1] != x.shape[1]:
-            raise ShapeError(f"input has {x.shape[1]} channels, weight expects {w.shape[1]}: {format_shape(x.shape)} * {format_shape(w.shape)}")
+        g = self.groups
+        if x.shape[1] is not None and w.shape[1] * g != x.shape[1]:
+            per = f" ({w.shape[1]} per group, {g} groups)" if g > 1 else ""
+            raise ShapeError(f"input has {x.shape[1]} channels, weight expects {w.shape[1] * g}{per}: "
+                             f"{format_shape(x.shape)} * {format_shape(w.shape)}")
+        if w.shape[0] % g:
+            raise ShapeError(f"{w.shape[0]} output channels do not split into {g} groups")
         oh, ow = self._out_hw(x.shape[2], x.shape[3], w.shape[2:])
         if (oh is not None and oh < 1) or (ow is not None and ow < 1):
             raise ShapeError(f"kernel {format_shape(w.shape[2:])} does not fit input {format_shape(x.shape)} with padding {self.padding}")
@@ -281,13 +293,15 @@ class Conv2d(Op, Window):
 
     def forward(self, xp, x, w):
         cols, (n, oh, ow) = self._columns(xp, x, w.shape[2:])  # (C*kh*kw, N*OH*OW)
-        out = xp.matmul(w.reshape(w.shape[0], -1), cols)  # (O, N*OH*OW): one product
+        g = self.groups
+        # One product per group, batched: a group's rows of cols are contiguous (channel-major).
+        out = xp.matmul(w.reshape(g, w.shape[0] // g, -1), cols.reshape(g, -1, cols.shape[1]))
         return xp.ascontiguousarray(out.reshape(w.shape[0], n, oh, ow).transpose(1, 0, 2, 3))
 
     def vjp(self, F, g, xs, y):
         x, w = xs
         need_x, need_w = F.needs_input_grad
-        geometry = (self.stride, self.padding, self.dilation)
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
         return (
             F.apply(Conv2dGradInput(*geometry), g, w, x) if need_x else None,
             F.apply(Conv2dGradWeight(*geometry), g, x, w) if need_w else None,
@@ -302,8 +316,9 @@ class Conv2dGradInput(Op, Window):
     name = "conv2d_grad_input"
     blas = True
 
-    def __init__(self, stride, padding, dilation):
+    def __init__(self, stride, padding, dilation, groups=1):
         self._init_window(None, stride, padding, dilation)
+        self.groups = _groups(groups)
 
     def infer(self, g: Spec, w: Spec, x: Spec) -> Spec:
         return Spec(x.shape, g.dtype)
@@ -311,15 +326,18 @@ class Conv2dGradInput(Op, Window):
     def forward(self, xp, g, w, x):
         o, c, kh, kw = w.shape
         n, _, oh, ow = g.shape
-        by_channel = g.transpose(1, 0, 2, 3).reshape(o, -1)  # (O, N*OH*OW)
-        cols = xp.matmul(w.reshape(o, -1).T, by_channel).reshape(c, kh, kw, n, oh, ow)  # each tap's share
+        groups = self.groups
+        by_channel = g.transpose(1, 0, 2, 3).reshape(groups, o // groups, -1)  # (G, O/G, N*OH*OW)
+        weights = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)  # (G, C/G*kh*kw, O/G)
+        c = c * groups
+        cols = xp.matmul(weights, by_channel).reshape(c, kh, kw, n, oh, ow)  # each tap's share
         return self._scatter(xp, x.shape, g.dtype, (kh, kw), lambda i, j: cols[:, i, j].transpose(1, 0, 2, 3))
 
     def vjp(self, F, h, xs, y):
         # Bilinear in (g, w): its adjoint in g is the convolution itself, in w the weight gradient.
         g, w, x = xs
         need_g, need_w, _ = F.needs_input_grad
-        geometry = (self.stride, self.padding, self.dilation)
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
         return (
             F.apply(Conv2d(*geometry), h, w) if need_g else None,
             F.apply(Conv2dGradWeight(*geometry), g, h, w) if need_w else None,
@@ -334,22 +352,25 @@ class Conv2dGradWeight(Op, Window):
     name = "conv2d_grad_weight"
     blas = True
 
-    def __init__(self, stride, padding, dilation):
+    def __init__(self, stride, padding, dilation, groups=1):
         self._init_window(None, stride, padding, dilation)
+        self.groups = _groups(groups)
 
     def infer(self, g: Spec, x: Spec, w: Spec) -> Spec:
         return Spec(w.shape, g.dtype)
 
     def forward(self, xp, g, x, w):
         cols, _ = self._columns(xp, x, w.shape[2:])  # (C*kh*kw, N*OH*OW)
-        by_channel = g.transpose(1, 0, 2, 3).reshape(g.shape[1], -1)  # (O, N*OH*OW)
-        return xp.matmul(by_channel, cols.T).reshape(w.shape).astype(g.dtype, copy=False)
+        groups = self.groups
+        by_channel = g.transpose(1, 0, 2, 3).reshape(groups, g.shape[1] // groups, -1)  # (G, O/G, N*OH*OW)
+        per_group = cols.reshape(groups, -1, cols.shape[1]).transpose(0, 2, 1)  # (G, N*OH*OW, C/G*kh*kw)
+        return xp.matmul(by_channel, per_group).reshape(w.shape).astype(g.dtype, copy=False)
 
     def vjp(self, F, h, xs, y):
         # Bilinear in (g, x): its adjoint in g is the convolution of x by h, in x the input gradient.
         g, x, w = xs
         need_g, need_x, _ = F.needs_input_grad
-        geometry = (self.stride, self.padding, self.dilation)
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
         return (
             F.apply(Conv2d(*geometry), x, h) if need_g else None,
             F.apply(Conv2dGradInput(*geometry), g, h, x) if need_x else None,
@@ -362,8 +383,8 @@ class Conv2dGradWeight(Op, Window):
 
 # -- pooling -------------------------------------------------------------------
 class Pool2d(Op, Window):
-    def __init__(self, kernel_size, stride=None, padding=0):
-        self._init_window(kernel_size, kernel_size if stride is None else stride, padding, 1)
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
+        self._init_window(kernel_size, kernel_size if stride is None else stride, padding, dilation)
 
     def infer(self, x: Spec) -> Spec:
         require_float(x)
@@ -391,7 +412,7 @@ class MaxPool2d(Pool2d):
         return self._reduce_taps(xp, x, self.kernel, xp.maximum, fill=fill)
 
     def vjp(self, F, g, xs, y):
-        return (F.apply(MaxPool2dGrad(self.kernel, self.stride, self.padding), g, xs[0]),)
+        return (F.apply(MaxPool2dGrad(self.kernel, self.stride, self.padding, self.dilation), g, xs[0]),)
 
 
 class MaxPool2dGrad(Pool2d):
@@ -409,7 +430,7 @@ class MaxPool2dGrad(Pool2d):
 
     def vjp(self, F, h, xs, y):
         # Linear in g (routing is piecewise constant in x): its adjoint picks h at each window's maximum.
-        return (F.apply(MaxPool2dSelect(self.kernel, self.stride, self.padding), h, xs[1]), None)
+        return (F.apply(MaxPool2dSelect(self.kernel, self.stride, self.padding, self.dilation), h, xs[1]), None)
 
     def cost(self, g: Spec, x: Spec) -> float:
         return 2.0 * numel(x) * self.kernel[0] * self.kernel[1]
@@ -430,7 +451,7 @@ class MaxPool2dSelect(Pool2d):
         return xp.take_along_axis(windows.reshape(n, c, oh, ow, kh * kw), first[..., None], axis=4)[..., 0]
 
     def vjp(self, F, g, xs, y):
-        return (F.apply(MaxPool2dGrad(self.kernel, self.stride, self.padding), g, xs[1]), None)
+        return (F.apply(MaxPool2dGrad(self.kernel, self.stride, self.padding, self.dilation), g, xs[1]), None)
 
     def cost(self, h: Spec, x: Spec) -> float:
         return 2.0 * numel(x) * self.kernel[0] * self.kernel[1]
@@ -453,7 +474,7 @@ class AvgPool2d(Pool2d):
         return xp.divide(total, x.dtype.type(self.kernel[0] * self.kernel[1]), out=total)
 
     def vjp(self, F, g, xs, y):
-        return (F.apply(AvgPool2dGrad(self.kernel, self.stride, self.padding), g, xs[0]),)
+        return (F.apply(AvgPool2dGrad(self.kernel, self.stride, self.padding, self.dilation), g, xs[0]),)
 
 
 class AvgPool2dGrad(Pool2d):
@@ -467,7 +488,7 @@ class AvgPool2dGrad(Pool2d):
         return self._scatter(xp, x.shape, g.dtype, self.kernel, lambda i, j: share)
 
     def vjp(self, F, g, xs, y):
-        return (F.apply(AvgPool2d(self.kernel, self.stride, self.padding), g), None)
+        return (F.apply(AvgPool2d(self.kernel, self.stride, self.padding, self.dilation), g), None)
 
     def cost(self, g: Spec, x: Spec) -> float:
         return float(numel(x) * self.kernel[0] * self.kernel[1])
@@ -484,14 +505,36 @@ def mse(pred, target, name=None):
     return MSE()(pred, target, name=name)
 
 
-def conv2d(x, w, stride=1, padding=0, dilation=1, name=None):
-    """2-D convolution (cross-correlation) of NCHW x with OIHW w, without bias."""
-    return Conv2d(stride, padding, dilation)(x, w, name=name)
+def conv2d(x, w, stride=1, padding=0, dilation=1, groups=1, name=None):
+    """2-D convolution (cross-correlation) of NCHW x with OIHW w, without bias.
+
+    With `groups` g, the C input channels and O output channels split into g groups
+    and w is (O, C / g, kh, kw): groups=C is a depthwise convolution.
+    """
+    return Conv2d(stride, padding, dilation, groups)(x, w, name=name)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, name=None):
-    return MaxPool2d(kernel_size, stride, padding)(x, name=name)
+def layer_norm(x, axes=(-1,), eps=1e-5, weight=None, bias=None, name=None):
+    """(x - mean) / sqrt(var + eps) over `axes`, then * weight + bias (both optional), as torch's LayerNorm."""
+    from .elementwise import sqrt
+    from .reduce import mean
+
+    mu = mean(x, axis=tuple(axes), keepdims=True)
+    centered = x - mu
+    var = mean(centered * centered, axis=tuple(axes), keepdims=True)
+    out = centered / sqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    from .shape import Identity
+
+    return Identity()(out, name=name) if name is not None else out
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, name=None):
-    return AvgPool2d(kernel_size, stride, padding)(x, name=name)
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, name=None):
+    return MaxPool2d(kernel_size, stride, padding, dilation)(x, name=name)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, name=None):
+    return AvgPool2d(kernel_size, stride, padding, dilation)(x, name=name)

@@ -82,6 +82,15 @@ class Max(Reduce):
         return (F.mul(winners, share),)
 
 
+class Min(Max):
+    name = "min"
+
+    def forward(self, xp, x, out=None):
+        if x.size == 0:  # the min of nothing is the highest value (ONNX's convention)
+            return xp.full(self.infer(Spec.of(x)).shape, _highest(x.dtype), dtype=x.dtype)
+        return xp.min(x, axis=self.axis, keepdims=self.keepdims, out=out)
+
+
 class Softmax(Op):
     name = "softmax"
     writes_out = True
@@ -129,6 +138,17 @@ def _lowest(dtype):
     return np.iinfo(dtype).min
 
 
+def _highest(dtype):
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return np.inf
+    if dtype.kind == "b":
+        return True
+    return np.iinfo(dtype).max
+
+
 def sum(x, axis=None, keepdims=False, name=None):  # noqa: A001 - numpy's name
     return Sum(axis, keepdims)(x, name=name)
 
@@ -139,6 +159,10 @@ def mean(x, axis=None, keepdims=False, name=None):
 
 def max(x, axis=None, keepdims=False, name=None):  # noqa: A001 - numpy's name
     return Max(axis, keepdims)(x, name=name)
+
+
+def min(x, axis=None, keepdims=False, name=None):  # noqa: A001 - numpy's name
+    return Min(axis, keepdims)(x, name=name)
 
 
 def softmax(x, axis=-1, name=None):

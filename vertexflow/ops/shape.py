@@ -396,6 +396,98 @@ class GetitemGrad(Op):
         return float(numel(x))
 
 
+class Take(Op):
+    """Gather along one axis with indices computed at run time (an embedding lookup), as `np.take`.
+
+    Negative indices count from the end; the output has the indices' shape in place of `axis`.
+    """
+
+    name = "take"
+
+    def __init__(self, axis: int = 0):
+        self.axis = int(axis)
+
+    def infer(self, x: Spec, indices: Spec) -> Spec:
+        if indices.dtype.kind not in "iu":
+            raise ShapeError(f"indices must be integers, got {indices.dtype}")
+        if x.ndim == 0:
+            raise ShapeError("cannot take from a scalar")
+        (axis,) = normalize_axes(self.axis, x.ndim)
+        return Spec(x.shape[:axis] + indices.shape + x.shape[axis + 1:], x.dtype)
+
+    def forward(self, xp, x, indices):
+        return xp.take(x, indices, axis=self.axis % x.ndim)
+
+    def vjp(self, F, g, xs, y):
+        return (F.apply(TakeGrad(self.axis), g, xs[1], xs[0]), None)
+
+    def cost(self, x: Spec, indices: Spec) -> float:
+        return float(numel(self.infer(x, indices)))
+
+
+class TakeGrad(Op):
+    """Scatter-add the gradient of a `take` back into an array shaped like x (repeated indices add up)."""
+
+    name = "take_grad"
+
+    def __init__(self, axis: int):
+        self.axis = axis
+
+    def infer(self, g: Spec, indices: Spec, x: Spec) -> Spec:
+        return Spec(x.shape, g.dtype)
+
+    def forward(self, xp, g, indices, x):
+        axis = self.axis % x.ndim
+        out = xp.zeros(x.shape, dtype=g.dtype)
+        k = indices.ndim
+        rows = xp.moveaxis(g, list(range(axis, axis + k)), list(range(k)))  # indices' dims first
+        index = xp.where(indices < 0, indices + x.shape[axis], indices)
+        target = xp.moveaxis(out, axis, 0)  # a view: writes land in out
+        if xp is np:
+            np.add.at(target, index, rows)
+        else:
+            import cupyx
+
+            cupyx.scatter_add(target, index, rows)
+        return out
+
+    def vjp(self, F, h, xs, y):
+        return (F.apply(Take(self.axis), h, xs[1]), None, None)
+
+    def cost(self, g: Spec, indices: Spec, x: Spec) -> float:
+        return float(numel(x) + numel(g))
+
+
+class ConstantPad(Op):
+    """Pad with a constant: `pads` holds (before, after) sizes, >= 0, for every axis."""
+
+    name = "pad"
+
+    def __init__(self, pads, value=0.0):
+        self.pads = tuple((int(a), int(b)) for a, b in pads)
+        if any(a < 0 or b < 0 for a, b in self.pads):
+            raise ShapeError(f"pad sizes must be >= 0, got {self.pads}")
+        self.value = value
+
+    def infer(self, x: Spec) -> Spec:
+        if len(self.pads) != x.ndim:
+            raise ShapeError(f"{len(self.pads)} (before, after) pairs for {x.ndim} dimensions")
+        shape = tuple(None if d is None else d + a + b for d, (a, b) in zip(x.shape, self.pads))
+        return Spec(shape, x.dtype)
+
+    def _inner(self, shape):
+        return tuple(slice(a, a + d) for d, (a, _) in zip(shape, self.pads))
+
+    def forward(self, xp, x):
+        shape = tuple(d + a + b for d, (a, b) in zip(x.shape, self.pads))
+        out = xp.full(shape, self.value, dtype=x.dtype)
+        out[self._inner(x.shape)] = x
+        return out
+
+    def vjp(self, F, g, xs, y):
+        return (F.apply(Getitem(tuple(slice(a, -b if b else None) for a, b in self.pads)), g),)
+
+
 class Identity(Op):
     name = "identity"
 
@@ -488,3 +580,42 @@ def concat(xs, axis=0, name=None):
 
 def getitem(x, index, name=None):
     return Getitem(index)(x, name=name)
+
+
+def take(x, indices, axis=0, name=None):
+    """x's entries at `indices` (a vertex or array of integers) along `axis`, as `np.take`."""
+    return Take(axis)(x, indices, name=name)
+
+
+def pad(x, pads, mode="constant", value=0.0, name=None):
+    """x padded by `pads`, a (before, after) pair per axis, as `np.pad` in its modes
+    "constant" (with `value`), "edge", "reflect" and "wrap".
+
+    The non-constant modes are index lookups along each padded axis (`take` with a fixed
+    index array), so they need the sizes of the padded axes when the vertex is built.
+    """
+    pads = tuple((int(a), int(b)) for a, b in pads)
+    if mode == "constant":
+        return ConstantPad(pads, value)(x, name=name)
+    if mode not in ("edge", "reflect", "wrap"):
+        raise ShapeError(f"pad: mode must be constant, edge, reflect or wrap, got {mode!r}")
+    out = x
+    padded = [axis for axis, (a, b) in enumerate(pads) if a or b]
+    for k, axis in enumerate(padded):
+        size = x.shape[axis]
+        if size is None:
+            raise ShapeError(f"pad: mode {mode!r} needs the size of axis {axis}, unknown in {format_shape(x.shape)}")
+        a, b = pads[axis]
+        index = np.arange(-a, size + b)
+        if mode == "edge":
+            index = np.clip(index, 0, size - 1)
+        elif mode == "wrap":
+            index = index % size
+        else:  # reflect about the edges, without repeating them
+            if size < 2 and (a or b):
+                raise ShapeError("pad: mode 'reflect' needs at least 2 entries on a padded axis")
+            period = 2 * (size - 1)
+            index = index % period
+            index = np.where(index >= size, period - index, index)
+        out = Take(axis)(out, index, name=name if k == len(padded) - 1 else None)
+    return out if padded else Identity()(x, name=name)

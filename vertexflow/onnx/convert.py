@@ -1,0 +1,852 @@
+"""ONNX nodes as vertexflow vertices: one converter per op type, and the rules of what is supported.
+
+A converter `convert(env, node, xs, attrs)` adds the vertices of one ONNX node
+and returns its output: a vertex, a numpy array (a value known when the graph
+is built, such as the result of `Shape` on a tensor of known shape), or a list
+of those for a node with several outputs. `xs[i]` is the vertex of input i
+(None where the input is absent); `env.value(name, what)` is an input's value
+when the converter needs it to build (a Reshape's shape, Slice's bounds), and
+raises `NeedsValue` when that value is only known at run time: the importer
+then builds the graph for the fed values instead (see `importer`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from .. import ops
+from ..graph import Graph, Node, Spec
+from ..ops.base import broadcast_shapes
+from ..ops.shape import ConstantPad, Identity, ReshapeLike, Take
+
+
+class NeedsValue(Exception):
+    """Building needs `tensor`'s value (or, with `shape=True`, its sizes), known only at run time."""
+
+    def __init__(self, tensor: str, what: str, shape: bool = False):
+        super().__init__(f"{what} ({tensor!r}) is known only at run time")
+        self.tensor, self.what, self.shape = tensor, what, shape
+
+
+class Unsupported(Exception):
+    """This node, as built, cannot be imported (the reason is the message)."""
+
+
+class Env:
+    """The graph being built: tensor name -> vertex, and the values of tensors known at build time."""
+
+    def __init__(self, graph: Graph, opset: int):
+        self.graph = graph
+        self.opset = opset
+        self.nodes: dict[str, Node] = {}
+        self.known: dict[str, np.ndarray] = {}
+        self.trainable: set[str] = set()  # float initializers: params, never folded into constants
+
+    def node(self, name: str) -> Node:
+        if name not in self.nodes:
+            self.nodes[name] = self.graph.const(self.known[name], name=self.graph.fresh_name(name))
+        return self.nodes[name]
+
+    def has_value(self, name: str) -> bool:
+        return name in self.known
+
+    def value(self, name: str, what: str) -> np.ndarray:
+        if name not in self.known:
+            raise NeedsValue(name, what)
+        return self.known[name]
+
+    def sizes(self, name: str, what: str) -> tuple[int, ...]:
+        """The tensor's shape, every size known (else NeedsValue for its shape)."""
+        shape = self.known[name].shape if name in self.known else self.nodes[name].shape
+        if None in shape:
+            raise NeedsValue(name, what, shape=True)
+        return tuple(shape)
+
+
+class Inputs:
+    """A node's inputs as vertices, made only when a converter asks (no constants nobody reads)."""
+
+    def __init__(self, env: Env, node):
+        self.env, self.names = env, list(node.input)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> Node | None:
+        if isinstance(i, slice):
+            return [self[k] for k in range(len(self))[i]]
+        name = self.names[i] if i < len(self.names) else ""
+        return self.env.node(name) if name else None
+
+    def present(self, i: int) -> bool:
+        return i < len(self.names) and bool(self.names[i])
+
+    def value(self, i: int, what: str, default=None):
+        if not self.present(i):
+            return default
+        return self.env.value(self.names[i], what)
+
+
+def out_name(env: Env, node, k: int = 0) -> str:
+    """The vertex name for output k: the ONNX tensor name, made unique if it must be."""
+    return env.graph.fresh_name(node.output[k] or f"{node.op_type}_{k}")
+
+
+def named(vertex: Node, env: Env, node, k: int = 0) -> Node:
+    """Give a composed conversion's last vertex the ONNX output's name (an identity vertex)."""
+    return Identity()(vertex, name=out_name(env, node, k))
+
+
+# -- elementwise ----------------------------------------------------------------------------------
+def _unary(fn):
+    return lambda env, node, xs, attrs: fn(xs[0], name=out_name(env, node))
+
+
+def _binary(fn):
+    return lambda env, node, xs, attrs: fn(xs[0], xs[1], name=out_name(env, node))
+
+
+def _composed(fn):
+    """A converter whose vertices come from fn(x, attrs), the last one named after the output."""
+    return lambda env, node, xs, attrs: named(fn(xs[0], attrs), env, node)
+
+
+def _variadic(fn):
+    def convert(env, node, xs, attrs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = fn(out, x)
+        return named(out, env, node)
+
+    return convert
+
+
+def _mean(env, node, xs, attrs):
+    total = xs[0]
+    for x in xs[1:]:
+        total = total + x
+    return named(total / np.asarray(len(xs), dtype=xs[0].dtype), env, node)
+
+
+def _pow(env, node, xs, attrs):
+    # ONNX keeps the base's type; numpy would promote float32 ** int64 to float64.
+    base, exponent = xs[0], xs[1]
+    if exponent.dtype != base.dtype:
+        exponent = ops.astype(exponent, base.dtype)
+    return ops.power(base, exponent, name=out_name(env, node))
+
+
+class TruncDivide(ops.Op):
+    """ONNX's integer Div: the quotient rounded toward zero (C's), not numpy's floor."""
+
+    name = "trunc_div"
+
+    def infer(self, a, b):
+        return Spec(broadcast_shapes(a.shape, b.shape), np.result_type(a.dtype, b.dtype))
+
+    def forward(self, xp, a, b):
+        q = xp.floor_divide(a, b)
+        # floor differs from truncation when the signs differ and the division is inexact
+        return q + ((xp.remainder(a, b) != 0) & ((a < 0) != (b < 0))).astype(q.dtype)
+
+    def vjp(self, F, g, xs, y):
+        return (None, None)
+
+
+def _div(env, node, xs, attrs):
+    if xs[0].dtype.kind in "iu" and xs[1].dtype.kind in "iu":
+        return TruncDivide()(xs[0], xs[1], name=out_name(env, node))
+    return ops.divide(xs[0], xs[1], name=out_name(env, node))
+
+
+def _mod(env, node, xs, attrs):
+    return ops.remainder(xs[0], xs[1], fmod=bool(attrs.get("fmod", 0)), name=out_name(env, node))
+
+
+class SaturatingCast(ops.Op):
+    """A cast to an 8-bit float that clamps out-of-range values and infinities to the largest finite
+    one (ONNX's saturate=1), where numpy's (ml_dtypes') conversion gives inf or NaN."""
+
+    name = "saturating_cast"
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def infer(self, x):
+        return Spec(x.shape, self.dtype)
+
+    def forward(self, xp, x):
+        import ml_dtypes
+
+        top = float(ml_dtypes.finfo(self.dtype).max)
+        return np.clip(x.astype(np.float32), -top, top).astype(self.dtype)  # NaN stays NaN
+
+    def vjp(self, F, g, xs, y):
+        return (None,)
+
+
+def _to_dtype(env, node, xs, attrs, dtype):
+    dtype = np.dtype(dtype)
+    if dtype.name.startswith("float8") and attrs.get("saturate", 1) and xs[0].dtype.kind == "f":
+        return SaturatingCast(dtype)(xs[0], name=out_name(env, node))
+    return ops.astype(xs[0], dtype, name=out_name(env, node))
+
+
+def _cast(env, node, xs, attrs):
+    from onnx import helper
+
+    return _to_dtype(env, node, xs, attrs, helper.tensor_dtype_to_np_dtype(attrs["to"]))
+
+
+def _cast_like(env, node, xs, attrs):
+    return _to_dtype(env, node, xs, attrs, xs[1].dtype)
+
+
+def _where(env, node, xs, attrs):
+    return ops.where(xs[0], xs[1], xs[2], name=out_name(env, node))
+
+
+def _clip(env, node, xs, attrs):
+    x = xs[0]
+    low, high = attrs.get("min"), attrs.get("max")
+    if xs.present(1):
+        low = xs[1] if not env.has_value(xs.names[1]) else env.known[xs.names[1]]
+    if xs.present(2):
+        high = xs[2] if not env.has_value(xs.names[2]) else env.known[xs.names[2]]
+    out = x
+    if low is not None:
+        out = ops.maximum(out, low if isinstance(low, Node) else np.asarray(low, dtype=x.dtype))
+    if high is not None:
+        out = ops.minimum(out, high if isinstance(high, Node) else np.asarray(high, dtype=x.dtype))
+    return named(out, env, node)
+
+
+def _hard_sigmoid(x, attrs):
+    return ops.minimum(ops.maximum(x * attrs.get("alpha", 0.2) + attrs.get("beta", 0.5), 0.0), 1.0)
+
+
+def _elu(x, attrs):
+    alpha = attrs.get("alpha", 1.0)
+    return ops.where(x > 0, x, (ops.exp(ops.minimum(x, 0.0)) - 1.0) * alpha)
+
+
+def _selu(x, attrs):
+    alpha, gamma = attrs.get("alpha", 1.67326319217681884765625), attrs.get("gamma", 1.05070102214813232421875)
+    return ops.where(x > 0, x * gamma, (ops.exp(ops.minimum(x, 0.0)) * alpha - alpha) * gamma)
+
+
+def _softplus(x, attrs):
+    # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow for large x
+    return ops.maximum(x, 0.0) + ops.log(ops.exp(-ops.abs(x)) + 1.0)
+
+
+def _prelu(env, node, xs, attrs):
+    x, slope = xs[0], xs[1]
+    return named(ops.where(x < 0, x * slope, x), env, node)
+
+
+def _leaky(env, node, xs, attrs):
+    return ops.leaky_relu(xs[0], attrs.get("alpha", 0.01), name=out_name(env, node))
+
+
+def _gelu(env, node, xs, attrs):
+    return ops.gelu(xs[0], attrs.get("approximate", "none"), name=out_name(env, node))
+
+
+# -- linear algebra and networks ------------------------------------------------------------------
+def _gemm(env, node, xs, attrs):
+    a, b = xs[0], xs[1]
+    if attrs.get("transA", 0):
+        a = ops.transpose(a)
+    if attrs.get("transB", 0):
+        b = ops.transpose(b)
+    out = ops.matmul(a, b)
+    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+    if alpha != 1.0:
+        out = out * alpha
+    if xs.present(2) and beta != 0.0:
+        out = out + (xs[2] if beta == 1.0 else xs[2] * beta)
+    return named(out, env, node)
+
+
+def _spatial(x: Node, attrs, what: str) -> int:
+    """Spatial dimensions of an N-D image input; only 1-D and 2-D are supported."""
+    dims = x.ndim - 2
+    kernel = attrs.get("kernel_shape")
+    if kernel is not None and len(kernel) != dims:
+        raise Unsupported(f"kernel_shape {kernel} for a {dims}-D input")
+    if dims not in (1, 2):
+        raise Unsupported(f"only 1-D and 2-D {what} are supported, not {dims}-D")
+    return dims
+
+
+def _window_pads(env, node, x: Node, kernel, strides, dilations, attrs) -> list[tuple[int, int]]:
+    """(begin, end) padding per spatial axis from pads or auto_pad (SAME_* needs the input's sizes)."""
+    dims = len(kernel)
+    auto = attrs.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", "VALID"):
+        pads = list(attrs.get("pads", [0] * 2 * dims)) if auto == "NOTSET" else [0] * 2 * dims
+        return [(int(pads[i]), int(pads[i + dims])) for i in range(dims)]
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise Unsupported(f"auto_pad={auto!r}")
+    sizes = env.sizes(node.input[0], f"{node.op_type} with auto_pad={auto}: the input's sizes")[2:]
+    out = []
+    for size, k, s, d in zip(sizes, kernel, strides, dilations):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        out.append((small, large) if auto == "SAME_UPPER" else (large, small))
+    return out
+
+
+def _as_2d(x: Node, dims: int) -> Node:
+    return ops.expand_dims(x, 2) if dims == 1 else x
+
+
+def _from_2d(y: Node, dims: int) -> Node:
+    return ops.squeeze(y, 2) if dims == 1 else y
+
+
+def _pad_spatial(x: Node, pads, fill) -> Node:
+    return ConstantPad([(0, 0), (0, 0)] + [tuple(p) for p in pads], fill)(x)
+
+
+def _conv(env, node, xs, attrs):
+    x, w = xs[0], xs[1]
+    dims = _spatial(x, attrs, "convolutions")
+    kernel = list(w.shape[2:])
+    strides = list(attrs.get("strides", [1] * dims))
+    dilations = list(attrs.get("dilations", [1] * dims))
+    pads = _window_pads(env, node, x, kernel, strides, dilations, attrs)
+    x2, w2 = _as_2d(x, dims), _as_2d(w, dims)
+    if dims == 1:
+        strides, dilations, pads = [1] + strides, [1] + dilations, [(0, 0)] + pads
+    symmetric = all(a == b for a, b in pads)
+    if not symmetric:
+        x2 = _pad_spatial(x2, pads, 0.0)
+    out = ops.conv2d(x2, w2, stride=tuple(strides), padding=tuple(a for a, _ in pads) if symmetric else 0,
+                     dilation=tuple(dilations), groups=int(attrs.get("group", 1)))
+    if xs.present(2):
+        out = out + ops.reshape(xs[2], (-1, 1, 1))
+    return named(_from_2d(out, dims), env, node)
+
+
+def _pool(kind: str):
+    def convert(env, node, xs, attrs):
+        x = xs[0]
+        dims = _spatial(x, attrs, "pools")
+        kernel = list(attrs["kernel_shape"])
+        strides = list(attrs.get("strides", [1] * dims))
+        dilations = list(attrs.get("dilations", [1] * dims))
+        pads = _window_pads(env, node, x, kernel, strides, dilations, attrs)
+        if dims == 1:
+            kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [(0, 0)] + pads
+        x2 = _as_2d(x, dims)
+        ceil = bool(attrs.get("ceil_mode", 0))
+        include_pad = bool(attrs.get("count_include_pad", 0))
+        symmetric = all(a == b for a, b in pads)
+        plain = symmetric and not ceil and (kind == "max" or include_pad or not any(a for a, _ in pads))
+        if plain:
+            padding = tuple(a for a, _ in pads)
+            if kind == "max":
+                out = ops.max_pool2d(x2, tuple(kernel), tuple(strides), padding, tuple(dilations))
+            else:
+                out = ops.avg_pool2d(x2, tuple(kernel), tuple(strides), padding, tuple(dilations))
+            return named(_from_2d(out, dims), env, node)
+        # Asymmetric padding, ceil_mode, or an average that leaves padding out: pad explicitly
+        # (past the end for ceil_mode's last windows), pool without padding, and for an
+        # average divide by each window's own count (a constant of the input's sizes).
+        sizes = env.sizes(node.input[0], f"{node.op_type} with these attributes: the input's sizes")[2:]
+        if dims == 1:
+            sizes = (1,) + sizes
+        extra, counts = [], []
+        for size, k, s, d, (a, b) in zip(sizes, kernel, strides, dilations, pads):
+            span = size + a + b - d * (k - 1) - 1
+            outs = (-(-span // s) if ceil else span // s) + 1
+            if ceil and (outs - 1) * s >= size + a:  # the last window would start in the end padding
+                outs -= 1
+            need = (outs - 1) * s + d * (k - 1) + 1 - (size + a + b)
+            extra.append(max(need, 0))
+            cells = (np.arange(outs) * s - a)[:, None] + np.arange(k) * d  # each window's cells
+            # padded cells count with count_include_pad, cells past the padding (ceil_mode) never
+            low, high = (-a, size + b) if include_pad else (0, size)
+            counts.append(((cells >= low) & (cells < high)).sum(axis=1))
+        full = [(a, b + e) for (a, b), e in zip(pads, extra)]
+        if kind == "max":
+            fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+            out = ops.max_pool2d(_pad_spatial(x2, full, fill), tuple(kernel), tuple(strides), 0, tuple(dilations))
+            return named(_from_2d(out, dims), env, node)
+        out = ops.avg_pool2d(_pad_spatial(x2, full, 0.0), tuple(kernel), tuple(strides), 0, tuple(dilations))
+        area = kernel[0] * kernel[1]
+        divisor = np.multiply.outer(counts[0], counts[1])
+        if np.any(divisor != area):
+            out = out * (area / np.maximum(divisor, 1)).astype(x.dtype)
+        return named(_from_2d(out, dims), env, node)
+
+    return convert
+
+
+def _global_pool(fn):
+    def convert(env, node, xs, attrs):
+        x = xs[0]
+        return fn(x, axis=tuple(range(2, x.ndim)), keepdims=True, name=out_name(env, node))
+
+    return convert
+
+
+def _batch_norm(env, node, xs, attrs):
+    x, scale, bias, mean, var = xs[:5]
+    eps = attrs.get("epsilon", 1e-5)
+    shape = (-1,) + (1,) * (x.ndim - 2)
+    inv = ops.reshape(scale / ops.sqrt(var + np.asarray(eps, dtype=var.dtype)), shape)
+    out = (x - ops.reshape(mean, shape)) * inv + ops.reshape(bias, shape)
+    return named(out, env, node)
+
+
+def _layer_norm(env, node, xs, attrs):
+    x = xs[0]
+    axis = attrs.get("axis", -1) % x.ndim
+    axes = tuple(range(axis, x.ndim))
+    eps = np.asarray(attrs.get("epsilon", 1e-5), dtype=x.dtype)
+    mu = ops.mean(x, axis=axes, keepdims=True)
+    centered = x - mu
+    inv = 1.0 / ops.sqrt(ops.mean(centered * centered, axis=axes, keepdims=True) + eps)
+    out = centered * inv * xs[1]
+    if xs.present(2):
+        out = out + xs[2]
+    outputs = [named(out, env, node)]
+    if len(node.output) > 1 and node.output[1]:
+        outputs.append(named(mu, env, node, 1))
+    if len(node.output) > 2 and node.output[2]:
+        outputs.append(named(inv, env, node, 2))
+    return outputs
+
+
+def _softmax(fn):
+    def convert(env, node, xs, attrs):
+        x = xs[0]
+        axis = attrs.get("axis", 1 if env.opset < 13 else -1)
+        if env.opset >= 13:
+            return fn(x, axis=axis, name=out_name(env, node))
+        # Before opset 13: coerce to 2-D at `axis`, normalise each row, restore the shape.
+        axis %= x.ndim
+        tail = x.shape[axis:]
+        if None in tail:
+            env.sizes(node.input[0], f"{node.op_type} (opset < 13) over unknown sizes")
+        rows = ops.reshape(x, (-1, math.prod(tail)))
+        return ReshapeLike()(fn(rows, axis=-1), x, name=out_name(env, node))
+
+    return convert
+
+
+# -- shapes and indexing --------------------------------------------------------------------------
+def _shape(env, node, xs, attrs):
+    shape = env.sizes(node.input[0], "Shape's input sizes")
+    start, end = attrs.get("start", 0), attrs.get("end")
+    return np.asarray(shape[start:end], dtype=np.int64)
+
+
+def _size(env, node, xs, attrs):
+    return np.asarray(math.prod(env.sizes(node.input[0], "Size's input sizes")), dtype=np.int64)
+
+
+def _constant_of_shape(env, node, xs, attrs):
+    shape = [int(d) for d in xs.value(0, "ConstantOfShape's shape")]
+    fill = np.asarray(attrs.get("value", np.zeros(1, np.float32))).reshape(-1)[0]
+    return np.full(shape, fill, dtype=np.asarray(fill).dtype)
+
+
+def _range(env, node, xs, attrs):
+    start, limit, delta = (xs.value(i, "Range's bounds") for i in range(3))
+    return np.arange(start, limit, delta, dtype=np.asarray(start).dtype)
+
+
+def _flatten(env, node, xs, attrs):
+    x = xs[0]
+    axis = attrs.get("axis", 1)
+    axis = axis + x.ndim if axis < 0 else axis
+    head, tail = x.shape[:axis], x.shape[axis:]
+    if None not in tail:
+        return ops.reshape(x, (-1, math.prod(tail)), name=out_name(env, node))
+    if None not in head:
+        return ops.reshape(x, (math.prod(head), -1), name=out_name(env, node))
+    env.sizes(node.input[0], "Flatten over unknown sizes")
+
+
+def _reshape(env, node, xs, attrs):
+    x = xs[0]
+    target = [int(d) for d in xs.value(1, "Reshape's shape")]
+    if not attrs.get("allowzero", 0):  # a 0 copies the input's size there
+        for i, d in enumerate(target):
+            if d == 0:
+                target[i] = x.shape[i]
+        if None in target:
+            env.sizes(node.input[0], "Reshape copying an unknown size")
+    return ops.reshape(x, tuple(target), name=out_name(env, node))
+
+
+def _expand(env, node, xs, attrs):
+    x = xs[0]
+    shape = tuple(int(d) for d in xs.value(1, "Expand's shape"))
+    if None in x.shape:
+        env.sizes(node.input[0], "Expand of unknown sizes")
+    return ops.broadcast_to(x, broadcast_shapes(x.shape, shape), name=out_name(env, node))
+
+
+def _axes(xs, attrs, op: str, position: int = 1):
+    if "axes" in attrs:
+        return [int(a) for a in attrs["axes"]]
+    value = xs.value(position, f"{op}'s axes")
+    return None if value is None else [int(a) for a in np.atleast_1d(value)]
+
+
+def _squeeze(env, node, xs, attrs):
+    x = xs[0]
+    axes = _axes(xs, attrs, "Squeeze")
+    if axes is None:
+        if None in x.shape:
+            env.sizes(node.input[0], "Squeeze without axes over unknown sizes")
+        axes = [i for i, d in enumerate(x.shape) if d == 1]
+    return ops.squeeze(x, tuple(axes), name=out_name(env, node))
+
+
+def _unsqueeze(env, node, xs, attrs):
+    x = xs[0]
+    axes = _axes(xs, attrs, "Unsqueeze")
+    axes = sorted(a % (x.ndim + len(axes)) for a in axes)
+    out = x
+    for a in axes:  # ascending positions in the output: each insertion keeps the later ones right
+        out = ops.expand_dims(out, a)
+    return named(out, env, node)
+
+
+def _transpose(env, node, xs, attrs):
+    return ops.transpose(xs[0], attrs.get("perm"), name=out_name(env, node))
+
+
+def _concat(env, node, xs, attrs):
+    parts = [x for x in xs[:] if x is not None]
+    nonempty = [x for x in parts if not (x.ndim == 1 and x.shape[0] == 0)]  # an empty shape piece adds nothing
+    return ops.concat(nonempty or parts, axis=attrs["axis"], name=out_name(env, node))
+
+
+def _gather(env, node, xs, attrs):
+    x = xs[0]
+    axis = attrs.get("axis", 0) % x.ndim
+    return Take(axis)(x, xs[1], name=out_name(env, node))
+
+
+def _slice(env, node, xs, attrs):
+    x = xs[0]
+    if env.opset < 10:
+        starts, ends = attrs["starts"], attrs["ends"]
+        axes, steps = attrs.get("axes"), None
+    else:
+        starts = xs.value(1, "Slice's starts")
+        ends = xs.value(2, "Slice's ends")
+        axes = xs.value(3, "Slice's axes")
+        steps = xs.value(4, "Slice's steps")
+    starts = [int(v) for v in np.atleast_1d(starts)]
+    ends = [int(v) for v in np.atleast_1d(ends)]
+    axes = list(range(len(starts))) if axes is None else [int(a) % x.ndim for a in np.atleast_1d(axes)]
+    steps = [1] * len(starts) if steps is None else [int(v) for v in np.atleast_1d(steps)]
+    index = [slice(None)] * x.ndim
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        index[axis] = slice(start, end, step)
+    return ops.getitem(x, tuple(index), name=out_name(env, node))
+
+
+def _split(env, node, xs, attrs):
+    x = xs[0]
+    axis = attrs.get("axis", 0) % x.ndim
+    sizes = attrs.get("split")
+    if sizes is None and xs.present(1):
+        sizes = xs.value(1, "Split's sizes")
+    if sizes is None:
+        parts = attrs.get("num_outputs", len(node.output))
+        total = env.sizes(node.input[0], "Split into equal parts: the input's sizes")[axis]
+        each = -(-total // parts)
+        sizes = [min(each, total - k * each) for k in range(parts)]
+    bounds = np.concatenate([[0], np.cumsum([int(s) for s in sizes])])
+    outs = []
+    for k in range(len(node.output)):
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(int(bounds[k]), int(bounds[k + 1]))
+        outs.append(ops.getitem(x, tuple(index), name=out_name(env, node, k)))
+    return outs
+
+
+def _tile(env, node, xs, attrs):
+    x = xs[0]
+    repeats = [int(r) for r in xs.value(1, "Tile's repeats")]
+    sizes = env.sizes(node.input[0], "Tile's input sizes")
+    out = x
+    for axis, (size, r) in enumerate(zip(sizes, repeats)):
+        if r != 1:
+            out = Take(axis)(out, np.tile(np.arange(size), r))
+    return named(out, env, node)
+
+
+def _pad(env, node, xs, attrs):
+    x = xs[0]
+    mode = attrs.get("mode", "constant")
+    if env.opset < 11:
+        pads, value, axes = attrs["pads"], attrs.get("value", 0.0), None
+    else:
+        pads = xs.value(1, "Pad's pads")
+        value = xs.value(2, "Pad's constant value", 0)
+        axes = xs.value(3, "Pad's axes")
+    pads = [int(p) for p in np.atleast_1d(pads)]
+    axes = list(range(x.ndim)) if axes is None else [int(a) % x.ndim for a in np.atleast_1d(axes)]
+    pairs = [(0, 0)] * x.ndim
+    for k, axis in enumerate(axes):
+        pairs[axis] = (pads[k], pads[k + len(axes)])
+    # Negative pads crop first; what is left pads.
+    out = x
+    if any(a < 0 or b < 0 for a, b in pairs):
+        out = ops.getitem(out, tuple(slice(-a if a < 0 else None, b if b < 0 else None) for a, b in pairs))
+    pairs = [(max(a, 0), max(b, 0)) for a, b in pairs]
+    if mode == "constant":
+        out = ConstantPad(pairs, np.asarray(value).reshape(-1)[0] if np.size(value) else 0)(out)
+    elif mode in ("edge", "reflect", "wrap"):
+        if None in out.shape:
+            env.sizes(node.input[0], f"Pad mode={mode}: the input's sizes")
+        out = ops.pad(out, pairs, mode=mode)
+    else:
+        raise Unsupported(f"mode={mode!r}")
+    return named(out, env, node)
+
+
+def _resize(env, node, xs, attrs):
+    x = xs[0]
+    sizes_in = env.sizes(node.input[0], "Resize's input sizes")
+    if env.opset < 11:
+        scales, sizes = xs.value(1, "Resize's scales"), None
+    else:
+        scales = xs.value(2, "Resize's scales")
+        sizes = xs.value(3, "Resize's sizes")
+    if scales is not None and np.size(scales) == 0:
+        scales = None
+    if sizes is not None and np.size(sizes) == 0:
+        sizes = None
+    axes = attrs.get("axes")
+    axes = list(range(x.ndim)) if axes is None else [int(a) % x.ndim for a in axes]
+    if sizes is not None:
+        sizes = [int(s) for s in sizes]
+        policy = attrs.get("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            ratios = [sizes[k] / sizes_in[a] for k, a in enumerate(axes)]
+            ratio = min(ratios) if policy == "not_larger" else max(ratios)
+            sizes = [int(round(ratio * sizes_in[a])) for a in axes]
+            scales = [ratio] * len(axes)
+        else:
+            scales = [sizes[k] / sizes_in[a] for k, a in enumerate(axes)]
+    else:
+        scales = [float(s) for s in scales]
+        sizes = [int(math.floor(sizes_in[a] * scales[k])) for k, a in enumerate(axes)]
+    mode = attrs.get("mode", "nearest")
+    transform = attrs.get("coordinate_transformation_mode", "half_pixel")
+    out = x
+    for k, axis in enumerate(axes):
+        size, new, scale = sizes_in[axis], sizes[k], scales[k]
+        if new == size and scale == 1.0:
+            continue
+        i = np.arange(new, dtype=np.float64)
+        if transform == "half_pixel":
+            coord = (i + 0.5) / scale - 0.5
+        elif transform == "pytorch_half_pixel":
+            coord = (i + 0.5) / scale - 0.5 if new > 1 else np.zeros_like(i)
+        elif transform == "align_corners":  # the resized length before rounding, as onnx's reference
+            coord = i * (size - 1) / (size * scale - 1) if new > 1 else np.zeros_like(i)
+        elif transform == "asymmetric":
+            coord = i / scale
+        elif transform == "half_pixel_symmetric":
+            adjustment = new / (scale * size)
+            coord = size / 2 * (1 - adjustment) + (i + 0.5) / scale - 0.5
+        else:
+            raise Unsupported(f"coordinate_transformation_mode={transform!r}")
+        if mode == "nearest":
+            rounding = attrs.get("nearest_mode", "round_prefer_floor")
+            index = {"round_prefer_floor": np.ceil(coord - 0.5), "round_prefer_ceil": np.floor(coord + 0.5),
+                     "floor": np.floor(coord), "ceil": np.ceil(coord)}[rounding]
+            out = Take(axis)(out, np.clip(index, 0, size - 1).astype(np.int64))
+        elif mode == "linear":
+            coord = np.clip(coord, 0, size - 1)
+            low = np.floor(coord).astype(np.int64)
+            high = np.minimum(low + 1, size - 1)
+            weight = (coord - low).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - axis - 1))
+            out = Take(axis)(out, low) * (1 - weight) + Take(axis)(out, high) * weight
+        else:  # cubic: Keys' kernel over four taps, edge values past the ends
+            a = attrs.get("cubic_coeff_a", -0.75)
+            base = np.floor(coord)
+            taps = [base + k for k in (-1, 0, 1, 2)]
+            weights = [_cubic(np.abs(coord - tap), a) for tap in taps]
+            if attrs.get("exclude_outside", 0):
+                weights = [np.where((tap >= 0) & (tap < size), w, 0.0) for w, tap in zip(weights, taps)]
+                total = sum(weights)
+                weights = [w / total for w in weights]
+            shape = (-1,) + (1,) * (x.ndim - axis - 1)
+            source = out
+            out = None
+            for tap, w in zip(taps, weights):
+                term = Take(axis)(source, np.clip(tap, 0, size - 1).astype(np.int64)) * w.astype(x.dtype).reshape(shape)
+                out = term if out is None else out + term
+    return named(out, env, node)
+
+
+def _cubic(d: np.ndarray, a: float) -> np.ndarray:
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+# -- reductions -----------------------------------------------------------------------------------
+def _reduce(fn):
+    def convert(env, node, xs, attrs):
+        axes = _axes(xs, attrs, node.op_type)
+        keep = bool(attrs.get("keepdims", 1))
+        if not axes:
+            if attrs.get("noop_with_empty_axes", 0):
+                return named(xs[0], env, node)
+            axes = None
+        axis = None if axes is None else tuple(axes)
+        return named(fn(xs[0], axis, keep), env, node)
+
+    return convert
+
+
+REDUCTIONS = {
+    "ReduceSum": lambda x, a, k: ops.sum(x, axis=a, keepdims=k),
+    "ReduceMean": lambda x, a, k: ops.mean(x, axis=a, keepdims=k),
+    "ReduceMax": lambda x, a, k: ops.max(x, axis=a, keepdims=k),
+    "ReduceMin": lambda x, a, k: ops.min(x, axis=a, keepdims=k),
+    "ReduceSumSquare": lambda x, a, k: ops.sum(x * x, axis=a, keepdims=k),
+    "ReduceL1": lambda x, a, k: ops.sum(ops.abs(x), axis=a, keepdims=k),
+    "ReduceL2": lambda x, a, k: ops.sqrt(ops.sum(x * x, axis=a, keepdims=k)),
+    "ReduceLogSum": lambda x, a, k: ops.log(ops.sum(x, axis=a, keepdims=k)),
+    "ReduceLogSumExp": lambda x, a, k: _log_sum_exp(x, a, k),
+}
+
+
+def _log_sum_exp(x, axis, keep):
+    top = ops.max(x, axis=axis, keepdims=True)
+    out = ops.log(ops.sum(ops.exp(x - top), axis=axis, keepdims=True)) + top
+    return out if keep else ops.squeeze(out, tuple(range(x.ndim)) if axis is None else axis)
+
+
+def _identity(env, node, xs, attrs):
+    return named(xs[0], env, node)
+
+
+def _dropout(env, node, xs, attrs):
+    outs = [named(xs[0], env, node)]
+    if len(node.output) > 1 and node.output[1]:  # the mask: every unit kept, in inference
+        from ..ops.shape import OnesLike
+
+        outs.append(ops.astype(OnesLike()(xs[0]), "bool", name=out_name(env, node, 1)))
+    return outs
+
+
+def _recurrent(kind: str):
+    def convert(env, node, xs, attrs):
+        from .rnn import gru, lstm
+
+        return (lstm if kind == "LSTM" else gru)(env, node, xs, attrs)
+
+    return convert
+
+
+CONVERTERS: dict[str, Callable | None] = {
+    "Add": _binary(ops.add), "Sub": _binary(ops.subtract), "Mul": _binary(ops.multiply), "Div": _div,
+    "Pow": _pow, "Mod": _mod, "Neg": _unary(ops.negative), "Abs": _unary(ops.abs), "Sign": _unary(ops.sign),
+    "Sqrt": _unary(ops.sqrt), "Exp": _unary(ops.exp), "Log": _unary(ops.log),
+    "Reciprocal": _composed(lambda x, a: 1.0 / x),
+    "Relu": _unary(ops.relu), "LeakyRelu": _leaky, "Sigmoid": _unary(ops.sigmoid), "Tanh": _unary(ops.tanh),
+    "Erf": _unary(ops.erf), "Gelu": _gelu, "Elu": _composed(_elu), "Selu": _composed(_selu),
+    "HardSigmoid": _composed(_hard_sigmoid), "HardSwish": _composed(lambda x, a: x * _hard_sigmoid(x, {"alpha": 1 / 6})),
+    "Softplus": _composed(_softplus), "Softsign": _composed(lambda x, a: x / (ops.abs(x) + 1.0)), "PRelu": _prelu,
+    "Max": _variadic(ops.maximum), "Min": _variadic(ops.minimum), "Sum": _variadic(ops.add), "Mean": _mean,
+    "Equal": _binary(ops.equal), "Less": _binary(ops.less), "Greater": _binary(ops.greater),
+    "LessOrEqual": _binary(ops.less_equal), "GreaterOrEqual": _binary(ops.greater_equal),
+    "And": _binary(ops.logical_and), "Or": _binary(ops.logical_or), "Xor": _binary(ops.logical_xor),
+    "Not": _unary(ops.logical_not), "Where": _where, "Cast": _cast, "CastLike": _cast_like, "Clip": _clip,
+    "Softmax": _softmax(ops.softmax), "LogSoftmax": _softmax(ops.log_softmax),
+    "MatMul": _binary(ops.matmul), "Gemm": _gemm, "Conv": _conv,
+    "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
+    "GlobalAveragePool": _global_pool(ops.mean), "GlobalMaxPool": _global_pool(ops.max),
+    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
+    "Shape": _shape, "Size": _size, "ConstantOfShape": _constant_of_shape, "Range": _range,
+    "Flatten": _flatten, "Reshape": _reshape, "Expand": _expand, "Transpose": _transpose, "Concat": _concat,
+    "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Gather": _gather, "Slice": _slice, "Split": _split,
+    "Tile": _tile, "Pad": _pad, "Resize": _resize,
+    **{op: _reduce(fn) for op, fn in REDUCTIONS.items()},
+    "Identity": _identity, "Dropout": _dropout, "LSTM": _recurrent("LSTM"), "GRU": _recurrent("GRU"),
+    "Constant": None,
+}
+
+# Ops computed from build-time values only (nothing at run time): without known inputs they need
+# the graph built for the fed values.
+VALUE_ONLY = {"Shape", "Size", "ConstantOfShape", "Range"}
+
+_POOL = {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides"}
+_REDUCE = {"axes", "keepdims", "noop_with_empty_axes"}
+ALLOWED_ATTRS = {
+    "LeakyRelu": {"alpha"}, "Elu": {"alpha"}, "Selu": {"alpha", "gamma"}, "HardSigmoid": {"alpha", "beta"},
+    "Gelu": {"approximate"}, "Softmax": {"axis"}, "LogSoftmax": {"axis"}, "Mod": {"fmod"},
+    "Cast": {"to", "saturate"}, "CastLike": {"saturate"},
+    "Gemm": {"alpha", "beta", "transA", "transB"},
+    "Conv": {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"},
+    "MaxPool": _POOL | {"storage_order"}, "AveragePool": _POOL | {"count_include_pad"},
+    "BatchNormalization": {"epsilon", "momentum", "training_mode", "spatial"},
+    "LayerNormalization": {"axis", "epsilon", "stash_type"},
+    "Shape": {"start", "end"}, "ConstantOfShape": {"value"},
+    "Flatten": {"axis"}, "Reshape": {"allowzero"}, "Transpose": {"perm"}, "Concat": {"axis"},
+    "Squeeze": {"axes"}, "Unsqueeze": {"axes"}, "Gather": {"axis"}, "Slice": {"starts", "ends", "axes"},
+    "Split": {"axis", "split", "num_outputs"}, "Pad": {"mode", "pads", "value"},
+    "Resize": {"mode", "coordinate_transformation_mode", "nearest_mode", "antialias", "exclude_outside",
+               "cubic_coeff_a", "extrapolation_value", "axes", "keep_aspect_ratio_policy"},
+    "Constant": {"value", "value_float", "value_floats", "value_int", "value_ints"},
+    "Dropout": {"ratio", "seed"}, "Clip": {"min", "max"},
+    **{op: _REDUCE for op in REDUCTIONS},
+    "LSTM": {"activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size",
+             "input_forget", "layout"},
+    "GRU": {"activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size",
+            "layout", "linear_before_reset"},
+}
+
+
+def why_unsupported(node, attrs: dict, known: dict) -> str | None:
+    """Why this node cannot be imported whatever it is fed, or None (checked before anything is built)."""
+    op = node.op_type
+    if op not in CONVERTERS:
+        return "op not supported"
+    allowed = ALLOWED_ATTRS.get(op, set())
+    for k, v in attrs.items():
+        if k not in allowed:
+            return f"attribute {k}={v!r} not supported"
+    if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        return "the Indices output is not supported"
+    if op == "BatchNormalization" and (attrs.get("training_mode", 0) or sum(1 for o in node.output if o) > 1):
+        return "training mode not supported"
+    if op == "Gelu" and attrs.get("approximate", "none") not in ("none", "tanh"):
+        return f"approximate={attrs['approximate']!r} not supported (none or tanh)"
+    if op == "Resize":
+        if attrs.get("mode", "nearest") not in ("nearest", "linear", "cubic"):
+            return f"mode={attrs['mode']!r} not supported (nearest, linear and cubic are)"
+        if attrs.get("antialias", 0):
+            return "antialias=1 not supported"
+        if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+            return "coordinate_transformation_mode='tf_crop_and_resize' not supported"
+    if op == "Pad" and attrs.get("mode", "constant") not in ("constant", "edge", "reflect", "wrap"):
+        return f"mode={attrs['mode']!r} not supported"
+    if op in ("LSTM", "GRU"):
+        from .rnn import why_unsupported_recurrent
+
+        return why_unsupported_recurrent(node, attrs)
+    if op == "Dropout" and len(node.input) > 2 and node.input[2]:
+        mode = known.get(node.input[2])
+        if mode is None or bool(np.asarray(mode)):
+            return "training mode (random masks) not supported"
+    return None
