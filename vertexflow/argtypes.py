@@ -55,6 +55,18 @@ def named_file(text: str) -> tuple[str, str]:
     return name, input_file(path)
 
 
+def named_source(text: str) -> tuple[str, str]:
+    """NAME=FILE.npy, or NAME=FOLDER holding .npy files."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy or NAME=FOLDER, got {text!r}")
+    if os.path.isdir(path):
+        if not any(entry.endswith(".npy") for entry in os.listdir(path)):
+            raise argparse.ArgumentTypeError(f"{path}: the folder holds no .npy files")
+        return name, path
+    return name, input_file(path)
+
+
 def size(text: str) -> tuple[str, int]:
     key, sep, value = text.partition("=")
     if not sep or not key:

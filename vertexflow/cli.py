@@ -24,6 +24,7 @@ import sys
 from .argtypes import count as _count
 from .argtypes import input_file as _input_file
 from .argtypes import named_file as _named_file
+from .argtypes import named_source as _named_source
 from .argtypes import output_file as _output_file
 from .argtypes import output_folder as _output_folder
 from .argtypes import size as _size
@@ -116,12 +117,17 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--batch", type=_count, default=None, help="an ONNX target's batch size for random inputs")
     trace.add_argument("--graph", action="store_true", help="also write the graph as Graphviz (.dot), coloured by time")
 
-    run = commands.add_parser("run", help="run an ONNX model on inputs given as .npy files", formatter_class=fmt)
+    run = commands.add_parser("run", help="run an ONNX model on .npy inputs, streamed in batches", formatter_class=fmt)
     run.add_argument("model", type=_input_file, help="an .onnx file")
-    run.add_argument("--input", action="append", default=[], type=_named_file, metavar="NAME=FILE.npy",
-                     help="an input (repeatable)")
-    run.add_argument("--executor", choices=["sequential", "actor"], default="sequential", help="the executor")
-    run.add_argument("--out", type=_output_folder, default=".", help="folder for the outputs (OUTPUT_NAME.npy)")
+    run.add_argument("--input", action="append", default=[], type=_named_source, metavar="NAME=FILE.npy|FOLDER",
+                     help="an input (repeatable): a .npy file, split into batches with --batch-size, or a folder "
+                          "of .npy files, one step each")
+    run.add_argument("--batch-size", type=_count, default=None,
+                     help="stream a .npy file's rows in batches of this size (default: the whole file, one step)")
+    run.add_argument("--executor", choices=["sequential", "actor"], default="actor", help="the executor")
+    run.add_argument("--depth", type=_count, default=4, help="steps in flight at once (actor executor)")
+    run.add_argument("--out", type=_output_folder, default=".",
+                     help="folder for the outputs: OUTPUT.npy, or OUTPUT/FILE.npy for a folder input")
     run.add_argument("--trace", type=_output_file, default=None, help="also write a trace viewer here")
 
     train = commands.add_parser("train", help="run a training example: mlp, autoencoder, cnn or linear",
@@ -278,6 +284,8 @@ def _check_target(target: str, inputs) -> None:
 
 
 def _run_onnx(args) -> int:
+    import time
+
     import numpy as np
 
     import vertexflow as vf
@@ -285,33 +293,80 @@ def _run_onnx(args) -> int:
     from . import onnx as vf_onnx
 
     model = vf_onnx.load(args.model)
-    by_name = {n.name: n for n in model.inputs}
-    feeds = {}
-    for name, path in args.input:
-        if name not in by_name:
-            raise UsageError(f"vertexflow run: {args.model} has no input {name!r}; its inputs: "
-                             f"{', '.join(f'{n.name} {n.spec}' for n in model.inputs)}")
-        try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise UsageError(f"vertexflow run: {path}: not a .npy array file ({exc})") from None
-    missing = [n.name for n in model.inputs if n.name not in feeds]
+    specs = model.input_specs
+    listing = ", ".join(f"{k} {v}" for k, v in specs.items())
+    sources = dict(args.input)
+    for name in sources:
+        if name not in specs:
+            raise UsageError(f"vertexflow run: {args.model} has no input {name!r}; its inputs: {listing}")
+    missing = [k for k in specs if k not in sources]
     if missing:
-        raise UsageError(f"vertexflow run: missing --input for {', '.join(missing)} (the model's inputs: "
-                         f"{', '.join(f'{n.name} {n.spec}' for n in model.inputs)})")
-    os.makedirs(args.out, exist_ok=True)
+        raise UsageError(f"vertexflow run: missing --input for {', '.join(missing)} (the model's inputs: {listing})")
+    steps, names = _run_steps(sources, args.batch_size)
     with vf.trace() as tracer:
-        outputs = model.run(feeds, executor=args.executor)
+        start = time.perf_counter()
+        results = list(model.run_stream(steps, executor=args.executor, depth=args.depth))
+        elapsed = time.perf_counter() - start
     model.close()
-    for node, value in zip(model.outputs, outputs):
-        path = os.path.join(args.out, node.name.replace("/", "_") + ".npy")
-        np.save(path, np.asarray(value), allow_pickle=False)
-        print(f"{node.name}: {np.shape(value)} {np.asarray(value).dtype} -> {path}")
+    os.makedirs(args.out, exist_ok=True)
+    outputs = [name.replace("/", "_") for name in model.output_names]
+    for k, output in enumerate(outputs):
+        values = [np.asarray(r[k]) for r in results]
+        if names is not None:  # a folder: one file per input file
+            folder = os.path.join(args.out, output)
+            os.makedirs(folder, exist_ok=True)
+            for stem, value in zip(names, values):
+                np.save(os.path.join(folder, stem + ".npy"), value, allow_pickle=False)
+            print(f"{output}: {len(values)} arrays {values[0].shape} {values[0].dtype} -> {folder}{os.sep}")
+            continue
+        value = values[0] if len(values) == 1 or values[0].ndim == 0 else np.concatenate(values)
+        path = os.path.join(args.out, output + ".npy")
+        np.save(path, value, allow_pickle=False)
+        print(f"{output}: {value.shape} {value.dtype} -> {path}")
+    first = next(iter(specs))
+    rows = sum(len(step[first]) if np.ndim(step[first]) else 1 for step in steps)  # the first input's rows
+    print(f"{len(steps)} step(s), {rows} rows, in {elapsed * 1e3:.1f} ms on {args.executor} "
+          f"({rows / elapsed:,.0f} rows/s, up to {args.depth} steps in flight)")
     if args.trace:
         tracer.save_html(args.trace, title=f"{os.path.basename(args.model)} on {args.executor}")
         tracer.save(os.path.splitext(args.trace)[0] + ".json")
         print(f"trace viewer: {os.path.abspath(args.trace)}")
     return 0
+
+
+def _run_steps(sources: dict[str, str], batch_size: int | None) -> tuple[list[dict], list[str] | None]:
+    """The feeds of every step, and the file names of a folder input (None for .npy files)."""
+    import numpy as np
+
+    def load(path):
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"vertexflow run: {path}: not a .npy array file ({exc})") from None
+
+    folders = {name: path for name, path in sources.items() if os.path.isdir(path)}
+    if folders and len(folders) != len(sources):
+        raise UsageError("vertexflow run: give every --input as a folder, or every one as a .npy file")
+    if folders:
+        if batch_size is not None:
+            raise UsageError("vertexflow run: --batch-size splits .npy files; a folder's files are its steps")
+        stems = {name: sorted(e[:-4] for e in os.listdir(path) if e.endswith(".npy")) for name, path in folders.items()}
+        first, *others = stems.items()
+        for name, names in others:
+            if names != first[1]:
+                raise UsageError(f"vertexflow run: folders {sources[first[0]]} and {sources[name]} hold different "
+                                 "file names; each step takes the same name from every folder")
+        return [{name: load(os.path.join(path, stem + ".npy")) for name, path in folders.items()}
+                for stem in first[1]], first[1]
+    arrays = {name: load(path) for name, path in sources.items()}
+    if batch_size is None:
+        return [arrays], None
+    lengths = {name: (len(a) if a.ndim else None) for name, a in arrays.items()}
+    if None in lengths.values() or len(set(lengths.values())) != 1:
+        raise UsageError("vertexflow run: --batch-size needs inputs with the same number of rows, got "
+                         + ", ".join(f"{k}: {'a scalar' if v is None else v}" for k, v in lengths.items()))
+    total = next(iter(lengths.values()))
+    return [{name: a[i:i + batch_size] for name, a in arrays.items()} for i in range(0, total, batch_size)], None
 
 
 EXAMPLES = {"mlp": "mlp_digits.py", "autoencoder": "autoencoder.py", "cnn": "cnn.py", "linear": "linear_regression.py"}

@@ -10,6 +10,7 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
 from onnx import TensorProto, helper  # noqa: E402
 
+import vertexflow as vf  # noqa: E402
 from vertexflow import onnx as vf_onnx  # noqa: E402
 
 from . import node_cases as node_case_runner  # noqa: E402
@@ -218,3 +219,106 @@ def test_run_command_writes_outputs_and_a_trace(tmp_path, capsys):
     assert main(["run", str(tmp_path / "mlp.onnx"), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (
         "vertexflow run: missing --input for x (the model's inputs: x (None, 20) float32)")
+
+
+# -- graphs built for the values they are fed -----------------------------------------------------
+def _reshape_model():
+    """y = reshape(x, shape) + 1, with the target shape a graph input (as ONNX's own tests feed it)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])
+    shape = helper.make_tensor_value_info("shape", TensorProto.INT64, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    one = helper.make_node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
+    nodes = [one, helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Add", ["r", "one"], ["y"])]
+    return helper.make_model(helper.make_graph(nodes, "reshape", [x, shape], [y]))
+
+
+def test_a_shape_fed_at_run_time_builds_one_graph_per_value_and_caches_it():
+    model = vf_onnx.load(_reshape_model())
+    assert not model.static and model.value_inputs == ["shape"]
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    for target in ([3, 4], [12, 1], [3, 4]):
+        (got,) = model.run({"x": x, "shape": np.array(target)}, executor="actor")
+        np.testing.assert_array_equal(got, x.reshape(target) + 1)
+    first = model.specialize({"x": x, "shape": np.array([3, 4])})
+    assert first is model.specialize({"x": x + 5, "shape": np.array([3, 4])})  # cached by the value, not the data
+    assert first.static and [n.name for n in first.inputs] == ["x"] and first.outputs[0].shape == (3, 4)
+    assert len(model._specialized) == 2
+    with pytest.raises(vf.GraphError, match=r"depends on what it is fed \(the values of 'shape'\).*specialize"):
+        model.graph  # noqa: B018
+    with pytest.raises(vf.FeedError, match="was fixed when this graph was built"):
+        first.run({"x": x, "shape": np.array([12, 1])})
+    fixed = vf_onnx.load(_reshape_model(), constants={"shape": np.array([4, 3])})
+    assert fixed.static and fixed.graph["r"].shape == (4, 3)
+    assert vf_onnx.build_time_inputs(_reshape_model()) == ["shape"]
+    model.close()
+
+
+def test_specializations_are_bounded_and_closed_when_dropped(monkeypatch):
+    from vertexflow.onnx import importer
+
+    monkeypatch.setattr(importer, "SPECIALIZATIONS_KEPT", 2)
+    model = vf_onnx.load(_reshape_model())
+    x = np.ones((2, 6), np.float32)
+    model.run({"x": x, "shape": np.array([3, 4])}, executor="actor")
+    oldest = model.specialize({"x": x, "shape": np.array([3, 4])})
+    assert oldest._executors
+    for target in ([4, 3], [6, 2]):
+        model.run({"x": x, "shape": np.array(target)})
+    assert len(model._specialized) == 2 and oldest not in model._specialized.values()
+    assert oldest._executors == {}  # its executors were closed when it was dropped
+    model.close()
+
+
+def test_a_dynamic_batch_read_through_shape_builds_per_batch_size():
+    """Reshape(x, Concat(Shape(x)[0:1], [-1])), as exporters flatten: one graph per batch size."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    minus = helper.make_tensor("m", TensorProto.INT64, [1], [-1])
+    nodes = [helper.make_node("Shape", ["x"], ["s"], start=0, end=1),
+             helper.make_node("Concat", ["s", "m"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"], allowzero=1)]
+    model = vf_onnx.load(helper.make_model(helper.make_graph(nodes, "flatten", [x], [y], [minus])))
+    assert not model.static and model.value_inputs == []
+    for batch in (4, 1, 4):
+        data = np.random.default_rng(batch).normal(size=(batch, 2, 3)).astype(np.float32)
+        np.testing.assert_array_equal(model.run({"x": data})[0], data.reshape(batch, 6))
+    assert len(model._specialized) == 2
+    with pytest.raises(vf.FeedError, match=r"feed for 'x' has shape \(4, 3\), but the input is \(None, 2, 3\)"):
+        model.run({"x": np.zeros((4, 3), np.float32)})
+    with pytest.raises(vf.FeedError, match=r"missing feeds for 'x'"):
+        model.run({})
+    with pytest.raises(vf.FeedError, match=r"has no input 'z'"):
+        model.run({"x": data, "z": data})
+    with pytest.raises(vf.FeedError, match=r"dtype float64, but the input is float32"):
+        model.run({"x": data.astype(np.float64)})
+    model.close()
+
+
+def test_run_streams_a_batch_file_and_a_folder_through_the_actor_executor(tmp_path, capsys):
+    from vertexflow.cli import main
+
+    net, _ = _nets()["cnn"]
+    images = torch.randn(20, 1, 10, 10)
+    (tmp_path / "cnn.onnx").write_bytes(_export(net, images[:4]))
+    np.save(tmp_path / "images.npy", images.numpy())
+    with torch.no_grad():
+        want = net(images).numpy()
+    assert main(["run", str(tmp_path / "cnn.onnx"), "--input", f"x={tmp_path / 'images.npy'}", "--batch-size", "8",
+                 "--out", str(tmp_path / "out"), "--trace", str(tmp_path / "t.html")]) == 0
+    assert "3 step(s), 20 rows" in capsys.readouterr().out
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "y.npy"), want, rtol=1e-5, atol=1e-6)
+    trace = json.loads((tmp_path / "t.json").read_text())
+    steps = {e["args"].get("step") for e in trace["traceEvents"] if e.get("ph") == "X" and "step" in e.get("args", {})}
+    assert len(steps) >= 3  # every batch is a step of the stream
+
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    for k in range(3):
+        np.save(folder / f"part{k}.npy", images[k * 5:(k + 1) * 5].numpy())
+    assert main(["run", str(tmp_path / "cnn.onnx"), "--input", f"x={folder}", "--out", str(tmp_path / "out2")]) == 0
+    for k in range(3):
+        np.testing.assert_allclose(np.load(tmp_path / "out2" / "y" / f"part{k}.npy"), want[k * 5:(k + 1) * 5],
+                                   rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "cnn.onnx"), "--input", f"x={folder}", "--batch-size", "2"]) == 2
+    assert "a folder's files are its steps" in capsys.readouterr().err

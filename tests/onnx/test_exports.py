@@ -1,0 +1,160 @@
+"""Models written with torch and exported by `torch.onnx.export` (opset 17, dynamic batch), both exporters:
+outputs equal torch's on two batches on both executors, and onnxruntime's; an imported model fine-tunes."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[test]')")
+
+import vertexflow as vf  # noqa: E402
+from vertexflow import onnx as vf_onnx  # noqa: E402
+
+needs_onnxscript = pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None,
+                                      reason="the dynamo exporter needs onnxscript (pip install -e '.[test]')")
+
+
+class Residual(torch.nn.Module):
+    """A residual block: depthwise 3x3 and pointwise 1x1 convolutions, batch norm, ReLU."""
+
+    def __init__(self, channels=8):
+        super().__init__()
+        self.depthwise = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.pointwise = torch.nn.Conv2d(channels, channels, 1)
+        self.norm = torch.nn.BatchNorm2d(channels)
+        self.head = torch.nn.Linear(channels, 3)
+
+    def forward(self, x):
+        y = torch.relu(x + self.norm(self.pointwise(self.depthwise(x))))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        return self.layer(x, is_causal=False)
+
+
+class Embedding(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Embedding(50, 16)
+        self.out = torch.nn.Linear(16, 8)
+
+    def forward(self, ids):
+        return self.out(torch.nn.functional.gelu(self.table(ids))).mean(dim=1)
+
+
+class NormSiLU(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = torch.nn.Linear(12, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.silu(self.norm(self.a(x))))
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.rnn = getattr(torch.nn, kind)(6, 10, batch_first=True, bidirectional=True)
+        self.out = torch.nn.Linear(20, 3)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.out(y[:, -1])
+
+
+class Upsample(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        up = torch.nn.functional.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=False)
+        return up + torch.nn.functional.interpolate(x[:, :1], scale_factor=2, mode="nearest")
+
+
+def _residual():
+    net = Residual()
+    with torch.no_grad():  # non-trivial running statistics
+        net.norm.running_mean.uniform_(-0.5, 0.5)
+        net.norm.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+MODELS = {
+    "residual_depthwise": (_residual, lambda b: torch.randn(b, 8, 10, 10)),
+    "transformer_encoder": (Encoder, lambda b: torch.randn(b, 7, 16)),
+    "embedding_gelu": (Embedding, lambda b: torch.randint(0, 50, (b, 9))),
+    "layernorm_silu": (NormSiLU, lambda b: torch.randn(b, 12)),
+    "lstm": (lambda: Recurrent("LSTM"), lambda b: torch.randn(b, 5, 6)),
+    "gru": (lambda: Recurrent("GRU"), lambda b: torch.randn(b, 5, 6)),
+    "upsample": (Upsample, lambda b: torch.randn(b, 3, 6, 6)),
+}
+
+
+def export(net, example, dynamo: bool) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            program = torch.onnx.export(net, (example,), input_names=["x"], output_names=["y"], dynamo=True,
+                                        opset_version=17, verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim("batch", min=2, max=1024)},))
+            return program.model_proto.SerializeToString()
+        buf = io.BytesIO()
+        torch.onnx.export(net, (example,), buf, input_names=["x"], output_names=["y"], dynamo=False,
+                          opset_version=17, dynamic_axes={"x": {0: "batch"}})
+        return buf.getvalue()
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=needs_onnxscript)])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_exported_models_match_torch_on_two_batches_and_both_executors(name, exporter):
+    torch.manual_seed(0)
+    make, data = MODELS[name]
+    net = make().eval()
+    model_bytes = export(net, data(3), exporter == "dynamo")
+    model = vf_onnx.load(model_bytes)
+    try:
+        for batch in (3, 5):
+            x = data(batch)
+            with torch.no_grad():
+                want = net(x).numpy()
+            for executor in ("sequential", "actor"):
+                (got,) = model.run({"x": x.numpy()}, executor=executor)
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"batch {batch} on {executor}")
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        (reference,) = session.run(None, {"x": x.numpy()})
+        np.testing.assert_allclose(model.run({"x": x.numpy()})[0], reference, rtol=1e-4, atol=1e-5)
+    finally:
+        model.close()
+
+
+def test_an_imported_embedding_model_fine_tunes_with_torchs_gradients():
+    """Gather with run-time indices is an ordinary op: the loss's gradient reaches the table."""
+    torch.manual_seed(0)
+    net = Embedding().eval()
+    ids = torch.randint(0, 50, (4, 9))
+    model = vf_onnx.load(export(net, ids, dynamo=False))
+    g = model.graph
+    probe = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    loss = vf.sum(model.outputs[0] * probe)
+    table, bias = g["table.weight"], g["out.bias"]
+    value, grads = vf.SequentialExecutor(g).backward({"x": ids.numpy()}, loss, [table, bias])
+    t_loss = (net(ids) * torch.tensor(probe)).sum()
+    t_loss.backward()
+    np.testing.assert_allclose(value, t_loss.item(), rtol=1e-5)
+    np.testing.assert_allclose(grads[table], net.table.weight.grad.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grads[bias], net.out.bias.grad.numpy(), rtol=1e-4, atol=1e-6)
+    assert np.count_nonzero(np.abs(grads[table]).sum(axis=1)) == len(np.unique(ids.numpy()))  # only rows looked up
