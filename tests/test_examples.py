@@ -34,3 +34,21 @@ def test_mlp_example_reads_idx_files(tmp_path, capsys):
                  f"--{split}-labels", str(tmp_path / f"{split}-labels.gz")]
     assert main(args) == 0
     assert "(32 held-out samples)" in capsys.readouterr().out
+
+
+def test_the_cnn_export_example_writes_a_model_that_vertexflow_serves(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import runpy
+
+    from vertexflow import onnx as vf_onnx
+
+    module = runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "examples" / "export_cnn.py"))
+    assert module["main"](["--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert "torch test accuracy" in capsys.readouterr().out
+    model = vf_onnx.load(str(tmp_path / "cnn.onnx"))
+    images, labels = np.load(tmp_path / "images.npy"), np.load(tmp_path / "labels.npy")
+    (logits,) = model.run({"x": images}, executor="actor")
+    assert logits.shape == (len(labels), 10)
+    assert (logits.argmax(1) == labels).mean() > 0.5  # a trained model, not random weights
+    model.close()

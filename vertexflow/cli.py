@@ -6,7 +6,7 @@
     vertexflow bench model.onnx --batch 32   ... on an ONNX model, against onnxruntime
     vertexflow trace wide --out t.html       trace a built-in example (or a script) into the viewer
     vertexflow train mlp --epochs 30         the training examples (mlp, autoencoder, cnn, linear)
-    vertexflow run model.onnx --input x=x.npy    run an ONNX model, outputs written as .npy
+    vertexflow run model.onnx --input x=x.npy --batch-size 64   stream an ONNX model over batches
 
 Every argument is checked before any work starts; a mistake gets one line
 on stderr and exit status 2 (`--debug` shows the traceback).
@@ -325,8 +325,9 @@ def _run_onnx(args) -> int:
         print(f"{output}: {value.shape} {value.dtype} -> {path}")
     first = next(iter(specs))
     rows = sum(len(step[first]) if np.ndim(step[first]) else 1 for step in steps)  # the first input's rows
+    flight = f", up to {args.depth} steps in flight" if args.executor == "actor" else ""
     print(f"{len(steps)} step(s), {rows} rows, in {elapsed * 1e3:.1f} ms on {args.executor} "
-          f"({rows / elapsed:,.0f} rows/s, up to {args.depth} steps in flight)")
+          f"({rows / elapsed:,.0f} rows/s{flight}; the first steps include building and calibrating)")
     if args.trace:
         tracer.save_html(args.trace, title=f"{os.path.basename(args.model)} on {args.executor}")
         tracer.save(os.path.splitext(args.trace)[0] + ".json")
