@@ -158,3 +158,23 @@ def test_an_imported_embedding_model_fine_tunes_with_torchs_gradients():
     np.testing.assert_allclose(grads[table], net.table.weight.grad.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(grads[bias], net.out.bias.grad.numpy(), rtol=1e-4, atol=1e-6)
     assert np.count_nonzero(np.abs(grads[table]).sum(axis=1)) == len(np.unique(ids.numpy()))  # only rows looked up
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_gradients_flow_back_through_an_unrolled_recurrent_layer_as_in_torch(kind):
+    torch.manual_seed(0)
+    net = Recurrent(kind).eval()
+    x = torch.randn(4, 5, 6)
+    model = vf_onnx.load(export(net, x, dynamo=False))
+    built = model.specialize({"x": x.numpy()})  # the sequence length unrolls it
+    probe = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+    loss = vf.sum(built.outputs[0] * probe)
+    (x_node,) = built.inputs
+    value, grads = vf.SequentialExecutor(built.graph).backward({"x": x.numpy()}, loss, [x_node, built.graph["out.bias"]])
+    t_x = x.clone().requires_grad_(True)
+    t_loss = (net(t_x) * torch.tensor(probe)).sum()
+    t_loss.backward()
+    np.testing.assert_allclose(value, t_loss.item(), rtol=1e-5)
+    np.testing.assert_allclose(grads[x_node], t_x.grad.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grads[built.graph["out.bias"]], net.out.bias.grad.numpy(), rtol=1e-4, atol=1e-6)
+    model.close()
