@@ -89,6 +89,21 @@ def _grouped_conv_ref(x, w, groups):
                            for g in range(groups)], axis=1)
 
 
+def _conv_transpose_ref(x, w, stride, padding, output_padding, groups):
+    """Each input pixel spreads w's kernel into the output, by definition."""
+    n, c, h, wd = x.shape
+    per_in, per_out = c // groups, w.shape[1]
+    kh, kw = w.shape[2:]
+    full = np.zeros((n, per_out * groups, (h - 1) * stride + kh + output_padding, (wd - 1) * stride + kw + output_padding))
+    for ci in range(c):
+        g = ci // per_in
+        for i in range(h):
+            for j in range(wd):
+                full[:, g * per_out:(g + 1) * per_out, i * stride:i * stride + kh, j * stride:j * stride + kw] += \
+                    x[:, ci, i, j][:, None, None, None] * w[ci]
+    return full[:, :, padding:full.shape[2] - padding, padding:full.shape[3] - padding]
+
+
 def _layer_norm_ref(x, w, b):
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
@@ -191,6 +206,10 @@ CASES = [
          lambda x, w: _grouped_conv_ref(x, w, 2), torch and (lambda x, w: TF.conv2d(x, w, padding=1, groups=2))),
     Case("conv2d_depthwise", [(2, 3, 5, 5), (3, 1, 3, 3)], lambda x, w: vf.conv2d(x, w, padding=1, groups=3),
          lambda x, w: _grouped_conv_ref(x, w, 3), torch and (lambda x, w: TF.conv2d(x, w, padding=1, groups=3))),
+    Case("conv_transpose2d", [(2, 4, 4, 5), (4, 3, 3, 2)],
+         lambda x, w: vf.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1, groups=2),
+         lambda x, w: _conv_transpose_ref(x, w, 2, 1, 1, 2),
+         torch and (lambda x, w: TF.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1, groups=2))),
     Case("max_pool2d_dilated", [(1, 2, 7, 7)], lambda x: vf.max_pool2d(x, 2, stride=1, dilation=2),
          lambda x: _pool_ref(x, 2, 1, 0, np.max, -np.inf, d=2),
          torch and (lambda x: TF.max_pool2d(x, 2, stride=1, dilation=2))),
@@ -519,6 +538,7 @@ def _op_samples():
         nn.Conv2d: (nn.Conv2d(), [img, w33]),
         nn.Conv2dGradInput: (nn.Conv2dGradInput(1, 0, 1), [out_conv, w33, img]),
         nn.Conv2dGradWeight: (nn.Conv2dGradWeight(1, 0, 1), [out_conv, img, w33]),
+        nn.ConvTranspose2d: (nn.ConvTranspose2d(2, 1, 1, 1, 1), [img, S((3, 2, 3, 3), f)]),
         nn.MaxPool2d: (nn.MaxPool2d(2), [img]),
         nn.MaxPool2dGrad: (nn.MaxPool2dGrad(2), [pooled, img]),
         nn.MaxPool2dSelect: (nn.MaxPool2dSelect(2), [img, img]),

@@ -84,6 +84,53 @@ class Upsample(torch.nn.Module):
         return up + torch.nn.functional.interpolate(x[:, :1], scale_factor=2, mode="nearest")
 
 
+class Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+class CausalScores(torch.nn.Module):
+    """A causal mask from torch.triu (ONNX Trilu) over scores, softmax, weighted sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.query = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        steps = x.shape[1]
+        mask = torch.triu(torch.ones(steps, steps, dtype=torch.bool), 1)
+        scores = (self.query(x) @ x.transpose(1, 2)).masked_fill(mask, float("-inf"))
+        return torch.softmax(scores, -1) @ x
+
+
+class GroupNormMish(torch.nn.Module):
+    """Conv1d, GroupNorm (exported as InstanceNormalization between reshapes), Mish."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm = torch.nn.Conv1d(4, 6, 3, padding=1), torch.nn.GroupNorm(2, 6)
+
+    def forward(self, x):
+        return torch.nn.functional.mish(self.norm(self.conv(x)))
+
+
+class Decoder(torch.nn.Module):
+    """Transposed convolutions up, with an output_padding, and an instance norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)
+        self.norm = torch.nn.InstanceNorm2d(4, affine=True)
+        self.mix = torch.nn.ConvTranspose2d(4, 2, 2, stride=2, groups=2)
+
+    def forward(self, x):
+        return self.mix(torch.relu(self.norm(self.up(x))))
+
+
 def _residual():
     net = Residual()
     with torch.no_grad():  # non-trivial running statistics
@@ -100,6 +147,10 @@ MODELS = {
     "lstm": (lambda: Recurrent("LSTM"), lambda b: torch.randn(b, 5, 6)),
     "gru": (lambda: Recurrent("GRU"), lambda b: torch.randn(b, 5, 6)),
     "upsample": (Upsample, lambda b: torch.randn(b, 3, 6, 6)),
+    "attention": (Attention, lambda b: torch.randn(b, 7, 16)),
+    "causal_scores": (CausalScores, lambda b: torch.randn(b, 6, 16)),
+    "conv1d_groupnorm_mish": (GroupNormMish, lambda b: torch.randn(b, 4, 9)),
+    "transposed_conv_decoder": (Decoder, lambda b: torch.randn(b, 3, 5, 5)),
 }
 
 

@@ -333,6 +333,63 @@ def _conv(env, node, xs, attrs):
     return named(_from_2d(out, dims), env, node)
 
 
+def _conv_transpose(env, node, xs, attrs):
+    x, w = xs[0], xs[1]
+    dims = _spatial(x, attrs, "transposed convolutions")
+    kernel = list(w.shape[2:])
+    strides = list(attrs.get("strides", [1] * dims))
+    dilations = list(attrs.get("dilations", [1] * dims))
+    extra = list(attrs.get("output_padding", [0] * dims))
+    auto = attrs.get("auto_pad", "NOTSET")
+    if "output_shape" in attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
+        sizes = env.sizes(node.input[0], "ConvTranspose with output_shape or auto_pad: the input's sizes")[2:]
+        wanted = list(attrs["output_shape"])[-dims:] if "output_shape" in attrs else [h * s for h, s in zip(sizes, strides)]
+        pads = []
+        for h, k, s, d, op, want in zip(sizes, kernel, strides, dilations, extra, wanted):
+            total = s * (h - 1) + op + (k - 1) * d + 1 - want  # the spec's total padding
+            half = total // 2
+            pads.append((half, total - half) if auto == "SAME_UPPER" else (total - half, half))
+    else:
+        flat = list(attrs.get("pads", [0] * 2 * dims))
+        pads = [(int(flat[i]), int(flat[i + dims])) for i in range(dims)]
+    x2, w2 = _as_2d(x, dims), _as_2d(w, dims)
+    if dims == 1:
+        strides, dilations, extra, pads = [1] + strides, [1] + dilations, [0] + extra, [(0, 0)] + pads
+    # Pads crop the full transposed output: symmetric ones are the op's padding, the rest a slice.
+    # A negative pad (an output_shape past the natural size) adds cells no tap reaches: zeros.
+    common = [max(min(a, b), 0) for a, b in pads]
+    out = ops.conv_transpose2d(x2, w2, stride=tuple(strides), padding=tuple(common), output_padding=tuple(extra),
+                               dilation=tuple(dilations), groups=int(attrs.get("group", 1)))
+    rest = [(a - c, b - c) for (a, b), c in zip(pads, common)]
+    if any(a > 0 or b > 0 for a, b in rest):
+        out = ops.getitem(out, (slice(None), slice(None)) + tuple(
+            slice(max(a, 0), -b if b > 0 else None) for a, b in rest))
+    if any(a < 0 or b < 0 for a, b in rest):
+        out = ConstantPad([(0, 0), (0, 0)] + [(max(-a, 0), max(-b, 0)) for a, b in rest], 0.0)(out)
+    if xs.present(2):
+        out = out + ops.reshape(xs[2], (-1, 1, 1))
+    return named(_from_2d(out, dims), env, node)
+
+
+def _instance_norm(env, node, xs, attrs):
+    x = xs[0]
+    axes = tuple(range(2, x.ndim))
+    eps = np.asarray(attrs.get("epsilon", 1e-5), dtype=x.dtype)
+    shape = (-1,) + (1,) * (x.ndim - 2)
+    mu = ops.mean(x, axis=axes, keepdims=True)
+    centered = x - mu
+    out = centered / ops.sqrt(ops.mean(centered * centered, axis=axes, keepdims=True) + eps)
+    return named(out * ops.reshape(xs[1], shape) + ops.reshape(xs[2], shape), env, node)
+
+
+def _trilu(env, node, xs, attrs):
+    x = xs[0]
+    k = int(np.asarray(xs.value(1, "Trilu's k", 0)))
+    rows, cols = env.sizes(node.input[0], "Trilu's input sizes")[-2:]
+    keep = (np.triu if attrs.get("upper", 1) else np.tril)(np.ones((rows, cols), dtype=bool), k)
+    return ops.where(keep, x, np.zeros((), dtype=x.dtype), name=out_name(env, node))
+
+
 def _pool(kind: str):
     def convert(env, node, xs, attrs):
         x = xs[0]
@@ -766,21 +823,21 @@ CONVERTERS: dict[str, Callable | None] = {
     "Relu": _unary(ops.relu), "LeakyRelu": _leaky, "Sigmoid": _unary(ops.sigmoid), "Tanh": _unary(ops.tanh),
     "Erf": _unary(ops.erf), "Gelu": _gelu, "Elu": _composed(_elu), "Selu": _composed(_selu),
     "HardSigmoid": _composed(_hard_sigmoid), "HardSwish": _composed(lambda x, a: x * _hard_sigmoid(x, {"alpha": 1 / 6})),
-    "Softplus": _composed(_softplus), "Softsign": _composed(lambda x, a: x / (ops.abs(x) + 1.0)), "PRelu": _prelu,
+    "Softplus": _composed(_softplus), "Mish": _composed(lambda x, a: x * ops.tanh(_softplus(x, a))), "Softsign": _composed(lambda x, a: x / (ops.abs(x) + 1.0)), "PRelu": _prelu,
     "Max": _variadic(ops.maximum), "Min": _variadic(ops.minimum), "Sum": _variadic(ops.add), "Mean": _mean,
     "Equal": _binary(ops.equal), "Less": _binary(ops.less), "Greater": _binary(ops.greater),
     "LessOrEqual": _binary(ops.less_equal), "GreaterOrEqual": _binary(ops.greater_equal),
     "And": _binary(ops.logical_and), "Or": _binary(ops.logical_or), "Xor": _binary(ops.logical_xor),
     "Not": _unary(ops.logical_not), "Where": _where, "Cast": _cast, "CastLike": _cast_like, "Clip": _clip,
     "Softmax": _softmax(ops.softmax), "LogSoftmax": _softmax(ops.log_softmax),
-    "MatMul": _binary(ops.matmul), "Gemm": _gemm, "Conv": _conv,
+    "MatMul": _binary(ops.matmul), "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv_transpose,
     "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
     "GlobalAveragePool": _global_pool(ops.mean), "GlobalMaxPool": _global_pool(ops.max),
-    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
+    "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
     "Shape": _shape, "Size": _size, "ConstantOfShape": _constant_of_shape, "Range": _range,
     "Flatten": _flatten, "Reshape": _reshape, "Expand": _expand, "Transpose": _transpose, "Concat": _concat,
     "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Gather": _gather, "Slice": _slice, "Split": _split,
-    "Tile": _tile, "Pad": _pad, "Resize": _resize,
+    "Tile": _tile, "Pad": _pad, "Resize": _resize, "Trilu": _trilu,
     **{op: _reduce(fn) for op, fn in REDUCTIONS.items()},
     "Identity": _identity, "Dropout": _dropout, "LSTM": _recurrent("LSTM"), "GRU": _recurrent("GRU"),
     "Constant": None,
@@ -798,6 +855,9 @@ ALLOWED_ATTRS = {
     "Cast": {"to", "saturate"}, "CastLike": {"saturate"},
     "Gemm": {"alpha", "beta", "transA", "transB"},
     "Conv": {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"},
+    "ConvTranspose": {"auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads",
+                      "strides"},
+    "InstanceNormalization": {"epsilon"}, "Trilu": {"upper"},
     "MaxPool": _POOL | {"storage_order"}, "AveragePool": _POOL | {"count_include_pad"},
     "BatchNormalization": {"epsilon", "momentum", "training_mode", "spatial"},
     "LayerNormalization": {"axis", "epsilon", "stash_type"},

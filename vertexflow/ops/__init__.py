@@ -41,7 +41,7 @@ from .elementwise import (
     where,
 )
 from .linalg import matmul
-from .nn import avg_pool2d, conv2d, cross_entropy, layer_norm, max_pool2d, mse
+from .nn import avg_pool2d, conv2d, conv_transpose2d, cross_entropy, layer_norm, max_pool2d, mse
 from .operators import attach as _attach_operators
 from .reduce import log_softmax, max, mean, min, softmax, sum
 from .shape import broadcast_to, concat, expand_dims, getitem, pad, reshape, squeeze, take, transpose
@@ -66,7 +66,7 @@ __all__ = [
     "abs", "add", "astype", "divide", "equal", "erf", "exp", "gelu", "greater", "greater_equal", "leaky_relu",
     "less", "less_equal", "log", "logical_and", "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "multiply", "negative", "not_equal",
     "power", "relu", "remainder", "sigmoid", "sign", "sqrt", "subtract", "tanh", "where",
-    "matmul", "avg_pool2d", "conv2d", "cross_entropy", "layer_norm", "max_pool2d", "mse",
+    "matmul", "avg_pool2d", "conv2d", "conv_transpose2d", "cross_entropy", "layer_norm", "max_pool2d", "mse",
     "log_softmax", "max", "mean", "min", "softmax", "sum",
     "broadcast_to", "concat", "expand_dims", "getitem", "pad", "reshape", "squeeze", "take", "transpose",
 ]

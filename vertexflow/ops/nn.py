@@ -324,6 +324,9 @@ class Conv2dGradInput(Op, Window):
         return Spec(x.shape, g.dtype)
 
     def forward(self, xp, g, w, x):
+        return self._input_gradient(xp, g, w, x.shape)
+
+    def _input_gradient(self, xp, g, w, x_shape):
         o, c, kh, kw = w.shape
         n, _, oh, ow = g.shape
         groups = self.groups
@@ -331,7 +334,7 @@ class Conv2dGradInput(Op, Window):
         weights = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)  # (G, C/G*kh*kw, O/G)
         c = c * groups
         cols = xp.matmul(weights, by_channel).reshape(c, kh, kw, n, oh, ow)  # each tap's share
-        return self._scatter(xp, x.shape, g.dtype, (kh, kw), lambda i, j: cols[:, i, j].transpose(1, 0, 2, 3))
+        return self._scatter(xp, x_shape, g.dtype, (kh, kw), lambda i, j: cols[:, i, j].transpose(1, 0, 2, 3))
 
     def vjp(self, F, h, xs, y):
         # Bilinear in (g, w): its adjoint in g is the convolution itself, in w the weight gradient.
@@ -346,6 +349,54 @@ class Conv2dGradInput(Op, Window):
 
     def cost(self, g: Spec, w: Spec, x: Spec) -> float:
         return 2.0 * numel(g) * math.prod(w.shape[1:]) / 16.0
+
+
+class ConvTranspose2d(Conv2dGradInput):
+    """Transposed 2-D convolution of x (N, C, H, W) with w (C, O / groups, kh, kw), as PyTorch's
+    conv_transpose2d: the input gradient of the convolution with w, so its rules are that op's."""
+
+    name = "conv_transpose2d"
+
+    def __init__(self, stride=1, padding=0, dilation=1, groups=1, output_padding=0):
+        super().__init__(stride, padding, dilation, groups)
+        self.output_padding = _pair(output_padding, "output_padding")
+        if any(p < 0 or p >= s for p, s in zip(self.output_padding, self.stride)):
+            raise ShapeError(f"output_padding must be >= 0 and smaller than the stride, got {self.output_padding}")
+
+    def _out_shape(self, x_shape, w_shape) -> tuple:
+        sizes = tuple(None if h is None else (h - 1) * s - 2 * p + d * (k - 1) + op + 1
+                      for h, k, s, p, d, op in zip(x_shape[2:], w_shape[2:], self.stride, self.padding, self.dilation,
+                                                   self.output_padding))
+        return (x_shape[0], w_shape[1] * self.groups) + sizes
+
+    def infer(self, x: Spec, w: Spec) -> Spec:
+        require_float(x, w)
+        _check_image(x)
+        _check_image(w, "weight")
+        if x.shape[1] is not None and w.shape[0] != x.shape[1]:
+            raise ShapeError(f"input has {x.shape[1]} channels, weight expects {w.shape[0]}: "
+                             f"{format_shape(x.shape)} * {format_shape(w.shape)}")
+        if w.shape[0] % self.groups:
+            raise ShapeError(f"{w.shape[0]} input channels do not split into {self.groups} groups")
+        shape = self._out_shape(x.shape, w.shape)
+        if any(d is not None and d < 1 for d in shape[2:]):
+            raise ShapeError(f"output {format_shape(shape)} is empty for {format_shape(x.shape)} with padding {self.padding}")
+        return Spec(shape, np.result_type(x.dtype, w.dtype))
+
+    def forward(self, xp, x, w):
+        return self._input_gradient(xp, x, w, self._out_shape(x.shape, w.shape))
+
+    def vjp(self, F, h, xs, y):
+        x, w = xs
+        need_x, need_w = F.needs_input_grad
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
+        return (
+            F.apply(Conv2d(*geometry), h, w) if need_x else None,
+            F.apply(Conv2dGradWeight(*geometry), x, h, w) if need_w else None,
+        )
+
+    def cost(self, x: Spec, w: Spec) -> float:
+        return 2.0 * numel(x) * math.prod(w.shape[1:]) * self.groups / 16.0
 
 
 class Conv2dGradWeight(Op, Window):
@@ -512,6 +563,11 @@ def conv2d(x, w, stride=1, padding=0, dilation=1, groups=1, name=None):
     and w is (O, C / g, kh, kw): groups=C is a depthwise convolution.
     """
     return Conv2d(stride, padding, dilation, groups)(x, w, name=name)
+
+
+def conv_transpose2d(x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1, name=None):
+    """Transposed 2-D convolution of NCHW x with w (C, O / groups, kh, kw), as torch's conv_transpose2d."""
+    return ConvTranspose2d(stride, padding, dilation, groups, output_padding)(x, w, name=name)
 
 
 def layer_norm(x, axes=(-1,), eps=1e-5, weight=None, bias=None, name=None):
