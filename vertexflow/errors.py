@@ -11,6 +11,27 @@ from __future__ import annotations
 class VertexflowError(Exception):
     """Base of every error vertexflow raises on purpose."""
 
+    def __reduce__(self):
+        # Errors cross process boundaries (Ray partitions): keep the attributes, whatever the
+        # constructor's keyword-only arguments, and the chained cause where it pickles.
+        cause = self.__cause__
+        if cause is not None:
+            import pickle
+
+            try:
+                pickle.dumps(cause)
+            except Exception:  # noqa: BLE001 - an unpicklable cause stays behind, its text in the message
+                cause = None
+        return (_restore, (type(self), self.args, self.__dict__, cause))
+
+
+def _restore(cls, args: tuple, state: dict, cause: BaseException | None = None) -> VertexflowError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    error.__cause__ = cause
+    return error
+
 
 class ShapeError(VertexflowError, ValueError):
     """Shapes or dtypes that an op cannot take, found when its vertex is built."""
@@ -62,6 +83,18 @@ class MissingExtraError(VertexflowError, ImportError):
 
 class ExecutorClosed(VertexflowError, RuntimeError):
     """The executor was closed (or its host went away) while a call was waiting on it."""
+
+
+class PartitionLost(VertexflowError, RuntimeError):
+    """A partition's process (a Ray actor) died during a call; it is placed again for the next call.
+
+    Attributes:
+        partitions: the numbers of the partitions that were lost.
+    """
+
+    def __init__(self, message: str, *, partitions: tuple = ()):
+        super().__init__(message)
+        self.partitions = tuple(partitions)
 
 
 class DeviceError(VertexflowError, RuntimeError):

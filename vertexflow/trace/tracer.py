@@ -240,6 +240,7 @@ class Tracer:
         self._fixed: dict[tuple, tuple] = {}
         self._enclosing: list[Tracer] = []  # the tracers of the vf.trace() blocks around this one's
         self._enclosing_runs: dict[int, dict[int, int]] = {}
+        self._remote_tracks: dict[tuple, int] = {}  # (executor, partition, pid) -> track
 
     # -- what executors call -------------------------------------------------------------
     def track(self, executor) -> int:
@@ -281,6 +282,32 @@ class Tracer:
         """A span recorded by hand (outside any executor): track 0, run 0."""
         self._raw.append((node, phase, 0, 0, step, lane, ready, start, start, end, None,
                           tuple([tuple(getattr(a, "shape", ())) for a in args]), None, None))
+
+    def merge_remote(self, spans: list[Span], events: list[Event], transfers: list[tuple], *, label: str,
+                     offset: float, run: int, step: int, key: tuple) -> int:
+        """Spans and events recorded in another process (a Ray partition), on a track of their own.
+
+        Their times move by `offset` onto this process's perf_counter clock; they take this
+        tracer's `run` and `step`. `transfers` are (name, start, end, bytes) of values received
+        from other processes, shown as events on the lane "transfers". Returns the track.
+        """
+        import dataclasses
+
+        with self._lock:
+            found = self._remote_tracks.get(key)
+            if found is None:
+                found = self._remote_tracks[key] = len(self.tracks) + 1
+                self.tracks[found] = Track(found, f"{label} (#{found})", {"process": label})
+        for span in spans:
+            self._raw.append(dataclasses.replace(
+                span, track=found, run=run, step=step, ready=span.ready + offset, start=span.start + offset,
+                end=span.end + offset, acquired=(span.acquired + offset) if span.acquired else span.acquired))
+        for event in events:
+            self.events.append(Event(event.name, found, event.lane, event.start + offset, event.end + offset,
+                                     dict(event.args)))
+        for name, start, end, size in transfers:
+            self.events.append(Event(name, found, "transfers", start + offset, end + offset, {"bytes": size}))
+        return found
 
     # -- what readers see ----------------------------------------------------------------
     @property
@@ -381,7 +408,9 @@ class _Named:
         self.name, self.op_name, self.inputs = name, op_name, inputs
 
 
-def _span(raw: tuple, tracer: Tracer) -> Span:
+def _span(raw: tuple | Span, tracer: Tracer) -> Span:
+    if type(raw) is Span:  # merged from another process, made there
+        return raw
     node, phase, track, run, step, lane, ready, acquired, start, end, cpu, shapes, op, out_shape = raw
     key = (id(node), phase, id(op), shapes, out_shape)
     fixed = tracer._fixed.get(key)
