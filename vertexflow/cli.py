@@ -202,11 +202,18 @@ def _bench(args, argv) -> int:
         raise UsageError("vertexflow bench: --pyperf needs pyperf (pip install pyperf, or the bench extra)")
     if args.plot and not _importable("matplotlib"):
         raise UsageError("vertexflow bench: --plot needs matplotlib (pip install matplotlib, or the bench extra)")
-    executors = args.executor or ["sequential", "actor"]
+    from .benchmarks.report import SUITE_EXECUTORS
+
+    executors = args.executor or SUITE_EXECUTORS.get(args.suite, ["sequential", "actor"])
     for name in executors:
         if not known(name):
             raise UsageError(f"vertexflow bench: unknown --executor {name!r} (use sequential, actor, "
-                             f"actor-network, actor-N or stream)")
+                             f"actor-network, actor-N, stream, ray or ray-N)")
+        if name.startswith("ray") and not _importable("ray"):
+            raise UsageError("vertexflow bench: the ray executors need Ray (pip install -e '.[ray]')")
+        if name == "dask-distributed" and not _importable("distributed"):
+            raise UsageError("vertexflow bench: dask-distributed needs distributed (pip install distributed, "
+                             "or the bench extra)")
     sizes = dict(args.size)
     command = "vertexflow " + " ".join(shlex.quote(a) for a in argv)
     if args.target is not None:

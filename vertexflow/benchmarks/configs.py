@@ -8,10 +8,12 @@ vertexflow's own: "sequential" (the tape), "actor" (the actor executor as a
 user gets it: it decides between the network and the tape), "actor-network"
 (the network always), "actor-N" (N worker threads), "stream" (emulated
 streams), "sequential-fused" and "actor-fused" (with fuse=True: elementwise
-groups compiled, where that measures faster). Peers: "numpy" (the workload written by hand, where it exists),
-"dask-sync" and "dask-threaded" (Dask's schedulers on the same op
-functions), "onnxruntime" and "onnxruntime-parallel" (ORT_SEQUENTIAL and
-ORT_PARALLEL, for an ONNX workload).
+groups compiled, where that measures faster), "ray" and "ray-N" (RayExecutor with 2 or N
+partitions, each a Ray actor process; a local cluster of the machine's cores). Peers: "numpy"
+(the workload written by hand, where it exists), "dask-sync" and "dask-threaded" (Dask's
+schedulers on the same op functions), "dask-distributed" (the same on a Dask LocalCluster of 2
+worker processes; asked for by name), "onnxruntime" and "onnxruntime-parallel" (ORT_SEQUENTIAL
+and ORT_PARALLEL, for an ONNX workload).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from ..graph import ancestors
 from ..machine import cores
 from .workload import Workload
 
-VERTEXFLOW = ("sequential", "actor", "actor-network", "stream", "sequential-fused", "actor-fused")
-PEERS = ("numpy", "dask-sync", "dask-threaded", "onnxruntime", "onnxruntime-parallel")
+VERTEXFLOW = ("sequential", "actor", "actor-network", "stream", "sequential-fused", "actor-fused", "ray")
+PEERS = ("numpy", "dask-sync", "dask-threaded", "dask-distributed", "onnxruntime", "onnxruntime-parallel")
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Config:
 
 
 def known(name: str) -> bool:
-    return name in VERTEXFLOW or name in PEERS or re.fullmatch(r"actor-\d+", name) is not None
+    return name in VERTEXFLOW or name in PEERS or re.fullmatch(r"(actor|ray)-\d+", name) is not None
 
 
 def configs(names: Sequence[str], workload: Workload, peers: bool = True) -> list[Config]:
@@ -82,6 +84,8 @@ def configs(names: Sequence[str], workload: Workload, peers: bool = True) -> lis
     chosen = ["sequential", *[n for n in names if n != "sequential"]]
     if peers:
         for peer in applicable_peers(workload):
+            if peer == "dask-distributed" and "dask-distributed" not in names:
+                continue  # a cluster of its own: only when asked for (the distributed suite asks)
             if peer not in chosen:
                 chosen.append(peer)
     # Fused kernels round differently from numpy's passes: they agree with the rest to rounding.
@@ -95,6 +99,8 @@ def applicable_peers(workload: Workload) -> list[str]:
         out.append("numpy")
     if workload.mode == "run" and _importable("dask"):
         out += ["dask-sync", "dask-threaded"]
+    if _importable("distributed"):
+        out.append("dask-distributed")
     if workload.onnx_path is not None and workload.mode != "backward" and _importable("onnxruntime"):
         out += ["onnxruntime", "onnxruntime-parallel"]
     return out
@@ -143,6 +149,13 @@ def runner(config: Config, workload: Workload, threads: int | None = None) -> Ru
         if workload.numpy is None:
             raise BenchmarkError(f"{workload.name} has no hand-written numpy version")
         return Runner(lambda: flatten(workload.numpy()))
+    if name == "ray" or re.fullmatch(r"ray-\d+", name):
+        from ..ray import RayExecutor
+
+        partitions = int(name.split("-")[1]) if "-" in name else 2
+        return _executor_unit(workload, RayExecutor(workload.graph, partitions=partitions))
+    if name == "dask-distributed":
+        return _dask_distributed_unit(workload)
     if name.startswith("dask"):
         return _dask_unit(workload, threads, threaded=name == "dask-threaded")
     if name.startswith("onnxruntime"):
@@ -184,6 +197,55 @@ def _dask_unit(workload: Workload, threads: int, threaded: bool) -> Runner:
         pool = ThreadPoolExecutor(threads)
         return Runner(lambda: flatten(list(dask.threaded.get(dsk, keys, pool=pool))), pool.shutdown)
     return Runner(lambda: flatten(list(dask.local.get_sync(dsk, keys))))
+
+
+def _dask_graph(workload: Workload, feeds) -> tuple[dict, list[str]]:
+    feeds = {(k if isinstance(k, str) else k.name): v for k, v in feeds.items()}
+    dsk: dict[str, Any] = {}
+    for node in ancestors(workload.fetch):
+        if node.kind == "input":
+            dsk[node.name] = feeds[node.name]
+        elif node.kind in ("param", "const"):
+            dsk[node.name] = node.value
+        else:
+            dsk[node.name] = (partial(_dask_call, node.op), *(i.name for i in node.inputs))
+    return dsk, [n.name for n in workload.fetch]
+
+
+def _dask_distributed_unit(workload: Workload) -> Runner:
+    """The workload's op functions on a Dask LocalCluster of 2 worker processes (one thread each);
+    a stream submits every step's graph at once, as Dask users pipeline."""
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster)
+    batches = workload.batches if workload.mode == "stream" else [workload.feeds]
+    graphs = []
+    for k, feeds in enumerate(batches):
+        dsk, keys = _dask_graph(workload, feeds)
+        graphs.append(({f"{name}-{k}": _renamed(task, k, dsk) for name, task in dsk.items()},
+                       [f"{key}-{k}" for key in keys]))
+
+    def unit():
+        merged, keys = {}, []
+        for dsk, step_keys in graphs:
+            merged.update(dsk)
+            keys.append(step_keys)
+        results = client.get(merged, keys)
+        return flatten([list(r) for r in results] if workload.mode == "stream" else list(results[0]))
+
+    def close():
+        client.close()
+        cluster.close()
+
+    return Runner(unit, close)
+
+
+def _renamed(task, k: int, dsk: dict):
+    """A task of step k: its references to other keys get the step's suffix."""
+    if isinstance(task, tuple) and task and callable(task[0]):
+        return (task[0], *(f"{a}-{k}" if isinstance(a, str) and a in dsk else a for a in task[1:]))
+    return task
 
 
 def _dask_call(op, *args):

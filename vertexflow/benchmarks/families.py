@@ -230,6 +230,20 @@ def cnn_block(batch: int = 16, channels: int = 8, size: int = 28, seed: int = 0)
                    loss=loss)
 
 
+def chain(vertices: int = 3000, size: int = 64, batches: int = 120, seed: int = 0) -> Workload:
+    """A stream through one long chain of cheap ops: Python-bound (the GIL caps threads), so only
+    processes run two pieces of it at once. The distributed suite's pipeline."""
+    rng = np.random.default_rng(seed)
+    g = vf.Graph("chain")
+    x = g.input("x", shape=(size, size), dtype="float64")
+    h = x
+    for i in range(vertices):
+        h = h * 1.0001 if i % 2 == 0 else h + 0.0001
+    stream = [{x: rng.normal(size=(size, size))} for _ in range(batches)]
+    return _family("chain", dict(vertices=vertices, size=size, batches=batches), g, [h], stream[0],
+                   mode="stream", batches=stream)
+
+
 FAMILIES: dict[str, Callable[..., Workload]] = {
     "wide": wide,
     "deep": deep,
@@ -239,4 +253,5 @@ FAMILIES: dict[str, Callable[..., Workload]] = {
     "mlp_ensemble": mlp_ensemble,
     "mlp_train": mlp_train,
     "cnn_block": cnn_block,
+    "chain": chain,
 }

@@ -313,10 +313,19 @@ SUITES: dict[str, list[tuple[str, dict]]] = {
         ("mlp_train", dict(batch=100)),
         ("cnn_block", dict(batch=32)),
     ],
+    "distributed": [
+        ("chain", dict(vertices=3000, batches=120)),
+        ("wide", dict(branches=2, depth=6)),
+        ("mlp_ensemble", dict(members=2, batches=50)),
+    ],
 }
+# The executors a suite compares when --executor is not given, and the peers it adds by name.
+SUITE_EXECUTORS = {"distributed": ["sequential", "actor", "ray", "dask-distributed"]}
 SUITE_HELP = {
     "quick": "every graph family once, at its usual size (a few minutes)",
     "full": "the families at several widths and sizes (about half an hour)",
+    "distributed": "a pipelined chain and two families: local executors against RayExecutor (2 processes) "
+                   "and Dask distributed (2 worker processes); needs the ray extra and distributed",
 }
 
 # `--tiny`: the same workloads shrunk to run in seconds (a smoke test); vertex counts are capped.
@@ -329,6 +338,7 @@ TINY: dict[str, dict] = {
     "mlp_ensemble": dict(members=2, batch=8, hidden=32, batches=4),
     "mlp_train": dict(batch=8),
     "cnn_block": dict(batch=2, channels=2, size=8),
+    "chain": dict(vertices=60, size=8, batches=6),
 }
 
 

@@ -70,6 +70,9 @@ class _Call:
         self.back_to: list[list[int]] = []  # partitions each partition sends edge gradients to
         self.back_from: list[list[int]] = []
         self.fetched_in: dict[int, int] = {}  # fetched op id -> partition
+        self.needed_inputs: list[Node] | None = None
+        self.shared_inputs: set[int] = set()  # inputs read by more than one partition
+        self.params_of: list[list[Node]] = []  # params each partition holds
         self.wrt_home: dict[int, int] = {}
 
 
@@ -192,7 +195,7 @@ class RayExecutor(Executor):
         if call is not None:
             return call
         targets = list(dict.fromkeys(([reverse.output] if reverse is not None else []) + list(fetch)))
-        costs = self._measure(targets, feeds, timeout) if self.placement is None else {}
+        costs = self._measure(targets, feeds, timeout)  # for the cut, the stream's chunks and describe()
         ops_needed = [n for n in ancestors(targets) if n.kind == "op"]
         if not ops_needed:
             raise GraphError("nothing to compute: every fetched vertex is an input, a param or a constant")
@@ -264,6 +267,7 @@ class RayExecutor(Executor):
         call.back_from = [[p for p in range(k) if q in call.back_to[p]] for q in range(k)]
         call.inputs_of = []
         call.programs = []
+        readers_of_input: collections.Counter = collections.Counter()
         for p, members in enumerate(cut.parts):
             # Wave 0: what needs nothing from another partition (it starts at once, beside the
             # partitions it would otherwise wait for); wave 1: the rest, once their values arrive.
@@ -292,6 +296,7 @@ class RayExecutor(Executor):
                     seen.add(n.id)
                 waves.append(Recipe(self.graph.name, entries))
             call.inputs_of.append(inputs)
+            readers_of_input.update(i.id for i in inputs)
             sends = [(q, [n.name for n in members if q in cut.readers.get(n.id, [])]) for q in call.readers_of[p]]
             fetch = [n.name for n in call.fetch if n.kind == "op" and of[n.id] == p]
             if reverse is not None and reverse.output.kind == "op" and of[reverse.output.id] == p:
@@ -303,6 +308,9 @@ class RayExecutor(Executor):
                               reverse.output.name if reverse is not None and where(reverse.output) == p else None,
                               [(q, back[p][q]) for q in call.back_to[p]])
             call.programs.append(program)
+            call.params_of.append(list({name: self.graph[name] for kind, name, *_ in program.entries()
+                                        if kind == "param"}.values()))
+        call.shared_inputs = {i for i, readers in readers_of_input.items() if readers > 1}
 
     def _ready(self, call: _Call, timeout: float | None = None) -> None:
         """Every partition has this call's program and the current value of each param it reads.
@@ -314,21 +322,17 @@ class RayExecutor(Executor):
         pending = []
         for p, program in enumerate(call.programs):
             worker = self._worker(p)
+            params = call.params_of[p]
             if call.key not in self._prepared[p]:
                 pending.append(worker.prepare.remote(call.key, program))
                 self._prepared[p].add(call.key)
-                for kind, name, *_ in program.entries():
-                    if kind == "param":
-                        self._sent_params[p][self.graph[name].id] = id(self.graph[name].value)
-            changed = {}
-            for kind, name, *_ in program.entries():
-                if kind != "param":
-                    continue
-                node = self.graph[name]
-                if self._sent_params[p].get(node.id) != id(node.value):
-                    changed[name] = node.value
+                for node in params:
                     self._sent_params[p][node.id] = id(node.value)
+            sent = self._sent_params[p]
+            changed = {node.name: node.value for node in params if sent.get(node.id) != id(node.value)}
             if changed:
+                for node in params:
+                    sent[node.id] = id(node.value)
                 pending.append(worker.set_params.remote({k: ray.put(v) for k, v in changed.items()}))
         if pending:
             self._get(pending, PLACE_TIMEOUT if timeout is None else timeout, call,
@@ -337,14 +341,31 @@ class RayExecutor(Executor):
     # -- steps ---------------------------------------------------------------------------
     def _submit_forward(self, call: _Call, feeds: dict[int, Any], step: int, keep: bool, trace: bool) -> list:
         """Submit every partition's forward call; [(driver ref, {reader: ref})] per partition."""
+        return self._submit(call, [feeds], [step], keep, trace, chunk=False)
+
+    def _submit(self, call: _Call, feeds: list[dict[int, Any]], steps: list[int], keep: bool, trace: bool,
+                chunk: bool) -> list:
+        """Every partition's call for these steps (one call for all of them with `chunk`).
+
+        A feed read by one partition travels in its call (Ray inlines or stores it); one read by
+        several goes into the object store once and each reads it there.
+        """
         ray = _ray()
-        put = {node_id: ray.put(value) for node_id, value in feeds.items()}
+        shared = call.shared_inputs
+        puts = [{i: ray.put(f[i]) for i in shared} for f in feeds]
         outs: list = []
         for p, program in enumerate(call.programs):
-            sources = {n.name: put[n.id] for n in call.inputs_of[p]}
+            sources = [{n.name: (put[n.id] if n.id in shared else f[n.id]) for n in call.inputs_of[p]}
+                       for f, put in zip(feeds, puts)]
             incoming = [outs[q][1][p] for q in call.senders_to[p]]
-            refs = self._worker(p).forward.options(num_returns=1 + len(program.sends)).remote(
-                call.key, step, sources, incoming, keep, trace)
+            worker = self._worker(p)
+            returns = 1 + len(program.sends)
+            if chunk:
+                refs = worker.forward_chunk.options(num_returns=returns).remote(call.key, steps, sources, incoming,
+                                                                                trace)
+            else:
+                refs = worker.forward.options(num_returns=returns).remote(call.key, steps[0], sources[0], incoming,
+                                                                          keep, trace)
             refs = refs if isinstance(refs, list) else [refs]
             outs.append((refs[0], {q: r for (q, _), r in zip(program.sends, refs[1:])}))
         return outs
@@ -407,8 +428,9 @@ class RayExecutor(Executor):
         return dead
 
     def _checked(self, feeds: Feeds, call: _Call) -> dict[int, Any]:
-        needed = [n for n in ancestors(call.targets) if n.kind == "input"]
-        checked = self._feeds(feeds, needed)
+        if call.needed_inputs is None:
+            call.needed_inputs = [n for n in ancestors(call.targets) if n.kind == "input"]
+        checked = self._feeds(feeds, call.needed_inputs)
         return {k: np.asarray(v) for k, v in checked.items()}
 
     def _merge_trace(self, payloads: list[tuple[int, dict]], call: _Call, tracer, step: int, run: int) -> None:
@@ -491,44 +513,70 @@ class RayExecutor(Executor):
         return loss_value, grads, self._collect(extra, single, call, forward, checked)
 
     def run_stream(self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *,
-                   depth: int | None = None, timeout: float | None = None) -> Iterator:
-        """Results for each feed dict, in input order, with up to `depth` steps in flight."""
+                   depth: int | None = None, chunk: int | None = None, timeout: float | None = None) -> Iterator:
+        """Results for each feed dict, in input order, pipelined through the partitions.
+
+        Args:
+            depth: calls in flight per partition (default 2 per partition): a partition computes a
+                later call while the next partition computes an earlier one.
+            chunk: steps per call (default: enough for about 20 ms of a partition's measured work,
+                at most 32), so a Ray round trip (about a millisecond) is paid once per chunk.
+            timeout: seconds each chunk may take.
+        """
         nodes, single = self._fetches(fetch)
         depth = self.depth if depth is None else int(depth)
         if depth < 1:
             raise GraphError(f"depth must be >= 1, got {depth}")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise GraphError(f"chunk must be an int >= 1, got {chunk!r}")
         ray = _ray()
         tracer = self._tracer()
         run = tracer.new_run() if tracer is not None else 0
         in_flight: collections.deque = collections.deque()
-        call = None
+        call, size = None, chunk
         iterator = iter(feeds_iterable)
+        exhausted = False
         try:
             while True:
-                while len(in_flight) < depth:
-                    try:
-                        feeds = next(iterator)
-                    except StopIteration:
+                while len(in_flight) < depth and not exhausted:
+                    group = []
+                    while size is None or len(group) < size:
+                        try:
+                            feeds = next(iterator)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        if call is None:
+                            call = self._call(nodes, None, feeds, timeout)
+                            self._ready(call, timeout)
+                            size = self._chunk(call) if chunk is None else chunk
+                        group.append(self._checked(feeds, call))
+                    if not group:
                         break
-                    if call is None:
-                        call = self._call(nodes, None, feeds, timeout)
-                    checked = self._checked(feeds, call)
                     self._ready(call, timeout)
-                    step = next(self._steps)
-                    outs = self._submit_forward(call, checked, step, keep=False, trace=tracer is not None)
-                    in_flight.append((step, checked, [o[0] for o in outs]))
+                    steps = [next(self._steps) for _ in group]
+                    outs = self._submit(call, group, steps, False, tracer is not None, chunk=True)
+                    in_flight.append((steps, group, [o[0] for o in outs]))
                 if not in_flight:
                     return
-                step, checked, refs = in_flight.popleft()
-                results = self._get(refs, timeout, call, f"stream step {step}")
+                steps, group, refs = in_flight.popleft()
+                results = self._get(refs, timeout, call, f"stream steps {steps[0]}-{steps[-1]}")
                 if tracer is not None:
-                    self._merge_trace([(p, r["trace"]) for p, r in enumerate(results)], call, tracer, step, run)
-                yield self._collect(nodes, single, call, results, checked)
+                    self._merge_trace([(p, r["trace"]) for p, r in enumerate(results)], call, tracer, steps[0], run)
+                for k, checked in enumerate(group):
+                    yield self._collect(nodes, single, call, [{"values": r["values"][k]} for r in results], checked)
         finally:
-            if in_flight:  # a stream closed early: its steps still queued need not run
+            if in_flight:  # a stream closed early: its calls still queued need not run
                 for _, _, refs in in_flight:
                     for ref in refs:
                         ray.cancel(ref, force=False)
+
+    def _chunk(self, call: _Call) -> int:
+        """Steps per stream call: about 20 ms of the busiest partition's measured work, 1 to 32."""
+        if not call.costs:
+            return 1
+        busiest = max(sum(call.costs.get(n.id, 0.0) for n in members) for members in call.partitioning.parts)
+        return int(min(32, max(1, round(0.02 / max(busiest, 1e-5)))))
 
     def describe(self, fetch: Fetch | Sequence[Fetch], feeds: Feeds = None, *, loss: Fetch | None = None) -> str:
         """Which vertices live in which partition, the measured time of each, and the cut edges

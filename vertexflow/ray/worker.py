@@ -168,22 +168,69 @@ class PartitionWorker:
     def forward(self, key: int, step: int, sources: dict[str, Any], incoming: list, keep: bool, trace: bool):
         """(for the driver, *one dict per reader partition): the step's values."""
         with _marked(self.index):
-            return self._forward(key, step, sources, incoming, keep, trace)
+            driver, sends = self._forward(key, [step], [sources], incoming, keep, trace)
+            return _returns({"values": driver["values"][0], "trace": driver["trace"]}, [d[0] for d in sends])
+
+    def forward_chunk(self, key: int, steps: list[int], sources: list[dict[str, Any]], incoming: list, trace: bool):
+        """`forward` for several steps of a stream in one call (one Ray round trip for all of them):
+        each result holds one entry per step."""
+        with _marked(self.index):
+            driver, sends = self._forward(key, steps, sources, incoming, False, trace)
+            return _returns(driver, sends)
 
     def backward(self, key: int, step: int, incoming: list, trace: bool):
         """(for the driver, *one dict of edge gradients per earlier partition)."""
         with _marked(self.index):
             return self._backward(key, step, incoming, trace)
 
-    def _forward(self, key, step, sources, incoming, keep, trace):
+    def _forward(self, key, steps, sources, incoming, keep, trace):
         import ray
 
         from ..trace.tracer import Tracer
-        from ..trace.tracer import trace as tracing
 
         built = self.programs[key]
         program = built.program
         transfers = []
+        feeds = [self._resolved(step_sources, transfers) for step_sources in sources]
+        wanted = set(program.fetch) | {n for _, ns in program.sends for n in ns} | (set(program.keep) if keep else set())
+        tracer = Tracer() if trace else None
+        values: list[dict[str, Any]] = [{} for _ in steps]
+        for index, wave in enumerate(built.waves):
+            if index == 1:  # where values from earlier partitions are first read
+                for ref in incoming:
+                    start = time.perf_counter()
+                    parts = ray.get(ref)
+                    parts = parts if isinstance(parts, list) else [parts]
+                    transfers.append((f"receive {', '.join(parts[0])[:60]}", start, time.perf_counter(),
+                                      int(sum(getattr(v, "nbytes", 0) for part in parts for v in part.values()))))
+                    for step_feeds, part in zip(feeds, parts):
+                        step_feeds.update(part)
+            if wave.executor is None:
+                continue
+            later = set().union(*(w.inputs for w in built.waves[index + 1:])) if index + 1 < len(built.waves) else set()
+            fetch = [n for n in wave.ops if n in wanted or n in later]
+            if not fetch:
+                continue
+            for step_feeds, step_values in zip(feeds, values):
+                given = {n: step_values[n] if n in step_values else step_feeds[n] for n in wave.inputs}
+                step_values.update(zip(fetch, self._run(wave, given, fetch, tracer)))
+        for step_feeds, step_values in zip(feeds, values):
+            for n in wanted:
+                if n not in step_values:
+                    node = built.nodes[n]
+                    step_values[n] = step_feeds[n] if node.kind == "input" else np.array(node.value)
+        if keep:
+            for step, step_feeds, step_values in zip(steps, feeds, values):
+                built.kept[step] = {**step_feeds, **step_values}
+        driver = {"values": [{n: v[n] for n in program.fetch} for v in values],
+                  "trace": self._trace_payload(tracer, transfers) if trace else None}
+        sends = [[{n: v[n] for n in ns} for v in values] for _, ns in program.sends]
+        return driver, sends
+
+    @staticmethod
+    def _resolved(sources: dict[str, Any], transfers: list) -> dict[str, Any]:
+        import ray
+
         feeds = {}
         for name, value in sources.items():
             if isinstance(value, ray.ObjectRef):
@@ -191,38 +238,16 @@ class PartitionWorker:
                 value = ray.get(value)
                 transfers.append((f"receive {name}", start, time.perf_counter(), int(getattr(value, "nbytes", 0))))
             feeds[name] = value
-        wanted = set(program.fetch) | {n for _, ns in program.sends for n in ns} | (set(program.keep) if keep else set())
-        tracer = Tracer() if trace else None
-        values: dict[str, Any] = {}
-        for index, wave in enumerate(built.waves):
-            if index == 1:
-                for ref in incoming:  # wave 1 is where values from earlier partitions are first read
-                    start = time.perf_counter()
-                    part = ray.get(ref)
-                    transfers.append((f"receive {', '.join(part)[:60]}", start, time.perf_counter(),
-                                      int(sum(getattr(v, "nbytes", 0) for v in part.values()))))
-                    feeds.update(part)
-            if wave.executor is None:
-                continue
-            later = set().union(*(w.inputs for w in built.waves[index + 1:])) if index + 1 < len(built.waves) else set()
-            fetch = [n for n in wave.ops if n in wanted or n in later]
-            given = {n: values[n] if n in values else feeds[n] for n in wave.inputs}
-            if fetch:
-                if tracer is not None:
-                    with tracing(tracer):
-                        got = wave.executor.run(given, fetch)
-                else:
-                    got = wave.executor.run(given, fetch)
-                values.update(zip(fetch, got))
-        for n in wanted:
-            if n not in values:
-                node = built.nodes[n]
-                values[n] = feeds[n] if node.kind == "input" else np.array(node.value)
-        if keep:
-            built.kept[step] = {**feeds, **values}
-        driver = {"values": {n: values[n] for n in program.fetch},
-                  "trace": self._trace_payload(tracer, transfers) if trace else None}
-        return _returns(driver, [{n: values[n] for n in ns} for _, ns in program.sends])
+        return feeds
+
+    @staticmethod
+    def _run(wave: _Wave, given: dict, fetch: list[str], tracer) -> list:
+        if tracer is None:
+            return wave.executor.run(given, fetch)
+        from ..trace.tracer import trace as tracing
+
+        with tracing(tracer):
+            return wave.executor.run(given, fetch)
 
     def _backward(self, key, step, incoming, trace):
         import ray
