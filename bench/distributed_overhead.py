@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)
-    with RayExecutor(g, partitions=2, executor="sequential", placement={first: 0, second: 1}) as ex:
+    with RayExecutor(g, partitions=2, executor="sequential") as ex:  # one tanh each, one cut edge
         for round_ in range(args.rounds + 1):
             start = time.perf_counter()
             for _ in range(args.steps // 4):

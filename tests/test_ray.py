@@ -93,7 +93,7 @@ def test_a_stream_keeps_input_order_and_a_param_change_takes_effect_at_the_next_
                 np.testing.assert_array_equal(value, want)
         old = w2.value
         before = seq.run(batches[0], loss)
-        stream = ex.run_stream(batches, loss, depth=1)
+        stream = ex.run_stream(batches, loss, depth=1, chunk=1)  # a call per step: the change lands between
         first = next(stream)
         w2.value = old * 0.5  # an optimizer's assignment, between steps
         rest = list(stream)
@@ -130,7 +130,7 @@ def test_a_partition_killed_mid_stream_raises_partition_lost_and_the_next_run_wo
     g, x, _, a, b, loss, feeds = _branches()
     with RayExecutor(g, partitions=2, executor="sequential") as ex:
         want = vf.SequentialExecutor(g).run(feeds, loss)
-        stream = ex.run_stream([feeds] * 40, loss, depth=2)
+        stream = ex.run_stream([feeds] * 40, loss, depth=2, chunk=1)
         assert np.array_equal(next(stream), want)
         ray.kill(ex._workers[1], no_restart=True)
         with pytest.raises(vf.PartitionLost, match=r"partition 1 .* died") as info:

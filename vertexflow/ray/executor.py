@@ -195,7 +195,9 @@ class RayExecutor(Executor):
         if call is not None:
             return call
         targets = list(dict.fromkeys(([reverse.output] if reverse is not None else []) + list(fetch)))
-        costs = self._measure(targets, feeds, timeout)  # for the cut, the stream's chunks and describe()
+        # Measured for the cut (and the stream's chunks, and describe); a placement is taken as given,
+        # and the graph is then not run in this process at all.
+        costs = self._measure(targets, feeds, timeout) if self.placement is None else {}
         ops_needed = [n for n in ancestors(targets) if n.kind == "op"]
         if not ops_needed:
             raise GraphError("nothing to compute: every fetched vertex is an input, a param or a constant")
@@ -520,7 +522,9 @@ class RayExecutor(Executor):
             depth: calls in flight per partition (default 2 per partition): a partition computes a
                 later call while the next partition computes an earlier one.
             chunk: steps per call (default: enough for about 20 ms of a partition's measured work,
-                at most 32), so a Ray round trip (about a millisecond) is paid once per chunk.
+                at most 32; 1 with a placement, which is not measured), so a Ray round trip (about a
+                millisecond) is paid once per chunk. A param changed during the stream is in force
+                from the next chunk submitted.
             timeout: seconds each chunk may take.
         """
         nodes, single = self._fetches(fetch)
