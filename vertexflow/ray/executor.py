@@ -55,6 +55,7 @@ def _ray():
 
 
 PLACE_TIMEOUT = 300.0  # seconds to wait for a partition's actor to start and take its program
+KILL_WAIT = 10.0  # seconds close() waits for each killed actor to be gone
 
 
 class _Call:
@@ -180,11 +181,22 @@ class RayExecutor(Executor):
             self._workers[p] = None
 
     def close(self) -> None:
-        """Kill every partition's Ray actor now (the executor cannot be used afterwards)."""
+        """Kill every partition's Ray actor and wait until each is gone (at most KILL_WAIT seconds
+        each); the executor cannot be used afterwards."""
         if self._closed:
             return
+        workers = [w for w in self._workers if w is not None]
         self._restart(range(self.partitions))
         self._closed = True
+        ray = _ray()
+        for worker in workers:  # ray.kill is asynchronous: a call made just after it may still run
+            deadline = time.perf_counter() + KILL_WAIT
+            while time.perf_counter() < deadline:
+                try:
+                    ray.get(worker.info.remote(), timeout=KILL_WAIT)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    break
+                time.sleep(0.02)
 
     # -- plans ---------------------------------------------------------------------------
     def _call(self, fetch: list[Node], reverse: ReversePlan | None, feeds: Feeds,
@@ -442,7 +454,8 @@ class RayExecutor(Executor):
             info = self._info(p)
             tracer.merge_remote(payload["spans"], payload["events"], payload["transfers"],
                                 label=f"RayExecutor partition {p} (pid {info['pid']} on {info['ip']})",
-                                offset=info["offset"], run=run, step=step, key=(id(self), p, info["pid"]))
+                                offset=info["offset"], run=run, step=step, key=(id(self), p, info["pid"]),
+                                steps=payload.get("steps") or None)
 
     def _source_value(self, node: Node, feeds: dict[int, Any]):
         return np.array(feeds[node.id]) if node.kind == "input" else np.array(node.value)

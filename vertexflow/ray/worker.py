@@ -194,6 +194,7 @@ class PartitionWorker:
         feeds = [self._resolved(step_sources, transfers) for step_sources in sources]
         wanted = set(program.fetch) | {n for _, ns in program.sends for n in ns} | (set(program.keep) if keep else set())
         tracer = Tracer() if trace else None
+        step_of: list[int] = []
         values: list[dict[str, Any]] = [{} for _ in steps]
         for index, wave in enumerate(built.waves):
             if index == 1:  # where values from earlier partitions are first read
@@ -211,9 +212,11 @@ class PartitionWorker:
             fetch = [n for n in wave.ops if n in wanted or n in later]
             if not fetch:
                 continue
-            for step_feeds, step_values in zip(feeds, values):
+            for step, step_feeds, step_values in zip(steps, feeds, values):
                 given = {n: step_values[n] if n in step_values else step_feeds[n] for n in wave.inputs}
                 step_values.update(zip(fetch, self._run(wave, given, fetch, tracer)))
+                if tracer is not None:  # which of the chunk's steps the spans just recorded belong to
+                    step_of.extend([step] * (len(tracer._raw) - len(step_of)))
         for step_feeds, step_values in zip(feeds, values):
             for n in wanted:
                 if n not in step_values:
@@ -223,7 +226,7 @@ class PartitionWorker:
             for step, step_feeds, step_values in zip(steps, feeds, values):
                 built.kept[step] = {**step_feeds, **step_values}
         driver = {"values": [{n: v[n] for n in program.fetch} for v in values],
-                  "trace": self._trace_payload(tracer, transfers) if trace else None}
+                  "trace": self._trace_payload(tracer, transfers, step_of) if trace else None}
         sends = [[{n: v[n] for n in ns} for v in values] for _, ns in program.sends]
         return driver, sends
 
@@ -306,7 +309,7 @@ class PartitionWorker:
             built.kept.pop(step, None)
 
     @staticmethod
-    def _trace_payload(tracer, transfers) -> dict:
+    def _trace_payload(tracer, transfers, step_of: list[int] | None = None) -> dict:
         spans = list(tracer.spans) if tracer is not None else []
         events = list(tracer.events) if tracer is not None else []
-        return {"spans": spans, "events": events, "transfers": transfers, "pid": os.getpid()}
+        return {"spans": spans, "events": events, "transfers": transfers, "pid": os.getpid(), "steps": step_of}

@@ -284,12 +284,13 @@ class Tracer:
                           tuple([tuple(getattr(a, "shape", ())) for a in args]), None, None))
 
     def merge_remote(self, spans: list[Span], events: list[Event], transfers: list[tuple], *, label: str,
-                     offset: float, run: int, step: int, key: tuple) -> int:
+                     offset: float, run: int, step: int, key: tuple, steps: list[int] | None = None) -> int:
         """Spans and events recorded in another process (a Ray partition), on a track of their own.
 
         Their times move by `offset` onto this process's perf_counter clock; they take this
         tracer's `run` and `step`. `transfers` are (name, start, end, bytes) of values received
-        from other processes, shown as events on the lane "transfers". Returns the track.
+        from other processes, shown as events on the lane "transfers". `steps`, when given,
+        is each span's step (a call that ran several steps). Returns the track.
         """
         import dataclasses
 
@@ -298,9 +299,10 @@ class Tracer:
             if found is None:
                 found = self._remote_tracks[key] = len(self.tracks) + 1
                 self.tracks[found] = Track(found, f"{label} (#{found})", {"process": label})
-        for span in spans:
+        for k, span in enumerate(spans):
             self._raw.append(dataclasses.replace(
-                span, track=found, run=run, step=step, ready=span.ready + offset, start=span.start + offset,
+                span, track=found, run=run, step=steps[k] if steps and k < len(steps) else step,
+                ready=span.ready + offset, start=span.start + offset,
                 end=span.end + offset, acquired=(span.acquired + offset) if span.acquired else span.acquired))
         for event in events:
             self.events.append(Event(event.name, found, event.lane, event.start + offset, event.end + offset,
