@@ -181,17 +181,7 @@ def _dask_unit(workload: Workload, threads: int, threaded: bool) -> Runner:
     import dask.local
     import dask.threaded
 
-    nodes = ancestors(workload.fetch)
-    feeds = {(k if isinstance(k, str) else k.name): v for k, v in workload.feeds.items()}
-    dsk: dict[str, Any] = {}
-    for node in nodes:
-        if node.kind == "input":
-            dsk[node.name] = feeds[node.name]
-        elif node.kind in ("param", "const"):
-            dsk[node.name] = node.value
-        else:
-            dsk[node.name] = (partial(_dask_call, node.op), *(i.name for i in node.inputs))
-    keys = [n.name for n in workload.fetch]
+    dsk, keys = _dask_graph(workload, workload.feeds)
     if threaded:
         # A pool of its own: dask's cached default pool does not survive a fork.
         pool = ThreadPoolExecutor(threads)

@@ -313,12 +313,16 @@ def _pad_spatial(x: Node, pads, fill) -> Node:
     return ConstantPad([(0, 0), (0, 0)] + [tuple(p) for p in pads], fill)(x)
 
 
+def _geometry(xs, attrs, what: str) -> tuple[int, list, list, list]:
+    """(spatial dimensions, kernel, strides, dilations) of a convolution node."""
+    dims = _spatial(xs[0], attrs, what)
+    return (dims, list(xs[1].shape[2:]), list(attrs.get("strides", [1] * dims)),
+            list(attrs.get("dilations", [1] * dims)))
+
+
 def _conv(env, node, xs, attrs):
     x, w = xs[0], xs[1]
-    dims = _spatial(x, attrs, "convolutions")
-    kernel = list(w.shape[2:])
-    strides = list(attrs.get("strides", [1] * dims))
-    dilations = list(attrs.get("dilations", [1] * dims))
+    dims, kernel, strides, dilations = _geometry(xs, attrs, "convolutions")
     pads = _window_pads(env, node, x, kernel, strides, dilations, attrs)
     x2, w2 = _as_2d(x, dims), _as_2d(w, dims)
     if dims == 1:
@@ -335,10 +339,7 @@ def _conv(env, node, xs, attrs):
 
 def _conv_transpose(env, node, xs, attrs):
     x, w = xs[0], xs[1]
-    dims = _spatial(x, attrs, "transposed convolutions")
-    kernel = list(w.shape[2:])
-    strides = list(attrs.get("strides", [1] * dims))
-    dilations = list(attrs.get("dilations", [1] * dims))
+    dims, kernel, strides, dilations = _geometry(xs, attrs, "transposed convolutions")
     extra = list(attrs.get("output_padding", [0] * dims))
     auto = attrs.get("auto_pad", "NOTSET")
     if "output_shape" in attrs or auto in ("SAME_UPPER", "SAME_LOWER"):

@@ -71,6 +71,7 @@ class _Call:
         self.back_to: list[list[int]] = []  # partitions each partition sends edge gradients to
         self.back_from: list[list[int]] = []
         self.fetched_in: dict[int, int] = {}  # fetched op id -> partition
+        self.programs: list[Program] = []  # per partition
         self.needed_inputs: list[Node] | None = None
         self.shared_inputs: set[int] = set()  # inputs read by more than one partition
         self.params_of: list[list[Node]] = []  # params each partition holds
