@@ -147,7 +147,8 @@ class VertexRunner:
         return result
 
     def forward(self, node: Node, args: Sequence[Any], spec: Spec | None = None, trace=None,
-                lane: str | None = None, ready: float | None = None, op: Op | None = None):
+                lane: str | None = None, ready: float | None = None, op: Op | None = None,
+                expect: Spec | None = None):
         """The value of `node` computed from `args`, or a Failure; never raises for the vertex's own error.
 
         Args:
@@ -157,6 +158,8 @@ class VertexRunner:
             lane: the span's lane (None: this thread's).
             ready: when the vertex had all its inputs (default: now).
             op: what to run instead of the vertex's own op (a fused group ending at it).
+            expect: the concrete Spec the output must have: an op whose forward returns
+                another shape or dtype than its `infer` declared fails here, named.
         """
         for a in args:
             if type(a) is Failure:
@@ -176,6 +179,10 @@ class VertexRunner:
                                    time.perf_counter() if ready is None else ready, FORWARD, args)
         except BaseException as exc:  # noqa: BLE001 - every failure of a vertex is the vertex's
             return _failed(node, args, exc, FORWARD)
+        if expect is not None:
+            wrong = output_mismatch(out, expect)
+            if wrong is not None:
+                return Failure(vertex_error(node, args, ShapeError(wrong), FORWARD))
         if self.check_numerics and _has_nan(self.xp, out):
             return Failure(nan_error(node, args, FORWARD))
         return out
@@ -215,6 +222,18 @@ class VertexRunner:
                 if gi is not None and _has_nan(self.xp, gi):
                     return Failure(nan_error(node, [g, *xs], BACKWARD, "gradient"))
         return grads
+
+
+def output_mismatch(out, expect: Spec) -> str | None:
+    """How an op's output differs from the spec its shape rule declared, or None when it fits."""
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape is None or dtype is None:
+        return f"forward returned a {type(out).__name__}, not an array of {expect}"
+    fits = len(shape) == len(expect.shape) and all(e is None or s == e for s, e in zip(shape, expect.shape))
+    if fits and dtype == expect.dtype:
+        return None
+    return (f"forward returned an array of {format_shape(tuple(shape))} {dtype}, but the op's infer declared "
+            f"{format_shape(expect.shape)} {expect.dtype}")
 
 
 def _array_shape(a) -> tuple:
@@ -361,6 +380,7 @@ class WatchedThread:
 
     def __init__(self, name: str):
         self.name = name
+        self.ident: int | None = None  # the thread's id, to read what it is running (sys._current_frames)
         self._thread: threading.Thread | None = None
         self._queue = None
         self._lock = threading.Lock()
@@ -392,6 +412,7 @@ class WatchedThread:
         with self._lock:
             if self._thread is None:
                 self._thread, self._queue = self._start()
+                self.ident = self._thread.ident
             jobs = self._queue
         box: list = []
         done = threading.Event()

@@ -6,13 +6,16 @@ returns arrays: a list for a list of fetches, one array for one fetch.
 `backward` runs the forward pass and then the reverse sweep of
 `autodiff.reverse` on arrays, returning the loss and {vertex: gradient}.
 
-The sequential executor compiles a *tape* per set of fetches (cached): the
-vertices the fetches need, in topological order, each reading its inputs from
-slots and writing its output to a slot, with each slot freed right after its
-last reader. For each set of fed shapes it infers every vertex's concrete
-spec once (a feed that fits no vertex is refused then) and, from those, which
-outputs go into reused buffers (`memory.py`). Each vertex runs through the
-execution core (`core.VertexRunner`).
+The sequential executor runs a *tape* per set of fetches (cached; `tape.py`):
+the vertices the fetches need, in topological order, each reading its inputs
+from slots and writing its output to a slot, with each slot freed right after
+its last reader. For each set of fed shapes it infers every vertex's concrete
+spec once (a feed that fits no vertex is refused then), decides from those
+which outputs go into reused buffers (`memory.py`), and compiles the tape to
+straight-line code (`tape.Program`); calls that watch the step (a tracer,
+numerics checks, the first call for those shapes) run each vertex through the
+execution core (`core.VertexRunner`) instead. Executors are made by name in
+`factory.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,13 +31,14 @@ import numpy as np
 from .autodiff.namespace import ArrayMath
 from .autodiff.reverse import ReversePlan, plan_reverse, sweep
 from .core import (
+    BACKWARD,
+    FORWARD,
     Failure,
     VertexRunner,
     WatchedThread,
     backward_vertex,
     concrete_specs,
     gradient_result,
-    last_reads,
     seed_gradient,
     timeout_error,
 )
@@ -42,6 +46,7 @@ from .errors import FeedError, GraphError
 from .gpu.backend import get_backend
 from .graph import Graph, Node, Spec, ancestors, format_shape
 from .memory import BufferPool, owner
+from .tape import Program, Tape, compile_program, compile_tape, fused_instructions, running_site
 from .trace.tracer import active_tracer
 
 Fetch = Node | str
@@ -356,96 +361,23 @@ def _converted(node: Node, value: Any) -> np.ndarray:
     return converted
 
 
-@dataclass(frozen=True)
-class Instruction:
-    index: int
-    node: Node
-    args: tuple[int, ...]  # slots read
-    out: int  # slot written
-    free: tuple[int, ...]  # slots no later instruction reads
-
-
-@dataclass(frozen=True)
-class Tape:
-    """A compiled program: load sources into slots, run instructions, read fetch slots."""
-
-    loads: tuple[tuple[int, Node], ...]
-    instructions: tuple[Instruction, ...]
-    fetch_slots: tuple[int, ...]
-    slot_of: dict[int, int]
-    order: tuple[Node, ...]  # every vertex, sources first: what concrete specs are inferred over
-    inputs: tuple[Node, ...]  # the inputs it needs fed
-    kept: frozenset[int] = frozenset()  # ids of the values never let go (fetched, or for the reverse sweep)
-
-    def listing(self) -> str:
-        lines = []
-        for slot, node in self.loads:
-            lines.append(f"  load  {node.kind:<8} {node.name:<24} -> %{slot:<4} {node.spec}")
-        for ins in self.instructions:
-            args = ", ".join(f"%{a}" for a in ins.args)
-            names = ", ".join(i.name for i in ins.node.inputs)
-            lines.append(
-                f"{ins.index:>5}  {ins.node.op_name:<16} {args:<16} -> %{ins.out:<4} "
-                f"{ins.node.name:<24} {ins.node.spec}   # {names}"
-            )
-        lines.append("  fetch " + ", ".join(f"%{s}" for s in self.fetch_slots))
-        return "\n".join(lines)
-
-
-def compile_tape(targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
-    """The tape computing `targets`; slots of vertex ids in `keep` are never freed."""
-    order = ancestors(targets)
-    slot_of = {n.id: i for i, n in enumerate(order)}
-    loads = tuple((slot_of[n.id], n) for n in order if n.kind != "op")
-    ops = [n for n in order if n.kind == "op"]
-    pinned = {slot_of[t.id] for t in targets} | {slot_of[k] for k in keep if k in slot_of}
-    frees = last_reads([[slot_of[i.id] for i in node.inputs] for node in ops], pinned)
-    instructions = tuple(
-        Instruction(
-            index=i,
-            node=node,
-            args=tuple(slot_of[inp.id] for inp in node.inputs),
-            out=slot_of[node.id],
-            free=frees[i],
-        )
-        for i, node in enumerate(ops)
-    )
-    return Tape(loads, instructions, tuple(slot_of[t.id] for t in targets), slot_of,
-                tuple(n for _, n in loads) + tuple(ops), tuple(n for _, n in loads if n.kind == "input"),
-                frozenset(t.id for t in targets) | frozenset(k for k in keep if k in slot_of))
-
-
-def fused_instructions(tape: Tape, plan) -> tuple[tuple[Instruction, ...], dict]:
-    """The tape's instructions with each fused group as one (reading the group's outer inputs).
-
-    Returns:
-        (instructions, {root id: FusedOp}); slots are let go after their new last readers.
-    """
-    kept = [ins for ins in tape.instructions if ins.node.id not in plan.skipped]
-    reads = []
-    for ins in kept:
-        op = plan.ops.get(ins.node.id)
-        reads.append([tape.slot_of[i.id] for i in op.group.inputs] if op is not None else list(ins.args))
-    pinned = set(tape.fetch_slots) | {tape.slot_of[k] for k in tape.kept}
-    frees = last_reads(reads, pinned)
-    return tuple(
-        Instruction(index=ins.index, node=ins.node, args=tuple(r), out=ins.out, free=f)
-        for ins, r, f in zip(kept, reads, frees)
-    ), plan.ops
-
-
 class SequentialExecutor(Executor):
     """Runs a graph as a compiled tape, one vertex after another on the calling thread.
 
-    This is the baseline every other executor must match bit for bit. With
-    `timeout=`, the tape runs on a watched thread of its own, so that the call
-    returns at the deadline whatever a vertex does.
+    This is the baseline every other executor must match bit for bit. Each tape
+    is compiled to straight-line code once per set of fed shapes (`tape.py`);
+    the first call for a set of shapes, and every call with a tracer or
+    `check_numerics`, runs the same instructions one at a time through the
+    execution core instead. With `timeout=`, the tape runs on a watched thread
+    of its own, so that the call returns at the deadline whatever a vertex does.
     """
 
     def __init__(self, graph: Graph, **options):
         super().__init__(graph, **options)
         self._tapes: dict[tuple, Tape] = {}
         self._backward_tapes: dict[tuple, Tape] = {}  # (reverse plan, extra fetches) -> tape
+        # (tape, specs, reverse plan) -> its Program, or None once a checked call has run it
+        self._programs: dict[tuple, Program | None] = {}
         self._watched = WatchedThread("vf-tape-watched")
 
     def tape(self, targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
@@ -456,10 +388,18 @@ class SequentialExecutor(Executor):
             tape = self._tapes[key] = compile_tape(targets, keep)
         return tape
 
-    def program(self, fetch: Fetch | Sequence[Fetch]) -> str:
-        """A readable listing of the tape for `fetch`: one line per instruction."""
+    def program(self, fetch: Fetch | Sequence[Fetch], feeds: Feeds = None) -> str:
+        """A readable listing of the tape for `fetch`: one line per instruction.
+
+        With `feeds`, the Python code the tape is compiled to for those fed shapes.
+        """
         nodes, _ = self._fetches(fetch)
-        return self.tape(nodes).listing()
+        tape = self.tape(nodes)
+        if feeds is None:
+            return tape.listing()
+        checked = self._feeds(feeds, tape.inputs)
+        specs, pooled = self._specs(id(tape), tape.order, checked)
+        return self._compiled(tape, specs, pooled, None).source
 
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         nodes, single = self._fetches(fetch)
@@ -468,8 +408,8 @@ class SequentialExecutor(Executor):
     def run_nodes(self, feeds: Feeds, nodes: list[Node], single: bool, timeout: float | None, tracer):
         """`run` with the fetches resolved and the tracer given (what other executors call)."""
         tape = self.tape(nodes)
-        slots, sources = self._execute(tape, feeds, timeout, _as_trace(self, tracer))
-        return self._results([slots[s] for s in tape.fetch_slots], nodes, single, sources)
+        values, _, sources = self._execute(tape, feeds, timeout, _as_trace(self, tracer))
+        return self._results(values, nodes, single, sources)
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         (loss,), _ = self._fetches([loss])
@@ -484,63 +424,96 @@ class SequentialExecutor(Executor):
         if tape is None:
             keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
             tape = self._backward_tapes[(id(plan), *(n.id for n in extra))] = self.tape([loss, *extra], keep)
-        trace = _as_trace(self, tracer)
-
-        def forward_and_back():
-            slots, sources = self._execute(tape, feeds, None, trace)
-            grads = reverse_arrays(self, plan, lambda n: slots[tape.slot_of[n.id]], feeds, trace)
-            return slots, sources, grads
-
-        slots, sources, grads = self._watch(forward_and_back, timeout, tape)
-        value, *given = self._hand_out([slots[tape.fetch_slots[0]], *grads.values()],
-                                       [loss, *([None] * len(grads))], sources)
+        values, totals, sources = self._execute(tape, feeds, timeout, _as_trace(self, tracer), plan)
+        grads = gradient_result(plan, totals, self.backend.to_host, feeds)
+        value, *given = self._hand_out([values[0], *grads.values()], [loss, *([None] * len(grads))], sources)
         grads = dict(zip(grads, given))
         if not fetched:
             return value, grads
-        return value, grads, self._results([slots[s] for s in tape.fetch_slots[1:]], extra, single, sources)
+        return value, grads, self._results(values[1:], extra, single, sources)
 
-    def _watch(self, fn, timeout: float | None, tape: Tape, progress: list | None = None):
+    # -- running a tape ----------------------------------------------------------------------
+    def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, trace=None,
+                 reverse: ReversePlan | None = None):
+        """Run the tape (and the reverse sweep); (fetched values, {wrt id: gradient}, the sources loaded)."""
+        checked = self._feeds(feeds, tape.inputs)
+        specs, pooled = self._specs(id(tape), tape.order, checked)
+        sources = [checked[n.id] if n.kind == "input" else self._device_value(n) for _, n in tape.loads]
+        key = (id(tape), id(specs), None if reverse is None else id(reverse))
+        if trace is None and not self.check_numerics and key in self._programs:
+            program = self._compiled(tape, specs, pooled, reverse)
+            buffers = self.buffers
+
+            def compiled():
+                result = program(sources)
+                if buffers is not None:
+                    buffers.end_step()
+                return result
+
+            progress = Progress(program=program)
+            result = self._watch(compiled, timeout, tape, reverse, progress)
+            if reverse is None:
+                return list(result), {}, sources
+            values, totals = result
+            return list(values), {w.id: t for w, t in zip(reverse.wrt, totals) if t is not None}, sources
+        # A checked call: the same instructions one at a time, each output checked against its spec the
+        # first time these shapes run; the next plain call compiles them.
+        first = key not in self._programs
+        progress = Progress()
+        result = self._watch(partial(self._interpret, tape, specs, pooled, sources, trace, reverse, progress, first),
+                             timeout, tape, reverse, progress)
+        self._programs.setdefault(key, None)
+        return (*result, sources)
+
+    def _compiled(self, tape: Tape, specs: dict, pooled: dict, reverse: ReversePlan | None) -> Program:
+        key = (id(tape), id(specs), None if reverse is None else id(reverse))
+        program = self._programs.get(key)
+        if program is None:
+            instructions, fused = self._fused(tape, specs) if self.fuse else (tape.instructions, {})
+            program = self._programs[key] = compile_program(tape, instructions, specs, pooled, fused, self.xp,
+                                                            self.buffers, reverse=reverse)
+        return program
+
+    def _interpret(self, tape: Tape, specs: dict, pooled: dict, sources: list, trace, reverse, progress: Progress,
+                   check: bool):
+        """The tape's instructions one at a time through the execution core; (fetched values, totals)."""
+        instructions, fused = self._fused(tape, specs) if self.fuse else (tape.instructions, {})
+        slots: list = [None] * len(tape.slot_of)
+        for (slot, _), value in zip(tape.loads, sources):
+            slots[slot] = value
+        forward = self.runner.forward
+        get = pooled.get
+        fused_op = fused.get
+        with np.errstate(all="ignore"):
+            for ins in instructions:
+                node = ins.node
+                progress.at(node, FORWARD)
+                out = forward(node, [slots[a] for a in ins.args], get(node.id), trace, None, None,
+                              fused_op(node.id), specs[node.id] if check else None)
+                if type(out) is Failure:
+                    raise out.error
+                slots[ins.out] = out
+                for s in ins.free:
+                    slots[s] = None
+        if self.buffers is not None:
+            self.buffers.end_step()
+        values = [slots[s] for s in tape.fetch_slots]
+        if reverse is None:
+            return values, {}
+        return values, reverse_arrays(self, reverse, lambda n: slots[tape.slot_of[n.id]], trace, progress)
+
+    def _watch(self, fn, timeout: float | None, tape: Tape, reverse: ReversePlan | None, progress: Progress):
         """fn() here, or on the watched thread when there is a deadline (ExecutionTimeout after it)."""
         if timeout is None:
             return fn()
         finished, result = self._watched.call(fn, timeout)
         if not finished:
-            raise timeout_error(timeout, tape_waiting(tape, progress[0] if progress else None))
+            if progress.program is not None:
+                site = running_site(progress.program, self._watched.ident)
+                if site is not None:
+                    progress.at(site.node, site.phase)
+            raise timeout_error(timeout, tape_waiting(tape, reverse, progress))
         return result
-
-    def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, trace=None):
-        """Run the tape; (slots, the source arrays it loaded)."""
-        checked = self._feeds(feeds, tape.inputs)
-        specs, pooled = self._specs(id(tape), tape.order, checked)
-        instructions, fused = tape.instructions, {}
-        if self.fuse:
-            instructions, fused = self._fused(tape, specs)
-        slots: list = [None] * len(tape.slot_of)
-        for slot, node in tape.loads:
-            slots[slot] = checked[node.id] if node.kind == "input" else self._device_value(node)
-        sources = [slots[slot] for slot, _ in tape.loads]
-        progress = [0]
-
-        def run_instructions():
-            forward = self.runner.forward
-            get = pooled.get
-            fused_op = fused.get
-            with np.errstate(all="ignore"):
-                for ins in instructions:
-                    progress[0] = ins.index
-                    node = ins.node
-                    out = forward(node, [slots[a] for a in ins.args], get(node.id), trace, None, None,
-                                  fused_op(node.id))
-                    if type(out) is Failure:
-                        raise out.error
-                    slots[ins.out] = out
-                    for s in ins.free:
-                        slots[s] = None
-            if self.buffers is not None:
-                self.buffers.end_step()
-            return slots, sources
-
-        return self._watch(run_instructions, timeout, tape, progress)
 
     def _fused(self, tape: Tape, specs: dict):
         """The fused form of a tape for these specs (groups measured once per process, then cached)."""
@@ -556,24 +529,50 @@ class SequentialExecutor(Executor):
         self._watched.close()
 
 
-def tape_waiting(tape: Tape, index: int | None) -> dict[str, str]:
-    """{vertex: what it waits for} once instruction `index` has been running too long (None: not known)."""
-    if index is None or not tape.instructions:
-        return {ins.node.name: "its turn on the tape" for ins in tape.instructions}
-    running = tape.instructions[index].node
-    waiting = {running.name: f"running {running.op_name} to return"}
-    for ins in tape.instructions[index + 1:]:
-        waiting[ins.node.name] = f"its turn on the tape, after {running.name}"
+class Progress:
+    """Where a tape is: the vertex running and whether its op or its derivative (for a timeout's message)."""
+
+    __slots__ = ("node", "phase", "program")
+
+    def __init__(self, program: Program | None = None):
+        self.node: Node | None = None
+        self.phase = FORWARD
+        self.program = program
+
+    def at(self, node: Node, phase: str) -> None:
+        self.node, self.phase = node, phase
+
+
+def tape_waiting(tape: Tape, reverse: ReversePlan | None, progress: Progress) -> dict[str, str]:
+    """{vertex: what it waits for} for a tape that has run too long: the one running first, then the rest."""
+    running = progress.node
+    if running is None:
+        return {"(the step)": "the tape to start (the thread is still busy with an earlier call)"}
+    ops = [ins.node for ins in tape.instructions]
+    backward = [n for n in reverse.order if n.kind == "op"] if reverse is not None else []
+    if progress.phase == FORWARD:
+        waiting = {running.name: f"running {running.op_name} to return"}
+        later = ops[next((k for k, n in enumerate(ops) if n is running), -1) + 1:]
+        for node in later:
+            waiting[node.name] = f"its turn on the tape, after {running.name}"
+        for node in backward:
+            waiting.setdefault(node.name, "its derivative, in the backward sweep")
+        return waiting
+    waiting = {running.name: f"running the derivative of {running.op_name} to return"}
+    later = backward[next((k for k, n in enumerate(backward) if n is running), -1) + 1:]
+    for node in later:
+        waiting[node.name] = f"its derivative, after {running.name}'s"
     return waiting
 
 
-def reverse_arrays(
-    executor: Executor, plan: ReversePlan, value_of, feeds: Feeds = None, trace=None
-) -> dict[Node, Any]:
-    """The reverse sweep on arrays, each vertex's derivative run by the executor's runner."""
+def reverse_arrays(executor: Executor, plan: ReversePlan, value_of, trace=None,
+                   progress: Progress | None = None) -> dict[int, Any]:
+    """The reverse sweep on arrays, each vertex's derivative run by the executor's runner; {wrt id: total}."""
     runner = executor.runner
 
     def apply_vjp(node: Node, g):
+        if progress is not None:
+            progress.at(node, BACKWARD)
         sent = backward_vertex(runner, plan, node, g, value_of, trace)
         for _, gi in sent:
             if type(gi) is Failure:
@@ -581,8 +580,7 @@ def reverse_arrays(
         return sent
 
     with np.errstate(all="ignore"):
-        totals = sweep(plan, seed_gradient(executor.xp, value_of(plan.output)), apply_vjp, ArrayMath(executor.xp).add)
-    return gradient_result(plan, totals, executor.backend.to_host, feeds)
+        return sweep(plan, seed_gradient(executor.xp, value_of(plan.output)), apply_vjp, ArrayMath(executor.xp).add)
 
 
 def _as_trace(executor: Executor, tracer):
@@ -592,28 +590,3 @@ def _as_trace(executor: Executor, tracer):
     if hasattr(tracer, "step_trace"):
         return tracer.step_trace(executor)
     return tracer
-
-
-def make_executor(graph: Graph, executor: str | Executor = "sequential", **options) -> Executor:
-    """An executor of `graph` from its name ("sequential", "actor", "stream"), or `executor` itself.
-
-    Options go to the executor's constructor (e.g. threads=2 for "actor").
-
-    Raises:
-        GraphError: an unknown name, or an executor of another graph.
-    """
-    if isinstance(executor, Executor):
-        if executor.graph is not graph:
-            raise GraphError(f"the executor given runs graph {executor.graph.name!r}, not {graph.name!r}")
-        return executor
-    if executor == "sequential":
-        return SequentialExecutor(graph, **options)
-    if executor == "actor":
-        from .actors import ActorExecutor
-
-        return ActorExecutor(graph, **options)
-    if executor == "stream":
-        from .streams import StreamExecutor
-
-        return StreamExecutor(graph, **options)
-    raise GraphError(f"unknown executor {executor!r}; use 'sequential', 'actor' or 'stream' (or pass an Executor)")

@@ -336,7 +336,7 @@ class ActorExecutor(Executor):
         shapes = {k: tuple(v.shape) for k, v in checked.items()}
         costs = choice.costs if choice is not None and choice.costs else None
         build = self._network_factory(fetch, reverse, shapes, stream, costs, fusion)
-        request = Request(key, build, values, trace, pooled)
+        request = Request(key, build, values, trace, pooled, specs)
         host = self._host()
         host.submit(request)
         return host, request, checked

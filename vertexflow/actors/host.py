@@ -38,9 +38,11 @@ class Request:
         network, step: set once the host has submitted the step (for diagnostics and discarding).
     """
 
-    def __init__(self, key: Any, build: Callable[[], Network], values: dict, trace, pooled: dict | None = None):
+    def __init__(self, key: Any, build: Callable[[], Network], values: dict, trace, pooled: dict | None = None,
+                 specs: dict | None = None):
         self.key = key
         self.pooled = pooled or {}
+        self.specs = specs
         self.build = build
         self.values = values
         self.trace = trace
@@ -191,7 +193,7 @@ class Host:
             if request.abandoned:
                 return  # its caller went away before the step started
             with network.blas_share() if network.blas_share is not None else contextlib.nullcontext():
-                step = await network.submit(request.values, request.trace, request.pooled)
+                step = await network.submit(request.values, request.trace, request.pooled, request.specs)
                 request.network, request.step = network, step
                 if request.abandoned:
                     network.discard(step)

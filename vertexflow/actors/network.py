@@ -82,6 +82,7 @@ class StepState:
     submitted: float = 0.0
     slot: int = 0  # which of the window's places it holds (CUDA events are per place)
     pooled: dict = field(default_factory=dict)  # {vertex id: Spec} of the outputs that go in reused buffers
+    specs: dict | None = None  # {vertex id: Spec}: the step's concrete specs (what segments are compiled for)
     done: trio.Event = field(default_factory=trio.Event)
     discarded: bool = False
     error: BaseException | None = None
@@ -163,7 +164,7 @@ class Network:
             state.done.set()
 
     # -- driver ----------------------------------------------------------------
-    async def submit(self, sources: dict[int, Any], trace=None, pooled=None) -> int:
+    async def submit(self, sources: dict[int, Any], trace=None, pooled=None, specs=None) -> int:
         """Start a step with these source values (recording spans into `trace`); returns its number."""
         if self.broken is not None:
             raise self.broken
@@ -177,7 +178,7 @@ class Network:
         step = self.next_step
         self.next_step += 1
         slot = self.free_slots.pop()
-        self.steps[step] = StepState(self.expected, trace=trace, slot=slot, pooled=pooled or {},
+        self.steps[step] = StepState(self.expected, trace=trace, slot=slot, pooled=pooled or {}, specs=specs,
                                      submitted=time.perf_counter())
         if trace is not None:
             trace.counter("steps", "in flight", len(self.steps))

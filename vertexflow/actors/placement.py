@@ -21,17 +21,20 @@ from typing import Any
 
 from ..core import Failure, VertexRunner, backward_vertex, vertex_error
 from ..graph import Node
+from ..tape import SegmentProgram, compile_segment
 from .program import Entry, Segment
 
 
 def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, trace, lane: str | None,
-                ready: float, status=None, pooled=None, queued: float | None = None) -> None:
+                ready: float, status=None, pooled=None, queued: float | None = None, expect=None) -> None:
     """Compute `entries` in order with `runner`, filing each output (or Failure) in `values`.
 
     `status` (the actor's) is told which member runs, so a step that does not
-    finish names the vertex it is stuck in.
+    finish names the vertex it is stuck in. With `expect` (the concrete specs),
+    every output is checked against the spec its op declared.
     """
     spec_of = (pooled or {}).get
+    expected = expect.get if expect is not None else None
     if trace is not None and queued is not None:  # the hand-off: time queued until a worker took it
         picked = time.perf_counter()
         first = next((e.member.name for e in entries if not e.is_source), "?")
@@ -44,11 +47,51 @@ def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, 
         if status is not None:
             status.vertex = member
         values[member.id] = runner.forward(member, [values[k] for k in entry.inputs], spec_of(member.id), trace,
-                                           lane, ready, entry.op)
+                                           lane, ready, entry.op, expected(member.id) if expected else None)
         if trace is not None:
             ready = time.perf_counter()  # the next member had its inputs once this one was done
         for key in entry.free:
             del values[key]
+
+
+def run_compiled(program: SegmentProgram, runner: VertexRunner, entries: tuple[Entry, ...], values: dict, status,
+                 pooled) -> None:
+    """A compiled segment; after a member fails, its Failure in `values` and the rest one at a time."""
+    failed = program(values, status)
+    if failed is None:
+        return
+    index, error = failed
+    entry = entries[index]
+    values[entry.member.id] = Failure(error)
+    for key in entry.free:
+        values.pop(key, None)
+    run_entries(runner, entries[index + 1:], values, None, None, 0.0, status, pooled)
+
+
+class Compiled:
+    """The segments a placement has compiled, per set of fed shapes (the first step of each runs checked)."""
+
+    CHECK = object()
+
+    def __init__(self, runner: VertexRunner):
+        self.runner = runner
+        self.programs: dict[tuple, SegmentProgram | None] = {}
+
+    def get(self, segment: Segment, state):
+        """The segment's program for this step's shapes; CHECK for a first step; None to run it one at a time."""
+        specs = state.specs
+        if state.trace is not None or self.runner.check_numerics or specs is None:
+            return None
+        key = (id(segment), id(specs))
+        if key not in self.programs:
+            self.programs[key] = None
+            return self.CHECK
+        program = self.programs[key]
+        if program is None:
+            runner = self.runner
+            program = self.programs[key] = compile_segment(segment.entries, specs, state.pooled, runner.xp,
+                                                           runner.buffers, runner.blas_lock)
+        return program
 
 
 def _backward_on_worker(runner, reverse, node, total, value_of, trace, queued: float):
@@ -66,10 +109,15 @@ class Inline:
 
     def __init__(self, runner: VertexRunner):
         self.runner = runner
+        self.compiled = Compiled(runner)
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
-        run_entries(self.runner, segment.entries, values, state.trace, self.lane, time.perf_counter(), status,
-                    state.pooled)
+        program = self.compiled.get(segment, state)
+        if program is None or program is Compiled.CHECK:
+            run_entries(self.runner, segment.entries, values, state.trace, self.lane, time.perf_counter(), status,
+                        state.pooled, None, state.specs if program is Compiled.CHECK else None)
+        else:
+            run_compiled(program, self.runner, segment.entries, values, status, state.pooled)
 
     async def backward(self, reverse, node: Node, total, value_of, state):
         return backward_vertex(self.runner, reverse, node, total, value_of, state.trace, self.lane)
@@ -81,16 +129,23 @@ class OnWorker:
     def __init__(self, runner: VertexRunner, pool):
         self.runner = runner
         self.pool = pool
+        self.compiled = Compiled(runner)
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
         now = time.perf_counter()
         trace = state.trace
+        program = self.compiled.get(segment, state)
+        if program is not None and program is not Compiled.CHECK:
+            await self.pool.run(run_compiled, program, self.runner, segment.entries, values, status, state.pooled,
+                                priority=(state.submitted, segment.entries[-1].member.id))
+            return
         if trace is not None:
             self._count(trace, now, queued=1)
         # An older step first; within a step, in topological order, so that branches
         # finish one after another and what joins them can start before the last one.
         await self.pool.run(run_entries, self.runner, segment.entries, values, trace, None, now, status,
                             state.pooled, now if trace is not None else None,
+                            state.specs if program is Compiled.CHECK else None,
                             priority=(state.submitted, segment.entries[-1].member.id))
         if trace is not None:
             self._count(trace, time.perf_counter())

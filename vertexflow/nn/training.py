@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import GraphError
-from ..executor import Executor, make_executor
+from ..executor import Executor
+from ..factory import make_executor
 from ..graph import Node
 from .optim import Optimizer
 

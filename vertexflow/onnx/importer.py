@@ -344,7 +344,7 @@ class OnnxModel:
     # -- running ----------------------------------------------------------------------------
     def executor(self, kind: str = "sequential", **options):
         """The model's executor of this kind and options, made once and kept (static models)."""
-        from ..executor import make_executor
+        from ..factory import make_executor
 
         built = self._static_part("executor")
         key = (kind, tuple(sorted(options.items())))

@@ -12,6 +12,7 @@ Calling an op instance on nodes (or Python scalars, or arrays) adds a vertex.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,13 @@ class Op(abc.ABC):
     # True for ops whose forward takes `out=`, an array of the inferred shape and dtype
     # to write the result into (and return): executors then hand it a reused buffer.
     writes_out: bool = False
+    # True for elementwise ops whose forward may be given one of its inputs as `out=` (same
+    # shape and dtype as the output): the compiled tape then writes in place, as numpy's
+    # temporary elision does, where nothing else reads that input.
+    inplace: bool = False
+    # The name of the array module's function that computes the op as it is (np.add for Add):
+    # the compiled tape calls it directly instead of `forward`.
+    ufunc: str = ""
 
     @abc.abstractmethod
     def infer(self, *specs: Spec) -> Spec:
@@ -67,6 +75,17 @@ class Op(abc.ABC):
             One entry per input: its gradient, or None for no gradient.
         """
         raise GraphError(f"op {self.name!r} has no derivative rule, so it cannot be differentiated")
+
+    def bind(self, xp, specs: tuple[Spec, ...], out: Spec):
+        """`forward` bound for inputs of these concrete specs (giving `out`): what the compiled tape calls.
+
+        Called as bound(*arrays), or bound(*arrays, out=array) for an op that writes out.
+        The default is `forward` itself; an op may return a function chosen for the shapes
+        (a convolution's algorithm), which must give the same values as `forward`.
+        """
+        if self.ufunc and type(self).__module__.startswith("vertexflow."):
+            return getattr(xp, self.ufunc)
+        return functools.partial(self.forward, xp)
 
     def cost(self, *specs: Spec) -> float:
         """Estimated flops; by default one per input element."""

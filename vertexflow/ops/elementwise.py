@@ -18,6 +18,7 @@ class Unary(Op):
 
     numeric = False
     writes_out = True
+    inplace = True
     # Costs are in "simple-op element" units: a transcendental takes several times an add.
     per_element = 1.0
 
@@ -31,6 +32,7 @@ class Unary(Op):
 
 class Negative(Unary):
     name = "neg"
+    ufunc = "negative"
     numeric = True
 
     def forward(self, xp, x, out=None):
@@ -42,6 +44,7 @@ class Negative(Unary):
 
 class Abs(Unary):
     name = "abs"
+    ufunc = "absolute"
     numeric = True
 
     def forward(self, xp, x, out=None):
@@ -53,6 +56,7 @@ class Abs(Unary):
 
 class Sign(Unary):
     name = "sign"
+    ufunc = "sign"
     numeric = True
 
     def forward(self, xp, x, out=None):
@@ -64,6 +68,7 @@ class Sign(Unary):
 
 class Exp(Unary):
     name = "exp"
+    ufunc = "exp"
     per_element = 8.0
 
     def forward(self, xp, x, out=None):
@@ -75,6 +80,7 @@ class Exp(Unary):
 
 class Log(Unary):
     name = "log"
+    ufunc = "log"
     per_element = 8.0
 
     def forward(self, xp, x, out=None):
@@ -86,6 +92,7 @@ class Log(Unary):
 
 class Sqrt(Unary):
     name = "sqrt"
+    ufunc = "sqrt"
     per_element = 2.0
 
     def forward(self, xp, x, out=None):
@@ -97,6 +104,7 @@ class Sqrt(Unary):
 
 class Tanh(Unary):
     name = "tanh"
+    ufunc = "tanh"
     per_element = 8.0
 
     def forward(self, xp, x, out=None):
@@ -193,6 +201,7 @@ class Binary(Op):
     """Two inputs broadcast together, numpy's dtype promotion."""
 
     writes_out = True
+    inplace = True
 
     def infer(self, a: Spec, b: Spec) -> Spec:
         for s in (a, b):
@@ -212,6 +221,7 @@ def _promote(*specs: Spec):
 
 class Add(Binary):
     name = "add"
+    ufunc = "add"
 
     def forward(self, xp, a, b, out=None):
         return xp.add(a, b, out=out)
@@ -224,6 +234,7 @@ class Add(Binary):
 
 class Subtract(Binary):
     name = "sub"
+    ufunc = "subtract"
 
     def forward(self, xp, a, b, out=None):
         return xp.subtract(a, b, out=out)
@@ -236,6 +247,7 @@ class Subtract(Binary):
 
 class Multiply(Binary):
     name = "mul"
+    ufunc = "multiply"
 
     def forward(self, xp, a, b, out=None):
         return xp.multiply(a, b, out=out)
@@ -251,6 +263,7 @@ class Multiply(Binary):
 
 class Divide(Binary):
     name = "div"
+    ufunc = "true_divide"
 
     def infer(self, a: Spec, b: Spec) -> Spec:
         spec = super().infer(a, b)
@@ -272,6 +285,7 @@ class Divide(Binary):
 
 class Power(Binary):
     name = "pow"
+    ufunc = "power"
 
     def forward(self, xp, a, b, out=None):
         return xp.power(a, b, out=out)
@@ -292,6 +306,7 @@ class Power(Binary):
 
 class Maximum(Binary):
     name = "maximum"
+    ufunc = "maximum"
 
     def forward(self, xp, a, b, out=None):
         return xp.maximum(a, b, out=out)
@@ -302,6 +317,7 @@ class Maximum(Binary):
 
 class Minimum(Binary):
     name = "minimum"
+    ufunc = "minimum"
 
     def forward(self, xp, a, b, out=None):
         return xp.minimum(a, b, out=out)
@@ -406,6 +422,7 @@ class LogicalXor(Logical):
 
 class LogicalNot(Unary):
     name = "logical_not"
+    ufunc = "logical_not"
 
     def infer(self, x: Spec) -> Spec:
         if x.dtype.kind != "b":

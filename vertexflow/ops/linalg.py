@@ -13,6 +13,7 @@ from .base import Op, broadcast_shapes, require_numeric
 
 class Matmul(Op):
     name = "matmul"
+    ufunc = "matmul"
     blas = True
     writes_out = True
 

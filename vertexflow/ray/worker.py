@@ -71,7 +71,7 @@ class _Wave:
     """One wave's sub-graph and its executor."""
 
     def __init__(self, recipe: Recipe, kind: str, options: dict):
-        from ..executor import make_executor
+        from ..factory import make_executor
         from ..graph import Graph
 
         graph = Graph(recipe.graph_name)
