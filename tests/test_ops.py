@@ -48,6 +48,12 @@ def _sample(rng, shape, domain):
         return np.abs(x) + 0.5
     if domain == "away0":
         return np.sign(x) * (np.abs(x) + 0.2)
+    if domain == "away3":  # kinks of the hard activations at 0 and +-3 (and -0.75, 1.75 for 0.4x + 0.3)
+        x = x * 2.5
+        for kink in (-3.0, -0.75, 0.0, 1.75, 3.0):
+            near = np.abs(x - kink) < 0.1
+            x = np.where(near, kink + 0.1 * np.sign(x - kink + 1e-9), x)
+        return x
     return x
 
 
@@ -133,6 +139,12 @@ CASES = [
     Case("gelu_tanh", [(3, 4)], lambda x: vf.gelu(x, approximate="tanh"),
          lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
          torch and (lambda x: TF.gelu(x, approximate="tanh"))),
+    Case("hard_swish", [(3, 4)], vf.hard_swish, lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
+         torch and TF.hardswish, domain="away3"),
+    Case("hard_sigmoid", [(3, 4)], lambda x: vf.hard_sigmoid(x, 0.4, 0.3), lambda x: np.clip(0.4 * x + 0.3, 0, 1),
+         torch and (lambda x: torch.clamp(0.4 * x + 0.3, 0, 1)), domain="away3"),
+    Case("clip", [(3, 4)], lambda x: vf.clip(x, -0.5, 0.75), lambda x: np.clip(x, -0.5, 0.75),
+         torch and (lambda x: torch.clamp(x, -0.5, 0.75))),
     Case("sigmoid", [(3, 4)], vf.sigmoid, lambda x: 1 / (1 + np.exp(-x)), torch and torch.sigmoid),
     Case("relu", [(3, 4)], vf.relu, lambda x: np.maximum(x, 0), torch and torch.relu, domain="away0"),
     Case(
@@ -485,8 +497,9 @@ def _op_samples():
     from vertexflow.fusion import FusedOp, Group
     from vertexflow.nn.layers import DropoutMask, Mode
     from vertexflow.onnx.convert import SaturatingCast, TruncDivide
+    from vertexflow.ops import activation, linalg, nn, norm, reduce, shape
     from vertexflow.ops import elementwise as ew
-    from vertexflow.ops import linalg, nn, reduce, shape
+    from vertexflow.rewrites import ProductEpilogue
 
     f, i, b = "float64", "int64", "bool"
     S = vf.Spec
@@ -494,7 +507,7 @@ def _op_samples():
     out_conv = S((2, 4, 4, 4), f)
     pooled = S((2, 3, 3, 3), f)
     unary = {cls: (cls(), [S((3, 4), f)]) for cls in (
-        ew.Negative, ew.Abs, ew.Sign, ew.Exp, ew.Erf, ew.Log, ew.Sqrt, ew.Tanh, ew.Sigmoid, ew.Relu, ew.LeakyRelu)}
+        ew.Negative, ew.Abs, ew.Sign, ew.Exp, ew.Erf, ew.Log, ew.Sqrt, ew.Tanh, ew.Sigmoid, ew.Relu, ew.LeakyRelu, ew.Clip)}
     unary[ew.LogicalNot] = (ew.LogicalNot(), [S((3, 4), b)])
     binary = {cls: (cls(), [S((3, 4), f), S((4,), f)]) for cls in (
         ew.Add, ew.Subtract, ew.Multiply, ew.Divide, ew.Power, ew.Maximum, ew.Minimum, ew.Greater, ew.Less,
@@ -535,6 +548,11 @@ def _op_samples():
         nn.CrossEntropyGrad: (nn.CrossEntropyGrad(), [S((), f), S((5, 4), f), S((5,), i)]),
         nn.OneHot: (nn.OneHot(), [S((5,), i), S((5, 4), f)]),
         nn.MSE: (nn.MSE(), [S((3, 4), f), S((3, 4), f)]),
+        activation.Gelu: (activation.Gelu(), [S((3, 4), f)]),
+        norm.LayerNorm: (norm.LayerNorm(1), [S((3, 4), f), S((4,), f), S((4,), f)]),
+        activation.GeluGrad: (activation.GeluGrad(), [S((3, 4), f), S((3, 4), f)]),
+        activation.HardSigmoid: (activation.HardSigmoid(), [S((3, 4), f)]),
+        activation.HardSwish: (activation.HardSwish(), [S((3, 4), f)]),
         nn.Conv2d: (nn.Conv2d(), [img, w33]),
         nn.Conv2dGradInput: (nn.Conv2dGradInput(1, 0, 1), [out_conv, w33, img]),
         nn.Conv2dGradWeight: (nn.Conv2dGradWeight(1, 0, 1), [out_conv, img, w33]),
@@ -546,8 +564,21 @@ def _op_samples():
         nn.AvgPool2dGrad: (nn.AvgPool2dGrad(2), [pooled, img]),
         DropoutMask: (DropoutMask(0.5, 0, Mode()), [S((3, 4), f)]),
         FusedOp: (_fused_sample(FusedOp, Group), [S((3, 4), f), S((3, 4), f)]),
+        ProductEpilogue: (_epilogue_sample(), [S((3, 4), f), S((4, 5), f), S((5,), f)]),
     })
     return {cls.__qualname__: sample for cls, sample in samples.items()}
+
+
+def _epilogue_sample():
+    from vertexflow.rewrites import plan_rewrites
+
+    g = vf.Graph()
+    a = g.input("a", shape=(3, 4), dtype="float64")
+    w, b = g.param("w", value=np.ones((4, 5))), g.param("b", value=np.ones(5))
+    out = vf.relu(vf.matmul(a, w) + b)
+    order = vf.SequentialExecutor(g).tape([out]).order
+    (op,) = plan_rewrites(order, {n.id: n.spec for n in order}, {out.id}).ops.values()
+    return op
 
 
 def _fused_sample(FusedOp, Group):

@@ -46,6 +46,7 @@ from .errors import FeedError, GraphError
 from .gpu.backend import get_backend
 from .graph import Graph, Node, Spec, ancestors, format_shape
 from .memory import BufferPool, owner
+from .rewrites import plan_step
 from .tape import Program, Tape, compile_program, compile_tape, fused_instructions, running_site
 from .trace.tracer import active_tracer
 
@@ -72,13 +73,16 @@ class Executor(abc.ABC):
         fuse: run groups of elementwise vertices as one compiled pass where that measures
             faster (needs numba; values equal the unfused graph's to rounding, and every
             executor with fuse=True gives the same bits). See vertexflow/fusion.py.
+        optimize: apply the rewrites of `rewrites.py` (a product with its bias and activation in
+            one pass, ...): they change no value, only the passes a step makes. False runs every
+            vertex as it is.
     """
 
     # Outputs of at least this many bytes go into reused buffers.
     buffer_min_bytes = BUFFER_MIN_BYTES
 
     def __init__(self, graph: Graph, *, device: str = "cpu", tracer=None, check_numerics: bool = False,
-                 buffers: bool = True, fuse: bool = False):
+                 buffers: bool = True, fuse: bool = False, optimize: bool = True):
         if not isinstance(graph, Graph):
             raise GraphError(f"an executor runs a vf.Graph, got {type(graph).__name__}")
         self.graph = graph
@@ -91,6 +95,7 @@ class Executor(abc.ABC):
 
             fusion.require()
         self.fuse = bool(fuse)
+        self.optimize = bool(optimize)
         self._fusion_cache: dict[tuple, Any] = {}
         # Reused output buffers on the CPU; on a GPU cupy's own pool orders reuse by stream.
         self.buffers = BufferPool(self.xp) if buffers and self.xp is np else None
@@ -469,7 +474,7 @@ class SequentialExecutor(Executor):
         key = (id(tape), id(specs), None if reverse is None else id(reverse))
         program = self._programs.get(key)
         if program is None:
-            instructions, fused = self._fused(tape, specs) if self.fuse else (tape.instructions, {})
+            instructions, fused = self._fused(tape, specs)
             program = self._programs[key] = compile_program(tape, instructions, specs, pooled, fused, self.xp,
                                                             self.buffers, reverse=reverse)
         return program
@@ -477,7 +482,7 @@ class SequentialExecutor(Executor):
     def _interpret(self, tape: Tape, specs: dict, pooled: dict, sources: list, trace, reverse, progress: Progress,
                    check: bool):
         """The tape's instructions one at a time through the execution core; (fetched values, totals)."""
-        instructions, fused = self._fused(tape, specs) if self.fuse else (tape.instructions, {})
+        instructions, fused = self._fused(tape, specs)
         slots: list = [None] * len(tape.slot_of)
         for (slot, _), value in zip(tape.loads, sources):
             slots[slot] = value
@@ -516,13 +521,14 @@ class SequentialExecutor(Executor):
         return result
 
     def _fused(self, tape: Tape, specs: dict):
-        """The fused form of a tape for these specs (groups measured once per process, then cached)."""
-        from .fusion import plan_fusion
-
+        """The tape's instructions for these specs with rewrites and fused groups as one each (cached)."""
+        if not (self.optimize or self.fuse):
+            return tape.instructions, {}
         key = (id(tape), id(specs))
         found = self._fusion_cache.get(key)
         if found is None:
-            found = self._fusion_cache[key] = fused_instructions(tape, plan_fusion(tape.order, specs, tape.kept))
+            plan = plan_step(tape.order, specs, tape.kept, optimize=self.optimize, fuse=self.fuse)
+            found = self._fusion_cache[key] = fused_instructions(tape, plan) if plan.ops else (tape.instructions, {})
         return found
 
     def close(self) -> None:

@@ -155,7 +155,10 @@ class Program:
         try:
             return self.function(*sources)
         except BaseException as exc:
-            raise self._error(exc) from None
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     def _error(self, exc: BaseException) -> BaseException:
         """The exception as the execution core reports it, naming the vertex whose line raised."""
@@ -167,7 +170,6 @@ class Program:
             tb = tb.tb_next
         site = self.sites.get(line) if line is not None else None
         if site is None:
-            exc.__traceback__ = None
             return exc
         values = frame.f_locals
         args = [values.get(name) for name in site.args]
@@ -208,7 +210,7 @@ def _owned(node: Node) -> bool:
 
 
 def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spec], tape: Tape,
-                    pooled: Mapping[int, Spec]) -> dict[int, int]:
+                    pooled: Mapping[int, Spec], fused: Mapping[int, Any] = {}) -> dict[int, int]:  # noqa: B006
     """{instruction index: slot} for elementwise vertices that can write into an input's array.
 
     An input qualifies when it is an array of its own (made by an op that writes a fresh
@@ -223,8 +225,8 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
         node = ins.node
         spec = specs.get(node.id)
         op = node.op
-        if op.inplace and op.writes_out and spec is not None and spec.shape and type(op).__module__.startswith(
-                "vertexflow."):
+        if op.inplace and op.writes_out and spec is not None and spec.shape and node.id not in fused and \
+                type(op).__module__.startswith("vertexflow."):
             for pos, slot in enumerate(ins.args):
                 producer = node.inputs[pos] if pos < len(node.inputs) else None
                 if producer is None or slot not in owned or slot not in ins.free or slot in kept_slots:
@@ -261,7 +263,7 @@ def compile_program(tape: Tape, instructions: Sequence[Instruction], specs: Mapp
     out.lines.append(f"def program({', '.join(loads)}):")
     if blas_lock is not None:
         namespace["L"] = blas_lock
-    targets = inplace_targets(instructions, specs, tape, pooled) if reverse is None else {}
+    targets = inplace_targets(instructions, specs, tape, pooled, fused) if reverse is None else {}
     for ins in instructions:
         node = ins.node
         op = fused.get(node.id) or node.op

@@ -123,7 +123,8 @@ def test_perfetto_imports_a_mixed_trace_without_errors(tmp_path):
         server.shutdown()
         server.server_close()
     assert problems == []  # e.g. slice_drop_overlapping_complete_event: overlapping spans on one thread
-    assert slices == len(tracer.spans) + len([w for w in tracer.waits if w.lane is not None]) + len(tracer.events)
+    # Waits on a lane (the BLAS lock) are slices of category 'wait', left out of this count like the others.
+    assert slices == len(tracer.spans) + len(tracer.events)
     assert any(n.startswith("ActorExecutor threads=2") for n in processes)
     assert any(n.startswith("SequentialExecutor") for n in processes)
     assert clashes == [] and {"trio", "vf-worker-0", "vf-worker-1"} & lanes

@@ -17,7 +17,7 @@ NETWORK = dict(threads=2, heavy_flops=0, schedule="network")
 
 def traced(executor_cls, **options):
     g, feeds, loss = small_mlp("float64")
-    ex = executor_cls(g, **options)
+    ex = executor_cls(g, optimize=False, **options)  # every vertex runs (no rewrite joins any)
     with vf.trace() as tracer:
         ex.run(feeds, ["hidden", loss])
         ex.backward(feeds, loss)
@@ -25,7 +25,7 @@ def traced(executor_cls, **options):
     return g, tracer
 
 
-@pytest.mark.parametrize("make", [vf.SequentialExecutor, lambda g: vf.ActorExecutor(g, **NETWORK)],
+@pytest.mark.parametrize("make", [vf.SequentialExecutor, lambda g, **kw: vf.ActorExecutor(g, **NETWORK, **kw)],
                          ids=["sequential", "actor"])
 def test_one_span_per_vertex_per_run_step_and_phase(make):
     g, tracer = traced(make)
@@ -51,7 +51,7 @@ def test_one_span_per_vertex_per_run_step_and_phase(make):
 
 
 def test_actor_spans_name_their_lanes_and_the_network_is_wired_in_sight():
-    g, tracer = traced(lambda g: vf.ActorExecutor(g, **NETWORK))
+    g, tracer = traced(lambda g, **kw: vf.ActorExecutor(g, **NETWORK, **kw))
     lanes = set(tracer.lanes())
     assert lanes <= {"trio", "vf-worker-0", "vf-worker-1"} and lanes & {"vf-worker-0", "vf-worker-1"}
     assert [e.name for e in tracer.events] == ["wire network", "wire network"]  # a run's and a backward's
@@ -72,8 +72,21 @@ def test_no_tracer_no_spans():
     tracer = vf.Tracer()
     vf.SequentialExecutor(g).run(feeds, loss)
     assert tracer.spans == []
-    vf.SequentialExecutor(g, tracer=tracer).run(feeds, loss)
+    vf.SequentialExecutor(g, tracer=tracer, optimize=False).run(feeds, loss)
     assert len(tracer.spans) == 6
+
+
+@pytest.mark.parametrize("make", [vf.SequentialExecutor, lambda g: vf.ActorExecutor(g, **NETWORK)],
+                         ids=["sequential", "actor"])
+def test_a_rewritten_group_is_one_span_at_its_root_saying_what_ran(make):
+    """matmul + bias + relu runs as one product epilogue: one span, at the group's last vertex."""
+    g, feeds, loss = small_mlp()
+    with vf.trace() as tracer, make(g) as ex:
+        ex.run(feeds, loss)
+    by_vertex = {s.vertex: s for s in tracer.spans}
+    assert "matmul_1" not in by_vertex and "add_1" not in by_vertex
+    assert by_vertex["hidden"].fused is not None and "matmul" in by_vertex["hidden"].fused
+    assert by_vertex["hidden"].op == "relu"
 
 
 class Held(vf.ops.Op):
@@ -194,7 +207,7 @@ def test_two_executors_on_two_threads_under_one_tracer():
 
 
 def test_a_saved_trace_opens_again(tmp_path):
-    g, tracer = traced(lambda g: vf.ActorExecutor(g, **NETWORK))
+    g, tracer = traced(lambda g, **kw: vf.ActorExecutor(g, **NETWORK, **kw))
     tracer.save(str(tmp_path / "t.json"))
     again = vf.Tracer.load(str(tmp_path / "t.json"))
     assert len(again.spans) == len(tracer.spans)

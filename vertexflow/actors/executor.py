@@ -186,7 +186,7 @@ class ActorExecutor(Executor):
         self.calibration = calibration
         self._pool = WorkerPool(threads) if threads else None
         self._tape = SequentialExecutor(graph, device=self.backend.name, check_numerics=self.check_numerics,
-                                        buffers=self.buffers is not None, fuse=self.fuse)
+                                        buffers=self.buffers is not None, fuse=self.fuse, optimize=self.optimize)
         self._tape.buffers = self.buffers  # one pool of buffers for both ways of running
         self._tape.runner = self.runner
         self._hosts: list[Host] = []  # the live host, if any (a list, so the finalizer can see it)
@@ -245,10 +245,10 @@ class ActorExecutor(Executor):
                         fusion=fusion)
 
     def _fusion(self, fetch, reverse, specs: dict):
-        """The fused groups for these specs, as the tape finds them (the same groups, the same kernels)."""
-        if not self.fuse:
+        """The rewrites and fused groups for these specs, as the tape finds them (the same groups, the same kernels)."""
+        if not (self.fuse or self.optimize):
             return None
-        from ..fusion import plan_fusion
+        from ..rewrites import plan_step
 
         key = (tuple(n.id for n in fetch), id(reverse), id(specs))
         found = self._fusion_cache.get(key)
@@ -257,7 +257,8 @@ class ActorExecutor(Executor):
             if reverse is not None:
                 kept |= {n.id for n in reverse.order} | {i.id for n in reverse.order for i in n.inputs}
                 kept.add(reverse.output.id)
-            found = self._fusion_cache[key] = plan_fusion(self._order(fetch, reverse), specs, kept)
+            plan = plan_step(self._order(fetch, reverse), specs, kept, optimize=self.optimize, fuse=self.fuse)
+            found = self._fusion_cache[key] = plan if plan.ops else None
         return found
 
     def _order(self, fetch: Sequence[Node], reverse: ReversePlan | None) -> list[Node]:

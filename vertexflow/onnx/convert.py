@@ -216,6 +216,11 @@ def _clip(env, node, xs, attrs):
         low = xs[1] if not env.has_value(xs.names[1]) else env.known[xs.names[1]]
     if xs.present(2):
         high = xs[2] if not env.has_value(xs.names[2]) else env.known[xs.names[2]]
+    if not isinstance(low, Node) and not isinstance(high, Node) and x.dtype.kind == "f":
+        # constant bounds (ReLU6, a clamp): one pass
+        bounds = [None if b is None else float(np.asarray(b)) for b in (low, high)]
+        if bounds[0] is None or bounds[1] is None or bounds[0] <= bounds[1]:
+            return ops.clip(x, bounds[0], bounds[1], name=out_name(env, node))
     out = x
     if low is not None:
         out = ops.maximum(out, low if isinstance(low, Node) else np.asarray(low, dtype=x.dtype))
@@ -224,8 +229,8 @@ def _clip(env, node, xs, attrs):
     return named(out, env, node)
 
 
-def _hard_sigmoid(x, attrs):
-    return ops.minimum(ops.maximum(x * attrs.get("alpha", 0.2) + attrs.get("beta", 0.5), 0.0), 1.0)
+def _hard_sigmoid_node(env, node, xs, attrs):
+    return ops.hard_sigmoid(xs[0], attrs.get("alpha", 0.2), attrs.get("beta", 0.5), name=out_name(env, node))
 
 
 def _elu(x, attrs):
@@ -467,6 +472,13 @@ def _layer_norm(env, node, xs, attrs):
     x = xs[0]
     axis = attrs.get("axis", -1) % x.ndim
     axes = tuple(range(axis, x.ndim))
+    if len([o for o in node.output if o]) == 1 and x.dtype.kind == "f" and xs[1].dtype == x.dtype and \
+            (not xs.present(2) or xs[2].dtype == x.dtype) and None not in x.shape[axis:]:
+        tail = tuple(x.shape[axis:])
+        scale, shift = xs[1], xs[2] if xs.present(2) else None
+        if tuple(scale.shape) == tail and (shift is None or tuple(shift.shape) == tail):
+            return ops.layer_norm(x, axes, float(attrs.get("epsilon", 1e-5)), scale, shift,
+                                  name=out_name(env, node))
     eps = np.asarray(attrs.get("epsilon", 1e-5), dtype=x.dtype)
     mu = ops.mean(x, axis=axes, keepdims=True)
     centered = x - mu
@@ -823,7 +835,7 @@ CONVERTERS: dict[str, Callable | None] = {
     "Reciprocal": _composed(lambda x, a: 1.0 / x),
     "Relu": _unary(ops.relu), "LeakyRelu": _leaky, "Sigmoid": _unary(ops.sigmoid), "Tanh": _unary(ops.tanh),
     "Erf": _unary(ops.erf), "Gelu": _gelu, "Elu": _composed(_elu), "Selu": _composed(_selu),
-    "HardSigmoid": _composed(_hard_sigmoid), "HardSwish": _composed(lambda x, a: x * _hard_sigmoid(x, {"alpha": 1 / 6})),
+    "HardSigmoid": _hard_sigmoid_node, "HardSwish": _unary(ops.hard_swish),
     "Softplus": _composed(_softplus), "Mish": _composed(lambda x, a: x * ops.tanh(_softplus(x, a))), "Softsign": _composed(lambda x, a: x / (ops.abs(x) + 1.0)), "PRelu": _prelu,
     "Max": _variadic(ops.maximum), "Min": _variadic(ops.minimum), "Sum": _variadic(ops.add), "Mean": _mean,
     "Equal": _binary(ops.equal), "Less": _binary(ops.less), "Greater": _binary(ops.greater),

@@ -20,6 +20,7 @@ constants={...})` fixes such inputs at load time instead.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 from ..errors import FeedError, GraphError, ModelFileError, ShapeError, UnsupportedOnnxError
 from ..graph import Graph, Node, Spec, format_shape
 from .convert import CONVERTERS, Env, Inputs, NeedsValue, Unsupported, why_unsupported
+from .patterns import fuse_gelu
 from .reading import check_structure, initializer_value, node_attributes, onnx_modules, read_model
 
 SPECIALIZATIONS_KEPT = 16  # graphs built for fed values, per model (least recently used dropped)
@@ -37,7 +39,7 @@ SPECIALIZATIONS_KEPT = 16  # graphs built for fed values, per model (least recen
 class _Source:
     """What a model's graphs are built from: the file's nodes, attributes and initializers."""
 
-    def __init__(self, model, where: str, bound: dict[str, np.ndarray]):
+    def __init__(self, model, where: str, bound: dict[str, np.ndarray], optimize: bool = True):
         onnx, numpy_helper = onnx_modules()
         self.where = where
         self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
@@ -45,7 +47,15 @@ class _Source:
         self.name = og.name or "onnx"
         self.initializers = {t.name: initializer_value(numpy_helper, t, where) for t in og.initializer}
         self.bound = bound
-        self.attrs = [node_attributes(node) for node in og.node]
+        self.nodes = list(og.node)
+        if optimize:
+            known = {**self.initializers, **bound}
+            for node in self.nodes:
+                if node.op_type == "Constant" and node.output:
+                    with contextlib.suppress(Exception):  # a malformed constant is refused later, named
+                        known[node.output[0]] = _constant_value(node_attributes(node))
+            self.nodes = fuse_gelu(self.nodes, known, [vi.name for vi in og.output], onnx)
+        self.attrs = [node_attributes(node) for node in self.nodes]
         self.declared: dict[str, Spec] = {}
         for vi in og.input:
             if vi.name in self.initializers or vi.name in bound or not vi.type.HasField("tensor_type"):
@@ -54,7 +64,7 @@ class _Source:
             shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
             self.declared[vi.name] = Spec(shape, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
         self.outputs = [vi.name for vi in og.output]
-        self.producers = {out: node for node in og.node for out in node.output if out}
+        self.producers = {out: node for node in self.nodes for out in node.output if out}
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -92,7 +102,7 @@ def _build(src: _Source, values: Mapping[str, np.ndarray], shapes: Mapping[str, 
     blocked = {vi.name for vi in src.og.input if vi.name not in src.declared and vi.name not in src.initializers
                and vi.name not in src.bound}  # inputs that are not tensors
     skip = {p[3] for p in refused or []}
-    for index, (node, attrs) in enumerate(zip(src.og.node, src.attrs)):
+    for index, (node, attrs) in enumerate(zip(src.nodes, src.attrs)):
         outputs = [o for o in node.output if o]
         if index in skip:
             blocked.update(outputs)
@@ -412,10 +422,12 @@ class OnnxModel:
 
 
 # -- loading --------------------------------------------------------------------------------------
-def load(model_or_path: Any, constants: Mapping[str, Any] | None = None) -> OnnxModel:
+def load(model_or_path: Any, constants: Mapping[str, Any] | None = None, *, optimize: bool = True) -> OnnxModel:
     """Import an ONNX model (a path, bytes or a ModelProto) as a vertexflow graph.
 
     Args:
+        optimize: import the node patterns of `onnx/patterns.py` (the five nodes of an exported
+            GELU) as one vertex each; False imports every node as it is.
         constants: values for graph inputs to fix at load time (a shape or axes an op
             needs to build); without them such inputs are fed at run time and the graph
             is built for the values fed (see the module's docstring).
@@ -437,13 +449,13 @@ def load(model_or_path: Any, constants: Mapping[str, Any] | None = None) -> Onnx
     if stray:
         raise FeedError(f"{where}: constants= names {', '.join(map(repr, stray))}, which are not inputs of the "
                         f"model (its inputs: {', '.join(sorted(declared_names))})")
-    src = _Source(model, where, bound)
+    src = _Source(model, where, bound, optimize)
     problems = []
     for vi in model.graph.input:
         if not vi.type.HasField("tensor_type"):
             problems.append(("input", vi.name, "only tensor inputs are supported (not sequences or optionals)", -1))
     known = {**src.initializers, **bound}
-    for index, (node, attrs) in enumerate(zip(src.og.node, src.attrs)):
+    for index, (node, attrs) in enumerate(zip(src.nodes, src.attrs)):
         label = node.name or f"#{index}"
         if node.op_type == "Constant":
             if not ({"value", "value_float", "value_floats", "value_int", "value_ints"} & set(attrs)):

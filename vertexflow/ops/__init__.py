@@ -5,11 +5,13 @@ reductions, movement (shape), linear algebra and network ops. A user op is a
 subclass of `Op`; calling an instance on nodes adds a vertex.
 """
 
+from .activation import hard_sigmoid, hard_swish
 from .base import Op, broadcast_shapes, numel, sum_to_shape
 from .elementwise import (
     abs,
     add,
     astype,
+    clip,
     divide,
     equal,
     erf,
@@ -63,7 +65,8 @@ def builtin_ops() -> list[type[Op]]:
 
 __all__ = [
     "Op", "broadcast_shapes", "builtin_ops", "numel", "sum_to_shape",
-    "abs", "add", "astype", "divide", "equal", "erf", "exp", "gelu", "greater", "greater_equal", "leaky_relu",
+    "abs", "add", "astype", "clip", "divide", "equal", "erf", "exp", "gelu", "greater", "greater_equal",
+    "hard_sigmoid", "hard_swish", "leaky_relu",
     "less", "less_equal", "log", "logical_and", "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "multiply", "negative", "not_equal",
     "power", "relu", "remainder", "sigmoid", "sign", "sqrt", "subtract", "tanh", "where",
     "matmul", "avg_pool2d", "conv2d", "conv_transpose2d", "cross_entropy", "layer_norm", "max_pool2d", "mse",

@@ -132,13 +132,19 @@ class Sigmoid(Unary):
 
 
 class Erf(Unary):
-    """The error function, from scipy.special (cupyx.scipy.special on a GPU): numpy has none."""
+    """The error function: a compiled float32 kernel (kernels/special.py), scipy.special otherwise
+    (cupyx.scipy.special on a GPU): numpy has none."""
 
     name = "erf"
     per_element = 12.0
+    inplace = False  # its float32 kernel is a numba ufunc: 2.7x slower given its own input as out=
 
     def forward(self, xp, x, out=None):
         if xp.__name__ == "numpy":
+            if x.dtype == xp.float32:
+                from ..kernels.special import erf32
+
+                return erf32(x, out=out)
             from scipy import special
         else:
             from cupyx.scipy import special
@@ -156,10 +162,36 @@ class Relu(Unary):
     name = "relu"
 
     def forward(self, xp, x, out=None):
-        return xp.maximum(x, x.dtype.type(0), out=out)
+        # clip with both bounds has a SIMD loop; maximum(x, 0) here runs several times slower
+        t = x.dtype.type
+        return xp.clip(x, t(0), t(xp.inf), out=out)
 
     def vjp(self, F, g, xs, y):
         return (F.mul(g, F.greater(y, 0)),)
+
+
+class Clip(Unary):
+    """min(max(x, low), high) for constant bounds (ONNX's Clip, ReLU6): one pass, NaN kept."""
+
+    name = "clip"
+
+    def __init__(self, low: float | None = None, high: float | None = None):
+        self.low = -float("inf") if low is None else float(low)
+        self.high = float("inf") if high is None else float(high)
+        if self.low > self.high:
+            raise ShapeError(f"clip: low {self.low} is above high {self.high}")
+
+    def forward(self, xp, x, out=None):
+        t = x.dtype.type
+        return xp.clip(x, t(self.low), t(self.high), out=out)
+
+    def vjp(self, F, g, xs, y):
+        # the gradient passes where x is strictly inside the bounds (torch's rule at the ends: it passes)
+        (x,) = xs
+        return (F.where(F.less(x, self.low), 0.0, F.where(F.greater(x, self.high), 0.0, g)),)
+
+    def cost(self, x: Spec) -> float:
+        return float(numel(x))
 
 
 class LeakyRelu(Unary):
@@ -537,17 +569,22 @@ def erf(x, name=None):
 
 
 def gelu(x, approximate: str = "none", name=None):
-    """x * P(X <= x) for a standard normal X, as torch.nn.GELU: exactly with `erf`, or `approximate="tanh"`.
-
-    Built from elementwise vertices (so fuse=True can run it as one pass); `name`
-    names the last of them.
+    """x * P(X <= x) for a standard normal X, as torch.nn.GELU: exactly (one vertex, one pass), or with
+    `approximate="tanh"` (built from elementwise vertices; `name` names the last of them).
     """
     if approximate == "none":
-        return multiply(multiply(x, 0.5), add(erf(multiply(x, 0.7071067811865476)), 1.0), name=name)
+        from .activation import Gelu
+
+        return Gelu()(x, name=name)
     if approximate == "tanh":
         inner = multiply(add(x, multiply(multiply(multiply(x, x), x), 0.044715)), 0.7978845608028654)
         return multiply(multiply(x, 0.5), add(tanh(inner), 1.0), name=name)
     raise ValueError(f"gelu: approximate= takes 'none' or 'tanh', got {approximate!r}")
+
+
+def clip(x, low=None, high=None, name=None):
+    """x limited to [low, high] (constant bounds; None: unbounded on that side), as numpy's clip."""
+    return Clip(low, high)(x, name=name)
 
 
 def leaky_relu(x, negative_slope=0.01, name=None):

@@ -270,6 +270,7 @@ class Conv2d(Op, Window):
 
     name = "conv2d"
     blas = True
+    writes_out = True
 
     def __init__(self, stride=1, padding=0, dilation=1, groups=1):
         self._init_window(None, stride, padding, dilation)
@@ -291,12 +292,41 @@ class Conv2d(Op, Window):
             raise ShapeError(f"kernel {format_shape(w.shape[2:])} does not fit input {format_shape(x.shape)} with padding {self.padding}")
         return Spec((x.shape[0], w.shape[0], oh, ow), np.result_type(x.dtype, w.dtype))
 
-    def forward(self, xp, x, w):
+    def forward(self, xp, x, w, out=None):
+        kind = self.algorithm(xp, x.shape, w.shape, x.dtype)
+        if kind == "pointwise":
+            # A 1x1 convolution is one product per image: (O, C) @ (C, H*W), already NCHW.
+            sh, sw = self.stride
+            xs = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
+            n, c, oh, ow = xs.shape
+            flat = None if out is None else out.reshape(n, w.shape[0], oh * ow)
+            product = xp.matmul(w.reshape(w.shape[0], c), xs.reshape(n, c, oh * ow), out=flat)
+            return product.reshape(n, w.shape[0], oh, ow) if out is None else out
+        if kind == "depthwise":
+            from ..kernels.conv import depthwise
+
+            return depthwise(x, w, self.stride, self.padding, self.dilation, lambda a: self._padded(xp, a), out)
         cols, (n, oh, ow) = self._columns(xp, x, w.shape[2:])  # (C*kh*kw, N*OH*OW)
         g = self.groups
         # One product per group, batched: a group's rows of cols are contiguous (channel-major).
-        out = xp.matmul(w.reshape(g, w.shape[0] // g, -1), cols.reshape(g, -1, cols.shape[1]))
-        return xp.ascontiguousarray(out.reshape(w.shape[0], n, oh, ow).transpose(1, 0, 2, 3))
+        product = xp.matmul(w.reshape(g, w.shape[0] // g, -1), cols.reshape(g, -1, cols.shape[1]))
+        by_image = product.reshape(w.shape[0], n, oh, ow).transpose(1, 0, 2, 3)
+        if out is None:
+            return xp.ascontiguousarray(by_image)
+        xp.copyto(out, by_image)
+        return out
+
+    def algorithm(self, xp, x_shape, w_shape, dtype) -> str:
+        """The kernel for these shapes: "pointwise" (1x1: one product per image), "depthwise" (one
+        input channel per group, float32 or float64: a direct pass per plane), or "im2col" (columns,
+        one product per group; float16 too, which BLAS accumulates in float32)."""
+        if xp is not np:
+            return "im2col"
+        if self.groups == 1 and tuple(w_shape[2:]) == (1, 1) and self.padding == (0, 0):
+            return "pointwise"
+        if self.groups > 1 and self.groups == x_shape[1] and w_shape[1] == 1 and dtype in (np.float32, np.float64):
+            return "depthwise"
+        return "im2col"
 
     def vjp(self, F, g, xs, y):
         x, w = xs
@@ -327,6 +357,14 @@ class Conv2dGradInput(Op, Window):
         return self._input_gradient(xp, g, w, x.shape)
 
     def _input_gradient(self, xp, g, w, x_shape):
+        if xp is np and self.groups > 1 and self.groups == x_shape[1] and w.shape[1] == 1 and \
+                g.dtype in (np.float32, np.float64):
+            from ..kernels.conv import depthwise_grad_input
+
+            ph, pw = self.padding
+            padded = (*x_shape[:2], x_shape[2] + 2 * ph, x_shape[3] + 2 * pw)
+            grad = depthwise_grad_input(g, w, padded, self.stride, self.dilation)
+            return grad[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]]
         o, c, kh, kw = w.shape
         n, _, oh, ow = g.shape
         groups = self.groups
@@ -411,6 +449,12 @@ class Conv2dGradWeight(Op, Window):
         return Spec(w.shape, g.dtype)
 
     def forward(self, xp, g, x, w):
+        if xp is np and self.groups > 1 and self.groups == x.shape[1] and w.shape[1] == 1 and \
+                g.dtype in (np.float32, np.float64):
+            from ..kernels.conv import depthwise_grad_weight
+
+            return depthwise_grad_weight(g, self._padded(xp, x), w.shape, self.stride, self.dilation).astype(
+                g.dtype, copy=False)
         cols, _ = self._columns(xp, x, w.shape[2:])  # (C*kh*kw, N*OH*OW)
         groups = self.groups
         by_channel = g.transpose(1, 0, 2, 3).reshape(groups, g.shape[1] // groups, -1)  # (G, O/G, N*OH*OW)
@@ -571,10 +615,26 @@ def conv_transpose2d(x, w, stride=1, padding=0, output_padding=0, dilation=1, gr
 
 
 def layer_norm(x, axes=(-1,), eps=1e-5, weight=None, bias=None, name=None):
-    """(x - mean) / sqrt(var + eps) over `axes`, then * weight + bias (both optional), as torch's LayerNorm."""
+    """(x - mean) / sqrt(var + eps) over `axes`, then * weight + bias (both optional), as torch's LayerNorm.
+
+    Over trailing axes of known sizes it is one vertex (`ops.norm.LayerNorm`); otherwise it is
+    built from elementwise vertices and reductions.
+    """
+    from .base import as_nodes
     from .elementwise import sqrt
+    from .norm import LayerNorm
     from .reduce import mean
 
+    (x,) = as_nodes((x,), "layer_norm")
+    axes = sorted(a % x.ndim for a in ((axes,) if isinstance(axes, int) else axes))
+    dims = len(axes)
+    tail = tuple(x.shape[x.ndim - dims:])
+    if axes == list(range(x.ndim - dims, x.ndim)) and None not in tail and x.dtype.kind == "f":
+        w = weight if weight is not None else x.graph.const(np.ones(tail, x.dtype))
+        b = bias if bias is not None else x.graph.const(np.zeros(tail, x.dtype))
+        w, b = (v if hasattr(v, "graph") else x.graph.const(np.asarray(v, x.dtype)) for v in (w, b))
+        if tuple(w.shape) == tail and tuple(b.shape) == tail:
+            return LayerNorm(dims, eps)(x, w, b, name=name)
     mu = mean(x, axis=tuple(axes), keepdims=True)
     centered = x - mu
     var = mean(centered * centered, axis=tuple(axes), keepdims=True)

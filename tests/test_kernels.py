@@ -1,0 +1,174 @@
+"""The compiled kernels against their references: scipy and numpy, torch for convolutions, their numpy twins.
+
+Each kernel is checked in both forms a machine can have: numba's, and the numpy
+fallback that runs where numba is missing (forced here by patching
+`kernels.available`, the switch `VERTEXFLOW_KERNELS=numpy` sets).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import special as sp_special
+
+import vertexflow as vf
+from vertexflow import kernels
+from vertexflow.kernels import conv, epilogue, norm, special
+from vertexflow.ops.activation import HardSigmoid, HardSwish
+from vertexflow.ops.elementwise import Clip
+from vertexflow.ops.nn import Conv2d
+from vertexflow.ops.norm import LayerNorm
+from vertexflow.ops.reduce import Softmax
+
+try:
+    import torch
+except ImportError:  # an optional test extra
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (pip install -e '.[test]')")
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def form(request, monkeypatch):
+    """Run a test with the compiled kernels, then with their numpy twins."""
+    if request.param == "numba" and not kernels.available():
+        pytest.skip("numba is not installed")
+    if request.param == "numpy":
+        for module in (special, conv, epilogue, norm):
+            monkeypatch.setattr(module, "available", lambda: False)
+    return request.param
+
+
+def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32).astype(np.int64))
+
+
+def test_float32_erf_is_within_one_ulp_of_the_correctly_rounded_value(form):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-4.5, 4.5, 2_000_000), rng.uniform(-1e-3, 1e-3, 200_000),
+                        [0.0, -0.0, 1e-30, -1e-38, 3.9, 4.0, 7.5, 1e30, -np.inf, np.inf]]).astype(np.float32)
+    reference = sp_special.erf(x.astype(np.float64)).astype(np.float32)
+    got = special.erf32(x)
+    assert got.dtype == np.float32
+    assert _ulps(got, reference).max() <= 1
+    assert np.isnan(special.erf32(np.array([np.nan], np.float32)))[0]
+
+
+def test_float32_gelu_matches_the_float64_formula(form):
+    x = np.random.default_rng(1).normal(scale=3, size=500_000).astype(np.float32)
+    v = x.astype(np.float64)
+    reference = (0.5 * v * (1 + sp_special.erf(v / np.sqrt(2)))).astype(np.float32)
+    got = special.gelu32(x)
+    # 1 + erf(x / sqrt 2) cancels for x << 0: there the error is absolute, float32's ulp of 1 at most
+    # (from x < -5.66 erf rounds to -1 in float32 and GELU is 0, as torch's float32 GELU gives)
+    np.testing.assert_allclose(got, reference, rtol=2e-7, atol=6e-8)
+    assert (got[x < -8] == 0).all()
+    g = np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
+    cdf, pdf = 0.5 * (1 + sp_special.erf(v / np.sqrt(2))), np.exp(-v * v / 2) / np.sqrt(2 * np.pi)
+    np.testing.assert_allclose(special.gelu_grad32(x, g), (g * (cdf + v * pdf)).astype(np.float32),
+                               rtol=2e-6, atol=1e-7)
+
+
+@needs_torch
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_depthwise_convolution_and_its_gradients_equal_torch(data):
+    channels = data.draw(st.integers(2, 5), label="channels")
+    mult = data.draw(st.integers(1, 2), label="multiplier")
+    kh, kw = data.draw(st.sampled_from([(3, 3), (5, 5), (1, 3), (3, 2)]), label="kernel")
+    stride = data.draw(st.sampled_from([1, 2]), label="stride")
+    padding = data.draw(st.integers(0, 2), label="padding")
+    dilation = data.draw(st.sampled_from([1, 2]), label="dilation")
+    h = data.draw(st.integers(dilation * (kh - 1) + 1, 12), label="height")
+    w = data.draw(st.integers(dilation * (kw - 1) + 1, 12), label="width")
+    dtype = data.draw(st.sampled_from(["float32", "float64"]), label="dtype")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, channels, h, w)).astype(dtype)
+    weight = rng.normal(size=(channels * mult, 1, kh, kw)).astype(dtype)
+    op = Conv2d(stride, padding, dilation, channels)
+    assert op.algorithm(np, x.shape, weight.shape, x.dtype) == "depthwise"
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(weight, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=channels)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(op.forward(np, x, weight), ty.detach().numpy(), **tol)
+    g = rng.normal(size=ty.shape).astype(dtype)
+    ty.backward(torch.tensor(g))
+    graph = vf.Graph()
+    xn, wn = graph.input("x", shape=x.shape, dtype=dtype), graph.param("w", value=weight)
+    loss = vf.sum(vf.conv2d(xn, wn, stride, padding, dilation, channels) * graph.const(g))
+    _, grads = vf.SequentialExecutor(graph).backward({xn: x}, loss, [xn, wn])
+    np.testing.assert_allclose(grads[xn], tx.grad.numpy(), **tol)
+    np.testing.assert_allclose(grads[wn], tw.grad.numpy(), **tol)
+
+
+@needs_torch
+@pytest.mark.parametrize("geometry", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (7, 2, 3)])
+def test_the_generated_depthwise_kernels_equal_torch(form, geometry):
+    """The geometries with a kernel of their own (and, in the numpy form, the per-tap passes)."""
+    k, stride, padding = geometry
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 6, 15, 13)).astype(np.float32)
+    weight = rng.normal(size=(6, 1, k, k)).astype(np.float32)
+    got = Conv2d(stride, padding, 1, 6).forward(np, x, weight)
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), stride=stride, padding=padding, groups=6)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@needs_torch
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_pointwise_convolution_is_one_product_per_image_and_equals_torch(stride):
+    rng = np.random.default_rng(4)
+    x, weight = rng.normal(size=(3, 5, 7, 6)), rng.normal(size=(4, 5, 1, 1))
+    op = Conv2d(stride)
+    assert op.algorithm(np, x.shape, weight.shape, x.dtype) == "pointwise"
+    out = np.empty((3, 4, *op.forward(np, x, weight).shape[2:]))
+    assert op.forward(np, x, weight, out=out) is out
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), stride=stride)
+    np.testing.assert_allclose(out, want.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_softmax_and_layer_norm_equal_numpy(form, dtype):
+    x = np.random.default_rng(5).normal(scale=4, size=(6, 7, 33)).astype(dtype)
+    x[0, 0, 3] = np.nan
+    e = np.exp(x - x.max(-1, keepdims=True))
+    reference = e / e.sum(-1, keepdims=True)
+    got = Softmax(-1).forward(np, x)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(got, reference, rtol=tol, atol=tol)
+    assert np.isnan(got[0, 0]).all() and not np.isnan(got[1:]).any()
+    weight, bias = np.linspace(0.5, 2, 33).astype(dtype), np.linspace(-1, 1, 33).astype(dtype)
+    ln = LayerNorm(1, 1e-5).forward(np, x[1:], weight, bias)
+    mu = x[1:].mean(-1, keepdims=True)
+    want = (x[1:] - mu) / np.sqrt(((x[1:] - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * weight + bias
+    np.testing.assert_allclose(ln, want, rtol=20 * tol, atol=20 * tol)
+
+
+@pytest.mark.parametrize("code", [epilogue.NONE, epilogue.CLIP, epilogue.HARD_SIGMOID, epilogue.HARD_SWISH])
+@pytest.mark.parametrize("axis", [1, 2])
+def test_an_epilogue_pass_gives_the_bits_of_the_separate_passes(form, code, axis):
+    """act(out + bias) in one pass: the same float operations as numpy's add, then the op's forward."""
+    rng = np.random.default_rng(6)
+    out = rng.normal(scale=5, size=(4, 9, 11)).astype(np.float32)
+    out[0, 0, :3] = [np.nan, -0.0, np.inf]
+    bias = rng.normal(size=out.shape[axis]).astype(np.float32)
+    shaped = bias.reshape((-1, 1) if axis == 1 else (-1,))
+    separate = out + shaped
+    ops = {epilogue.CLIP: Clip(-1.5, 2.0), epilogue.HARD_SIGMOID: HardSigmoid(), epilogue.HARD_SWISH: HardSwish()}
+    params = {epilogue.CLIP: (-1.5, 2.0), epilogue.HARD_SIGMOID: (1 / 6, 0.5), epilogue.HARD_SWISH: (1 / 6, 0.5)}
+    if code in ops:
+        separate = ops[code].forward(np, separate)
+    got = epilogue.bias_activation(out.copy(), bias, axis, code, *params.get(code, (0.0, 0.0)))
+    np.testing.assert_array_equal(got.view(np.int32), separate.view(np.int32))
+
+
+def test_generated_kernels_are_written_to_the_cache_folder_not_the_package(tmp_path, monkeypatch):
+    from vertexflow.kernels import generated
+
+    monkeypatch.setenv("VERTEXFLOW_CACHE_DIR", str(tmp_path))
+    module = generated.module("probe", "VALUE = 41 + 1\n")
+    assert module.VALUE == 42
+    assert [p.name.startswith("vf_probe_") for p in (tmp_path / "kernels").glob("*.py")] == [True]
+    assert generated.module("probe", "VALUE = 41 + 1\n") is module  # made once

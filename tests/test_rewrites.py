@@ -1,0 +1,142 @@
+"""Rewrites (a product with its epilogue; an exported GELU): where they apply, and that they change no value."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import vertexflow as vf
+from vertexflow.rewrites import ProductEpilogue, plan_rewrites
+
+ACTIVATIONS = {
+    "none": lambda h: h,
+    "relu": vf.relu,
+    "clip": lambda h: vf.clip(h, 0.0, 6.0),
+    "hard_swish": vf.hard_swish,
+    "hard_sigmoid": vf.hard_sigmoid,
+    "gelu": vf.gelu,
+    "sigmoid": vf.sigmoid,
+    "tanh": vf.tanh,
+}
+
+
+@st.composite
+def product_graphs(draw):
+    """A matmul or a convolution, a bias (or none, on either side of the add), an activation (or none)."""
+    dtype = draw(st.sampled_from(["float32", "float64"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    g = vf.Graph()
+    if draw(st.booleans()):
+        x = g.input("x", shape=(None, 6), dtype=dtype)
+        w = g.param("w", value=rng.normal(size=(6, 5)).astype(dtype))
+        product, bias_shape, feed = x @ w, (5,), rng.normal(size=(3, 6)).astype(dtype)
+    else:
+        groups = draw(st.sampled_from([1, 2]))
+        x = g.input("x", shape=(None, 2, 6, 6), dtype=dtype)
+        w = g.param("w", value=rng.normal(size=(4, 2 // groups, 3, 3)).astype(dtype))
+        product = vf.conv2d(x, w, padding=draw(st.integers(0, 1)), groups=groups)
+        bias_shape, feed = (4, 1, 1), rng.normal(size=(2, 2, 6, 6)).astype(dtype)
+    h = product
+    if draw(st.booleans()):
+        b = g.param("b", value=rng.normal(size=bias_shape).astype(dtype))
+        h = h + b if draw(st.booleans()) else b + h
+    out = ACTIVATIONS[draw(st.sampled_from(sorted(ACTIVATIONS)))](h)
+    return g, x, out, feed
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=product_graphs())
+def test_a_product_epilogue_gives_the_bits_of_its_vertices_on_every_executor(case):
+    g, x, out, feed = case
+    plain = vf.SequentialExecutor(g, optimize=False)
+    want = plain.run({x: feed}, out)
+    tape = vf.SequentialExecutor(g)
+    for _ in range(3):  # the first call checked, then compiled
+        np.testing.assert_array_equal(tape.run({x: feed}, out), want)
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as actors:
+        for _ in range(2):
+            np.testing.assert_array_equal(actors.run({x: feed}, out), want)
+
+
+def _specs(nodes):
+    return {n.id: n.spec for n in nodes}
+
+
+def test_a_product_becomes_one_op_only_where_its_inner_values_are_needed_by_nobody():
+    g = vf.Graph()
+    x = g.input("x", shape=(4, 6))
+    w = g.param("w", value=np.ones((6, 5), "float32"))
+    b = g.param("b", value=np.ones(5, "float32"))
+    product = x @ w
+    out = vf.relu(product + b)
+    order = vf.SequentialExecutor(g).tape([out]).order
+    (op,) = plan_rewrites(order, _specs(order), {out.id}).ops.values()
+    assert isinstance(op, ProductEpilogue) and [m.op_name for m in op.group.members] == ["matmul", "add", "relu"]
+    # fetched, the product must exist as a value: nothing joins it
+    assert plan_rewrites(order, _specs(order), {out.id, product.id}).ops == {}
+    # read by another vertex too: the same
+    other = vf.exp(product)
+    order = vf.SequentialExecutor(g).tape([out, other]).order
+    assert plan_rewrites(order, _specs(order), {out.id, other.id}).ops == {}
+
+
+def test_backward_keeps_the_values_its_derivatives_read():
+    g = vf.Graph()
+    x = g.input("x", shape=(4, 6))
+    w = g.param("w", value=np.ones((6, 5), "float32"))
+    loss = vf.sum(vf.relu(x @ w))
+    tape = vf.SequentialExecutor(g)
+    feeds = {x: np.ones((4, 6), "float32")}
+    value, grads = tape.backward(feeds, loss)
+    plain_value, plain_grads = vf.SequentialExecutor(g, optimize=False).backward(feeds, loss)
+    np.testing.assert_array_equal(value, plain_value)
+    np.testing.assert_array_equal(grads[w], plain_grads[w])
+
+
+needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnx") is None,
+                                reason="onnx is not installed (pip install -e '.[onnx]')")
+
+
+def _gelu_model(order: str):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])
+    consts = [helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, [], [v]))
+              for name, v in (("root2", 2 ** 0.5), ("one", 1.0), ("half", 0.5), ("inv", 2 ** -0.5))]
+    if order == "torch":  # Div, Erf, Add, Mul(x, .), Mul(., 0.5): what torch's exporter writes
+        nodes = [helper.make_node("Div", ["x", "root2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                 helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+                 helper.make_node("Mul", ["m", "half"], ["y"])]
+    else:  # (x * 0.5) * (1 + erf(x * 1/sqrt 2))
+        nodes = [helper.make_node("Mul", ["x", "inv"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                 helper.make_node("Add", ["one", "e"], ["a"]), helper.make_node("Mul", ["x", "half"], ["m"]),
+                 helper.make_node("Mul", ["m", "a"], ["y"])]
+    return helper.make_model(helper.make_graph(consts + nodes, "gelu", [x], [y]),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+@needs_onnx
+@pytest.mark.parametrize("order", ["torch", "halved_first"])
+def test_an_exported_gelu_imports_as_one_vertex(order):
+    model = _gelu_model(order)
+    feed = np.random.default_rng(0).normal(scale=3, size=(5, 8)).astype(np.float32)
+    fused = vf.onnx.load(model)
+    assert [n.op_name for n in fused.graph if n.kind == "op" and n.op_name != "identity"] == ["gelu"]
+    nodes = vf.onnx.load(model, optimize=False)
+    assert "erf" in [n.op_name for n in nodes.graph]
+    a, b = fused.run({"x": feed})[0], nodes.run({"x": feed})[0]
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@needs_onnx
+def test_a_gelu_whose_inner_value_is_an_output_stays_as_nodes():
+    from onnx import TensorProto, helper
+
+    model = _gelu_model("torch")
+    model.graph.output.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, ["n", 8]))
+    assert "erf" in [n.op_name for n in vf.onnx.load(model).graph]

@@ -1,0 +1,111 @@
+"""A product's epilogue in one pass: bias added along one axis, then an activation, in place.
+
+`bias_activation(out, bias, axis, activation)` computes, for every element,
+act(out + bias[channel]) with the same float operations, in the same order,
+as the separate vertices would (numpy's add, then the activation op's own
+forward), so the result is the same to the bit: the epilogue rewrite
+(`rewrites.py`) changes how many passes a step makes, never its values.
+Activations with a vectorised pass of their own (numpy's sigmoid and tanh,
+the GELU kernel) run as the op's own forward after the bias pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import available
+
+NONE, CLIP, HARD_SIGMOID, HARD_SWISH = 0, 1, 2, 3
+_compiled: dict[str, object] = {}
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _kernels():
+    """One kernel per activation (a branch inside the loop would keep it from vectorizing)."""
+    if not _compiled:
+        import numba
+
+        def each(activate):
+            @numba.njit(cache=True, nogil=True)
+            def rows(out, bias, p0, p1):  # the bias along the last axis (a matrix product's)
+                outer, channels = out.shape
+                for n in range(outer):
+                    row = out[n]
+                    for c in range(channels):
+                        row[c] = activate(row[c] + bias[c], p0, p1)
+
+            @numba.njit(cache=True, nogil=True)
+            def planes(out, bias, p0, p1):  # the bias along an inner axis (a convolution's channels)
+                outer, channels, inner = out.shape
+                for n in range(outer):
+                    for c in range(channels):
+                        b = bias[c]
+                        line = out[n, c]
+                        for k in range(inner):
+                            line[k] = activate(line[k] + b, p0, p1)
+
+            return rows, planes
+
+        @numba.njit(inline="always")
+        def identity(v, p0, p1):
+            return v
+
+        @numba.njit(inline="always")
+        def clip(v, p0, p1):  # np.clip's order: NaN kept
+            v = p0 if v < p0 else v
+            return p1 if v > p1 else v
+
+        @numba.njit(inline="always")
+        def hard_sigmoid(v, p0, p1):  # np.clip(v * alpha + beta, 0, 1): +0.0 below, as clip's bound
+            g = v * p0 + p1
+            zero = abs(p0) * 0
+            g = zero if g < zero else g
+            return zero + 1 if g > 1 else g
+
+        @numba.njit(inline="always")
+        def hard_swish(v, p0, p1):
+            return hard_sigmoid(v, p0, p1) * v
+
+        _compiled.update({NONE: each(identity), CLIP: each(clip), HARD_SIGMOID: each(hard_sigmoid),
+                          HARD_SWISH: each(hard_swish)})
+    return _compiled
+
+
+def bias_activation(out: np.ndarray, bias: np.ndarray | None, axis: int, code: int, p0: float,
+                    p1: float) -> np.ndarray:
+    """act(out + bias) in place, bias along `axis` (None: no bias).
+
+    Without numba: numpy's add in place, then the activation's own forward.
+    """
+    if bias is not None or code != NONE:
+        if available() and out.dtype in _DTYPES and out.flags.c_contiguous:
+            shape = out.shape
+            outer = int(np.prod(shape[:axis])) if axis > 0 else 1
+            channels = shape[axis] if out.ndim else 1
+            inner = int(np.prod(shape[axis + 1:])) if axis + 1 < out.ndim else 1
+            b = np.zeros(channels, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype).reshape(-1)
+            t = out.dtype.type
+            rows, planes = _kernels()[code]
+            if inner == 1:
+                rows(out.reshape(outer, channels), b, t(p0), t(p1))
+            else:
+                planes(out.reshape(outer, channels, inner), b, t(p0), t(p1))
+        else:
+            if bias is not None:
+                np.add(out, np.reshape(bias, (-1,) + (1,) * (out.ndim - axis - 1)), out=out)
+            if code != NONE:
+                out = _numpy_activation(out, code, p0, p1)
+    return out
+
+
+def _numpy_activation(out, code, p0, p1):
+    t = out.dtype.type
+    if code == CLIP:
+        return np.clip(out, t(p0), t(p1), out=out)
+    gate = np.multiply(out, t(p0))
+    gate += t(p1)
+    np.clip(gate, t(0), t(1), out=gate)
+    if code == HARD_SIGMOID:
+        out[...] = gate
+        return out
+    return np.multiply(gate, out, out=out)

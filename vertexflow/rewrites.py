@@ -1,0 +1,197 @@
+"""Rewrites every executor applies before it runs a step: small, named patterns computed in fewer passes.
+
+As onnxruntime's graph transformers do (gemm_activation_fusion,
+bias_gelu_fusion), each rewrite is a pattern over the vertices a step runs and
+an op that computes the pattern's value in fewer passes. A pattern applies only
+where its inner values are needed by nobody else: not fetched, not read outside
+it, not kept for the reverse sweep. The result is a `fusion.FusionPlan` (each
+group's root runs the group's op on the group's outer inputs; its inner
+vertices do not run), so every executor runs a rewrite the way it runs a fused
+group.
+
+A rewrite never changes a value: its op makes the same float operations in
+the same order as the vertices it replaces (only the passes over memory and
+the temporaries go), so an executor with rewrites gives the same bits as one
+without, and executors that apply them and executors that do not can be
+compared bit for bit. `optimize=False` on an executor turns them off.
+
+The rewrites:
+
+- `product_epilogue`: a matrix product or convolution, then a bias added
+  along one axis, then an activation (relu, clip, hard sigmoid, hard swish,
+  GELU, sigmoid, tanh), or any two of them: one op that writes the product and
+  runs the epilogue on it in place, in one pass (`kernels/epilogue.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fusion import FusionPlan, Group
+from .graph import Node, Spec
+from .kernels import epilogue as ep
+from .ops import activation
+from .ops import elementwise as ew
+from .ops.base import Op, numel
+from .ops.linalg import Matmul
+from .ops.nn import Conv2d
+
+
+@dataclass(frozen=True)
+class Activation:
+    """How an activation op runs in an epilogue: a kernel code and its two parameters, or its own forward after."""
+
+    code: int
+    p0: float = 0.0
+    p1: float = 0.0
+    # Run after the bias pass: numpy's SIMD transcendental loops (sigmoid, tanh) stay numpy's, and GELU's
+    # own kernel is already one vectorised pass.
+    after: Op | None = None
+    after_in_place: bool = True  # numba's ufuncs (GELU's) run 2.7x slower given their own input as out=
+
+
+def _activation(op: Op, dtype: np.dtype) -> Activation | None:
+    kind = type(op)
+    if kind is ew.Relu:
+        return Activation(ep.CLIP, 0.0, float("inf"))
+    if kind is ew.Clip:
+        return Activation(ep.CLIP, op.low, op.high)
+    if kind is activation.HardSigmoid:
+        return Activation(ep.HARD_SIGMOID, op.alpha, op.beta)
+    if kind is activation.HardSwish:
+        return Activation(ep.HARD_SWISH, op.alpha, op.beta)
+    if kind is activation.Gelu:
+        return Activation(ep.NONE, after=op, after_in_place=False)
+    if kind in (ew.Sigmoid, ew.Tanh):
+        return Activation(ep.NONE, after=op)
+    return None
+
+
+class ProductEpilogue(Op):
+    """A product (matmul or conv2d) with its bias and activation applied in place, in one pass."""
+
+    name = "product_epilogue"
+    blas = True
+    writes_out = True
+
+    def __init__(self, group: Group, product: Op, bias_axis: int | None, act: Activation | None, spec: Spec):
+        self.group = group
+        self.product = product
+        self.bias_axis = bias_axis
+        self.act = act
+        self.output_spec = spec
+
+    def infer(self, *specs: Spec) -> Spec:
+        return self.output_spec
+
+    def forward(self, xp, a, w, *bias, out=None):
+        value = self.product.forward(xp, a, w, out=out)
+        act = self.act or Activation(ep.NONE)
+        if xp is not np:  # cupy: the vertices' own forwards, in place
+            if bias:
+                xp.add(value, bias[0], out=value)
+            if act.after is not None:
+                value = act.after.forward(xp, value, out=value)
+            return value
+        value = ep.bias_activation(value, bias[0] if bias else None, self.bias_axis or 0, act.code, act.p0, act.p1)
+        if act.after is None:
+            return value
+        return act.after.forward(xp, value, out=value) if act.after_in_place else act.after.forward(xp, value)
+
+    def cost(self, *specs: Spec) -> float:
+        return self.product.cost(*specs[:2]) + float(numel(self.output_spec))
+
+    def __repr__(self) -> str:
+        parts = [self.product.name] + (["bias"] if self.bias_axis is not None else []) + (
+            [self.group.members[-1].op_name] if self.act is not None else [])
+        return f"ProductEpilogue({' + '.join(parts)})"
+
+
+def _bias_axis(bias: Spec, out: Spec) -> int | None:
+    """The one axis a bias of this shape is added along (broadcast on every other), or None."""
+    if bias.ndim > out.ndim or bias.dtype != out.dtype:
+        return None
+    shape = (1,) * (out.ndim - bias.ndim) + tuple(bias.shape)
+    axes = [k for k, d in enumerate(shape) if d != 1]
+    if len(axes) > 1:
+        return None
+    if not axes:
+        return None  # a scalar: numpy's add of a 0-d value, not worth a rewrite of its own
+    axis = axes[0]
+    return axis if shape[axis] == out.shape[axis] else None
+
+
+def product_epilogue(order: Sequence[Node], specs: Mapping[int, Spec], keep: Iterable[int]) -> list[ProductEpilogue]:
+    """The epilogue groups of `order`: product, then bias and/or activation, their inner values needed by nobody else."""
+    keep = set(keep)
+    consumers: dict[int, list[Node]] = {n.id: [] for n in order}
+    for n in order:
+        for i in n.inputs:
+            if i.id in consumers:
+                consumers[i.id].append(n)
+
+    def sole(node: Node) -> Node | None:
+        """The one consumer of node, if node's value is an inner value nobody else needs."""
+        users = consumers.get(node.id, [])
+        if node.id in keep or len(users) != 1:
+            return None
+        return users[0]
+
+    found = []
+    for node in order:
+        if node.kind != "op" or type(node.op) not in (Matmul, Conv2d):
+            continue
+        spec = specs.get(node.id)
+        if spec is None or not spec.static or spec.dtype.kind != "f" or spec.ndim < 1:
+            continue
+        members, inputs = [node], list(node.inputs)
+        bias_axis, act = None, None
+        nxt = sole(node)
+        if nxt is not None and type(nxt.op) is ew.Add and specs[nxt.id] == spec:
+            other = nxt.inputs[1] if nxt.inputs[0] is node else nxt.inputs[0]
+            axis = _bias_axis(specs[other.id], spec) if other is not node else None
+            if axis is not None:
+                members.append(nxt)
+                inputs.append(other)
+                bias_axis = axis
+                nxt = sole(nxt)
+        if nxt is not None and specs.get(nxt.id) == spec:
+            act = _activation(nxt.op, spec.dtype)
+            if act is not None:
+                members.append(nxt)
+        if len(members) < 2:
+            continue
+        group = Group(members[-1], tuple(members), tuple(inputs))
+        found.append(ProductEpilogue(group, node.op, bias_axis, act, spec))
+    return found
+
+
+def plan_rewrites(order: Sequence[Node], specs: Mapping[int, Spec], keep: Iterable[int]) -> FusionPlan:
+    """Every rewrite's groups for these specs, as a FusionPlan (no two groups share a vertex)."""
+    ops: dict[int, Op] = {}
+    skipped: set[int] = set()
+    for op in product_epilogue(order, specs, keep):
+        members = {m.id for m in op.group.members}
+        if members & skipped or any(m in ops for m in members):
+            continue
+        ops[op.group.root.id] = op
+        skipped.update(m.id for m in op.group.members if m is not op.group.root)
+    return FusionPlan(ops, frozenset(skipped))
+
+
+def plan_step(order: Sequence[Node], specs: Mapping[int, Spec], keep: Iterable[int], *, optimize: bool,
+              fuse: bool) -> FusionPlan:
+    """What a step runs instead of single vertices: the rewrites (`optimize`), then, on the vertices they
+    leave, the measured elementwise fusion (`fuse`, fusion.py)."""
+    keep = set(keep)
+    plan = plan_rewrites(order, specs, keep) if optimize else FusionPlan.none()
+    if not fuse:
+        return plan
+    from .fusion import plan_fusion
+
+    rest = [n for n in order if n.id not in plan.skipped and n.id not in plan.ops]
+    fused = plan_fusion(rest, specs, keep)
+    return FusionPlan({**plan.ops, **fused.ops}, plan.skipped | fused.skipped)
