@@ -63,3 +63,19 @@ def test_vf_onnx_is_there_without_importing_onnx_first():
     code = ("import sys, vertexflow as vf; assert 'onnx' not in sys.modules; "
             "assert callable(vf.onnx.load) and vf.onnx.SUPPORTED_OPS; assert 'onnx' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_executor_interface_imports_none_of_its_subclasses():
+    """executor.py (the interface and the tape) sits below the executors; factory.py names them all."""
+    import ast
+    import pathlib
+
+    source = pathlib.Path(vf.__file__).with_name("executor.py").read_text()
+    imported = {node.module or "" for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    assert not {m for m in imported if m.split(".")[0] in ("actors", "streams", "ray", "factory")}
+    from vertexflow.factory import EXECUTORS, make_executor
+
+    g = vf.Graph()
+    g.input("x", shape=(2,))
+    assert [type(make_executor(g, name)).__name__ for name in EXECUTORS] == [
+        "SequentialExecutor", "ActorExecutor", "StreamExecutor"]

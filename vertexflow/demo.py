@@ -11,7 +11,7 @@ import os
 
 import vertexflow as vf
 
-from .actors.executor import Choice
+from .actors.schedule import Choice
 from .benchmarks.families import wide
 from .benchmarks.measure import benchmark
 from .machine import cores

@@ -10,12 +10,16 @@ members computed where `placement.py` says (inline on the trio thread, on
 `pool.py`'s worker threads, or on CUDA streams) and sends each result once
 to every actor that reads it; gradients come back along the same links in
 reverse. `executor.py` keeps the networks alive between calls and offers
-`run`, `backward`, `stream` and their async forms.
+`run`, `backward`, `stream` and their async forms; `calls.py` hands a step
+to the host and waits for it (deadlines included), `streaming.py` keeps a
+stream's steps in order, and `schedule.py` decides whether a kind of call
+runs as the network or as one actor (the tape).
 
-How a vertex runs is not written here: every placement calls the one
-execution core, `vertexflow.core.VertexRunner` (`forward` for a value,
-`derivative` for a derivative rule), which the tape and the stream executor
-call too. The core takes the BLAS lock, calls the op, wraps its failure as a
+How a vertex runs is not written here: a segment runs the code the
+compiled tape generates for it (`tape.compile_segment`), or, when a step is
+traced, checked or new in its shapes, each member through the one execution
+core, `vertexflow.core.VertexRunner` (`forward` for a value, `derivative`
+for a derivative rule), which the tape and the stream executor call too. The core takes the BLAS lock, calls the op, wraps its failure as a
 `VertexError`, checks numerics and records the span; the reverse sweep's
 summing (`core.total_gradient`) and one vertex's backward step
 (`core.backward_vertex`) are shared the same way.

@@ -236,40 +236,7 @@ class Network:
     # -- diagnostics ---------------------------------------------------------------
     def waiting(self, step: int) -> dict[str, str]:
         """{vertex: what it waits for} for the actors not yet done with `step`."""
-        out: dict[str, str] = {}
-        plan = self.plan
-        for index, status in enumerate(self.status):
-            vertex, at_step, doing = status.vertex, status.step, status.doing
-            if vertex is None or doing is Doing.IDLE or at_step > step:
-                continue
-            members = plan.actors[index].members
-            if doing is not Doing.DERIVATIVE and doing is not Doing.GRADIENT:
-                # Members after the current one in this actor have not run either.
-                pending = {m.id for m in members if m.id >= vertex.id}
-                for member in members:
-                    if member.id <= vertex.id or member.kind != "op":
-                        continue
-                    pos, inp = next(((p, i) for p, i in enumerate(plan.inputs_of(member)) if i.id in pending),
-                                    (None, None))
-                    out[member.name] = (
-                        f"input {pos} ({inp.name!r}), from its own actor (step {at_step})" if inp is not None
-                        else f"its turn after {vertex.name!r} in its actor (step {at_step})"
-                    )
-            if doing is Doing.RUNNING:
-                out[vertex.name] = f"running {vertex.op_name} to return (step {at_step})"
-            elif doing is Doing.DERIVATIVE:
-                out[vertex.name] = f"running the derivative of {vertex.op_name} to return (step {at_step})"
-            elif doing is Doing.FEED:
-                out[vertex.name] = f"its feed (step {at_step})"
-            elif doing is Doing.GRADIENT:
-                consumer = plan.reverse.senders[status.detail][0]
-                out[vertex.name] = f"the gradient from {consumer.name!r} (step {at_step})"
-            else:
-                inp = plan.inputs_of(vertex)[status.detail]
-                source = "the step's feeds" if inp.kind in SOURCE_KINDS else (
-                    f"actor {plan.actors[plan.actor_of[inp.id]].name}")
-                out[vertex.name] = f"input {status.detail} ({inp.name!r}) from {source} (step {at_step})"
-        return out
+        return waiting(self.plan, self.status, step)
 
     # -- actors ------------------------------------------------------------------
     def _state(self, step: int) -> StepState:
@@ -362,3 +329,40 @@ class Network:
                     edges[edge] = gi
                 else:
                     mailboxes[target].post(step, BACKWARD, {edge: gi})
+
+
+def waiting(plan: NetworkPlan, statuses, step: int) -> dict[str, str]:
+    """{vertex: what it waits for} for the actors of `plan` not yet done with `step`."""
+    out: dict[str, str] = {}
+    for index, status in enumerate(statuses):
+        vertex, at_step, doing = status.vertex, status.step, status.doing
+        if vertex is None or doing is Doing.IDLE or at_step > step:
+            continue
+        members = plan.actors[index].members
+        if doing is not Doing.DERIVATIVE and doing is not Doing.GRADIENT:
+            # Members after the current one in this actor have not run either.
+            pending = {m.id for m in members if m.id >= vertex.id}
+            for member in members:
+                if member.id <= vertex.id or member.kind != "op":
+                    continue
+                pos, inp = next(((p, i) for p, i in enumerate(plan.inputs_of(member)) if i.id in pending),
+                                (None, None))
+                out[member.name] = (
+                    f"input {pos} ({inp.name!r}), from its own actor (step {at_step})" if inp is not None
+                    else f"its turn after {vertex.name!r} in its actor (step {at_step})"
+                )
+        if doing is Doing.RUNNING:
+            out[vertex.name] = f"running {vertex.op_name} to return (step {at_step})"
+        elif doing is Doing.DERIVATIVE:
+            out[vertex.name] = f"running the derivative of {vertex.op_name} to return (step {at_step})"
+        elif doing is Doing.FEED:
+            out[vertex.name] = f"its feed (step {at_step})"
+        elif doing is Doing.GRADIENT:
+            consumer = plan.reverse.senders[status.detail][0]
+            out[vertex.name] = f"the gradient from {consumer.name!r} (step {at_step})"
+        else:
+            inp = plan.inputs_of(vertex)[status.detail]
+            source = "the step's feeds" if inp.kind in SOURCE_KINDS else (
+                f"actor {plan.actors[plan.actor_of[inp.id]].name}")
+            out[vertex.name] = f"input {status.detail} ({inp.name!r}) from {source} (step {at_step})"
+    return out

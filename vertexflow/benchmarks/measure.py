@@ -129,7 +129,7 @@ def resolve(target, feeds=None, fetch=None, *, mode="run", loss=None, batches=No
 def warmup_units(config: Config, workload: Workload) -> int:
     # The actor executor decides how to run in its first calls (or blocks of stream steps); every
     # configuration gets as many, so none is timed with colder caches than another.
-    from ..actors.executor import Choice
+    from ..actors.schedule import Choice
 
     return 3 if workload.mode == "stream" else Choice.calls_to_decide() + 3
 

@@ -1,0 +1,119 @@
+"""How the actor executor decides, per kind of call, to run as one actor (the tape) or as the network.
+
+A kind of call is a set of fetches, forward or backward, one step or a
+stream. Its `Choice` starts undecided: the first call runs on the tape and
+measures every vertex (`Profile`); a graph whose expensive vertices cannot
+overlap keeps the tape; otherwise calls alternate between both ways until
+each has `calibration` timed calls after its warm-up, and the faster stays.
+`schedule="network"` or `"tape"` fixes the choice from the start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..graph import Node
+
+SCHEDULES = ("auto", "network", "tape")
+TAPE, NETWORK = "tape", "network"
+
+
+@dataclass
+class Choice:
+    """How one kind of call runs: as one actor (the tape) or as the network, and why.
+
+    While `mode` is None the executor is still deciding: the first call runs on
+    the tape and measures each vertex (`costs`, seconds); then, if the network
+    can overlap expensive work, calls alternate between the two ways and
+    `times` collects their durations (each way's first, a warm-up, left out).
+    """
+
+    mode: str | None = None
+    reason: str = "not run yet"
+    trials: int = 5
+    warm: int = 2  # each way's first calls, left out: a process's first calls are slower
+    costs: dict[int, float] = field(default_factory=dict)
+    times: dict[str, list[float]] = field(default_factory=lambda: {TAPE: [], NETWORK: []})
+    calls: int = 0
+
+    @classmethod
+    def calls_to_decide(cls) -> int:
+        """Calls of one kind before the choice is made (the profile, then each way in turn)."""
+        return 1 + 2 * (cls.warm + cls.trials)
+
+    def next(self) -> str:
+        if self.mode is not None:
+            return self.mode
+        if self.calls == 0:
+            return TAPE  # measured: the costs the plan is made from
+        return NETWORK if len(self.times[NETWORK]) <= len(self.times[TAPE]) else TAPE
+
+    def record(self, mode: str, seconds: float) -> None:
+        self.calls += 1
+        if self.mode is not None:
+            return
+        self.times[mode].append(seconds)
+        tape, network = self.times[TAPE][self.warm:], self.times[NETWORK][self.warm:]
+        if len(tape) >= self.trials and len(network) >= self.trials:
+            # The fastest of each way: calls still speed up as the process warms (caches,
+            # buffers, page faults), and noise only ever adds time.
+            t, n = min(tape), min(network)
+            self.mode = NETWORK if n < t else TAPE
+            self.reason = (f"measured: the network took {n * 1e3:.3g} ms a call, the tape {t * 1e3:.3g} ms "
+                           f"(fastest of {self.trials} after {self.warm} each)")
+
+    def decide(self, mode: str, reason: str) -> None:
+        self.mode, self.reason = mode, reason
+
+
+class Profile:
+    """A step trace that keeps each vertex's time (forward and backward together), passing all on to another."""
+
+    def __init__(self, costs: dict[int, float], inner=None):
+        self.costs = costs
+        self.inner = inner
+
+    def record(self, node, phase, lane, ready, acquired, start, end, cpu, args, op=None, out_shape=None) -> None:
+        self.costs[node.id] = self.costs.get(node.id, 0.0) + (end - start)
+        if self.inner is not None:
+            self.inner.record(node, phase, lane, ready, acquired, start, end, cpu, args, op, out_shape)
+
+    def __getattr__(self, name):
+        if self.inner is not None:
+            return getattr(self.inner, name)
+        if name == "step":
+            return 0
+        return lambda *args, **kwargs: None
+
+
+class Scheduling:
+    """The executor's decisions, one `Choice` per kind of call (a mixin of ActorExecutor).
+
+    Needs from the executor: `schedule`, `calibration`, `depth`, `_pool`, `_choices`
+    and `_network_plan`.
+    """
+
+    def _choice(self, key: tuple) -> Choice:
+        choice = self._choices.get(key)
+        if choice is None:
+            choice = self._choices[key] = Choice(trials=self.calibration)
+            if self.schedule != "auto":
+                choice.decide(self.schedule, f"schedule={self.schedule!r} given")
+        return choice
+
+    def _after_profile(self, choice: Choice, fetch, reverse, checked: dict, stream: bool) -> None:
+        """The first (measured) run is done: keep the tape if no network could overlap expensive work."""
+        if choice.mode is not None:
+            return
+        shapes = {k: tuple(v.shape) for k, v in checked.items()}
+        plan = self._network_plan(fetch, reverse, shapes, stream, choice.costs)
+        parallel = plan.heavy_count if stream and self.depth > 1 else plan.heavy_width
+        if self._pool is None or parallel < 2:
+            choice.decide(TAPE, "measured: no two expensive vertices can run at once; a network would only "
+                                "add hand-offs")
+
+    def _stream_choice(self, nodes: list[Node]) -> Choice:
+        return self._choice((tuple(n.id for n in nodes), None, True))
+
+    def _stream_block(self, choice: Choice) -> int:
+        return max(4, 2 * self.depth)
