@@ -37,6 +37,10 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = ("sequential", "actor", "ort", "ort-parallel", "torch")
+# Input shapes (batch left out), as bench/models.py's zoo() gives them: the children that time vertexflow
+# and onnxruntime read them from here and never import torch, so its threads are not in their process.
+SHAPES = {"mobilenet-block": (3, 32, 32), "unet": (3, 32, 32), "audio-1d": (1, 2048), "tiny-vit": (3, 32, 32),
+          "mixer": (64, 64), "three-branch": (512,), "ensemble": (256,), "inception": (16, 16, 16)}
 VERTEXFLOW = ("sequential", "actor")
 ORT = ("ort", "ort-parallel")
 
@@ -53,16 +57,11 @@ def child(name: str, path: str, batch: int, config: str, runs: int) -> dict:
 
     import threadpoolctl
 
-    sys.path.insert(0, HERE)
-    import models
-
-    module, shape = models.zoo()[name]
-    x = _feeds(shape, batch)
+    x = _feeds(SHAPES[name], batch)
     warmup = 15
     if config in VERTEXFLOW:
-        from vertexflow.actors.schedule import Choice
-
         import vertexflow as vf
+        from vertexflow.actors.schedule import Choice
 
         model = vf.onnx.load(path).specialize({"x": x})
         executor = model.executor(config)
@@ -81,6 +80,10 @@ def child(name: str, path: str, batch: int, config: str, runs: int) -> dict:
     else:
         import torch
 
+        sys.path.insert(0, HERE)
+        import models
+
+        module = models.zoo()[name][0]
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
         tensor = torch.from_numpy(x)
 
@@ -105,10 +108,7 @@ def per_op(name: str, path: str, batch: int, steps: int = 20) -> tuple[dict, dic
 
     import vertexflow as vf
 
-    sys.path.insert(0, HERE)
-    import models
-
-    x = _feeds(models.zoo()[name][1], batch)
+    x = _feeds(SHAPES[name], batch)
     model = vf.onnx.load(path).specialize({"x": x})
     tape = model.executor("sequential")
     for _ in range(10):
@@ -168,6 +168,7 @@ def main(argv=None) -> dict:
     import models
 
     zoo = models.zoo()
+    assert {k: v[1] for k, v in zoo.items()} == SHAPES, "SHAPES must follow bench/models.py"
     names = [n for n in args.models.split(",") if n] or list(zoo)
     unknown = [n for n in names if n not in zoo]
     if unknown:

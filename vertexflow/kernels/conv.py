@@ -4,15 +4,15 @@ A depthwise convolution (groups = input channels) reads one channel per output
 channel: the im2col product the other convolutions use spends its time copying
 columns and calling BLAS on (1 x kh*kw) matrices, one group at a time. Here
 each (image, output channel) plane is computed directly, tap by tap along
-contiguous rows, with the planes spread over numba's threads; numpy's twin
+contiguous rows; numpy's twin
 takes one pass per tap over the whole batch (the fallback).
 
 The input arrives padded (the op pads it, one copy), so the loops check no
 bounds. `mult` is the channel multiplier: output channel o reads input channel
 o // mult. For the windows exported CNNs use (3x3, 5x5 and 7x7, stride 1 or
 2) the forward kernel is generated for its geometry (`generated.py`): each
-plane copied into a zero-padded buffer of the thread's own, then the taps
-written out along each row, so that the loop vectorizes; other windows take a
+plane copied into a zero-padded buffer, then the taps written out along each
+row, so that the loop vectorizes; other windows take a
 loop over runtime sizes on a padded copy of the input.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import available, parallel, parallel_threads
+from . import available
 
 _compiled: dict[str, object] = {}
 _COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # numba has no float16
@@ -29,14 +29,12 @@ _COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # numba has no 
 def _kernels():
     if not _compiled:
         import numba
-        from numba import prange
 
-        threads = parallel()
-        @numba.njit(parallel=threads, cache=True, nogil=True)
+        @numba.njit(cache=True, nogil=True)
         def forward(xp, w, out, sh, sw, dh, dw, mult):
             n_images, outs, oh, ow = out.shape
             kh, kw = w.shape[2], w.shape[3]
-            for p in prange(n_images * outs):
+            for p in range(n_images * outs):
                 n, o = p // outs, p % outs
                 c = o // mult
                 for r in range(oh):
@@ -50,11 +48,11 @@ def _kernels():
                             for q in range(ow):
                                 out[n, o, r, q] += wv * xp[n, c, y, j * dw + q * sw]
 
-        @numba.njit(parallel=threads, cache=True, nogil=True)
+        @numba.njit(cache=True, nogil=True)
         def grad_weight(g, xp, gw, sh, sw, dh, dw, mult):
             n_images, outs, oh, ow = g.shape
             kh, kw = gw.shape[2], gw.shape[3]
-            for o in prange(outs):
+            for o in range(outs):
                 c = o // mult
                 for i in range(kh):
                     for j in range(kw):
@@ -66,13 +64,13 @@ def _kernels():
                                     total += g[n, o, r, q] * xp[n, c, y, j * dw + q * sw]
                         gw[o, 0, i, j] = total
 
-        @numba.njit(parallel=threads, cache=True, nogil=True)
+        @numba.njit(cache=True, nogil=True)
         def grad_input(g, w, gxp, sh, sw, dh, dw, mult):
             # each padded input plane gathers from the `mult` output planes that read it
             n_images, outs, oh, ow = g.shape
             channels = gxp.shape[1]
             kh, kw = w.shape[2], w.shape[3]
-            for p in prange(n_images * channels):
+            for p in range(n_images * channels):
                 n, c = p // channels, p % channels
                 for y in range(gxp.shape[2]):
                     for x in range(gxp.shape[3]):
@@ -94,35 +92,32 @@ def _kernels():
 SPECIALIZED = {(k, k, s, s, 1, 1) for k in (3, 5, 7) for s in (1, 2)}
 
 
-def _forward_source(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, threads: bool) -> str:
-    """A depthwise forward for one geometry: each plane copied into a zeroed, padded buffer of the thread's
+def _forward_source(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> str:
+    """A depthwise forward for one geometry: each plane copied into one zeroed, padded buffer
     own (the border stays zero from plane to plane), then the taps written out along each row."""
-    loads = "\n".join(f"            w{i}_{j} = w[o, 0, {i}, {j}]" for i in range(kh) for j in range(kw))
-    rows = "\n".join(f"                R{i} = buf[r * {sh} + {i * dh}]" for i in range(kh))
+    loads = "\n".join(f"        w{i}_{j} = w[o, 0, {i}, {j}]" for i in range(kh) for j in range(kw))
+    rows = "\n".join(f"            R{i} = buf[r * {sh} + {i * dh}]" for i in range(kh))
     terms = " + ".join(f"w{i}_{j} * R{i}[q * {sw} + {j * dw}]" for i in range(kh) for j in range(kw))
     return f"""import numpy as np
 import numba
-from numba import prange
 
 
-@numba.njit(parallel={threads}, cache=True, nogil=True)
-def forward(x, w, out, mult, ph, pw, chunks):
+@numba.njit(cache=True, nogil=True)
+def forward(x, w, out, mult, ph, pw):
     n_images, outs, oh, ow = out.shape
     h, wd = x.shape[2], x.shape[3]
-    planes = n_images * outs
-    for t in prange(chunks):
-        buf = np.zeros((h + 2 * ph, wd + 2 * pw), dtype=x.dtype)
-        for p in range(t * planes // chunks, (t + 1) * planes // chunks):
-            n = p // outs
-            o = p - n * outs
-            buf[ph:ph + h, pw:pw + wd] = x[n, o // mult]
-            Y = out[n, o]
+    buf = np.zeros((h + 2 * ph, wd + 2 * pw), dtype=x.dtype)
+    for p in range(n_images * outs):
+        n = p // outs
+        o = p - n * outs
+        buf[ph:ph + h, pw:pw + wd] = x[n, o // mult]
+        Y = out[n, o]
 {loads}
-            for r in range(oh):
+        for r in range(oh):
 {rows}
-                D = Y[r]
-                for q in range(ow):
-                    D[q] = {terms}
+            D = Y[r]
+            for q in range(ow):
+                D[q] = {terms}
 """
 
 
@@ -134,7 +129,7 @@ def _forward_kernel(kernel, stride, dilation):
     from .generated import module
 
     return module(f"depthwise_{kh}x{kw}_s{sh}x{sw}_d{dh}x{dw}",
-                  _forward_source(kh, kw, sh, sw, dh, dw, parallel())).forward
+                  _forward_source(kh, kw, sh, sw, dh, dw)).forward
 
 
 def _out_hw(padded_shape, kernel, stride, dilation):
@@ -160,15 +155,12 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None,
     compiled = available() and dtype in _COMPILED_DTYPES
     kernel = _forward_kernel(tuple(w.shape[2:]), tuple(stride), tuple(dilation)) if compiled else None
     if kernel is not None:
-        with parallel_threads() as threads:
-            kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(w, dtype), out, mult, ph, pw,
-                   min(threads, x.shape[0] * w.shape[0]))
+        kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(w, dtype), out, mult, ph, pw)
         return out
     xp = pad(x) if (ph or pw) else x
     if compiled:
-        with parallel_threads():
-            _kernels()["forward"](np.ascontiguousarray(xp, dtype), np.ascontiguousarray(w, dtype), out, *stride,
-                                  *dilation, mult)
+        _kernels()["forward"](np.ascontiguousarray(xp, dtype), np.ascontiguousarray(w, dtype), out, *stride,
+                              *dilation, mult)
         return out
     (sh, sw), (dh, dw) = stride, dilation
     source = np.repeat(xp, mult, axis=1) if mult > 1 else xp
@@ -186,9 +178,8 @@ def depthwise_grad_weight(g: np.ndarray, xp: np.ndarray, w_shape, stride, dilati
     dtype = np.result_type(g.dtype, xp.dtype)
     gw = np.empty(w_shape, dtype)
     if available() and dtype in _COMPILED_DTYPES:
-        with parallel_threads():
-            _kernels()["grad_weight"](np.ascontiguousarray(g, dtype), np.ascontiguousarray(xp, dtype), gw, *stride,
-                                      *dilation, mult)
+        _kernels()["grad_weight"](np.ascontiguousarray(g, dtype), np.ascontiguousarray(xp, dtype), gw, *stride,
+                                  *dilation, mult)
         return gw
     (sh, sw), (dh, dw) = stride, dilation
     oh, ow = g.shape[2:]
@@ -206,9 +197,8 @@ def depthwise_grad_input(g: np.ndarray, w: np.ndarray, padded_shape, stride, dil
     dtype = np.result_type(g.dtype, w.dtype)
     gxp = np.empty(padded_shape, dtype)
     if available() and dtype in _COMPILED_DTYPES:
-        with parallel_threads():
-            _kernels()["grad_input"](np.ascontiguousarray(g, dtype), np.ascontiguousarray(w, dtype), gxp, *stride,
-                                     *dilation, mult)
+        _kernels()["grad_input"](np.ascontiguousarray(g, dtype), np.ascontiguousarray(w, dtype), gxp, *stride,
+                                 *dilation, mult)
         return gxp
     (sh, sw), (dh, dw) = stride, dilation
     oh, ow = g.shape[2:]
