@@ -93,8 +93,8 @@ SPECIALIZED = {(k, k, s, s, 1, 1) for k in (3, 5, 7) for s in (1, 2)}
 
 
 def _forward_source(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> str:
-    """A depthwise forward for one geometry: each plane copied into one zeroed, padded buffer
-    own (the border stays zero from plane to plane), then the taps written out along each row."""
+    """A depthwise forward for one geometry: each plane copied into one zeroed, padded
+    buffer (the border stays zero from plane to plane), then the taps written out along each row."""
     loads = "\n".join(f"        w{i}_{j} = w[o, 0, {i}, {j}]" for i in range(kh) for j in range(kw))
     rows = "\n".join(f"            R{i} = buf[r * {sh} + {i * dh}]" for i in range(kh))
     terms = " + ".join(f"w{i}_{j} * R{i}[q * {sw} + {j * dw}]" for i in range(kh) for j in range(kw))
