@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import trio
 
 from .autodiff.namespace import ArrayMath
 from .autodiff.reverse import check_rule_results, sum_edges
@@ -236,6 +238,126 @@ def output_mismatch(out, expect: Spec) -> str | None:
             f"{format_shape(expect.shape)} {expect.dtype}")
 
 
+# -- vertices that await --------------------------------------------------------------------------
+@types.coroutine
+def _driven(coro):
+    """Await `coro`, returning (its value, the seconds it ran itself between its awaits): its work."""
+    busy = 0.0
+    send, error = None, None
+    while True:
+        start = time.perf_counter()
+        try:
+            yielded = coro.throw(error) if error is not None else coro.send(send)
+        except StopIteration as stop:
+            busy += time.perf_counter() - start
+            return stop.value, busy
+        busy += time.perf_counter() - start
+        try:
+            send, error = (yield yielded), None
+        except BaseException as exc:  # noqa: BLE001 - thrown in (a cancellation): passed to the coroutine
+            send, error = None, exc
+
+
+async def _awaited(node: Node, op: Op, fn, args: tuple, trace, lane: str, ready: float, phase: str, shown):
+    """fn(*args) awaited; with a tracer, the await is a wait and the coroutine's own steps the span's work."""
+    called = time.perf_counter()
+    if trace is None:
+        return await fn(*args)
+    cpu = time.thread_time()
+    result, busy = await _driven(fn(*args))
+    end = time.perf_counter()
+    start = max(called, end - busy)
+    if start - called > 2e-6:
+        trace.wait("await", node.name if phase == FORWARD else f"{node.name} (backward)", lane, called, start)
+    trace.record(node, phase, lane, min(ready, called), start, start, end, min(busy, time.thread_time() - cpu),
+                 shown, op if op is not node.op else None, getattr(result, "shape", None) if phase == FORWARD else None)
+    return result
+
+
+async def forward_async(runner: VertexRunner, node: Node, args: Sequence[Any], trace=None, lane: str | None = None,
+                        ready: float | None = None, expect: Spec | None = None):
+    """`VertexRunner.forward` for an op whose forward is `async def`: awaited here, holding no thread."""
+    for a in args:
+        if type(a) is Failure:
+            return a
+    op = node.op
+    try:
+        out = await _awaited(node, op, op.forward, (runner.xp, *args), trace, lane or thread_lane(),
+                             time.perf_counter() if ready is None else ready, FORWARD, args)
+    except BaseException as exc:  # noqa: BLE001 - a cancellation too: the caller's scope re-raises it
+        if isinstance(exc, trio.Cancelled):
+            raise
+        return _failed(node, args, exc, FORWARD)
+    if expect is not None:
+        wrong = output_mismatch(out, expect)
+        if wrong is not None:
+            return Failure(vertex_error(node, args, ShapeError(wrong), FORWARD))
+    if runner.check_numerics and _has_nan(runner.xp, out):
+        return Failure(nan_error(node, args, FORWARD))
+    return out
+
+
+async def derivative_async(runner: VertexRunner, node: Node, needs, g, xs, y, trace=None, lane: str | None = None):
+    """`VertexRunner.derivative` for an op whose derivative rule is `async def`."""
+    if type(g) is Failure:
+        return g
+    for a in xs:
+        if type(a) is Failure:
+            return a
+    op = node.op
+    try:
+        grads = await _awaited(node, op, op.vjp, (ArrayMath(runner.xp, needs), g, xs, y), trace,
+                               lane or thread_lane(), time.perf_counter(), BACKWARD, [g, *xs])
+        check_rule_results(node, needs, grads, _array_shape)
+    except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, trio.Cancelled):
+            raise
+        return _failed(node, [g, *xs], exc, BACKWARD)
+    return grads
+
+
+async def backward_vertex_async(runner: VertexRunner, reverse, node: Node, total, value_of, trace=None,
+                                lane: str | None = None):
+    """`backward_vertex` for a vertex whose derivative rule is `async def`."""
+    outgoing = reverse.outgoing.get(node.id)
+    if not outgoing:
+        return []
+    if total is None:
+        grads: Any = [None] * len(node.inputs)
+    elif type(total) is Failure:
+        grads = [total] * len(node.inputs)
+    else:
+        xs = [value_of(i) for i in node.inputs]
+        grads = await derivative_async(runner, node, reverse.needs[node.id], total, xs, value_of(node), trace, lane)
+        if type(grads) is Failure:
+            grads = [grads] * len(node.inputs)
+    return [(edge, grads[pos]) for pos, edge in enumerate(outgoing) if edge >= 0]
+
+
+def run_awaitable(fn: Callable[[], Any]):
+    """Await fn() from synchronous code (the tape running an async vertex): on the trio loop that started
+    this thread (trio.from_thread), else in a trio loop of its own.
+
+    Raises:
+        AsyncContextError: called on a trio loop's own thread, which it would stall.
+    """
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        pass
+    else:
+        from .errors import AsyncContextError
+
+        raise AsyncContextError("a vertex awaits, and this call would block the trio loop it runs on: run the "
+                                "graph with an ActorExecutor and `await executor.arun(...)`")
+    try:
+        return trio.from_thread.run(fn)
+    except RuntimeError as exc:  # not a thread trio started: a loop of its own
+        if "created by Trio" not in str(exc):
+            raise
+    return trio.run(fn)
+
+
 def _array_shape(a) -> tuple:
     return tuple(a.shape)
 
@@ -357,6 +479,19 @@ def gradient_result(reverse, totals: Mapping[int, Any], to_host: Callable, feeds
             raise total.error
         out[w] = to_host(total) if total is not None else zero_gradient(w, reverse.output.name, feeds)
     return out
+
+
+def check_timeout(timeout, what: str = "timeout") -> float | None:
+    """A call's deadline in seconds, or None; refused before anything runs if it is not a positive number.
+
+    Raises:
+        ValueError: zero, negative, NaN or not a number.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{what}= takes a number of seconds > 0 (or None for no deadline), got {timeout!r}")
+    return float(timeout)
 
 
 def timeout_error(timeout: float, waiting: Mapping[str, str]) -> ExecutionTimeout:

@@ -37,8 +37,12 @@ from .core import (
     VertexRunner,
     WatchedThread,
     backward_vertex,
+    backward_vertex_async,
+    check_timeout,
     concrete_specs,
+    forward_async,
     gradient_result,
+    run_awaitable,
     seed_gradient,
     timeout_error,
 )
@@ -46,6 +50,7 @@ from .errors import FeedError, GraphError
 from .gpu.backend import get_backend
 from .graph import Graph, Node, Spec, ancestors, format_shape
 from .memory import BufferPool, owner
+from .ops.base import derivative_is_async, is_async
 from .rewrites import plan_step
 from .tape import Program, Tape, compile_program, compile_tape, fused_instructions, running_site
 from .trace.tracer import active_tracer
@@ -407,6 +412,7 @@ class SequentialExecutor(Executor):
         return self._compiled(tape, specs, pooled, None).source
 
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
+        timeout = check_timeout(timeout)
         nodes, single = self._fetches(fetch)
         return self.run_nodes(feeds, nodes, single, timeout, self._tracer())
 
@@ -417,6 +423,7 @@ class SequentialExecutor(Executor):
         return self._results(values, nodes, single, sources)
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
+        timeout = check_timeout(timeout)
         (loss,), _ = self._fetches([loss])
         extra, single = self._fetches(fetch) if fetch is not None else ([], False)
         return self.backward_nodes(feeds, loss, self._plan(loss, wrt), extra, single, fetch is not None,
@@ -445,7 +452,7 @@ class SequentialExecutor(Executor):
         specs, pooled = self._specs(id(tape), tape.order, checked)
         sources = [checked[n.id] if n.kind == "input" else self._device_value(n) for _, n in tape.loads]
         key = (id(tape), id(specs), None if reverse is None else id(reverse))
-        if trace is None and not self.check_numerics and key in self._programs:
+        if trace is None and not self.check_numerics and key in self._programs and not tape.awaits:
             program = self._compiled(tape, specs, pooled, reverse)
             buffers = self.buffers
 
@@ -493,8 +500,12 @@ class SequentialExecutor(Executor):
             for ins in instructions:
                 node = ins.node
                 progress.at(node, FORWARD)
-                out = forward(node, [slots[a] for a in ins.args], get(node.id), trace, None, None,
-                              fused_op(node.id), specs[node.id] if check else None)
+                if tape.awaits and is_async(node.op):  # awaited in a trio loop, one at a time
+                    out = run_awaitable(partial(forward_async, self.runner, node, [slots[a] for a in ins.args],
+                                                trace, None, None, specs[node.id] if check else None))
+                else:
+                    out = forward(node, [slots[a] for a in ins.args], get(node.id), trace, None, None,
+                                  fused_op(node.id), specs[node.id] if check else None)
                 if type(out) is Failure:
                     raise out.error
                 slots[ins.out] = out
@@ -579,7 +590,10 @@ def reverse_arrays(executor: Executor, plan: ReversePlan, value_of, trace=None,
     def apply_vjp(node: Node, g):
         if progress is not None:
             progress.at(node, BACKWARD)
-        sent = backward_vertex(runner, plan, node, g, value_of, trace)
+        if derivative_is_async(node.op):
+            sent = run_awaitable(partial(backward_vertex_async, runner, plan, node, g, value_of, trace))
+        else:
+            sent = backward_vertex(runner, plan, node, g, value_of, trace)
         for _, gi in sent:
             if type(gi) is Failure:
                 raise gi.error

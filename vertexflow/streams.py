@@ -13,13 +13,15 @@ on the tape, on the same device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from functools import partial
 
-from .core import Failure, concrete_specs, timeout_error
+from .core import Failure, check_timeout, concrete_specs, forward_async, run_awaitable, timeout_error
 from .executor import Executor, Feeds, Fetch, SequentialExecutor
 from .gpu.runtime import CupyStreams, EmulatedStreams
 from .gpu.streams import StreamPlan, plan_streams
 from .graph import Graph, Node, ancestors
+from .ops.base import is_async
 
 
 class StreamExecutor(Executor):
@@ -41,6 +43,7 @@ class StreamExecutor(Executor):
         return plan
 
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
+        timeout = check_timeout(timeout)
         nodes, single = self._fetches(fetch)
         plan = self.plan(nodes)
         sources = [n for n in ancestors(nodes) if n.kind != "op"]
@@ -57,7 +60,11 @@ class StreamExecutor(Executor):
 
         def launch(v: Node):
             def kernels():
-                values[v.id] = forward(v, [values[i.id] for i in v.inputs])
+                args = [values[i.id] for i in v.inputs]
+                if is_async(v.op):  # awaited in a trio loop of the stream's own thread
+                    values[v.id] = run_awaitable(partial(forward_async, self.runner, v, args))
+                else:
+                    values[v.id] = forward(v, args)
 
             return kernels
 
@@ -90,6 +97,22 @@ class StreamExecutor(Executor):
             else:
                 out[v.name] = f"its turn on stream {stream}"
         return out
+
+    def run_stream(self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *,
+                   timeout: float | None = None) -> Iterator:
+        """Each feeds mapping's fetches, in input order, one step after another (`timeout` per step)."""
+        timeout = check_timeout(timeout)
+        for feeds in feeds_iterable:
+            yield self.run(feeds, fetch, timeout=timeout)
+
+    async def stream(self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *,
+                     timeout: float | None = None) -> AsyncIterator:
+        """`run_stream` inside a trio or asyncio task: each step off the caller's loop."""
+        from .actors.calls import _off_loop
+
+        timeout = check_timeout(timeout)
+        for feeds in feeds_iterable:
+            yield await _off_loop(partial(self.run, feeds, fetch, timeout=timeout))
 
     def trace_options(self) -> dict:
         return {"streams": self.streams, "device": self.backend.name}

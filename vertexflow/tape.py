@@ -66,6 +66,7 @@ class Tape:
     order: tuple[Node, ...]  # every vertex, sources first: what concrete specs are inferred over
     inputs: tuple[Node, ...]  # the inputs it needs fed
     kept: frozenset[int] = frozenset()  # ids of the values never let go (fetched, or for the reverse sweep)
+    awaits: bool = False  # some vertex's forward or derivative is async: it runs one vertex at a time
 
     def listing(self) -> str:
         lines = []
@@ -97,9 +98,12 @@ def compile_tape(targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
                     free=frees[i])
         for i, node in enumerate(ops)
     )
+    from .ops.base import derivative_is_async, is_async
+
     return Tape(loads, instructions, tuple(slot_of[t.id] for t in targets), slot_of,
                 tuple(n for _, n in loads) + tuple(ops), tuple(n for _, n in loads if n.kind == "input"),
-                frozenset(t.id for t in targets) | frozenset(k for k in keep if k in slot_of))
+                frozenset(t.id for t in targets) | frozenset(k for k in keep if k in slot_of),
+                any(is_async(n.op) or derivative_is_async(n.op) for n in ops))
 
 
 def fused_instructions(tape: Tape, plan) -> tuple[tuple[Instruction, ...], dict]:

@@ -42,9 +42,22 @@ class NetworkCalls:
     # -- hosts -----------------------------------------------------------------------
     def _host(self) -> Host:
         with self._host_lock:
-            if not self._hosts or not self._hosts[0].alive:
-                self._hosts[:] = [Host()]
+            suspect, self._suspect = self._suspect, False
+            host = self._hosts[0] if self._hosts and self._hosts[0].alive else None
+        if host is not None and suspect and not host.responsive(0.25):
+            # A call was given up while a vertex held the host's own thread (threads=0): leave that host.
+            self._abandon_host(host)
+            host = None
+        with self._host_lock:
+            if host is None or not self._hosts or self._hosts[0] is not host:
+                if not self._hosts or not self._hosts[0].alive:
+                    self._hosts[:] = [Host()]
             return self._hosts[0]
+
+    def _drop(self, host: Host, request: Request) -> None:
+        """The caller gave up on a request (cancelled, interrupted, a stream left early)."""
+        self._suspect = True
+        host.discard(request)
 
     def _abandon_host(self, host: Host) -> None:
         """The host's thread is stuck in a vertex: leave it, and start a new one at the next call."""
@@ -167,7 +180,7 @@ class NetworkCalls:
         try:
             result = request.wait(timeout)
         except BaseException:  # Ctrl-C while waiting: the step goes on without us, its results dropped
-            host.discard(request)
+            self._drop(host, request)
             raise
         if result is None:
             raise self._timed_out(host, request, timeout)
@@ -179,11 +192,11 @@ class NetworkCalls:
             import asyncio
 
             try:
-                return await asyncio.wait_for(request.wait_asyncio(lambda: host.discard(request)), timeout)
+                return await asyncio.wait_for(request.wait_asyncio(lambda: self._drop(host, request)), timeout)
             except TimeoutError:
                 raise await asyncio.to_thread(self._timed_out, host, request, timeout) from None
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            return await request.wait_async(lambda: host.discard(request))
+            return await request.wait_async(lambda: self._drop(host, request))
         if scope.cancelled_caught:
             raise await trio.to_thread.run_sync(self._timed_out, host, request, timeout)
         raise ExecutorClosed("the step was cancelled")  # pragma: no cover - move_on_after only cancels itself

@@ -28,12 +28,13 @@ import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from functools import partial
 
+from ..core import check_timeout
 from ..executor import Executor, Feeds, Fetch, SequentialExecutor
 from ..graph import Graph, Node
 from .calls import NetworkCalls, _off_loop, _release, _require_async, _require_blocking
 from .host import Host
 from .pool import WorkerPool
-from .schedule import SCHEDULES, TAPE, Choice, Profile, Scheduling
+from .schedule import SCHEDULES, TAPE, Choice, Profile, Scheduling, must_run_as_network
 from .streaming import stream_steps
 
 BLAS_POLICIES = ("auto", "keep", "share")
@@ -111,6 +112,7 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
         self._tape.runner = self.runner
         self._hosts: list[Host] = []  # the live host, if any (a list, so the finalizer can see it)
         self._host_lock = threading.Lock()
+        self._suspect = False  # a call was given up mid-step: check the host answers before the next
         self._choices: dict[tuple, Choice] = {}
         self._sources: dict[tuple, list[Node]] = {}
         self._closed_by_finalizer = weakref.finalize(self, _release, self._hosts, self._pool)
@@ -144,7 +146,8 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
         return self._tape.backward_nodes(feeds, fetch[0], reverse, extra, single, fetched, timeout, trace)
 
     def _call(self, fetch: list[Node], reverse, feeds, extra, single, fetched, timeout, tracer):
-        choice = self._choice((tuple(n.id for n in fetch), None if reverse is None else id(reverse), False))
+        choice = self._choice((tuple(n.id for n in fetch), None if reverse is None else id(reverse), False), fetch,
+                              reverse)
         mode = choice.next()
         start = time.perf_counter()
         trace = self._trace(tracer)
@@ -162,7 +165,8 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
         return result
 
     async def _acall(self, fetch: list[Node], reverse, feeds, extra, single, fetched, timeout, tracer):
-        choice = self._choice((tuple(n.id for n in fetch), None if reverse is None else id(reverse), False))
+        choice = self._choice((tuple(n.id for n in fetch), None if reverse is None else id(reverse), False), fetch,
+                              reverse)
         mode = choice.next()
         start = time.perf_counter()
         if mode == TAPE:
@@ -182,39 +186,47 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
     # -- the interface -----------------------------------------------------------------------
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         _require_blocking("run")
+        timeout = check_timeout(timeout)
         nodes, single = self._fetches(fetch)
         return self._call(nodes, None, feeds, [], single, False, timeout, self._tracer())
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         _require_blocking("backward")
+        timeout = check_timeout(timeout)
         loss, reverse, extra, single = self._resolve(loss, wrt, fetch)
         return self._call([loss, *extra], reverse, feeds, extra, single, fetch is not None, timeout, self._tracer())
 
     async def arun(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         """`run` inside a trio task: other tasks go on while the step runs, and it can be cancelled."""
         _require_async("arun")
+        timeout = check_timeout(timeout)
         nodes, single = self._fetches(fetch)
         return await self._acall(nodes, None, feeds, [], single, False, timeout, self._tracer())
 
     async def abackward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         """`backward` inside a trio task."""
         _require_async("abackward")
+        timeout = check_timeout(timeout)
         loss, reverse, extra, single = self._resolve(loss, wrt, fetch)
         return await self._acall([loss, *extra], reverse, feeds, extra, single, fetch is not None, timeout,
                                  self._tracer())
 
     # -- streams ---------------------------------------------------------------------------
     async def stream(self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *,
-                     depth: int | None = None) -> AsyncIterator:
+                     depth: int | None = None, timeout: float | None = None) -> AsyncIterator:
         """Pipelined inference: yields the fetches for each feeds mapping, in input order.
 
         Step k+1 enters the network while step k is still in deeper vertices; at
         most `depth` steps are in flight (default: the executor's depth). Each
         step's feeds are copied as it is submitted, so a loader may refill its arrays.
+        With `timeout`, each step's result must come within that many seconds of the
+        stream asking for it: ExecutionTimeout names what the step still waits for,
+        the stream ends, and the executor works again at the next call.
         """
         _require_async("stream")
+        timeout = check_timeout(timeout)
         nodes, single = self._fetches(fetch)
-        steps = stream_steps(self, feeds_iterable, nodes, single, depth)
+        steps = stream_steps(self, feeds_iterable, nodes, single, depth, timeout)
         try:
             for step in steps:
                 yield await step.resolve_async()
@@ -222,11 +234,12 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
             steps.close()
 
     def run_stream(self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *,
-                   depth: int | None = None) -> Iterator:
-        """The synchronous `stream`: a generator of results, in input order."""
+                   depth: int | None = None, timeout: float | None = None) -> Iterator:
+        """The synchronous `stream`: a generator of results, in input order (`timeout` per step, as there)."""
         _require_blocking("run_stream")
+        timeout = check_timeout(timeout)
         nodes, single = self._fetches(fetch)
-        steps = stream_steps(self, feeds_iterable, nodes, single, depth)
+        steps = stream_steps(self, feeds_iterable, nodes, single, depth, timeout)
         try:
             for step in steps:
                 yield step.resolve()
@@ -252,7 +265,9 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
         elif self.schedule != "auto":
             head.append(f"runs as: {self.schedule} (schedule={self.schedule!r} given)")
         else:
-            head.append("runs as: decided at the first calls (schedule='auto')")
+            reason = must_run_as_network(self._order(nodes, None))
+            head.append(f"runs as: network ({reason})" if reason else
+                        "runs as: decided at the first calls (schedule='auto')")
         return "\n".join(head + [self._network_plan(nodes, None, shapes, stream, costs).describe()])
 
 

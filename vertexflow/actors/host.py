@@ -237,17 +237,38 @@ class Host:
 
     # -- from other threads ----------------------------------------------------------
     def discard(self, request: Request) -> None:
-        """The caller stopped waiting: drop the request's results when they come."""
+        """The caller stopped waiting: drop the request's results when they come.
+
+        A step still running then gets a moment to finish; one that does not (a vertex
+        awaiting something that never comes) has its network stopped, so later calls do
+        not queue behind it: the next call wires a new one.
+        """
         request.abandoned = True
 
         def drop() -> None:
-            if request.network is not None and request.step is not None:
-                request.network.discard(request.step)
+            network, step = request.network, request.step
+            if network is not None and step is not None:
+                state = network.steps.get(step)
+                network.discard(step)
+                if state is not None and not state.done.is_set():
+                    self._nursery.start_soon(self._reap, network, state)
 
         try:
             self.call_soon(drop)
         except ExecutorClosed:
             pass
+
+    async def _reap(self, network: Network, state, grace: float = 0.2) -> None:
+        """A given-up step still runs: new calls wire a network of their own; this one stops unless it ends soon."""
+        for key, found in list(self.networks.items()):
+            if found is network:
+                del self.networks[key]
+        with trio.move_on_after(grace):
+            await state.done.wait()
+        if state.done.is_set():  # it ended after all: let the steps of other calls finish, then stop it
+            while network.steps and network.broken is None:
+                await trio.sleep(0.05)
+        network.shutdown(ExecutorClosed("a call that was given up left this step running; its network was stopped"))
 
     def tear_down(self, network: Network, error: BaseException) -> None:
         """Stop a network that cannot be trusted any more (a step timed out in it); the next call wires anew."""

@@ -43,6 +43,7 @@ from ..autodiff.namespace import ArrayMath
 from ..core import BACKWARD, FORWARD, Failure, VertexRunner, seed_gradient, total_gradient
 from ..errors import InternalError
 from ..graph import Node
+from ..ops.base import derivative_is_async
 from .mailbox import Mailbox
 from .placement import Inline, OnStreams, OnWorker
 from .plan import SOURCE_KINDS, ActorPlan, NetworkPlan
@@ -320,7 +321,7 @@ class Network:
                 continue
             status.at(step, node, Doing.DERIVATIVE)
             placement = self.placements[actor.index] if node.id in actor.heavy_ids else self.inline
-            if self.streams is not None:
+            if self.streams is not None and not derivative_is_async(node.op):
                 placement = self.streams
             sent = await placement.backward(reverse, node, total, lambda n: values[n.id], state)
             for edge, gi in sent:

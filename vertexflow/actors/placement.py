@@ -5,7 +5,8 @@ Every placement runs a segment's entries with the executor's `VertexRunner`
 `values`; they differ only in where the call happens:
 
 - `Inline`: right here, on the trio thread (cheap vertices: a thread
-  hand-off costs more than they do).
+  hand-off costs more than they do). A member whose forward is `async def`
+  is awaited here in every placement: it waits holding no thread.
 - `OnWorker`: one hand-off of the whole segment to the worker pool; BLAS
   calls there take turns through the runner's BLAS lock.
 - `OnStreams`: each member's kernels enqueued on the CUDA stream the stream
@@ -19,8 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import Failure, VertexRunner, backward_vertex, vertex_error
+from ..core import Failure, VertexRunner, backward_vertex, backward_vertex_async, forward_async, vertex_error
 from ..graph import Node
+from ..ops.base import derivative_is_async
 from ..tape import SegmentProgram, compile_segment
 from .program import Entry, Segment
 
@@ -52,6 +54,18 @@ def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, 
             ready = time.perf_counter()  # the next member had its inputs once this one was done
         for key in entry.free:
             del values[key]
+
+
+async def run_awaited(runner: VertexRunner, segment: Segment, values: dict, state, status, lane: str) -> None:
+    """A segment of one async member: awaited on the trio thread, holding no worker while it waits."""
+    (entry,) = [e for e in segment.entries if not e.is_source]
+    member = entry.member
+    if status is not None:
+        status.vertex = member
+    values[member.id] = await forward_async(runner, member, [values[k] for k in entry.inputs], state.trace, lane,
+                                            None, state.specs.get(member.id) if state.specs else None)
+    for key in entry.free:
+        values.pop(key, None)
 
 
 def run_compiled(program: SegmentProgram, runner: VertexRunner, entries: tuple[Entry, ...], values: dict, status,
@@ -112,6 +126,8 @@ class Inline:
         self.compiled = Compiled(runner)
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
+        if segment.awaits:
+            return await run_awaited(self.runner, segment, values, state, status, self.lane)
         program = self.compiled.get(segment, state)
         if program is None or program is Compiled.CHECK:
             run_entries(self.runner, segment.entries, values, state.trace, self.lane, time.perf_counter(), status,
@@ -120,18 +136,26 @@ class Inline:
             run_compiled(program, self.runner, segment.entries, values, status, state.pooled)
 
     async def backward(self, reverse, node: Node, total, value_of, state):
+        if derivative_is_async(node.op):
+            return await backward_vertex_async(self.runner, reverse, node, total, value_of, state.trace, self.lane)
         return backward_vertex(self.runner, reverse, node, total, value_of, state.trace, self.lane)
 
 
 class OnWorker:
-    """Members handed, a segment at a time, to the worker pool."""
+    """Members handed, a segment at a time, to the worker pool; an actor's segments of cheap members only
+    stay on the trio thread (a hand-off costs more than they do)."""
 
     def __init__(self, runner: VertexRunner, pool):
         self.runner = runner
         self.pool = pool
         self.compiled = Compiled(runner)
+        self.inline = Inline(runner)  # the same runner: BLAS calls still take turns
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
+        if segment.awaits:  # an async member holds no worker: its actor awaits it
+            return await run_awaited(self.runner, segment, values, state, status, "trio")
+        if not segment.on_worker:
+            return await self.inline.run(segment, values, state, status)
         now = time.perf_counter()
         trace = state.trace
         program = self.compiled.get(segment, state)
@@ -156,6 +180,8 @@ class OnWorker:
         trace.counter("workers", "busy", self.pool.busy, at)
 
     async def backward(self, reverse, node: Node, total, value_of, state):
+        if derivative_is_async(node.op):
+            return await backward_vertex_async(self.runner, reverse, node, total, value_of, state.trace, "trio")
         # Derivatives in reverse topological order, the same step before the next.
         return await self.pool.run(_backward_on_worker, self.runner, reverse, node, total, value_of, state.trace,
                                    time.perf_counter(), priority=(state.submitted, -node.id))
@@ -180,6 +206,8 @@ class OnStreams:
         self.plan = stream_plan
 
     async def run(self, segment: Segment, values: dict, state, status=None) -> None:
+        if segment.awaits:
+            return await run_awaited(self.runner, segment, values, state, status, "trio")
         plan, runtime = self.plan, self.runtime
         trace, slot = state.trace, state.slot
         step = trace.step if trace is not None else 0

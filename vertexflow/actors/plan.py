@@ -11,7 +11,9 @@ starts a new actor. So chains fuse into one actor (cheap and expensive alike:
 a chain has no parallel work to lose, unless the network pipelines a stream:
 then each expensive vertex is a stage of its own), cheap vertices gather into few actors,
 and independent expensive branches land in different actors that run at once
-on worker threads. Every actor runs its members in the graph's global
+on worker threads. A vertex that may wait (a `blocking` op, or an async one)
+counts as expensive whatever its cost, and joins no actor that already holds
+expensive work: it is an actor of its own, so nothing waits behind it. Every actor runs its members in the graph's global
 topological order and waits for each outside value just before the member
 that reads it; with sends that never block, that order makes the network
 deadlock-free whatever the partition.
@@ -26,6 +28,8 @@ from typing import Any
 
 from ..autodiff.reverse import ReversePlan
 from ..graph import Node, Spec, ancestors
+from ..ops.base import is_async
+from ..ops.base import waits as op_waits
 
 SOURCE_KINDS = ("input", "param", "const")
 
@@ -118,6 +122,10 @@ class NetworkPlan:
         for a in self.actors:
             kind = "heavy" if a.heavy else "fused" if len(a.members) > 1 else "light"
             kind += f" {len(a.heavy_ids)} expensive" if len(a.heavy_ids) > 1 else ""
+            waiting = [m for m in a.members if m.kind == "op" and op_waits(m.op)]
+            if waiting:
+                kind += ", awaits (no thread held)" if any(is_async(m.op) for m in waiting) else \
+                    ", blocks (a worker of its own)"
             names = ", ".join(m.name for m in a.members)
             lines.append(f"actor {a.index:>3} [{kind}] {names}")
         return "\n".join(lines)
@@ -190,12 +198,15 @@ def plan_network(
         depends[node.id] = mask
 
     for node in ops:
-        if costs is not None and node.id in costs:
+        waiting = op_waits(node.op)
+        if waiting:
+            heavy = True  # an actor of its own whatever its cost: it may wait, and others must not wait with it
+        elif costs is not None and node.id in costs:
             heavy = costs[node.id] * 1e9 >= heavy_flops
         else:
             heavy = shell.op_of(node).cost(*(specs[i.id] for i in inputs_of(node))) >= heavy_flops
         index = _fusable_actor(node, inputs_of(node), actor_of, waits, expensive, depends[node.id],
-                               heavy and pipeline)
+                               heavy and (pipeline or waiting))
         actor = new_actor() if index is None else actors[index]
         actor.members.append(node)
         actor_of[node.id] = actor.index

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..core import last_reads
 from ..graph import Node
+from ..ops.base import is_async
 from .plan import SOURCE_KINDS, ActorPlan, NetworkPlan
 
 FEED = -1  # the position a source's own feed is taken for
@@ -59,6 +60,7 @@ class Segment:
     takes: tuple[Take, ...]
     entries: tuple[Entry, ...]
     on_worker: bool
+    awaits: bool = False  # its one member's forward is async: awaited on the trio thread, no worker
 
     @property
     def last(self) -> Entry:
@@ -79,16 +81,16 @@ def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> Actor
     """
     fetch_ids = {n.id for n in plan.fetch}
     heavy_ids = actor.heavy_ids if workers else set()
-    pieces: list[tuple[list[Take], list[tuple], bool]] = []
+    pieces: list[tuple[list[Take], list[tuple], bool, bool]] = []
     takes: list[Take] = []
     entries: list[tuple] = []
     on_worker = False
     have: set[int] = set()
 
-    def close() -> None:
+    def close(awaits: bool = False) -> None:
         nonlocal takes, entries, on_worker
         if takes or entries:
-            pieces.append((takes, entries, on_worker))
+            pieces.append((takes, entries, on_worker and not awaits, awaits))
         takes, entries, on_worker = [], [], False
 
     for member in actor.members:
@@ -105,7 +107,8 @@ def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> Actor
             continue
         inputs = plan.inputs_of(member)
         missing = [(i.id, pos) for pos, i in enumerate(inputs) if i.id not in have]
-        if missing and entries:
+        awaited = is_async(member.op)
+        if (missing or awaited) and entries:
             close()
         for key, pos in missing:
             if key not in have:
@@ -116,8 +119,8 @@ def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> Actor
                         else None))
         on_worker = on_worker or member.id in heavy_ids
         have.add(member.id)
-        if readers or fetched:
-            close()
+        if readers or fetched or awaited:
+            close(awaited)
     close()
 
     keep: set[int] = set()
@@ -125,10 +128,10 @@ def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> Actor
         for node in actor.backward:
             keep.add(node.id)
             keep.update(i.id for i in node.inputs)
-    order = [entry for _, piece, _ in pieces for entry in piece]
+    order = [entry for _, piece, _, _ in pieces for entry in piece]
     frees = iter(last_reads([entry[2] for entry in order], keep))
     segments = tuple(
-        Segment(tuple(t), tuple(Entry(*entry[:5], next(frees), entry[5]) for entry in piece), worker)
-        for t, piece, worker in pieces
+        Segment(tuple(t), tuple(Entry(*entry[:5], next(frees), entry[5]) for entry in piece), worker, awaits)
+        for t, piece, worker, awaits in pieces
     )
     return ActorProgram(actor, segments)

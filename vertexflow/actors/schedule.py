@@ -5,14 +5,20 @@ stream. Its `Choice` starts undecided: the first call runs on the tape and
 measures every vertex (`Profile`); a graph whose expensive vertices cannot
 overlap keeps the tape; otherwise calls alternate between both ways until
 each has `calibration` timed calls after its warm-up, and the faster stays.
+A graph with vertices that may wait (`must_run_as_network`) runs as the
+network from the first call and is never tried on the tape: run one after
+another, two vertices that wait for each other would wait forever.
 `schedule="network"` or `"tape"` fixes the choice from the start.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..graph import Node
+from ..ops.base import says_whether_it_waits, waits
 
 SCHEDULES = ("auto", "network", "tape")
 TAPE, NETWORK = "tape", "network"
@@ -86,6 +92,37 @@ class Profile:
         return lambda *args, **kwargs: None
 
 
+def must_run_as_network(order: Sequence[Node]) -> str | None:
+    """Why these vertices must never run one after another on the tape (None: the tape is safe to try).
+
+    A vertex that may wait (a `blocking` or async op) can wait for another vertex the network
+    runs beside it: run on the tape, both would wait forever. The same holds for user ops that do
+    not say whether they wait, where two of them could run at once (neither depends on the other):
+    the executor cannot be sure, so it runs the network.
+    """
+    ops = [n for n in order if n.kind == "op"]
+    waiting = [n for n in ops if waits(n.op)]
+    if waiting:
+        names = ", ".join(f"{n.name!r} ({n.op_name})" for n in waiting[:3])
+        more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+        return (f"vertices may wait ({names}{more} {'is' if len(waiting) == 1 else 'are'} blocking or async): "
+                "the network runs them, never one after another on the tape")
+    unknown = [n for n in ops if not says_whether_it_waits(n.op)]
+    if len(unknown) >= 2:
+        depends: dict[int, int] = {}
+        for n in order:
+            mask = 0
+            for i in n.inputs:
+                mask |= depends.get(i.id, 0) | (1 << i.id)
+            depends[n.id] = mask
+        for a, b in itertools.combinations(unknown, 2):
+            if not (depends[b.id] >> a.id) & 1 and not (depends[a.id] >> b.id) & 1:
+                return (f"user ops {a.name!r} ({a.op_name}) and {b.name!r} ({b.op_name}) could run at once, and "
+                        "their ops do not say whether they wait (set `blocking` on the op class): the network "
+                        "runs them, never one after another on the tape")
+    return None
+
+
 class Scheduling:
     """The executor's decisions, one `Choice` per kind of call (a mixin of ActorExecutor).
 
@@ -93,12 +130,16 @@ class Scheduling:
     and `_network_plan`.
     """
 
-    def _choice(self, key: tuple) -> Choice:
+    def _choice(self, key: tuple, fetch: Sequence[Node] = (), reverse=None) -> Choice:
         choice = self._choices.get(key)
         if choice is None:
             choice = self._choices[key] = Choice(trials=self.calibration)
             if self.schedule != "auto":
                 choice.decide(self.schedule, f"schedule={self.schedule!r} given")
+            else:
+                reason = must_run_as_network(self._order(fetch, reverse))
+                if reason is not None:
+                    choice.decide(NETWORK, reason)
         return choice
 
     def _after_profile(self, choice: Choice, fetch, reverse, checked: dict, stream: bool) -> None:
@@ -113,7 +154,7 @@ class Scheduling:
                                 "add hand-offs")
 
     def _stream_choice(self, nodes: list[Node]) -> Choice:
-        return self._choice((tuple(n.id for n in nodes), None, True))
+        return self._choice((tuple(n.id for n in nodes), None, True), nodes)
 
     def _stream_block(self, choice: Choice) -> int:
         return max(4, 2 * self.depth)

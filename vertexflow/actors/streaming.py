@@ -40,31 +40,34 @@ class _TapeStep:
 class _Pending:
     """A stream step handed to the host, resolved (waited for) when its turn comes to be yielded."""
 
-    __slots__ = ("executor", "host", "request", "nodes", "single", "choice", "started")
+    __slots__ = ("executor", "host", "request", "nodes", "single", "choice", "started", "timeout")
 
-    def __init__(self, executor, host, request, nodes, single, choice, started):
+    def __init__(self, executor, host, request, nodes, single, choice, started, timeout=None):
         self.executor, self.host, self.request = executor, host, request
         self.nodes, self.single, self.choice, self.started = nodes, single, choice, started
+        self.timeout = timeout
 
     def _done(self, state: StepState):
         return self.executor._results([state.values[n.id] for n in self.nodes], self.nodes, self.single)
 
     def resolve(self):
-        return self._done(self.executor._wait(self.host, self.request, None))
+        return self._done(self.executor._wait(self.host, self.request, self.timeout))
 
     async def resolve_async(self):
-        return self._done(await self.executor._await(self.host, self.request, None))
+        return self._done(await self.executor._await(self.host, self.request, self.timeout))
 
     def drop(self) -> None:
-        self.host.discard(self.request)
+        self.executor._drop(self.host, self.request)
 
 
 def stream_steps(ex, feeds_iterable: Iterable[Feeds], nodes: list[Node], single: bool,
-                  depth: int | None):
+                 depth: int | None, timeout: float | None = None):
     """The steps of a stream in input order: results (tape) or `_Pending` steps (network), at most `depth` ahead.
 
     While the executor decides, blocks of steps alternate between the tape and
-    the network, each block timed from its first result to its last.
+    the network, each block timed from its first result to its last. With
+    `timeout`, each step's result must come within that many seconds of the
+    stream asking for it (ExecutionTimeout naming what it waits for otherwise).
     """
     limit = depth or ex.depth
     if not isinstance(limit, int) or limit < 1:
@@ -92,7 +95,7 @@ def stream_steps(ex, feeds_iterable: Iterable[Feeds], nodes: list[Node], single:
                 first = choice.calls == 0 and block_steps == 1
                 trace = ex._trace(tracer, step, run)
                 step += 1
-                yield _TapeStep(partial(ex._tape.run_nodes, feeds, nodes, single, None,
+                yield _TapeStep(partial(ex._tape.run_nodes, feeds, nodes, single, timeout,
                                         Profile(choice.costs, trace) if first else trace))
                 if first:
                     ex._after_profile(choice, nodes, None, ex._feeds(feeds, sources), stream=True)
@@ -103,7 +106,7 @@ def stream_steps(ex, feeds_iterable: Iterable[Feeds], nodes: list[Node], single:
                 yield pending.popleft()
             host, request, _ = ex._request(nodes, None, feeds, ex._trace(tracer, step, run), stream=True, choice=choice)
             step += 1
-            pending.append(_Pending(ex, host, request, nodes, single, choice, time.perf_counter()))
+            pending.append(_Pending(ex, host, request, nodes, single, choice, time.perf_counter(), timeout))
         while pending:
             yield pending.popleft()
     finally:

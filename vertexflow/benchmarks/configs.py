@@ -10,7 +10,7 @@ user gets it: it decides between the network and the tape), "actor-network"
 streams), "sequential-fused" and "actor-fused" (with fuse=True: elementwise
 groups compiled, where that measures faster), "ray" and "ray-N" (RayExecutor with 2 or N
 partitions, each a Ray actor process; a local cluster of the machine's cores). Peers: "numpy"
-(the workload written by hand, where it exists), "dask-sync" and "dask-threaded" (Dask's
+(the workload written by hand, where it exists; a family may add others, like "trio-by-hand"), "dask-sync" and "dask-threaded" (Dask's
 schedulers on the same op functions), "dask-distributed" (the same on a Dask LocalCluster of 2
 worker processes; asked for by name), "onnxruntime" and "onnxruntime-parallel" (ORT_SEQUENTIAL
 and ORT_PARALLEL, for an ONNX workload).
@@ -30,6 +30,7 @@ from ..errors import BenchmarkError
 from ..executor import SequentialExecutor
 from ..graph import ancestors
 from ..machine import cores
+from ..ops.base import is_async
 from .workload import Workload
 
 VERTEXFLOW = ("sequential", "actor", "actor-network", "stream", "sequential-fused", "actor-fused", "ray")
@@ -89,7 +90,8 @@ def configs(names: Sequence[str], workload: Workload, peers: bool = True) -> lis
             if peer not in chosen:
                 chosen.append(peer)
     # Fused kernels round differently from numpy's passes: they agree with the rest to rounding.
-    return [Config(n, exact=n not in PEERS and not n.endswith("fused")) for n in chosen]
+    return [Config(n, exact=n not in PEERS and n not in workload.by_hand and not n.endswith("fused"))
+            for n in chosen]
 
 
 def applicable_peers(workload: Workload) -> list[str]:
@@ -97,6 +99,7 @@ def applicable_peers(workload: Workload) -> list[str]:
     out = []
     if workload.numpy is not None:
         out.append("numpy")
+    out += list(workload.by_hand)
     if workload.mode == "run" and _importable("dask"):
         out += ["dask-sync", "dask-threaded"]
     if _importable("distributed"):
@@ -145,6 +148,9 @@ def runner(config: Config, workload: Workload, threads: int | None = None) -> Ru
         from ..streams import StreamExecutor
 
         return _executor_unit(workload, StreamExecutor(workload.graph, streams=threads))
+    if name in workload.by_hand:
+        by_hand = workload.by_hand[name]
+        return Runner(lambda: flatten(by_hand()))
     if name == "numpy":
         if workload.numpy is None:
             raise BenchmarkError(f"{workload.name} has no hand-written numpy version")
@@ -240,6 +246,10 @@ def _renamed(task, k: int, dsk: dict):
 
 def _dask_call(op, *args):
     with np.errstate(all="ignore"):
+        if is_async(op):  # Dask's tasks are functions: each awaits in a trio loop of its own thread
+            import trio
+
+            return trio.run(partial(op.forward, np, *args))
         return op.forward(np, *args)
 
 

@@ -244,6 +244,79 @@ def chain(vertices: int = 3000, size: int = 64, batches: int = 120, seed: int = 
                    mode="stream", batches=stream)
 
 
+class Remote(vf.ops.Op):
+    """Awaits `seconds` (a remote call's round trip), then does numpy work on its input: an async vertex."""
+
+    name = "remote"
+
+    def __init__(self, seconds: float, scale: float):
+        self.seconds, self.scale = float(seconds), float(scale)
+
+    def infer(self, x):
+        return x
+
+    async def forward(self, xp, x):
+        import trio
+
+        await trio.sleep(self.seconds)
+        return xp.tanh(x * self.scale)
+
+    def cost(self, x):
+        return float(np.prod(x.shape))
+
+
+def waiting(vertices: int = 64, seconds: float = 0.02, size: int = 64, seed: int = 0) -> Workload:
+    """`vertices` independent vertices each awaiting `seconds` (then tanh of their input), summed: work that
+    waits. Peers written by hand: the same awaits as trio tasks, and with asyncio.gather."""
+    g = vf.Graph("waiting")
+    x = g.input("x", shape=(size, size), dtype="float64")
+    scales = [(k + 1) / vertices for k in range(vertices)]
+    parts = [Remote(seconds, s)(x, name=f"remote_{k}") for k, s in enumerate(scales)]
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    feeds = {x: np.random.default_rng(seed).normal(size=(size, size))}
+    a = feeds[x]
+
+    def summed(values):
+        out = values[0]
+        for v in values[1:]:
+            out = out + v
+        return out
+
+    def with_trio():
+        import trio
+
+        values = [None] * vertices
+
+        async def one(k):
+            await trio.sleep(seconds)
+            values[k] = np.tanh(a * scales[k])
+
+        async def main():
+            async with trio.open_nursery() as nursery:
+                for k in range(vertices):
+                    nursery.start_soon(one, k)
+
+        trio.run(main)
+        return summed(values)
+
+    def with_asyncio():
+        import asyncio
+
+        async def one(k):
+            await asyncio.sleep(seconds)
+            return np.tanh(a * scales[k])
+
+        async def main():
+            return await asyncio.gather(*(one(k) for k in range(vertices)))
+
+        return summed(asyncio.run(main()))
+
+    return _family("waiting", dict(vertices=vertices, seconds=seconds, size=size), g, [total], feeds,
+                   by_hand={"trio-by-hand": with_trio, "asyncio-by-hand": with_asyncio})
+
+
 FAMILIES: dict[str, Callable[..., Workload]] = {
     "wide": wide,
     "deep": deep,
@@ -254,4 +327,5 @@ FAMILIES: dict[str, Callable[..., Workload]] = {
     "mlp_train": mlp_train,
     "cnn_block": cnn_block,
     "chain": chain,
+    "waiting": waiting,
 }

@@ -302,6 +302,7 @@ SUITES: dict[str, list[tuple[str, dict]]] = {
         ("mlp_ensemble", dict(members=4, batches=50)),
         ("mlp_train", dict(batch=100)),
         ("cnn_block", dict(batch=16)),
+        ("waiting", dict(vertices=64, seconds=0.02)),
     ],
     "full": [
         *[("wide", dict(branches=b, depth=6)) for b in (1, 2, 4, 8, 16)],
@@ -339,6 +340,7 @@ TINY: dict[str, dict] = {
     "mlp_train": dict(batch=8),
     "cnn_block": dict(batch=2, channels=2, size=8),
     "chain": dict(vertices=60, size=8, batches=6),
+    "waiting": dict(vertices=8, seconds=0.002, size=8),
 }
 
 

@@ -35,6 +35,7 @@ class Workload:
         loss: the scalar to differentiate in "backward" mode.
         batches: the stream's feeds, one mapping per step ("stream" mode).
         numpy: the same work written by hand, where there is such a version.
+        by_hand: other versions written by hand, by peer name ("trio-by-hand", ...).
         recipe: how to build it again in a fresh process (None: only by forking).
         family, params: the graph family and sizes it came from, if any.
         onnx_path: the ONNX file it was imported from, if any (for onnxruntime as a peer).
@@ -52,6 +53,7 @@ class Workload:
     family: str | None = None
     params: dict = field(default_factory=dict)
     onnx_path: str | None = None
+    by_hand: dict[str, Callable[[], Any]] = field(default_factory=dict)  # more peers written by hand, by name
 
     def __post_init__(self):
         if self.mode not in MODES:

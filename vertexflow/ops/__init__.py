@@ -58,8 +58,10 @@ def builtin_ops() -> list[type[Op]]:
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        # A concrete op names itself; bases (Unary, Compare, Pool2d, ...) do not.
-        if cls.__module__.startswith("vertexflow.") and "name" in vars(cls) and not cls.__abstractmethods__:
+        # A concrete op names itself; bases (Unary, Compare, Pool2d, ...) do not. The benchmark
+        # families' ops stand in for a user's own (an async "remote" call): not part of the library.
+        ours = cls.__module__.startswith("vertexflow.") and not cls.__module__.startswith("vertexflow.benchmarks.")
+        if ours and "name" in vars(cls) and not cls.__abstractmethods__:
             found[f"{cls.__module__}.{cls.__qualname__}"] = cls
     return [found[k] for k in sorted(found)]
 

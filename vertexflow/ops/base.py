@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +49,11 @@ class Op(abc.ABC):
     # The name of the array module's function that computes the op as it is (np.add for Add):
     # the compiled tape calls it directly instead of `forward`.
     ufunc: str = ""
+    # True for an op whose forward may wait on something outside the graph (a lock, a socket, a
+    # barrier another vertex also waits at): it always gets a worker thread of its own, and a graph
+    # holding one always runs as a network, never one vertex after another. An op whose `forward`
+    # is `async def` waits holding no thread: its actor awaits it (see `waits`).
+    blocking: bool = False
 
     @abc.abstractmethod
     def infer(self, *specs: Spec) -> Spec:
@@ -100,6 +106,29 @@ class Op(abc.ABC):
         """Add a vertex applying this op to `args` (nodes, Python scalars or arrays)."""
         nodes = as_nodes(args, self.name)
         return nodes[0].graph.add_vertex(self, nodes, name=name, role=role)
+
+
+def is_async(op: Op) -> bool:
+    """Whether the op's forward is a coroutine function (awaited by its actor, no thread held)."""
+    return inspect.iscoroutinefunction(op.forward)
+
+
+def derivative_is_async(op: Op) -> bool:
+    """Whether the op's derivative rule is a coroutine function."""
+    return inspect.iscoroutinefunction(op.vjp)
+
+
+def waits(op: Op) -> bool:
+    """Whether the op says it may wait on something outside the graph: `blocking`, or async."""
+    return bool(op.blocking) or is_async(op) or derivative_is_async(op)
+
+
+def says_whether_it_waits(op: Op) -> bool:
+    """Whether we know if the op may wait: built-in ops never do; a user op knows when its class sets
+    `blocking` itself (True or False) or is async. Others may wait at something we cannot see."""
+    if type(op).__module__.startswith("vertexflow.") or waits(op):
+        return True
+    return any("blocking" in vars(cls) for cls in type(op).__mro__ if cls is not Op and issubclass(cls, Op))
 
 
 def as_nodes(args: Sequence[Any], op_name: str) -> tuple[Node, ...]:
