@@ -120,3 +120,18 @@ def test_a_busy_machine_is_said_to_be_busy():
         spinner.wait()
     assert report.load["busy"] and report.warnings[0].startswith("the machine was busy (other processes kept")
     assert "unreliable" in str(report)
+
+
+def test_waiting_work_is_measured_against_trio_asyncio_and_dask_by_hand():
+    """The family of async vertices: its peers written by hand agree with the graph, and the lower bound
+    counts the awaits on the critical path (an await holds no core, so it is not work)."""
+    from vertexflow.benchmarks.families import waiting
+
+    workload = waiting(vertices=4, seconds=0.002, size=4)
+    report = vf.benchmark(workload, processes=1, runs=2)
+    names = [r.executor for r in report.results]
+    assert {"sequential", "actor", "trio-by-hand", "asyncio-by-hand", "dask-threaded"} <= set(names)
+    assert "network" in report.result("actor").info and "may wait" in report.result("actor").info
+    assert report.bound["awaited_s"] >= 4 * 0.002
+    assert report.bound["critical_path_s"] >= 0.002 > report.bound["total_work_1_thread_s"] / 4
+    assert "with its awaits" in str(report)

@@ -52,3 +52,12 @@ def test_the_cnn_export_example_writes_a_model_that_vertexflow_serves(tmp_path, 
     assert logits.shape == (len(labels), 10)
     assert (logits.argmax(1) == labels).mean() > 0.5  # a trained model, not random weights
     model.close()
+
+
+def test_the_remote_calls_example_awaits_its_own_server(capsys):
+    import runpy
+
+    module = runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "examples" / "remote_calls.py"))
+    assert module["main"](["--calls", "4", "--latency", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "runs as: network" in out and "4 calls of 10 ms" in out and "the same values on both" in out

@@ -268,7 +268,7 @@ async def _awaited(node: Node, op: Op, fn, args: tuple, trace, lane: str, ready:
     end = time.perf_counter()
     start = max(called, end - busy)
     if start - called > 2e-6:
-        trace.wait("await", node.name if phase == FORWARD else f"{node.name} (backward)", lane, called, start)
+        trace.wait("await", node.name if phase == FORWARD else f"{node.name} (backward)", None, called, start)
     trace.record(node, phase, lane, min(ready, called), start, start, end, min(busy, time.thread_time() - cpu),
                  shown, op if op is not node.op else None, getattr(result, "shape", None) if phase == FORWARD else None)
     return result

@@ -246,3 +246,42 @@ def test_a_deadline_must_be_a_positive_number_of_seconds(timeout):
         with pytest.raises(ValueError, match="timeout= takes a number of seconds > 0"):
             ex.run({x: np.ones((2, 5))}, loss, timeout=timeout)
         ex.close()
+
+
+@pytest.mark.parametrize("executor", ["sequential", "actor"])
+def test_an_await_is_traced_as_a_wait_and_the_work_as_the_span(executor):
+    g, x, w, loss = _sleepers(2, seconds=0.05)
+    with make_executor(g, executor) as ex, vf.trace() as t:
+        ex.run({x: np.ones((2, 5))}, loss)
+    awaits = {w.vertex: w for w in t.waits if w.what == "await"}
+    assert set(awaits) == {"sleep_0", "sleep_1"}
+    for name, wait in awaits.items():
+        (span,) = [s for s in t.spans if s.vertex == name]
+        assert wait.lane is None  # no thread was held
+        assert wait.end - wait.start >= 0.05 > span.duration  # the sleep is the wait, not the work
+        assert wait.end <= span.start + 1e-6
+
+
+def test_arun_under_asyncio_awaits_async_vertices_on_the_actors_loop():
+    import asyncio
+
+    g, x, w, loss = _sleepers(3)
+    feeds = {x: np.ones((2, 5))}
+    want = vf.SequentialExecutor(g).run(feeds, loss)
+
+    async def main():
+        with vf.ActorExecutor(g, threads=2) as ex:
+            return await asyncio.wait_for(ex.arun(feeds, loss), 20)
+
+    np.testing.assert_array_equal(asyncio.run(main()), want)
+
+
+def test_as_many_blocking_vertices_wait_at_once_as_there_are_threads():
+    g = vf.Graph()
+    x = g.input("x", shape=(4,), dtype="float64")
+    barrier = threading.Barrier(3)
+    parts = [BlockingAtBarrier(barrier, 1.0)(x + float(k), name=f"b{k}") for k in range(3)]
+    y = parts[0] + parts[1] + parts[2]
+    with vf.ActorExecutor(g, threads=3) as ex:
+        for _ in range(2):  # the first call and the ones after it: never calibrated on the tape
+            np.testing.assert_array_equal(ex.run({x: np.ones(4)}, y, timeout=20), np.full(4, 12.0))

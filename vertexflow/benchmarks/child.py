@@ -103,7 +103,8 @@ def measure_bound(workload: Workload, repeat: int = 3) -> dict[str, Any]:
     - total work: the sum of every vertex's time with one BLAS thread (so that work / cores
       is a bound: no vertex's work shrinks below that by running beside others);
     - critical path: the longest chain of dependent vertices, with BLAS's own threads
-      (the fastest each vertex gets);
+      (the fastest each vertex gets), an async vertex's awaits included (they hold no core,
+      but what reads its value waits for them);
     both scaled by the ratio of an untraced run to a traced one, so the tracer's own cost is
     not counted. The bound is max(critical path, total work / cores).
     """
@@ -135,8 +136,15 @@ def measure_bound(workload: Workload, repeat: int = 3) -> dict[str, Any]:
         wall = time.perf_counter() - start
         spans = tracer.spans
         times = vertex_times(spans)
+        # An async vertex's await holds no core: not work, but its dependents wait for it all the same.
+        awaited = 0.0
+        for w in tracer.waits:
+            key = (w.vertex.removesuffix(" (backward)"), "backward" if w.vertex.endswith(" (backward)") else "forward")
+            if w.what == "await" and key in times:
+                times[key] += w.end - w.start
+                awaited += w.end - w.start
         path, _ = critical_path(times, dependencies(spans))
-        return sum(s.duration for s in spans), path, wall, [s.duration for s in spans]
+        return sum(s.duration for s in spans), path, wall, [s.duration for s in spans], awaited
 
     full = [traced_figures() for _ in range(repeat)]
     with blas_threads(1):
@@ -146,8 +154,9 @@ def measure_bound(workload: Workload, repeat: int = 3) -> dict[str, Any]:
     traced_wall = statistics.median(f[2] for f in full)
     scale = min(1.0, untraced_s / traced_wall) if traced_wall > 0 else 1.0
     work_1 = statistics.median(f[0] for f in single) * scale
-    # A chain is no longer than all the work; measured apart, noise could say otherwise.
-    path = min(statistics.median(f[1] for f in full) * scale, work_1)
+    # A chain is no longer than all the work (and awaits); measured apart, noise could say otherwise.
+    awaited = statistics.median(f[4] for f in full)
+    path = min(statistics.median(f[1] for f in full) * scale, work_1 + awaited)
     work_full = statistics.median(f[0] for f in full) * scale
     steps = len(workload.batches) if workload.mode == "stream" else 1
     n = cores()
@@ -157,6 +166,7 @@ def measure_bound(workload: Workload, repeat: int = 3) -> dict[str, Any]:
         "cores": n,
         "steps": steps,
         "critical_path_s": path,
+        "awaited_s": awaited * steps,
         "total_work_1_thread_s": work_1 * steps,
         "total_work_s": work_full * steps,
         "ideal_s": max(path, work_1 * steps / n),

@@ -152,6 +152,10 @@ class Report:
             if ran == "tape":
                 why = (r.info or "").split(": ", 1)[-1].removeprefix("measured: ")
                 out.append(f"{r.executor}: ran as one actor (the tape), since {why}")
+            elif low > 1.0 and bound.get("awaited_s"):
+                out.append(f"{r.executor}: {r.speedup:.2f}x the tape ({r.efficiency:.0%} of the lower bound): "
+                           "vertices awaited at once (an await holds no thread, so waits overlap beyond the "
+                           f"{bound['cores']} cores; the tape awaits them one after another)")
             elif low > 1.0:
                 out.append(f"{r.executor}: {r.speedup:.2f}x the tape ({r.efficiency:.0%} of the lower bound): "
                            "independent expensive vertices ran at once")
@@ -170,7 +174,7 @@ class Report:
                                "other cost more than the overlap gains; try threads=, blas='share', or schedule='tape'")
             else:
                 out.append(f"{r.executor}: no difference from the tape beyond noise (speedup {low:.2f}-{high:.2f}x)")
-            if ran != "tape" and bound.get("vertex_us_median", 1e9) < 30:
+            if ran != "tape" and not bound.get("awaited_s") and bound.get("vertex_us_median", 1e9) < 30:
                 out.append(f"{r.executor}: vertices take a median {bound['vertex_us_median']:.1f} us, less "
                            "than a thread hand-off (~30 us): raise heavy_flops so more of them fuse, or keep "
                            "schedule='tape'")
@@ -214,8 +218,9 @@ class Report:
             f"process{'es' if self.processes != 1 else ''} x {self.runs} runs per executor"
             + (f" (a run: {max(r.loops for r in self.results)} units or fewer back to back)"
                if any(r.loops > 1 for r in self.results) else "") + f"; {m['cores']} cores",
-            f"lower bound {_ms(b['ideal_s'])} = max(critical path {_ms(b['critical_path_s'])}, "
-            f"work {_ms(b['total_work_1_thread_s'])} / {b['cores']} cores)",
+            f"lower bound {_ms(b['ideal_s'])} = max(critical path {_ms(b['critical_path_s'])}"
+            + (" with its awaits" if b.get("awaited_s") else "")
+            + f", work {_ms(b['total_work_1_thread_s'])} / {b['cores']} cores)",
         ]
 
     def __str__(self) -> str:
