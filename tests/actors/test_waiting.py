@@ -285,3 +285,13 @@ def test_as_many_blocking_vertices_wait_at_once_as_there_are_threads():
     with vf.ActorExecutor(g, threads=3) as ex:
         for _ in range(2):  # the first call and the ones after it: never calibrated on the tape
             np.testing.assert_array_equal(ex.run({x: np.ones(4)}, y, timeout=20), np.full(4, 12.0))
+
+
+def test_the_stream_executor_times_out_a_stream_naming_the_parked_vertex_then_runs_again():
+    g, x, y, op = _parked()
+    with vf.StreamExecutor(g, streams=2) as ex:
+        op.release = trio.Event()  # never set
+        with pytest.raises(vf.ExecutionTimeout, match="parked_vertex"):
+            list(ex.run_stream([{x: np.ones(2)}] * 2, y, timeout=0.5))
+        op.release = None
+        assert list(ex.run_stream([{x: np.ones(2)}] * 2, y, timeout=20)) == [8.0, 8.0]
