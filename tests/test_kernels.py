@@ -15,7 +15,7 @@ from scipy import special as sp_special
 
 import vertexflow as vf
 from vertexflow import kernels
-from vertexflow.kernels import conv, epilogue, norm, special
+from vertexflow.kernels import conv, epilogue, im2col, norm, special
 from vertexflow.ops.activation import HardSigmoid, HardSwish
 from vertexflow.ops.elementwise import Clip
 from vertexflow.ops.nn import Conv2d
@@ -36,7 +36,7 @@ def form(request, monkeypatch):
     if request.param == "numba" and not kernels.available():
         pytest.skip("numba is not installed")
     if request.param == "numpy":
-        for module in (special, conv, epilogue, norm):
+        for module in (special, conv, epilogue, norm, im2col):
             monkeypatch.setattr(module, "available", lambda: False)
     return request.param
 
@@ -114,6 +114,88 @@ def test_the_generated_depthwise_kernels_equal_torch(form, geometry):
     got = Conv2d(stride, padding, 1, 6).forward(np, x, weight)
     want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), stride=stride, padding=padding, groups=6)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@needs_torch
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_convolutions_by_image_columns_and_their_gradients_equal_torch(data):
+    """Any geometry through the per-image column kernels: forward, the input gradient (the transposed
+    convolution's kernel too) and the weight gradient, against torch."""
+    groups = data.draw(st.sampled_from([1, 2]), label="groups")
+    cin = groups * data.draw(st.integers(1, 3), label="channels per group")
+    cout = groups * data.draw(st.integers(1, 3), label="outputs per group")
+    kh, kw = data.draw(st.sampled_from([(3, 3), (1, 3), (2, 2), (5, 4), (1, 9)]), label="kernel")
+    stride = data.draw(st.sampled_from([(1, 1), (2, 2), (1, 2), (3, 1)]), label="stride")
+    padding = data.draw(st.sampled_from([(0, 0), (1, 1), (2, 0), (0, 4)]), label="padding")
+    dilation = data.draw(st.sampled_from([(1, 1), (2, 1), (2, 2)]), label="dilation")
+    h = data.draw(st.integers(dilation[0] * (kh - 1) + 1, 20), label="height")
+    w = data.draw(st.integers(dilation[1] * (kw - 1) + 1, 20), label="width")
+    dtype = data.draw(st.sampled_from(["float32", "float64"]), label="dtype")
+    batch = data.draw(st.integers(1, 5), label="batch")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(batch, cin, h, w)).astype(dtype)
+    weight = rng.normal(size=(cout, cin // groups, kh, kw)).astype(dtype)
+    op = Conv2d(stride, padding, dilation, groups)
+    if cin // groups > 1 or groups == 1:  # (one channel per group is the depthwise kernel's)
+        assert op.algorithm(np, x.shape, weight.shape, x.dtype) == "columns"
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(weight, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(op.forward(np, x, weight), ty.detach().numpy(), **tol)
+    g = rng.normal(size=ty.shape).astype(dtype)
+    ty.backward(torch.tensor(g))
+    graph = vf.Graph()
+    xn, wn = graph.input("x", shape=x.shape, dtype=dtype), graph.param("w", value=weight)
+    loss = vf.sum(vf.conv2d(xn, wn, stride, padding, dilation, groups) * graph.const(g))
+    _, grads = vf.SequentialExecutor(graph).backward({xn: x}, loss, [xn, wn])
+    np.testing.assert_allclose(grads[xn], tx.grad.numpy(), **tol)
+    np.testing.assert_allclose(grads[wn], tw.grad.numpy(), **tol)
+
+
+@needs_torch
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_convolution_split_over_threads_gives_the_bits_of_one_thread(threads, monkeypatch):
+    """Images are split over the threads BLAS may use; every product is single-threaded, so the split
+    never changes a bit (the executors' parity depends on it)."""
+    from vertexflow import machine
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 8, 12, 12)).astype(np.float32)
+    weight = rng.normal(size=(16, 8, 3, 3)).astype(np.float32)
+    monkeypatch.setattr(im2col, "MIN_SPLIT_FLOPS", 1.0)  # split even this small work
+    with machine.blas_threads(threads):
+        got = Conv2d(1, 1).forward(np, x, weight)
+        pointwise = Conv2d().forward(np, x, weight[:, :, :1, :1].copy())
+    with machine.blas_threads(1):
+        want = Conv2d(1, 1).forward(np, x, weight)
+        want_pointwise = Conv2d().forward(np, x, weight[:, :, :1, :1].copy())
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(pointwise, want_pointwise)
+    ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), padding=1).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_products_of_stacked_and_transposed_operands_equal_numpy():
+    """(..., k) @ (k, n) as one product, and a few rows times a transposed matrix computed transposed."""
+    from vertexflow.ops.linalg import Matmul
+
+    rng = np.random.default_rng(5)
+    op = Matmul()
+    a = rng.normal(size=(4, 6, 5)).astype(np.float32)
+    b = rng.normal(size=(5, 7)).astype(np.float32)
+    np.testing.assert_allclose(op.forward(np, a, b), np.matmul(a, b), rtol=1e-6)
+    out = np.empty((4, 6, 7), np.float32)
+    assert op.forward(np, a, b, out=out) is out
+    np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-6)
+    rows = rng.normal(size=(8, 32)).astype(np.float32)
+    weight = rng.normal(size=(24, 32)).astype(np.float32)
+    got = op.forward(np, rows, weight.T)
+    assert got.flags.c_contiguous
+    np.testing.assert_allclose(got, rows @ weight.T, rtol=1e-5)
+    out = np.empty((8, 24), np.float32)
+    assert op.forward(np, rows, weight.T, out=out) is out
+    np.testing.assert_array_equal(out, got)
 
 
 @needs_torch

@@ -355,7 +355,41 @@ def run_awaitable(fn: Callable[[], Any]):
     except RuntimeError as exc:  # not a thread trio started: a loop of its own
         if "created by Trio" not in str(exc):
             raise
-    return trio.run(fn)
+    return trio.run(_cancellable, fn)
+
+
+# The trio loops of our own that await a vertex, by thread: a caller that gives up (a timeout) cancels
+# them, so the thread does not wait forever for something that never comes.
+_awaiting: dict[int, tuple[Any, trio.CancelScope]] = {}
+_awaiting_lock = threading.Lock()
+
+
+async def _cancellable(fn: Callable[[], Any]):
+    ident = threading.get_ident()
+    with trio.CancelScope() as scope:
+        with _awaiting_lock:
+            _awaiting[ident] = (trio.lowlevel.current_trio_token(), scope)
+        try:
+            return await fn()
+        finally:
+            with _awaiting_lock:
+                _awaiting.pop(ident, None)
+    from .errors import ExecutorClosed
+
+    raise ExecutorClosed("the call awaiting this vertex was given up (its deadline passed)")
+
+
+def cancel_awaits(threads: Iterable[int | None]) -> None:
+    """Cancel the vertices that trio loops of our own await on these threads (by ident), if any."""
+    for ident in threads:
+        with _awaiting_lock:
+            found = _awaiting.get(ident)
+        if found is not None:
+            token, scope = found
+            try:
+                token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
 
 
 def _array_shape(a) -> tuple:
@@ -559,6 +593,7 @@ class WatchedThread:
             raise
         if not finished:
             self._abandon(jobs)
+            cancel_awaits([self.ident])  # an async vertex it awaits stops waiting; the thread then ends
             return False, None
         ok, value = box[0]
         if ok:

@@ -65,6 +65,35 @@ def blas_threads(n: int) -> Iterator[None]:
         yield
 
 
+# Held while BLAS's thread count is changed or must stay as set: `BlasThreads` and `blas_split` take turns.
+_count_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def blas_split(parts: int) -> Iterator[int]:
+    """A block in which a kernel runs up to `parts` BLAS calls at once on threads of its own, each call
+    single-threaded: yields how many threads to use, the BLAS thread count in force now (the cores an
+    executor leaves this vertex), at most `parts`. BLAS's count comes back after.
+
+    Every call in the block is single-threaded however many threads there are, so a kernel's values
+    do not depend on how its work was split (OpenBLAS rounds some shapes differently on two threads).
+    """
+    with _count_lock:
+        libs = _blas_controller().lib_controllers
+        counts = [lib.num_threads for lib in libs]
+        threads = max(1, min(parts, max(counts, default=1)))
+        changed = any(count != 1 for count in counts)
+        if changed:
+            for lib in libs:
+                lib.set_num_threads(1)
+        try:
+            yield threads
+        finally:
+            if changed:
+                for lib, count in zip(libs, counts):
+                    lib.set_num_threads(count)
+
+
 class BlasThreads:
     """Share the cores between BLAS calls that run at once on different workers.
 
@@ -112,8 +141,9 @@ class BlasThreads:
         libs = self._controllers()
         if want == self._current or not libs:
             return
-        for lib, original in zip(libs, self._original):
-            lib.set_num_threads(original if want is None else want)
+        with _count_lock:
+            for lib, original in zip(libs, self._original):
+                lib.set_num_threads(original if want is None else want)
         self._current = want
 
     def restore(self) -> None:

@@ -20,7 +20,8 @@ The rewrites:
 - `product_epilogue`: a matrix product or convolution, then a bias added
   along one axis, then an activation (relu, clip, hard sigmoid, hard swish,
   GELU, sigmoid, tanh), or any two of them: one op that writes the product and
-  runs the epilogue on it in place, in one pass (`kernels/epilogue.py`).
+  runs the epilogue on it in place, in one pass (`kernels/epilogue.py`). Identity
+  vertices between them (an imported model's names for its values) are passed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .ops import elementwise as ew
 from .ops.base import Op, numel
 from .ops.linalg import Matmul
 from .ops.nn import Conv2d
+from .ops.shape import Identity
 
 
 @dataclass(frozen=True)
@@ -133,12 +135,18 @@ def product_epilogue(order: Sequence[Node], specs: Mapping[int, Spec], keep: Ite
             if i.id in consumers:
                 consumers[i.id].append(n)
 
-    def sole(node: Node) -> Node | None:
-        """The one consumer of node, if node's value is an inner value nobody else needs."""
-        users = consumers.get(node.id, [])
-        if node.id in keep or len(users) != 1:
-            return None
-        return users[0]
+    def sole(node: Node) -> tuple[Node | None, list[Node]]:
+        """The one consumer of node, if node's value is an inner value nobody else needs, seen through
+        identity vertices (an imported model names values with them); and the identities passed."""
+        passed: list[Node] = []
+        while True:
+            users = consumers.get(node.id, [])
+            if node.id in keep or len(users) != 1:
+                return None, []
+            if type(users[0].op) is not Identity:
+                return users[0], passed
+            node = users[0]
+            passed.append(node)
 
     found = []
     for node in order:
@@ -149,19 +157,20 @@ def product_epilogue(order: Sequence[Node], specs: Mapping[int, Spec], keep: Ite
             continue
         members, inputs = [node], list(node.inputs)
         bias_axis, act = None, None
-        nxt = sole(node)
+        nxt, passed = sole(node)
         if nxt is not None and type(nxt.op) is ew.Add and specs[nxt.id] == spec:
-            other = nxt.inputs[1] if nxt.inputs[0] is node else nxt.inputs[0]
-            axis = _bias_axis(specs[other.id], spec) if other is not node else None
+            last = passed[-1] if passed else node
+            other = nxt.inputs[1] if nxt.inputs[0] is last else nxt.inputs[0]
+            axis = _bias_axis(specs[other.id], spec) if other is not last else None
             if axis is not None:
-                members.append(nxt)
+                members += [*passed, nxt]
                 inputs.append(other)
                 bias_axis = axis
-                nxt = sole(nxt)
+                nxt, passed = sole(nxt)
         if nxt is not None and specs.get(nxt.id) == spec:
             act = _activation(nxt.op, spec.dtype)
             if act is not None:
-                members.append(nxt)
+                members += [*passed, nxt]
         if len(members) < 2:
             continue
         group = Group(members[-1], tuple(members), tuple(inputs))

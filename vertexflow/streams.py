@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from functools import partial
 
-from .core import Failure, check_timeout, concrete_specs, forward_async, run_awaitable, timeout_error
+from .core import Failure, cancel_awaits, check_timeout, concrete_specs, forward_async, run_awaitable, timeout_error
 from .executor import Executor, Feeds, Fetch, SequentialExecutor
 from .gpu.runtime import CupyStreams, EmulatedStreams
 from .gpu.streams import StreamPlan, plan_streams
@@ -71,7 +71,10 @@ class StreamExecutor(Executor):
         for v in plan.order:
             runtime.launch(plan.stream[v.id], launch(v), plan.waits.get(v.id, ()), plan.record.get(v.id), tag=v)
         if not runtime.synchronize(timeout):
-            raise timeout_error(timeout, self._waiting(plan, runtime, values))
+            error = timeout_error(timeout, self._waiting(plan, runtime, values))
+            if isinstance(runtime, EmulatedStreams):  # async vertices stop waiting: their threads end
+                cancel_awaits(runtime.thread_idents())
+            raise error
         if tracer is not None:
             trace = tracer.step_trace(self)
             lane = "cuda-stream-{}" if self.backend.name == "cuda" else "stream-{}"

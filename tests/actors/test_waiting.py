@@ -295,3 +295,25 @@ def test_the_stream_executor_times_out_a_stream_naming_the_parked_vertex_then_ru
             list(ex.run_stream([{x: np.ones(2)}] * 2, y, timeout=0.5))
         op.release = None
         assert list(ex.run_stream([{x: np.ones(2)}] * 2, y, timeout=20)) == [8.0, 8.0]
+    _no_thread_left_waiting()
+
+
+def test_the_tape_times_out_an_async_vertex_and_its_thread_stops_waiting():
+    g, x, y, op = _parked()
+    with vf.SequentialExecutor(g) as tape:
+        op.release = trio.Event()  # never set
+        with pytest.raises(vf.ExecutionTimeout, match="parked_vertex"):
+            tape.run({x: np.ones(2)}, y, timeout=0.5)
+        op.release = None
+        assert tape.run({x: np.ones(2)}, y, timeout=20) == 8.0
+    _no_thread_left_waiting()
+
+
+def _no_thread_left_waiting():
+    """No thread of ours still awaits the parked vertex (the cancelled waits end their threads)."""
+    deadline = threading.Event()
+    for _ in range(100):
+        if not any(t.name.startswith(("vf-stream", "vf-tape")) for t in threading.enumerate()):
+            return
+        deadline.wait(0.05)
+    raise AssertionError(f"threads left: {[t.name for t in threading.enumerate()]}")

@@ -80,6 +80,10 @@ class EmulatedStreams:
                slot: int = 0) -> None:
         self.queues[stream].put((fn, tuple(waits), record, tag))
 
+    def thread_idents(self) -> list[int | None]:
+        """The ids of the streams' threads (to cancel what a vertex awaits there)."""
+        return [t.ident for t in self._threads]
+
     def synchronize(self, timeout: float | None = None) -> bool:
         """Wait for every stream to drain; False if `timeout` seconds passed first (the streams go on)."""
         for q in self.queues:

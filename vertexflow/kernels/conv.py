@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import available
+from .im2col import split
 
 _compiled: dict[str, object] = {}
 _COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # numba has no float16
@@ -155,12 +156,16 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None,
     compiled = available() and dtype in _COMPILED_DTYPES
     kernel = _forward_kernel(tuple(w.shape[2:]), tuple(stride), tuple(dilation)) if compiled else None
     if kernel is not None:
-        kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(w, dtype), out, mult, ph, pw)
+        x, w = np.ascontiguousarray(x, dtype), np.ascontiguousarray(w, dtype)
+        split(x.shape[0], lambda first, last: kernel(x[first:last], w, out[first:last], mult, ph, pw),
+              2.0 * out.size * w.shape[2] * w.shape[3])
         return out
     xp = pad(x) if (ph or pw) else x
     if compiled:
-        _kernels()["forward"](np.ascontiguousarray(xp, dtype), np.ascontiguousarray(w, dtype), out, *stride,
-                              *dilation, mult)
+        xp, w = np.ascontiguousarray(xp, dtype), np.ascontiguousarray(w, dtype)
+        forward = _kernels()["forward"]
+        split(x.shape[0], lambda first, last: forward(xp[first:last], w, out[first:last], *stride, *dilation, mult),
+              2.0 * out.size * w.shape[2] * w.shape[3])
         return out
     (sh, sw), (dh, dw) = stride, dilation
     source = np.repeat(xp, mult, axis=1) if mult > 1 else xp

@@ -10,10 +10,11 @@ from ..errors import ShapeError
 from ..graph import Spec, format_shape
 from .base import Op, broadcast_shapes, require_numeric
 
+_FEW_ROWS = 16  # up to this many rows, a product with a transposed matrix is computed transposed
+
 
 class Matmul(Op):
     name = "matmul"
-    ufunc = "matmul"
     blas = True
     writes_out = True
 
@@ -36,6 +37,20 @@ class Matmul(Op):
         return Spec(batch + rows + cols, np.result_type(a.dtype, b.dtype))
 
     def forward(self, xp, a, b, out=None):
+        if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and (out is None or out.flags.c_contiguous):
+            # (..., k) @ (k, n) as one (rows, k) @ (k, n) product: numpy calls BLAS once per leading
+            # index otherwise (a (64, 64, 64) @ (64, 256) product ran 2.5x slower).
+            flat = xp.matmul(a.reshape(-1, a.shape[-1]), b, out=None if out is None else out.reshape(-1, b.shape[1]))
+            return flat.reshape(*a.shape[:-1], b.shape[1]) if out is None else out
+        if a.ndim == 2 and b.ndim == 2 and 2 <= a.shape[0] <= _FEW_ROWS and b.flags.f_contiguous and \
+                not b.flags.c_contiguous and a.flags.c_contiguous:
+            # A few rows times a transposed matrix (an exported Linear's x @ W.T): OpenBLAS's kernel for
+            # that shape runs up to 1.8x slower than the same product computed transposed, (W @ x.T).T.
+            flipped = xp.matmul(b.T, a.T)
+            if out is None:
+                return xp.ascontiguousarray(flipped.T)
+            xp.copyto(out, flipped.T)
+            return out
         return xp.matmul(a, b, out=out)
 
     def vjp(self, F, g, xs, y):

@@ -295,17 +295,31 @@ class Conv2d(Op, Window):
     def forward(self, xp, x, w, out=None):
         kind = self.algorithm(xp, x.shape, w.shape, x.dtype)
         if kind == "pointwise":
-            # A 1x1 convolution is one product per image: (O, C) @ (C, H*W), already NCHW.
+            # A 1x1 convolution is one product per image: (O, C) @ (C, H*W), already NCHW; the images
+            # split over the threads BLAS may use (each product single-threaded, so the same bits).
+            from ..kernels.im2col import split
+
             sh, sw = self.stride
             xs = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
             n, c, oh, ow = xs.shape
-            flat = None if out is None else out.reshape(n, w.shape[0], oh * ow)
-            product = xp.matmul(w.reshape(w.shape[0], c), xs.reshape(n, c, oh * ow), out=flat)
-            return product.reshape(n, w.shape[0], oh, ow) if out is None else out
+            result = out if out is not None and out.flags.c_contiguous else \
+                np.empty((n, w.shape[0], oh, ow), np.result_type(x.dtype, w.dtype))
+            flat, source, weights = result.reshape(n, w.shape[0], oh * ow), xs.reshape(n, c, oh * ow), \
+                w.reshape(w.shape[0], c)
+            split(n, lambda first, last: np.matmul(weights, source[first:last], out=flat[first:last]),
+                  2.0 * flat.size * c)
+            if out is not None and result is not out:
+                out[...] = result
+                return out
+            return result
         if kind == "depthwise":
             from ..kernels.conv import depthwise
 
             return depthwise(x, w, self.stride, self.padding, self.dilation, lambda a: self._padded(xp, a), out)
+        if kind == "columns":
+            from ..kernels import im2col
+
+            return im2col.conv2d(x, w, self.stride, self.padding, self.dilation, self.groups, out)
         cols, (n, oh, ow) = self._columns(xp, x, w.shape[2:])  # (C*kh*kw, N*OH*OW)
         g = self.groups
         # One product per group, batched: a group's rows of cols are contiguous (channel-major).
@@ -318,14 +332,20 @@ class Conv2d(Op, Window):
 
     def algorithm(self, xp, x_shape, w_shape, dtype) -> str:
         """The kernel for these shapes: "pointwise" (1x1: one product per image), "depthwise" (one
-        input channel per group, float32 or float64: a direct pass per plane), or "im2col" (columns,
-        one product per group; float16 too, which BLAS accumulates in float32)."""
+        input channel per group, float32 or float64: a direct pass per plane), "columns" (float32 or
+        float64 with numba: each image's columns built in cache, one product per image and group,
+        images split over the BLAS threads), or "im2col" (the whole batch's columns, one product per
+        group; cupy, and float16, which BLAS accumulates in float32)."""
         if xp is not np:
             return "im2col"
         if self.groups == 1 and tuple(w_shape[2:]) == (1, 1) and self.padding == (0, 0):
             return "pointwise"
         if self.groups > 1 and self.groups == x_shape[1] and w_shape[1] == 1 and dtype in (np.float32, np.float64):
             return "depthwise"
+        from ..kernels import im2col
+
+        if im2col.usable(dtype):
+            return "columns"
         return "im2col"
 
     def vjp(self, F, g, xs, y):
@@ -365,6 +385,12 @@ class Conv2dGradInput(Op, Window):
             padded = (*x_shape[:2], x_shape[2] + 2 * ph, x_shape[3] + 2 * pw)
             grad = depthwise_grad_input(g, w, padded, self.stride, self.dilation)
             return grad[:, :, ph:ph + x_shape[2], pw:pw + x_shape[3]]
+        if xp is np and g.dtype == w.dtype and g.dtype in (np.float32, np.float64):
+            from ..kernels import im2col
+
+            if im2col.usable(g.dtype):  # per image: the columns' product, added back onto the image in cache
+                return im2col.conv2d_input_gradient(g, w, x_shape, self.stride, self.padding, self.dilation,
+                                                    self.groups)
         o, c, kh, kw = w.shape
         n, _, oh, ow = g.shape
         groups = self.groups
