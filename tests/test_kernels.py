@@ -15,7 +15,7 @@ from scipy import special as sp_special
 
 import vertexflow as vf
 from vertexflow import kernels
-from vertexflow.kernels import conv, epilogue, im2col, norm, special
+from vertexflow.kernels import conv, epilogue, im2col, loss, norm, special
 from vertexflow.ops.activation import HardSigmoid, HardSwish
 from vertexflow.ops.elementwise import Clip
 from vertexflow.ops.nn import Conv2d
@@ -36,7 +36,7 @@ def form(request, monkeypatch):
     if request.param == "numba" and not kernels.available():
         pytest.skip("numba is not installed")
     if request.param == "numpy":
-        for module in (special, conv, epilogue, norm, im2col):
+        for module in (special, conv, epilogue, norm, im2col, loss):
             monkeypatch.setattr(module, "available", lambda: False)
     return request.param
 
@@ -174,6 +174,29 @@ def test_a_convolution_split_over_threads_gives_the_bits_of_one_thread(threads, 
     np.testing.assert_array_equal(pointwise, want_pointwise)
     ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), padding=1).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_torch
+@pytest.mark.parametrize("classes", [1, 10, 64, 65])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_and_its_gradient_equal_torch(form, classes, dtype):
+    """Few classes take the row kernels (numba form), many take numpy's passes: both equal torch."""
+    rng = np.random.default_rng(8)
+    logits = (rng.normal(size=(37, classes)) * 5).astype(dtype)
+    labels = rng.integers(0, classes, 37)
+    graph = vf.Graph()
+    z, y = graph.param("z", value=logits), graph.input("y", shape=(37,), dtype="int64")
+    value, grads = vf.SequentialExecutor(graph).backward({y: labels}, vf.cross_entropy(z, y) * 3.0)
+    tz = torch.tensor(logits, requires_grad=True)
+    want = torch.nn.functional.cross_entropy(tz, torch.tensor(labels)) * 3.0
+    want.backward()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-13)
+    assert value.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(value, want.item(), **tol)
+    np.testing.assert_allclose(grads[z], tz.grad.numpy(), **tol)
+    labels[5] = classes  # out of range: refused, whichever form runs
+    with pytest.raises(vf.VertexError, match=rf"labels must lie in \[0, {classes}\)"):
+        vf.SequentialExecutor(graph).run({y: labels}, vf.cross_entropy(z, y))
 
 
 def test_products_of_stacked_and_transposed_operands_equal_numpy():

@@ -4,7 +4,8 @@ numpy computes a softmax over short rows as a max reduction (np.maximum's
 slow loop here), a broadcast subtract, exp, a sum and a broadcast divide: the
 reductions and broadcasts over rows of 64 cost several times the exp. Here the
 rows are walked directly: `softmax_rows` subtracts each row's max, numpy's
-own SIMD exp runs on the whole buffer, and each row is divided by its sum;
+own SIMD exp runs on the whole buffer, and each row is scaled by the inverse of its
+sum (within an ulp of numpy's division);
 `layer_norm_rows` takes each row's mean and variance (two passes over the
 row, as numpy's mean of squared deviations) and writes the normalized,
 scaled and shifted row. The numpy twins compute the same expressions.
@@ -24,43 +25,96 @@ def _kernels():
     if not _compiled:
         import numba
 
+        # Eight partial maxima and sums: one running value would make every row a chain of dependent
+        # steps (a 64-wide row waited ~250 cycles on its own latency).
         @numba.njit(cache=True, nogil=True)
         def shift_by_max(x, out):
             rows, n = x.shape
             for r in range(rows):
-                m = x[r, 0]
-                for k in range(1, n):
-                    v = x[r, k]
-                    if v > m or v != v:
-                        m = v
+                row, target = x[r], out[r]
+                m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
+                k = 0
+                while k + 8 <= n:
+                    v0, v1, v2, v3 = row[k], row[k + 1], row[k + 2], row[k + 3]
+                    v4, v5, v6, v7 = row[k + 4], row[k + 5], row[k + 6], row[k + 7]
+                    m0 = v0 if v0 > m0 else m0
+                    m1 = v1 if v1 > m1 else m1
+                    m2 = v2 if v2 > m2 else m2
+                    m3 = v3 if v3 > m3 else m3
+                    m4 = v4 if v4 > m4 else m4
+                    m5 = v5 if v5 > m5 else m5
+                    m6 = v6 if v6 > m6 else m6
+                    m7 = v7 if v7 > m7 else m7
+                    k += 8
+                m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+                while k < n:
+                    v = row[k]
+                    m = v if v > m else m
+                    k += 1
+                # A NaN in the row makes its sum NaN below, so the whole row comes out NaN, as numpy's.
                 for k in range(n):
-                    out[r, k] = x[r, k] - m
+                    target[k] = row[k] - m
 
         @numba.njit(cache=True, nogil=True)
         def divide_by_sum(e):
             rows, n = e.shape
             for r in range(rows):
-                s = e[r, 0] * 0
+                row = e[r]
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = row[0] * 0
+                k = 0
+                while k + 8 <= n:
+                    s0 += row[k]
+                    s1 += row[k + 1]
+                    s2 += row[k + 2]
+                    s3 += row[k + 3]
+                    s4 += row[k + 4]
+                    s5 += row[k + 5]
+                    s6 += row[k + 6]
+                    s7 += row[k + 7]
+                    k += 8
+                s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+                while k < n:
+                    s += row[k]
+                    k += 1
+                inverse = 1 / s  # a product per element instead of a division: within 1 ulp of e / s
                 for k in range(n):
-                    s += e[r, k]
-                for k in range(n):
-                    e[r, k] = e[r, k] / s
+                    row[k] = row[k] * inverse
 
         @numba.njit(cache=True, nogil=True)
         def layer_norm(x, weight, bias, eps, out):
             rows, n = x.shape
             for r in range(rows):
-                s = 0.0
-                for k in range(n):
-                    s += x[r, k]
+                row, target = x[r], out[r]
+                s0 = s1 = s2 = s3 = 0.0  # in float64 (statistics), four partial sums for the latency
+                k = 0
+                while k + 4 <= n:
+                    s0 += row[k]
+                    s1 += row[k + 1]
+                    s2 += row[k + 2]
+                    s3 += row[k + 3]
+                    k += 4
+                s = (s0 + s1) + (s2 + s3)
+                while k < n:
+                    s += row[k]
+                    k += 1
                 mu = s / n
-                v = 0.0
-                for k in range(n):
-                    d = x[r, k] - mu
+                v0 = v1 = v2 = v3 = 0.0
+                k = 0
+                while k + 4 <= n:
+                    d0, d1, d2, d3 = row[k] - mu, row[k + 1] - mu, row[k + 2] - mu, row[k + 3] - mu
+                    v0 += d0 * d0
+                    v1 += d1 * d1
+                    v2 += d2 * d2
+                    v3 += d3 * d3
+                    k += 4
+                v = (v0 + v1) + (v2 + v3)
+                while k < n:
+                    d = row[k] - mu
                     v += d * d
+                    k += 1
                 rstd = 1.0 / np.sqrt(v / n + eps)
                 for k in range(n):
-                    out[r, k] = (x[r, k] - mu) * rstd * weight[k] + bias[k]
+                    target[k] = (row[k] - mu) * rstd * weight[k] + bias[k]
 
         _compiled.update(shift_by_max=shift_by_max, divide_by_sum=divide_by_sum, layer_norm=layer_norm)
     return _compiled

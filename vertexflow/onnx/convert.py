@@ -605,6 +605,11 @@ def _concat(env, node, xs, attrs):
 def _gather(env, node, xs, attrs):
     x = xs[0]
     axis = attrs.get("axis", 0) % x.ndim
+    index = xs.env.known.get(xs.names[1])
+    size = x.shape[axis]
+    if index is not None and np.ndim(index) == 0 and size is not None and -size <= int(index) < size:
+        # One known position (attention's q, k, v out of a packed tensor): basic indexing, a view, not a copy.
+        return ops.getitem(x, (slice(None),) * axis + (int(index),), name=out_name(env, node))
     return Take(axis)(x, xs[1], name=out_name(env, node))
 
 
