@@ -11,6 +11,8 @@ the GELU kernel) run as the op's own forward after the bias pass.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import available
@@ -80,9 +82,9 @@ def bias_activation(out: np.ndarray, bias: np.ndarray | None, axis: int, code: i
     if bias is not None or code != NONE:
         if available() and out.dtype in _DTYPES and out.flags.c_contiguous:
             shape = out.shape
-            outer = int(np.prod(shape[:axis])) if axis > 0 else 1
+            outer = math.prod(shape[:axis])
             channels = shape[axis] if out.ndim else 1
-            inner = int(np.prod(shape[axis + 1:])) if axis + 1 < out.ndim else 1
+            inner = math.prod(shape[axis + 1:])
             b = np.zeros(channels, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype).reshape(-1)
             t = out.dtype.type
             rows, planes = _kernels()[code]

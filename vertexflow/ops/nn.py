@@ -236,9 +236,9 @@ class Window:
         several times slower than a pass per tap, except there).
         """
         x = self._padded(xp, x, fill)
-        _, taps = self._geometry(x.shape, kernel)
-        if tuple(kernel) == x.shape[2:] and self.dilation == (1, 1):
+        if tuple(kernel) == x.shape[2:] and self.dilation == (1, 1):  # (before the taps: 256 of them for 16x16)
             return combine.reduce(x.reshape(x.shape[0], x.shape[1], -1), axis=2)[:, :, None, None]
+        _, taps = self._geometry(x.shape, kernel)
         out = None
         for rows, columns in taps.values():
             tap = x[:, :, rows, columns]
