@@ -399,7 +399,7 @@ def test_a_chain_runs_as_one_actor_from_the_first_measured_call():
         np.testing.assert_array_equal(first, vf.SequentialExecutor(g).run({x: np.eye(64) * 0.1}, h))
 
 
-def test_parallel_branches_are_timed_both_ways_before_the_choice():
+def test_parallel_branches_are_timed_both_ways_and_decided_within_five_calls():
     g = vf.Graph()
     x = g.input("x", shape=(64, 64), dtype="float64")
     branches = [vf.tanh(vf.tanh(x * float(k)) @ x) for k in range(4)]
@@ -407,12 +407,17 @@ def test_parallel_branches_are_timed_both_ways_before_the_choice():
     for b in branches[1:]:
         out = out + b
     want = vf.SequentialExecutor(g).run({x: np.eye(64)}, out)
-    with vf.ActorExecutor(g, threads=2, heavy_flops=0, calibration=2) as act:
-        for _ in range(1 + 2 * (2 + 2)):  # the profile, then two warm-up and two timed calls each way
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
+        ways = []
+        for _ in range(5):  # the profile (tape), the network's warm-up, then network, tape, network
+            choice = next(iter(act._choices.values()), None)
+            ways.append(choice.next() if choice is not None else "tape")
             np.testing.assert_array_equal(act.run({x: np.eye(64)}, out), want)  # the same bits either way
         choice = next(iter(act._choices.values()))
-        assert len(choice.times["network"]) == 4 and len(choice.times["tape"]) == 4
+        assert ways == ["tape", "network", "network", "tape", "network"]
+        assert len(choice.times["network"]) == 2 and len(choice.times["tape"]) == 1
         assert choice.mode in ("network", "tape") and choice.reason.startswith("measured: the network took")
+        assert "decided at call 5" in choice.reason
         assert act.describe(out).startswith(f"runs as: {choice.mode} (measured")
 
 
@@ -448,3 +453,76 @@ def test_awaiting_outside_any_event_loop_says_what_to_call_instead():
     with pytest.raises(vf.AsyncContextError, match="call the blocking form instead"):
         coroutine.send(None)
     act.close()
+
+
+def _chains(branches=4, depth=5):
+    g = vf.Graph()
+    x = g.input("x", shape=(64, 256), dtype="float64")
+    outs = []
+    for b in range(branches):
+        h = x * (1.0 + b)
+        for _ in range(depth):
+            h = vf.tanh(h)
+        outs.append(h)
+    return g, x, outs
+
+
+def test_an_actor_on_a_worker_costs_one_hand_off_a_step_not_one_per_member():
+    """Four chains of five expensive vertices: four actors, each one hand-off per step (not twenty)."""
+    g, x, outs = _chains()
+    feeds = {x: np.ones((64, 256))}
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as act:
+        for _ in range(3):  # past the first call of these shapes (each vertex through the core, measured)
+            act.run(feeds, outs)
+        workers = [a for a in act._network_plan(outs, None, {}, False, None).actors if a.heavy]
+        before = act._pool.handed
+        got = act.run(feeds, outs)
+        assert act._pool.handed - before == len(workers) == 4
+    for value, want in zip(got, vf.SequentialExecutor(g).run(feeds, outs)):
+        np.testing.assert_array_equal(value, want)
+
+
+class Misjudged(vf.ops.Op):
+    """An op whose cost estimate is wrong by design: `slow` ones work for milliseconds but say they are
+    cheap, the others say they are expensive and take microseconds (on a small input)."""
+
+    name = "misjudged"
+    work = np.random.default_rng(1).normal(size=(256, 256))
+
+    def __init__(self, slow: bool):
+        self.slow = slow
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        if self.slow:
+            y = self.work
+            for _ in range(20):
+                y = xp.tanh(xp.sort(y, axis=None).reshape(y.shape))
+            return x * float(y[0, 0] > -2)
+        return x + 1.0
+
+    def cost(self, x):
+        return 1.0 if self.slow else 1e12
+
+    blocking = False  # it says it never waits: the choice between tape and network is free
+
+
+@pytest.mark.parametrize("shape", ["slow_branches", "quick_branches", "mixed"])
+def test_schedule_network_places_vertices_as_auto_does_after_measuring(shape):
+    g = vf.Graph()
+    x = g.input("x", shape=(8, 8), dtype="float64")
+    kinds = {"slow_branches": [True, True, True], "quick_branches": [False, False, False],
+             "mixed": [True, False, True]}[shape]
+    outs = [Misjudged(slow)(x * float(k + 1), name=f"branch_{k}") for k, slow in enumerate(kinds)]
+    feeds = {x: np.random.default_rng(0).normal(size=(8, 8))}
+    plans = {}
+    for schedule in ("network", "auto"):
+        with vf.ActorExecutor(g, threads=2, schedule=schedule) as act:
+            for _ in range(5):
+                act.run(feeds, outs)
+            plans[schedule] = act.describe(outs).splitlines()[1:]  # the actors, after the header line
+            estimated = act._network_plan(outs, None, {}, False, None).describe().splitlines()
+    assert plans["network"] == plans["auto"]
+    assert plans["network"] != estimated  # the estimates alone would have placed them otherwise

@@ -151,12 +151,16 @@ class NetworkCalls:
         values = self._source_values(sources, checked, copy=stream)
         self.backend.uploaded()
         key = (tuple(n.id for n in fetch), None if reverse is None else id(reverse), stream,
-               None if fusion is None else frozenset(fusion.ops))
+               None if fusion is None else frozenset(fusion.ops), 0 if choice is None else choice.plan_version)
         shapes = {k: tuple(v.shape) for k, v in checked.items()}
         costs = choice.costs if choice is not None and choice.costs else None
         build = self._network_factory(fetch, reverse, shapes, stream, costs, fusion)
         request = Request(key, build, values, trace, pooled, specs)
         host = self._host()
+        if choice is not None:
+            if choice.network_key is not None and choice.network_key != key:
+                host.retire(choice.network_key)  # replaced by a plan from measured costs
+            choice.network_key = key
         host.submit(request)
         return host, request, checked
 

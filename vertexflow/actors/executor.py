@@ -62,8 +62,9 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
             cores // parallel BLAS threads each; OpenBLAS then rounds many float32 products
             differently in the last bits than a run with all its threads.
         streams: on device="cuda", the most CUDA streams the stream plan uses.
-        calibration: calls (or blocks of stream steps) timed each way, after two warm-up calls
-            each, before "auto" decides (on the fastest of each way).
+        calibration: timed calls (or blocks of stream steps) of the network before "auto"
+            decides, the tape's one fewer: with the default 2, the choice is made at the fifth
+            call (the measured tape, the network's warm-up, then network, tape, network).
         device, tracer, check_numerics, buffers: as for every executor.
     """
 
@@ -77,7 +78,7 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
         schedule: str = "auto",
         blas: str = "auto",
         streams: int = 4,
-        calibration: int = 5,
+        calibration: int = 2,
         **options,
     ):
         super().__init__(graph, **options)
@@ -158,9 +159,14 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
                 sources = self._needed_sources(fetch, reverse)
                 self._after_profile(choice, fetch, reverse, self._feeds(feeds, sources), stream=False)
         else:
-            host, request, _ = self._request(fetch, reverse, feeds, trace, choice=choice)
+            measuring = self._measures_network(choice)
+            host, request, checked = self._request(fetch, reverse, feeds,
+                                                   Profile(choice.costs, trace) if measuring else trace,
+                                                   choice=choice)
             state = self._wait(host, request, timeout)
             result = self._network_result(state, fetch, reverse, extra, single, fetched, feeds)
+            if measuring:
+                self._after_measured_network(choice, fetch, reverse, checked, stream=False)
         choice.record(mode, time.perf_counter() - start)
         return result
 
@@ -172,9 +178,14 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
         if mode == TAPE:
             # Off the caller's loop, so its other tasks go on; _call records the time.
             return await _off_loop(partial(self._call, fetch, reverse, feeds, extra, single, fetched, timeout, tracer))
-        host, request, _ = self._request(fetch, reverse, feeds, self._trace(tracer), choice=choice)
+        measuring = self._measures_network(choice)
+        trace = self._trace(tracer)
+        host, request, checked = self._request(fetch, reverse, feeds, Profile(choice.costs, trace) if measuring else trace,
+                                               choice=choice)
         state = await self._await(host, request, timeout)
         result = self._network_result(state, fetch, reverse, extra, single, fetched, feeds)
+        if measuring:
+            self._after_measured_network(choice, fetch, reverse, checked, stream=False)
         choice.record(mode, time.perf_counter() - start)
         return result
 

@@ -270,6 +270,26 @@ class Host:
                 await trio.sleep(0.05)
         network.shutdown(ExecutorClosed("a call that was given up left this step running; its network was stopped"))
 
+    def retire(self, key: Any) -> None:
+        """No call will use the network for `key` again (measured costs placed its vertices otherwise): it
+        stops once the steps it has in flight are done."""
+
+        def retire_now() -> None:
+            network = self.networks.get(key)
+            if isinstance(network, Network):
+                del self.networks[key]
+                self._nursery.start_soon(self._stop_when_idle, network)
+
+        try:
+            self.call_soon(retire_now)
+        except ExecutorClosed:
+            pass
+
+    async def _stop_when_idle(self, network: Network) -> None:
+        while network.steps and network.broken is None:
+            await trio.sleep(0.01)
+        network.shutdown(ExecutorClosed("its plan was replaced by one from measured costs"))
+
     def tear_down(self, network: Network, error: BaseException) -> None:
         """Stop a network that cannot be trusted any more (a step timed out in it); the next call wires anew."""
 

@@ -57,6 +57,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._started = 0
         self.busy = 0  # calls taken by a worker and not yet finished (read for diagnostics)
+        self.handed = 0  # calls handed to the workers since the pool was made: the hand-offs
         self.blas = BlasThreads()
         # Held around each BLAS-calling op on a worker unless cores are shared out
         # (BlasThreads.sharing): BLAS already spreads one call over every core.
@@ -140,6 +141,7 @@ class WorkerPool:
             state["abandoned"] = True
             return trio.lowlevel.Abort.SUCCEEDED
 
+        self.handed += 1
         self._queue.put((priority, next(self._order), (fn, args, deliver)))
         return await trio.lowlevel.wait_task_rescheduled(abort)
 

@@ -3,8 +3,9 @@
 A kind of call is a set of fetches, forward or backward, one step or a
 stream. Its `Choice` starts undecided: the first call runs on the tape and
 measures every vertex (`Profile`); a graph whose expensive vertices cannot
-overlap keeps the tape; otherwise calls alternate between both ways until
-each has `calibration` timed calls after its warm-up, and the faster stays.
+overlap keeps the tape; otherwise the network is wired and warmed at the
+second call, then the two ways take turns, and the faster stays: by the
+fifth call with the default `calibration=2`.
 A graph with vertices that may wait (`must_run_as_network`) runs as the
 network from the first call and is never tried on the tape: run one after
 another, two vertices that wait for each other would wait forever.
@@ -28,45 +29,51 @@ TAPE, NETWORK = "tape", "network"
 class Choice:
     """How one kind of call runs: as one actor (the tape) or as the network, and why.
 
-    While `mode` is None the executor is still deciding: the first call runs on
-    the tape and measures each vertex (`costs`, seconds); then, if the network
-    can overlap expensive work, calls alternate between the two ways and
-    `times` collects their durations (each way's first, a warm-up, left out).
+    While `mode` is None the executor is still deciding, in `2 * trials + 1` calls
+    (five by default): the first runs on the tape and measures each vertex
+    (`costs`, seconds); if the network can overlap expensive work, the second wires
+    and warms the network (not timed), then the network and the tape take turns,
+    the network first and last, and `times` collects their durations. The faster
+    way's fastest call decides (noise only ever adds time).
     """
 
     mode: str | None = None
     reason: str = "not run yet"
-    trials: int = 5
-    warm: int = 2  # each way's first calls, left out: a process's first calls are slower
+    trials: int = 2  # timed calls of the network before deciding (the tape's: one fewer)
     costs: dict[int, float] = field(default_factory=dict)
     times: dict[str, list[float]] = field(default_factory=lambda: {TAPE: [], NETWORK: []})
     calls: int = 0
+    plan_version: int = 0  # bumped when measured costs place the network's vertices otherwise
+    network_key: tuple | None = None  # the host's key of the network these calls use
 
-    @classmethod
-    def calls_to_decide(cls) -> int:
-        """Calls of one kind before the choice is made (the profile, then each way in turn)."""
-        return 1 + 2 * (cls.warm + cls.trials)
+    @staticmethod
+    def calls_to_decide(trials: int = 2) -> int:
+        """Calls of one kind before the choice is made: the profile, the network's warm-up, then turns."""
+        return 2 * trials + 1
+
+    def _order(self) -> list[str]:
+        return [TAPE, NETWORK] + [NETWORK, TAPE] * (self.trials - 1) + [NETWORK]
 
     def next(self) -> str:
         if self.mode is not None:
             return self.mode
-        if self.calls == 0:
-            return TAPE  # measured: the costs the plan is made from
-        return NETWORK if len(self.times[NETWORK]) <= len(self.times[TAPE]) else TAPE
+        order = self._order()
+        return order[min(self.calls, len(order) - 1)]
 
     def record(self, mode: str, seconds: float) -> None:
         self.calls += 1
         if self.mode is not None:
             return
-        self.times[mode].append(seconds)
-        tape, network = self.times[TAPE][self.warm:], self.times[NETWORK][self.warm:]
-        if len(tape) >= self.trials and len(network) >= self.trials:
-            # The fastest of each way: calls still speed up as the process warms (caches,
-            # buffers, page faults), and noise only ever adds time.
-            t, n = min(tape), min(network)
+        if self.calls > 2:  # the profile (traced) and the network's first call (wiring it) are not timed
+            self.times[mode].append(seconds)
+        if self.calls >= len(self._order()):
+            n = min(self.times[NETWORK])
+            tape = self.times[TAPE] or [sum(self.costs.values())]  # one trial: the profile's sum of vertices
+            t = min(tape)
             self.mode = NETWORK if n < t else TAPE
             self.reason = (f"measured: the network took {n * 1e3:.3g} ms a call, the tape {t * 1e3:.3g} ms "
-                           f"(fastest of {self.trials} after {self.warm} each)")
+                           f"(fastest of {len(self.times[NETWORK])} and {len(self.times[TAPE]) or 'the profile'}, "
+                           f"decided at call {self.calls})")
 
     def decide(self, mode: str, reason: str) -> None:
         self.mode, self.reason = mode, reason
@@ -89,6 +96,10 @@ class Profile:
             return getattr(self.inner, name)
         if name == "step":
             return 0
+        if name == "step_trace" or name.startswith("__"):
+            # It is a step's trace already, not a tracer: an executor given it records into it as it is
+            # (answering `step_trace` made the tape think it a tracer, and the profile recorded nothing).
+            raise AttributeError(name)
         return lambda *args, **kwargs: None
 
 
@@ -153,8 +164,30 @@ class Scheduling:
             choice.decide(TAPE, "measured: no two expensive vertices can run at once; a network would only "
                                 "add hand-offs")
 
+    def _measures_network(self, choice: Choice) -> bool:
+        """Whether this network call also measures its vertices: with schedule="network", the plan starts
+        from the ops' cost estimates; the second call (warm: a first call's costs include its page
+        faults) times each vertex, and the calls after it run the plan made from those times."""
+        return self.schedule == NETWORK and choice.calls == 1 and not choice.costs
+
+    def _after_measured_network(self, choice: Choice, fetch, reverse, checked: dict, stream: bool) -> None:
+        """The network measured its vertices: if the measured costs place them otherwise than the estimates
+        did, the next calls wire the network `auto` would (the estimates' one retires)."""
+        if not choice.costs:
+            return
+        shapes = {k: tuple(v.shape) for k, v in checked.items()}
+        estimated = self._network_plan(fetch, reverse, shapes, stream, None)
+        measured = self._network_plan(fetch, reverse, shapes, stream, choice.costs)
+        if _placement(measured) != _placement(estimated):
+            choice.plan_version += 1
+
     def _stream_choice(self, nodes: list[Node]) -> Choice:
         return self._choice((tuple(n.id for n in nodes), None, True), nodes)
 
     def _stream_block(self, choice: Choice) -> int:
         return max(4, 2 * self.depth)
+
+
+def _placement(plan) -> list[tuple]:
+    """Which vertices share an actor and which actors take workers: what a network's speed depends on."""
+    return [(tuple(m.id for m in a.members), a.heavy, tuple(sorted(a.heavy_ids))) for a in plan.actors]

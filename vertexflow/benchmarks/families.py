@@ -13,6 +13,7 @@ import numpy as np
 
 import vertexflow as vf
 
+from ..machine import cores
 from .workload import Workload
 
 
@@ -57,7 +58,36 @@ def wide(branches: int = 8, depth: int = 6, rows: int = 256, cols: int = 1024, s
             total = h if total is None else total + h
         return total
 
-    return _family("wide", dict(branches=branches, depth=depth, rows=rows, cols=cols), g, [total], feeds, numpy=by_hand)
+    def branch(b):
+        """One branch with in-place ufuncs, numpy's best form of it."""
+        h = feeds[x] * (1.0 + 0.1 * b)
+        for i in range(depth):
+            if (i + b) % 2 == 0:
+                np.tanh(h, out=h)
+            else:
+                with np.errstate(over="ignore"):
+                    np.negative(h, out=h)
+                    np.exp(h, out=h)
+                h += 1.0
+                np.reciprocal(h, out=h)
+        return h
+
+    pool = []
+
+    def on_threads():
+        """The branches on a pool of a thread per core, written by hand: what the actor network should reach."""
+        if not pool:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool.append(ThreadPoolExecutor(cores(), thread_name_prefix="numpy-by-hand"))
+        futures = [pool[0].submit(branch, b) for b in range(branches)]
+        total = futures[0].result()
+        for f in futures[1:]:
+            total += f.result()
+        return total
+
+    return _family("wide", dict(branches=branches, depth=depth, rows=rows, cols=cols), g, [total], feeds, numpy=by_hand,
+                   by_hand={"numpy-threads": on_threads})
 
 
 def deep(length: int = 40, rows: int = 256, cols: int = 1024, seed: int = 0) -> Workload:
