@@ -174,6 +174,10 @@ class Report:
                                "other cost more than the overlap gains; try threads=, blas='share', or schedule='tape'")
             else:
                 out.append(f"{r.executor}: no difference from the tape beyond noise (speedup {low:.2f}-{high:.2f}x)")
+            by_hand = next((p for p in self.results if p.executor == "numpy-threads"), None)
+            if by_hand is not None and ran != "tape" and by_hand.speedup > 0:
+                out.append(f"{r.executor}: {r.speedup:.2f}x the tape, {r.speedup / by_hand.speedup:.0%} of the "
+                           f"speedup of the same ufuncs on a thread per core by hand ({by_hand.speedup:.2f}x)")
             if ran != "tape" and not bound.get("awaited_s") and bound.get("vertex_us_median", 1e9) < 30:
                 out.append(f"{r.executor}: vertices take a median {bound['vertex_us_median']:.1f} us, less "
                            "than a thread hand-off (~30 us): raise heavy_flops so more of them fuse, or keep "
