@@ -246,3 +246,28 @@ def test_importing_vertexflow_never_imports_ray():
     code = "import vertexflow, vertexflow.ray, sys; print('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
+
+
+def test_stream_chunks_carry_about_40_ms_of_work_and_a_known_stream_fills_the_pipeline(monkeypatch):
+    """Steps per call: CHUNK_WORK seconds of the busiest partition's measured work (1 to 64), and at most
+    a quarter of a stream whose length is known, so that the second partition starts early."""
+    from vertexflow.ray import executor as ray_executor
+
+    g, x, params, a, b, loss, feeds = _branches()
+    with RayExecutor(g, partitions=2) as ex:
+        list(ex.run_stream([feeds] * 2, loss))  # measures the partitions' work
+        calls = []
+        submit = ex._submit
+        monkeypatch.setattr(ex, "_submit", lambda call, group, *rest, **kw: calls.append(len(group)) or
+                            submit(call, group, *rest, **kw))
+        call = next(iter(ex._calls.values()))
+        busiest = max(sum(call.costs.get(n.id, 0.0) for n in part) for part in call.partitioning.parts)
+        unbounded = min(64, max(1, round(ray_executor.CHUNK_WORK / busiest)))
+        assert unbounded > 3  # these vertices take microseconds: many steps would go in one call
+        got = list(ex.run_stream([feeds] * 12, loss))  # a list: its length is known
+        assert calls == [3, 3, 3, 3]  # a quarter of the stream each, not `unbounded`
+        calls.clear()
+        got_iter = list(ex.run_stream((feeds for _ in range(12)), loss))  # a generator: length unknown
+        assert calls == [min(unbounded, 12 - k) for k in range(0, 12, unbounded)]
+    want = vf.SequentialExecutor(g).run(feeds, loss)
+    assert all(np.array_equal(v, want) for v in got + got_iter)
