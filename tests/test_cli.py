@@ -45,6 +45,7 @@ def test_demo_benchmarks_both_executors_and_writes_its_trace(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "outputs identical on both executors: yes" in out
     assert "speedup" in out and "lower bound" in out and "efficiency" in out
+    assert "numpy by hand (" in out and "of the hand-threaded one's" in out
     assert str(tmp_path / "trace.html") in out and str(tmp_path / "trace.json") in out
     page = (tmp_path / "trace.html").read_text()
     assert page.startswith("<!doctype html>") and "default-src 'none'" in page

@@ -79,6 +79,8 @@ def configs(names: Sequence[str], workload: Workload, peers: bool = True) -> lis
         BenchmarkError: an unknown executor name.
     """
     for name in names:
+        if isinstance(name, str) and name in workload.by_hand:
+            continue  # a peer this workload has written by hand
         if not isinstance(name, str) or not known(name):
             raise BenchmarkError(f"unknown executor {name!r}; use {', '.join(VERTEXFLOW)}, actor-N (N worker "
                                  f"threads) or a peer ({', '.join(PEERS)})")
