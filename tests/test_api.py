@@ -79,3 +79,16 @@ def test_the_executor_interface_imports_none_of_its_subclasses():
     g.input("x", shape=(2,))
     assert [type(make_executor(g, name)).__name__ for name in EXECUTORS] == [
         "SequentialExecutor", "ActorExecutor", "StreamExecutor"]
+
+
+def test_the_tracer_records_and_imports_none_of_its_readers():
+    """trace/tracer.py records; the renderers (Chrome JSON, viewer, analysis, compare) read what it
+    recorded and attach their entry points to Tracer, so no import goes back up to them."""
+    import ast
+    import pathlib
+
+    source = (pathlib.Path(vf.__file__).parent / "trace" / "tracer.py").read_text()
+    imported = {node.module or "" for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"chrome", "viewer", "analysis", "compare"}
+    t = vf.Tracer()
+    assert all(callable(getattr(t, name)) for name in ("save", "save_html", "summary", "compare", "load"))

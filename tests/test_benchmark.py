@@ -135,3 +135,28 @@ def test_waiting_work_is_measured_against_trio_asyncio_and_dask_by_hand():
     assert report.bound["awaited_s"] >= 4 * 0.002
     assert report.bound["critical_path_s"] >= 0.002 > report.bound["total_work_1_thread_s"] / 4
     assert "with its awaits" in str(report)
+
+
+def test_a_report_marks_figures_no_run_can_give_as_invalid_and_plots_intervals(tmp_path):
+    """Timings faster than the lower bound (noise in the bound under load) or more than N x on N cores
+    for work that waits for nothing are rows marked invalid, never figures."""
+    from types import SimpleNamespace
+
+    from vertexflow.benchmarks.report import Report, Result, SuiteReport
+
+    def result(name, times, exact=True):
+        return Result.from_processes(name, exact, [{"times_s": times}, {"times_s": times}])
+
+    workload = SimpleNamespace(name="wide(branches=4)", mode="run", vertices=10, recipe=None, family="wide",
+                               params={"branches": 4})
+    bound = {"ideal_s": 0.010, "critical_path_s": 0.005, "total_work_1_thread_s": 0.02, "cores": 2}
+    report = Report.make(workload, [result("sequential", [0.030] * 3), result("actor", [0.008] * 3),
+                                    result("numpy", [0.012] * 3, exact=False)], bound, {}, {"cores": 2}, 2, 3)
+    actor, seq = report.result("actor"), report.result("sequential")
+    assert actor.invalid and "faster than the lower bound" in actor.invalid and seq.invalid is None
+    row = next(r for r in report.rows() if r[0] == "actor")
+    assert row[5] == "invalid" and row[6] == "invalid" and "(invalid)" in row[4]
+    assert "137%" not in str(report) and any("marked invalid" in w for w in report.warnings)
+    assert report.result("numpy").invalid  # 2.5x on 2 cores
+    if __import__("importlib").util.find_spec("matplotlib"):
+        assert SuiteReport("quick", False, [report], 1.0).plot(str(tmp_path / "p.png"))

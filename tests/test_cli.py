@@ -199,7 +199,7 @@ def test_trace_runs_a_benchmark_target_after_warm_up_and_compares(tmp_path, caps
     out = tmp_path / "c.html"
     assert main(["trace", f"{script}:build", "--compare", "--steps", "3", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "against SequentialExecutor" in printed and "ideal (sequential work" in printed
+    assert "against SequentialExecutor" in printed and "ideal (the sequential work" in printed
     tracer = vf.Tracer.load(str(tmp_path / "c.json"))
     # Only the traced steps: three per executor, none of the warm-up's.
     for track in tracer.track_ids():
@@ -223,3 +223,11 @@ def test_training_logs_are_a_line_per_epoch_and_tqdm_disable_is_honoured():
                            capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
     assert quiet.returncode == 0 and "epoch " not in quiet.stderr
     assert "test accuracy after 2 epochs" in quiet.stdout
+
+
+def test_bench_piped_prints_a_line_per_configuration_not_a_bar():
+    """stderr not a terminal: whole lines as the suite moves on (no carriage returns), never silence."""
+    done = _cli("bench", "--tiny", "--processes", "1", "--runs", "1", "--family", "wide", "--no-peers")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) >= 3 and "\r" not in done.stderr  # one per process started, at least

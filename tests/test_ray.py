@@ -236,8 +236,25 @@ def test_one_trace_holds_every_partitions_spans_on_aligned_clocks():
     assert {s.vertex for s in tracer.spans if s.phase == "forward"} >= {n.name for n in g.nodes if n.kind == "op"}
     assert all(start - 0.05 <= s.start <= s.end <= end + 0.05 for s in tracer.spans)  # on the driver's clock
     assert any(e.lane == "transfers" and e.args["bytes"] > 0 for e in tracer.events)
+    # as complete as a local trace: each partition's step slices, its executors' waits and counters,
+    # the wait for the producing partition apart from the bytes moving, flows across partitions
+    tracks = {s.track for s in tracer.spans}
+    assert {sl.track for sl in tracer.slices} == tracks
+    producer = [w for w in tracer.waits if w.what == "producer"]
+    assert producer and all(w.lane is None and w.end >= w.start for w in producer)
+    for w in producer:  # the bytes move after the wait, not during it
+        moves = [e for e in tracer.events if e.lane == "transfers" and e.track == w.track and e.start >= w.end - 1e-6]
+        assert moves
     path = tracer.save(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ray-trace-{os.getpid()}.json"))
     assert os.path.getsize(path) > 0
+    from vertexflow.trace.chrome import chrome_events
+
+    events = chrome_events(tracer)
+    pid_of_flow = {}
+    for e in events:
+        if e["ph"] in ("s", "f"):
+            pid_of_flow.setdefault(e["id"], set()).add(e["pid"])
+    assert any(len(pids) == 2 for pids in pid_of_flow.values())  # a value from one partition to the other
 
 
 def test_importing_vertexflow_never_imports_ray():

@@ -136,15 +136,16 @@ class VertexRunner:
         else:
             acquired = time.perf_counter()
         try:
-            cpu = time.thread_time()
+            # The CPU clock is read inside the wall clock's window, so a span's CPU time never exceeds it.
             start = time.perf_counter()
+            cpu = time.thread_time()
             result = fn(*args) if out is None else fn(*args, out=out)
-            end = time.perf_counter()
             cpu = time.thread_time() - cpu
+            end = time.perf_counter()
         finally:
             if lock is not None:
                 lock.release()
-        trace.record(node, phase, lane, min(ready, acquired), acquired, start, end, cpu, shown,
+        trace.record(node, phase, lane, min(ready, acquired), acquired, start, end, min(cpu, end - start), shown,
                      op if op is not node.op else None, getattr(result, "shape", None) if phase == FORWARD else None)
         return result
 

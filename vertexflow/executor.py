@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -412,9 +413,14 @@ class SequentialExecutor(Executor):
         return self._compiled(tape, specs, pooled, None).source
 
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
+        start = time.perf_counter()
         timeout = check_timeout(timeout)
         nodes, single = self._fetches(fetch)
-        return self.run_nodes(feeds, nodes, single, timeout, self._tracer())
+        trace = _as_trace(self, self._tracer())
+        result = self.run_nodes(feeds, nodes, single, timeout, trace)
+        if trace is not None:
+            trace.slice(start, time.perf_counter())  # the call, from entry to return
+        return result
 
     def run_nodes(self, feeds: Feeds, nodes: list[Node], single: bool, timeout: float | None, tracer):
         """`run` with the fetches resolved and the tracer given (what other executors call)."""
@@ -423,11 +429,16 @@ class SequentialExecutor(Executor):
         return self._results(values, nodes, single, sources)
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
+        start = time.perf_counter()
         timeout = check_timeout(timeout)
         (loss,), _ = self._fetches([loss])
         extra, single = self._fetches(fetch) if fetch is not None else ([], False)
-        return self.backward_nodes(feeds, loss, self._plan(loss, wrt), extra, single, fetch is not None,
-                                   timeout, self._tracer())
+        trace = _as_trace(self, self._tracer())
+        result = self.backward_nodes(feeds, loss, self._plan(loss, wrt), extra, single, fetch is not None,
+                                     timeout, trace)
+        if trace is not None:
+            trace.slice(start, time.perf_counter())
+        return result
 
     def backward_nodes(self, feeds: Feeds, loss: Node, plan: ReversePlan, extra: list[Node], single: bool,
                        fetched: bool, timeout: float | None, tracer):

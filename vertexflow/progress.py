@@ -36,6 +36,9 @@ class Lines:
         self.n += n
 
     def set_description(self, desc: str) -> None:
+        """A new stage: one line in a log (a suite's next configuration), so a long run is seen to move."""
+        if desc != self.desc and self.enabled:
+            print(desc, file=sys.stderr, flush=True)
         self.desc = desc
 
     def set_postfix(self, values: dict[str, Any] | None = None, **kw) -> None:

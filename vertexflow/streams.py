@@ -13,6 +13,7 @@ on the tape, on the same device.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from functools import partial
 
@@ -43,6 +44,7 @@ class StreamExecutor(Executor):
         return plan
 
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
+        called = time.perf_counter()
         timeout = check_timeout(timeout)
         nodes, single = self._fetches(fetch)
         plan = self.plan(nodes)
@@ -86,7 +88,10 @@ class StreamExecutor(Executor):
         for n in nodes:
             if type(values[n.id]) is Failure:
                 raise values[n.id].error
-        return self._results([values[n.id] for n in nodes], nodes, single)
+        result = self._results([values[n.id] for n in nodes], nodes, single)
+        if tracer is not None:
+            trace.slice(called, time.perf_counter())  # the call, from entry to return
+        return result
 
     def _waiting(self, plan: StreamPlan, runtime, values: dict) -> dict[str, str]:
         running = {id(tag): stream for stream, tag in dict(getattr(runtime, "running", {})).items()}

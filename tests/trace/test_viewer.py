@@ -1,5 +1,6 @@
 """The HTML trace viewer in a real headless Chromium (Debian's chromium, driven by Playwright)."""
 
+import math
 import os
 import time
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 import vertexflow as vf
+from vertexflow.trace.tracer import Wait
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 CHROMIUM = os.environ.get("VERTEXFLOW_CHROMIUM", "/usr/bin/chromium")
@@ -184,10 +186,65 @@ def test_the_compare_view_shows_why(browser, tmp_path):
     page, events, url = _open(browser, path)
     assert events["errors"] == []
     assert page.locator("#compare-box").is_visible()
-    assert page.locator("#breakdown div").count() == 4
-    assert page.locator("#inflation tbody tr").count() >= 1
+    assert page.locator("#breakdown div").count() == 5
+    legend = [li.text_content() for li in page.locator("#legend li").all()]
+    # every part named whole in a legend (the bar itself carries no text to cut), per step
+    assert len(legend) >= 5 and all("per step" in text for text in legend[:5])
+    assert legend[0].startswith("ideal (the sequential work, perfectly overlapped)")
+    assert not page.locator("#ran-as").is_visible()  # it ran as the network: nothing to say
+    slowed = page.evaluate("window.vfViewer.compare.slowed")
+    c = ts.compare(ta)
+    assert slowed == [v.vertex for v in c.slowed()][:15]  # only vertices that slowed
     assert page.locator(".track-title").count() == 2
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+    page.close()
+
+
+def test_the_compare_view_says_when_the_actor_executor_ran_as_the_tape(browser, tmp_path):
+    g = vf.Graph()
+    x = g.input("x", shape=(64, 64), dtype="float64")
+    out = vf.tanh(vf.exp(x * 0.1))  # one chain: auto keeps the tape
+    seq = vf.SequentialExecutor(g)
+    with vf.ActorExecutor(g, threads=2) as act:
+        for _ in range(3):
+            act.run({x: np.ones((64, 64))}, out)
+        with vf.trace() as ts:
+            seq.run({x: np.ones((64, 64))}, out)
+        with vf.trace() as ta:
+            act.run({x: np.ones((64, 64))}, out)
+    c = ts.compare(ta)
+    assert c.ran_as_tape and "no two expensive vertices can run at once" in c.ran_as_tape
+    assert c.breakdown()[-1][0].startswith("the tape's own overhead")
+    page, events, url = _open(browser, c.save_html(str(tmp_path / "tape.html")))
+    assert events["errors"] == []
+    note = page.locator("#ran-as")
+    assert note.is_visible() and "ran these calls as one actor, on the tape" in note.text_content()
+    assert not any("hand-off overhead" in li.text_content() for li in page.locator("#legend li").all())
+    assert "runs as: tape" in page.locator("#summaries").text_content()
+    page.close()
+
+
+def test_waits_are_drawn_and_a_click_hits_the_one_pixel_span_under_it(browser, tmp_path):
+    g = vf.Graph("thin")
+    x = g.input("x", shape=(4,))
+    wide_span, thin, after = vf.exp(x, name="wide"), vf.tanh(x, name="thin"), vf.sigmoid(x, name="after")
+    tracer = vf.Tracer()
+    # on one lane: a 1 ms span, then a 1 us span right after it, then a 1 ms span 0.2 ms later
+    t0 = tracer.origin
+    for node, start, end in [(wide_span, 0.0, 1e-3), (thin, 1.0e-3, 1.001e-3), (after, 1.2e-3, 2.2e-3)]:
+        tracer.record(node, "forward", 0, "vf-worker-0", t0 + start, t0 + start, t0 + end, [np.zeros(4)])
+    tracer.waits.append(Wait("input", "after", 0, 0, 0, None, t0 + 1.001e-3, t0 + 1.2e-3))
+    page, events, url = _open(browser, tracer.save_html(str(tmp_path / "thin.html")))
+    assert events["errors"] == [] and page.evaluate("window.vfViewer.waitsDrawn") == 1
+    index = _span_index(page, "thin")
+    rect = page.evaluate(f"window.vfViewer.rect({index})")
+    assert rect["w"] <= 1.5  # a pixel wide at this zoom
+    box = page.locator("#timeline").bounding_box()
+    # a mouse event lands on a whole pixel: the one the mark covers (it is drawn a pixel wide from rect x)
+    px = math.floor(box["x"] + rect["x"]) + 1
+    assert box["x"] + rect["x"] <= px <= box["x"] + rect["x"] + rect["w"]
+    page.mouse.click(px, box["y"] + rect["y"] + rect["h"] / 2)
+    assert page.evaluate("window.vfViewer.selected()") == index
     page.close()
 
 
@@ -198,7 +255,7 @@ def test_a_large_trace_stays_fast(browser, tmp_path):
     nodes = [vf.exp(x, name=f"v{k}") for k in range(50)]
     tracer = vf.Tracer()
     rng = np.random.default_rng(0)
-    t = [0.0] * 4
+    t = [tracer.origin] * 4
     for i in range(100_000):
         lane = i % 4
         d = float(rng.exponential(20e-6))
@@ -209,20 +266,25 @@ def test_a_large_trace_stays_fast(browser, tmp_path):
     tracer.save(str(tmp_path / "large.json"))
     saved = time.perf_counter() - start
     start = time.perf_counter()
+    vf.Tracer.load(str(tmp_path / "large.json"))
+    loaded = time.perf_counter() - start
+    start = time.perf_counter()
     tracer.save_html(str(tmp_path / "large.html"))
     written = time.perf_counter() - start
     size = os.path.getsize(tmp_path / "large.html") / 2**20
     page, events, url = _open(browser, tmp_path / "large.html")
     ready = page.evaluate("window.vfViewer.readyMs")
     redraws = []
-    for a, b in [(0, 2e3), (1e5, 1.1e5), (0, max(t) * 1e6), (5e5, 5e5 + 50)]:
+    end = (max(t) - tracer.origin) * 1e6
+    for a, b in [(0, 2e3), (1e5, 1.1e5), (0, end), (5e5, 5e5 + 50), (0, end / 2), (end / 3, end / 3 + 1)]:
         page.evaluate(f"window.vfViewer.zoom({a}, {b})")
         redraws.append(page.evaluate("window.vfViewer.lastDrawMs"))
-    page.evaluate(f"window.vfViewer.zoom(0, {max(t) * 1e6})")
+    page.evaluate(f"window.vfViewer.zoom(0, {end})")
     box = page.locator("#timeline").bounding_box()
     page.mouse.move(box["x"] + 500, box["y"] + 55)
     hover = page.evaluate("window.vfViewer.lastHitMs")
-    print(f"\n100,000 spans: Chrome JSON saved in {saved:.2f} s, HTML written in {written:.2f} s ({size:.1f} MB); "
+    print(f"\n100,000 spans: Chrome JSON saved in {saved:.2f} s, read back in {loaded:.2f} s, HTML written in "
+          f"{written:.2f} s ({size:.1f} MB); "
           f"viewer ready in {ready:.0f} ms; redraws {', '.join(f'{r:.1f}' for r in redraws)} ms; hover {hover:.2f} ms")
     assert events["errors"] == [] and page.evaluate("window.vfViewer.spans") == 100_000
     page.close()

@@ -155,7 +155,7 @@ class NetworkCalls:
         shapes = {k: tuple(v.shape) for k, v in checked.items()}
         costs = choice.costs if choice is not None and choice.costs else None
         build = self._network_factory(fetch, reverse, shapes, stream, costs, fusion)
-        request = Request(key, build, values, trace, pooled, specs)
+        request = Request(key, build, values, trace, pooled, specs, stream)
         host = self._host()
         if choice is not None:
             if choice.network_key is not None and choice.network_key != key:

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from functools import partial
 
-from ..core import check_timeout
+from ..core import check_timeout, thread_lane
 from ..executor import Executor, Feeds, Fetch, SequentialExecutor
 from ..graph import Graph, Node
 from .calls import NetworkCalls, _off_loop, _release, _require_async, _require_blocking
@@ -152,6 +152,8 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
         mode = choice.next()
         start = time.perf_counter()
         trace = self._trace(tracer)
+        if trace is not None:  # how this call runs, and why (the viewer and compare say so)
+            trace.event("schedule", thread_lane(), start, start, mode=mode, reason=choice.reason)
         if mode == TAPE:
             first = choice.calls == 0
             result = self._tape_call(choice, fetch, reverse, feeds, extra, single, fetched, timeout, trace)
@@ -167,7 +169,10 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
             result = self._network_result(state, fetch, reverse, extra, single, fetched, feeds)
             if measuring:
                 self._after_measured_network(choice, fetch, reverse, checked, stream=False)
-        choice.record(mode, time.perf_counter() - start)
+        end = time.perf_counter()
+        choice.record(mode, end - start)
+        if trace is not None:
+            trace.slice(start, end)  # the call, from entry to return
         return result
 
     async def _acall(self, fetch: list[Node], reverse, feeds, extra, single, fetched, timeout, tracer):
@@ -180,13 +185,18 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
             return await _off_loop(partial(self._call, fetch, reverse, feeds, extra, single, fetched, timeout, tracer))
         measuring = self._measures_network(choice)
         trace = self._trace(tracer)
+        if trace is not None:
+            trace.event("schedule", thread_lane(), start, start, mode=mode, reason=choice.reason)
         host, request, checked = self._request(fetch, reverse, feeds, Profile(choice.costs, trace) if measuring else trace,
                                                choice=choice)
         state = await self._await(host, request, timeout)
         result = self._network_result(state, fetch, reverse, extra, single, fetched, feeds)
         if measuring:
             self._after_measured_network(choice, fetch, reverse, checked, stream=False)
-        choice.record(mode, time.perf_counter() - start)
+        end = time.perf_counter()
+        choice.record(mode, end - start)
+        if trace is not None:
+            trace.slice(start, end)
         return result
 
     def _resolve(self, loss: Fetch, wrt, fetch):

@@ -39,8 +39,9 @@ class Request:
     """
 
     def __init__(self, key: Any, build: Callable[[], Network], values: dict, trace, pooled: dict | None = None,
-                 specs: dict | None = None):
+                 specs: dict | None = None, stream: bool = False):
         self.key = key
+        self.stream = stream  # a stream's step: the network records its slice (a call records its own)
         self.pooled = pooled or {}
         self.specs = specs
         self.build = build
@@ -193,7 +194,8 @@ class Host:
             if request.abandoned:
                 return  # its caller went away before the step started
             with network.blas_share() if network.blas_share is not None else contextlib.nullcontext():
-                step = await network.submit(request.values, request.trace, request.pooled, request.specs)
+                step = await network.submit(request.values, request.trace, request.pooled, request.specs,
+                                            sliced=request.stream)
                 request.network, request.step = network, step
                 if request.abandoned:
                     network.discard(step)

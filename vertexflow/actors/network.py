@@ -87,6 +87,7 @@ class StepState:
     done: trio.Event = field(default_factory=trio.Event)
     discarded: bool = False
     error: BaseException | None = None
+    sliced: bool = True  # record the step's slice when its results are in (a stream's step)
 
     def received(self) -> int:
         return len(self.values) + len(self.grads)
@@ -165,8 +166,11 @@ class Network:
             state.done.set()
 
     # -- driver ----------------------------------------------------------------
-    async def submit(self, sources: dict[int, Any], trace=None, pooled=None, specs=None) -> int:
-        """Start a step with these source values (recording spans into `trace`); returns its number."""
+    async def submit(self, sources: dict[int, Any], trace=None, pooled=None, specs=None, sliced: bool = True) -> int:
+        """Start a step with these source values (recording spans into `trace`); returns its number.
+
+        With `sliced`, the trace gets the step's slice from here to its results (a stream's step; a
+        single call records its own, from the caller's entry to its return)."""
         if self.broken is not None:
             raise self.broken
         try:
@@ -180,7 +184,7 @@ class Network:
         self.next_step += 1
         slot = self.free_slots.pop()
         self.steps[step] = StepState(self.expected, trace=trace, slot=slot, pooled=pooled or {}, specs=specs,
-                                     submitted=time.perf_counter())
+                                     submitted=time.perf_counter(), sliced=sliced)
         if trace is not None:
             trace.counter("steps", "in flight", len(self.steps))
         # No await from here on: a step is either fully submitted or not at all.
@@ -225,7 +229,8 @@ class Network:
                 self.streams.step_done(state.slot, state.trace)
             self.free_slots.append(state.slot)
             if state.trace is not None:
-                state.trace.slice(state.submitted, time.perf_counter())
+                if state.sliced:
+                    state.trace.slice(state.submitted, time.perf_counter())
                 state.trace.counter("steps", "in flight", len(self.steps) - 1)
                 if self.buffers is not None:
                     state.trace.counter("buffer pool", "MB", self.buffers.held_bytes() / 2**20)

@@ -25,16 +25,20 @@ from .schedule import TAPE, Profile
 class _TapeStep:
     """A stream step to run on the tape when its turn comes (on the caller's thread, or off a trio loop)."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "trace")
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, trace=None):
+        self.fn, self.trace = fn, trace
 
     def resolve(self):
-        return self.fn()
+        start = time.perf_counter()
+        result = self.fn()
+        if self.trace is not None:
+            self.trace.slice(start, time.perf_counter())  # the step, from its turn to its result
+        return result
 
     async def resolve_async(self):
-        return await _off_loop(self.fn)
+        return await _off_loop(self.resolve)
 
 
 class _Pending:
@@ -96,7 +100,7 @@ def stream_steps(ex, feeds_iterable: Iterable[Feeds], nodes: list[Node], single:
                 trace = ex._trace(tracer, step, run)
                 step += 1
                 yield _TapeStep(partial(ex._tape.run_nodes, feeds, nodes, single, timeout,
-                                        Profile(choice.costs, trace) if first else trace))
+                                        Profile(choice.costs, trace) if first else trace), trace)
                 if first:
                     ex._after_profile(choice, nodes, None, ex._feeds(feeds, sources), stream=True)
                     if choice.mode is not None:

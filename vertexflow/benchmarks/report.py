@@ -54,6 +54,7 @@ class Result:
     efficiency: float | None = None
     gap_per_vertex_us: float | None = None  # (median - lower bound) / vertices: what a schedule did not recover
     loops: int = 1  # units back to back in each timed run (times_s are per unit)
+    invalid: str | None = None  # why its efficiency and gap are not figures a run can give (shown as such)
     _processes: list[list[float]] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -121,6 +122,12 @@ class Report:
             if r.exact:  # the bound is over schedules of this graph's vertices: peers are other programs
                 r.efficiency = ideal / r.median_s
                 r.gap_per_vertex_us = (r.median_s - ideal) / max(self.vertices, 1) * 1e6
+                if r.efficiency > 1.0:
+                    r.invalid = ("faster than the lower bound, which no schedule can beat: noise in the bound or "
+                                 "the timing")
+            cores = self.bound.get("cores", 1)
+            if r.speedup > cores * 1.02 and not self.bound.get("awaited_s") and r.invalid is None:
+                r.invalid = f"{r.speedup:.2f}x on {cores} cores: more than the cores allow for work that waits for none"
         self.warnings = self._warnings()
         self.advice = self._advice()
 
@@ -134,9 +141,8 @@ class Report:
             if len(meds) > 1 and (max(meds) - min(meds)) / r.median_s > 0.15:
                 out.append(f"{r.executor}: its processes disagree by {(max(meds) - min(meds)) / r.median_s:.0%} "
                            "(a busy or noisy machine); compare its figures with care")
-            if r.efficiency is not None and r.efficiency > 1.02:
-                out.append(f"{r.executor}: {r.efficiency:.0%} of the lower bound, which no schedule can beat: "
-                           "measurement noise in the bound or the timing; rerun")
+            if r.invalid:
+                out.append(f"{r.executor}: its figures are marked invalid ({r.invalid}); rerun on an idle machine")
         return out
 
     def _advice(self) -> list[str]:
@@ -156,6 +162,8 @@ class Report:
                 out.append(f"{r.executor}: {r.speedup:.2f}x the tape ({r.efficiency:.0%} of the lower bound): "
                            "vertices awaited at once (an await holds no thread, so waits overlap beyond the "
                            f"{bound['cores']} cores; the tape awaits them one after another)")
+            elif r.invalid:
+                continue  # its figures say nothing a run can give
             elif low > 1.0:
                 out.append(f"{r.executor}: {r.speedup:.2f}x the tape ({r.efficiency:.0%} of the lower bound): "
                            "independent expensive vertices ran at once")
@@ -208,9 +216,9 @@ class Report:
                 _ms(r.median_s),
                 f"{_ms(r.q1_s)}-{_ms(r.q3_s)}",
                 f"{_ms(r.ci95_s[0])}-{_ms(r.ci95_s[1])}",
-                f"{r.speedup:.2f}x [{low:.2f}-{high:.2f}]",
-                "-" if r.efficiency is None else f"{100 * r.efficiency:.0f}%",
-                "-" if r.gap_per_vertex_us is None else f"{r.gap_per_vertex_us:.1f} us",
+                f"{r.speedup:.2f}x [{low:.2f}-{high:.2f}]" + (" (invalid)" if r.invalid else ""),
+                "-" if r.efficiency is None else "invalid" if r.invalid else f"{100 * r.efficiency:.0f}%",
+                "-" if r.gap_per_vertex_us is None else "invalid" if r.invalid else f"{r.gap_per_vertex_us:.1f} us",
                 "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.1f}",
             ])
         return out
@@ -436,14 +444,22 @@ class SuiteReport:
 
 
 def _series(ax, reports: list[Report], x_key: str, y_key: str) -> None:
-    by_executor: dict[str, list[tuple[float, float]]] = {}
+    by_executor: dict[str, list[tuple]] = {}
     for report in reports:
         for r in report.results:
-            if getattr(r, y_key) is not None:
-                by_executor.setdefault(r.executor, []).append((report.params.get(x_key, 0), getattr(r, y_key)))
+            if getattr(r, y_key) is not None and not r.invalid:
+                interval = r.speedup_ci95 if y_key == "speedup" else None
+                by_executor.setdefault(r.executor, []).append((report.params.get(x_key, 0), getattr(r, y_key),
+                                                              interval))
     for name, points in sorted(by_executor.items()):
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        points.sort(key=lambda p: p[0])
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if all(p[2] is not None for p in points):  # the 95% interval of each point, as error bars
+            below = [max(y - p[2][0], 0.0) for y, p in zip(ys, points)]
+            above = [max(p[2][1] - y, 0.0) for y, p in zip(ys, points)]
+            ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=f"{name} (95% CI)")
+        else:
+            ax.plot(xs, ys, marker="o", label=name)
 
 
 def run_suite(suite: str = "quick", families: Sequence[str] | None = None, threads: int | None = None,

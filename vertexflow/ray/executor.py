@@ -459,7 +459,10 @@ class RayExecutor(Executor):
             tracer.merge_remote(payload["spans"], payload["events"], payload["transfers"],
                                 label=f"RayExecutor partition {p} (pid {info['pid']} on {info['ip']})",
                                 offset=info["offset"], run=run, step=step, key=(id(self), p, info["pid"]),
-                                steps=payload.get("steps") or None)
+                                steps=payload.get("steps") or None, waits=payload.get("waits", ()),
+                                producer_waits=payload.get("producer_waits", ()),
+                                slices=payload.get("slices", ()), counters=payload.get("counters", ()),
+                                step_of=payload.get("step_of"))
 
     def _source_value(self, node: Node, feeds: dict[int, Any]):
         return np.array(feeds[node.id]) if node.kind == "input" else np.array(node.value)

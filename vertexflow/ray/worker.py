@@ -190,19 +190,25 @@ class PartitionWorker:
 
         built = self.programs[key]
         program = built.program
-        transfers = []
+        transfers: list[tuple] = []
+        waits: list[tuple] = []  # (what, vertex, start, end): waiting for another partition's values
         feeds = [self._resolved(step_sources, transfers) for step_sources in sources]
         wanted = set(program.fetch) | {n for _, ns in program.sends for n in ns} | (set(program.keep) if keep else set())
         tracer = Tracer() if trace else None
-        step_of: list[int] = []
+        step_of: dict[str, list[int]] = {"spans": [], "waits": [], "slices": [], "counters": []}
         values: list[dict[str, Any]] = [{} for _ in steps]
         for index, wave in enumerate(built.waves):
             if index == 1:  # where values from earlier partitions are first read
                 for ref in incoming:
-                    start = time.perf_counter()
-                    parts = ray.get(ref)
+                    asked = time.perf_counter()
+                    ray.wait([ref], num_returns=1)  # the producer's partition still computing
+                    arrived = time.perf_counter()
+                    parts = ray.get(ref)  # the bytes moving (from the object store) and read
+                    got = time.perf_counter()
                     parts = parts if isinstance(parts, list) else [parts]
-                    transfers.append((f"receive {', '.join(parts[0])[:60]}", start, time.perf_counter(),
+                    names = ", ".join(parts[0])[:60]
+                    waits.append(("producer", names, asked, arrived))
+                    transfers.append((f"receive {names}", arrived, got,
                                       int(sum(getattr(v, "nbytes", 0) for part in parts for v in part.values()))))
                     for step_feeds, part in zip(feeds, parts):
                         step_feeds.update(part)
@@ -215,8 +221,10 @@ class PartitionWorker:
             for step, step_feeds, step_values in zip(steps, feeds, values):
                 given = {n: step_values[n] if n in step_values else step_feeds[n] for n in wave.inputs}
                 step_values.update(zip(fetch, self._run(wave, given, fetch, tracer)))
-                if tracer is not None:  # which of the chunk's steps the spans just recorded belong to
-                    step_of.extend([step] * (len(tracer._raw) - len(step_of)))
+                if tracer is not None:  # which of the chunk's steps what was just recorded belongs to
+                    for kind, recorded in (("spans", tracer._raw), ("waits", tracer.waits),
+                                           ("slices", tracer.slices), ("counters", tracer.counters)):
+                        step_of[kind].extend([step] * (len(recorded) - len(step_of[kind])))
         for step_feeds, step_values in zip(feeds, values):
             for n in wanted:
                 if n not in step_values:
@@ -226,7 +234,7 @@ class PartitionWorker:
             for step, step_feeds, step_values in zip(steps, feeds, values):
                 built.kept[step] = {**step_feeds, **step_values}
         driver = {"values": [{n: v[n] for n in program.fetch} for v in values],
-                  "trace": self._trace_payload(tracer, transfers, step_of) if trace else None}
+                  "trace": self._trace_payload(tracer, transfers, step_of, waits) if trace else None}
         sends = [[{n: v[n] for n in ns} for v in values] for _, ns in program.sends]
         return driver, sends
 
@@ -309,7 +317,15 @@ class PartitionWorker:
             built.kept.pop(step, None)
 
     @staticmethod
-    def _trace_payload(tracer, transfers, step_of: list[int] | None = None) -> dict:
-        spans = list(tracer.spans) if tracer is not None else []
-        events = list(tracer.events) if tracer is not None else []
-        return {"spans": spans, "events": events, "transfers": transfers, "pid": os.getpid(), "steps": step_of}
+    def _trace_payload(tracer, transfers, step_of: dict | None = None, producer_waits=()) -> dict:
+        """What this partition recorded, for the driver's tracer: spans, events, waits (its executors'
+        and its waits for earlier partitions), step slices, counters, transfers, and each one's step."""
+        if tracer is None:
+            return {"spans": [], "events": [], "transfers": transfers, "pid": os.getpid()}
+        step_of = step_of or {}
+        waits = [(w.what, w.vertex, w.lane, w.start, w.end) for w in tracer.waits]
+        return {"spans": list(tracer.spans), "events": list(tracer.events), "transfers": transfers,
+                "waits": waits, "producer_waits": list(producer_waits),
+                "slices": [(sl.start, sl.end) for sl in tracer.slices],
+                "counters": [(c.group, c.series, c.time, c.value) for c in tracer.counters],
+                "pid": os.getpid(), "steps": step_of.get("spans"), "step_of": step_of}

@@ -11,9 +11,11 @@ actually ran. For one executor's track (or every span):
 - critical path: per step, the longest chain of dependent spans (forward
   spans on their inputs' spans, a backward span on its vertex's forward and
   on its consumers' backward spans), with the durations that step measured;
-- ideal bound: max(longest critical path, CPU work / cores), capped at the
-  work: no schedule of these spans on these cores beats it, so efficiency =
-  bound / wall is at most 100% up to timer noise.
+- ideal bound, per step: max(its critical path, its CPU work / cores), capped at
+  its work: no schedule of these spans on these cores beats it. Efficiency is
+  per step too: the median over steps of the step's bound over its wall time
+  (the call's slice, from entry to return, where the executor recorded one),
+  so the tape on a chain reads about 100%.
 """
 
 from __future__ import annotations
@@ -45,14 +47,20 @@ class Summary:
     waits: dict[str, float] = field(default_factory=dict)  # kind -> total seconds
     critical_by_step: dict[tuple[int, int], list[tuple[str, str]]] = field(default_factory=dict)
     top_vertices: list[dict] = field(default_factory=list)
+    step_wall: float = 0.0  # median per step: a call's slice (entry to return), else its spans' extent
+    step_efficiency: float = 0.0  # median over steps of the step's ideal / its wall time, at most 100%
+    ran_as: str | None = None  # an ActorExecutor's way of running its calls ("network", "tape: why")
 
     @property
     def efficiency(self) -> float:
-        return self.ideal / self.wall if self.wall > 0 else 0.0
+        """Per step (the median over steps): the step's ideal bound over its wall time."""
+        return self.step_efficiency
 
     def as_dict(self) -> dict:
         return {
             "wall_s": self.wall,
+            "step_wall_s": self.step_wall,
+            "ran_as": self.ran_as,
             "busy_s": self.busy,
             "utilization": self.utilization,
             "parallelism": self.parallelism,
@@ -102,29 +110,39 @@ def dependencies(spans: list[Span]) -> dict[tuple[str, str], set[tuple[str, str]
 
 
 def critical_path(times: dict, deps: dict) -> tuple[float, list]:
-    """Longest weighted path through the dependency DAG."""
-    import networkx as nx
+    """Longest weighted path through the dependency DAG: (its length, its nodes in order).
 
-    dag = nx.DiGraph()
-    dag.add_nodes_from(times)
+    Kahn's order over the step's spans, then one pass: a step has a few thousand spans at
+    most, and this runs once per step of every trace read (networkx cost 10 ms a step).
+    """
+    waiting = {node: 0 for node in times}
+    after: dict = defaultdict(list)
     for node, before in deps.items():
         for b in before:
-            dag.add_edge(b, node)
+            if b in waiting and node in waiting:
+                waiting[node] += 1
+                after[b].append(node)
+    ready = [node for node, n in waiting.items() if n == 0]
     finish: dict = {}
     best: dict = {}
-    for node in nx.topological_sort(dag):
-        preds = list(dag.predecessors(node))
-        prev = max(preds, key=lambda p: finish[p], default=None)
-        finish[node] = times.get(node, 0.0) + (finish[prev] if prev is not None else 0.0)
-        best[node] = prev
+    for node in ready:  # grows while it is walked
+        prev = best.get(node)
+        finish[node] = times[node] + (finish[prev] if prev is not None else 0.0)
+        for nxt in after.get(node, ()):
+            candidate = best.get(nxt)
+            if candidate is None or finish[node] > finish[candidate]:
+                best[nxt] = node
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                ready.append(nxt)
     if not finish:
         return 0.0, []
     end = max(finish, key=finish.get)
     path = []
     while end is not None:
         path.append(end)
-        end = best[end]
-    return max(finish.values()), path[::-1]
+        end = best.get(end)
+    return finish[path[0]], path[::-1]
 
 
 def _covered(spans: list[Span]) -> float:
@@ -144,6 +162,11 @@ def _covered(spans: list[Span]) -> float:
             total += b - reach
             reach = b
     return total
+
+
+def lane_threads(spans: list[Span]) -> int:
+    """How many lanes (threads, streams) these spans ran on."""
+    return len({s.lane for s in spans})
 
 
 def by_step(spans: list[Span]) -> dict[tuple[int, int, int], list[Span]]:
@@ -175,16 +198,25 @@ def summarize(tracer: Tracer, cores: int | None = None, track: int | None = None
         ops[s.op].append(s.duration)
         per_vertex[(s.vertex, s.phase)].append(s.duration)
     total = sum(busy.values())
-    cpu = sum(s.cpu if s.cpu is not None else s.duration for s in spans)
+    cpu = sum(_cpu(s) for s in spans)
     steps = by_step(spans)
+    slices = {(sl.track, sl.run, sl.step): sl.end - sl.start for sl in tracer.slices
+              if track is None or sl.track == track}
     longest, longest_path, paths = 0.0, [], {}
-    for (_, run, step), members in steps.items():
+    ideals, walls, ratios = [], [], []
+    for key, members in steps.items():
         times = {(s.vertex, s.phase): s.duration for s in members}
         length, path = critical_path(times, dependencies(members))
-        paths[(run, step)] = path
+        paths[key[1:]] = path
         if length > longest:
             longest, longest_path = length, path
-    ideal = min(max(longest, min(cpu, total) / n), total)
+        work = sum(s.duration for s in members)
+        step_ideal = min(max(length, sum(_cpu(s) for s in members) / n), work)
+        step_wall = slices.get(key, max(s.end for s in members) - min(s.ready for s in members))
+        ideals.append(step_ideal)
+        walls.append(step_wall)
+        ratios.append(min(step_ideal / step_wall, 1.0) if step_wall > 0 else 0.0)
+    ideal = statistics.median(ideals)
     waits: dict[str, float] = defaultdict(float)
     for w in tracer.waits:
         if track is None or w.track == track:
@@ -210,4 +242,31 @@ def summarize(tracer: Tracer, cores: int | None = None, track: int | None = None
         waits=dict(waits),
         critical_by_step=paths,
         top_vertices=top_vertices,
+        step_wall=statistics.median(walls),
+        step_efficiency=statistics.median(ratios),
+        ran_as=ran_as(tracer, track),
     )
+
+
+def _cpu(span: Span) -> float:
+    """A span's CPU work: its thread's CPU time (at most its duration), else its duration."""
+    return span.duration if span.cpu is None else min(span.cpu, span.duration)
+
+
+def ran_as(tracer: Tracer, track: int | None) -> str | None:
+    """How an ActorExecutor ran its calls on this track, from its "schedule" events: "network", or
+    "tape (why)"; None when it recorded none (other executors)."""
+    schedules = [e for e in tracer.events if e.name == "schedule" and (track is None or e.track == track)]
+    if not schedules:
+        return None
+    modes = {e.args.get("mode") for e in schedules}
+    if modes == {"tape"}:
+        return f"tape ({schedules[-1].args.get('reason', '')})"
+    if modes == {"network"}:
+        return "network"
+    return "network and tape (it was still deciding in some calls)"
+
+
+def summary(tracer: Tracer, cores: int | None = None, track: int | None = None) -> Summary:
+    """What the trace says, for one executor's track or for all (see `summarize`)."""
+    return summarize(tracer, cores=cores, track=track)

@@ -4,28 +4,50 @@ Each executor is a process of its own ("ActorExecutor threads=2 ... (#1)"),
 each of its lanes a thread with an id unique in the file and never equal to
 a pid. One complete event ("ph": "X", microseconds since the tracer began)
 per span, named by its vertex (backward spans "vertex (backward)", so
-per-name statistics never mix the phases), with the op, step, run, output
-dtype, shape, bytes, estimated flops, fused group, input shapes, CPU time
-and wait in its args. Waits that block a thread (the BLAS lock) are complete
+per-name statistics never mix the phases), its phase as its category, with
+the op, step, run, output dtype, shape, bytes, estimated flops, fused group,
+input shapes, CPU time and wait in its args. Waits that block a thread (the BLAS lock) are complete
 events of their own on that thread, just before the work; waits that block
 no thread (a task queued for a worker, an actor waiting in its inbox) are
 async slices, as are the steps of a run. Counters are "C" events. Flows join
-spans of one step of one run only: each data edge from the producer's end
-to the consumer's start, each gradient edge backward, and each vertex's
-forward to its backward. `otherData` holds the clock base and the executors'
+spans of one step of one run on different lanes (on one thread the order
+already says it): each data edge from the producer's end to the consumer's
+start, each gradient edge backward, and each vertex's forward to its backward. `otherData` holds the clock base and the executors'
 options, so the trace lines up with PyTorch's or viztracer's.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import gc
 from collections import defaultdict
 from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
 
 if TYPE_CHECKING:
     from .tracer import Tracer
 
 PHASES = ("forward", "backward")
+
+
+@contextlib.contextmanager
+def no_gc_pauses():
+    """A block that makes or reads millions of small objects without the cyclic collector running over
+    them again and again (it tripled the time to read a trace of 100,000 spans); they hold no cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _microseconds(values, origin: float = 0.0) -> list[float]:
+    """(values - origin) in microseconds, rounded to nanoseconds: one numpy pass, not a round() each."""
+    return np.round((np.asarray(values, dtype=np.float64) - origin) * 1e6, 3).tolist()
 
 
 def chrome_events(tracer: Tracer) -> list[dict]:
@@ -57,12 +79,15 @@ def chrome_events(tracer: Tracer) -> list[dict]:
 
     # A vertex's spans repeat from step to step: what does not change is built once, and copied.
     fixed: dict[tuple, tuple[dict, str]] = {}
-    for s in spans:
+    starts = _microseconds([s.start for s in spans], origin)
+    durations = _microseconds([max(s.end - s.start, 0.0) for s in spans])
+    waited_us = _microseconds([max(s.start - s.ready, 0.0) for s in spans])
+    cpu_us = _microseconds([0.0 if s.cpu is None else s.cpu for s in spans])
+    for k, s in enumerate(spans):
         key = (s.vertex, s.op, s.phase, s.lane, s.input_shapes, s.inputs, s.shape, s.dtype, s.flops, s.fused)
         base = fixed.get(key)
-        if base is None:
-            base = {"vertex": s.vertex, "op": s.op, "phase": s.phase, "lane": s.lane,
-                    "input_shapes": [list(x) for x in s.input_shapes], "inputs": list(s.inputs)}
+        if base is None:  # (the vertex, phase and lane are the event's name, cat and thread)
+            base = {"op": s.op, "input_shapes": [list(x) for x in s.input_shapes], "inputs": list(s.inputs)}
             if s.dtype:
                 base.update(dtype=s.dtype, shape=list(s.shape), bytes=s.bytes)
             if s.flops is not None:
@@ -70,13 +95,11 @@ def chrome_events(tracer: Tracer) -> list[dict]:
             if s.fused:
                 base["fused"] = s.fused
             base = fixed[key] = (base, s.name)
-        waited, took = s.start - s.ready, s.end - s.start
-        args = {**base[0], "step": s.step, "run": s.run, "wait_us": round(waited * 1e6, 3) if waited > 0 else 0.0}
+        args = {**base[0], "step": s.step, "run": s.run, "wait_us": waited_us[k]}
         if s.cpu is not None:
-            args["cpu_us"] = round(s.cpu * 1e6, 3)
-        events.append({"ph": "X", "name": base[1], "cat": s.phase, "ts": round((s.start - origin) * 1e6, 3),
-                       "dur": round(took * 1e6, 3) if took > 0 else 0.0, "pid": s.track + 1 if s.track > 0 else 1,
-                       "tid": tid_of[(s.track, s.lane)], "args": args})
+            args["cpu_us"] = cpu_us[k]
+        events.append({"ph": "X", "name": base[1], "cat": s.phase, "ts": starts[k], "dur": durations[k],
+                       "pid": s.track + 1 if s.track > 0 else 1, "tid": tid_of[(s.track, s.lane)], "args": args})
     async_id = 0
     for w in tracer.waits:
         if w.lane is not None and (w.track, w.lane) in tid_of:
@@ -105,29 +128,24 @@ def chrome_events(tracer: Tracer) -> list[dict]:
                   "tid": 0}
         events.append({"ph": "b", "ts": us(sl.start), **common})
         events.append({"ph": "e", "ts": us(sl.end), **common})
-    events += _flows(spans, tid_of, us, pid)
+    events += _flows(spans, tid_of, origin, pid)
     return events
 
 
-def _flows(spans, tid_of, us, pid) -> list[dict]:
+def _flows(spans, tid_of, origin: float, pid) -> list[dict]:
     """Flow events along each edge of one step of one run: values forward, gradients backward."""
     by_key = {}
+    anywhere = {}  # (run, step, vertex, phase) -> span on any track: a value from another process
     for s in spans:
         by_key[(s.track, s.run, s.step, s.vertex, s.phase)] = s
-    out: list[dict] = []
-    flow_id = 0
+        anywhere.setdefault((s.run, s.step, s.vertex, s.phase), s)
+    links: list[tuple] = []  # (from span, to span, name)
 
     def link(a, b, name: str) -> None:
-        nonlocal flow_id
-        if b.start < a.end:  # not causally after (spans recorded by hand): no flow backwards in time
-            return
-        flow_id += 1
-        eps_a = min(0.5, (a.end - a.start) * 1e6 / 2)
-        eps_b = min(0.5, (b.end - b.start) * 1e6 / 2)
-        out.append({"ph": "s", "id": flow_id, "name": name, "cat": "edge", "ts": round(us(a.end) - eps_a, 3),
-                    "pid": pid(a.track), "tid": tid_of[(a.track, a.lane)]})
-        out.append({"ph": "f", "bp": "e", "id": flow_id, "name": name, "cat": "edge",
-                    "ts": round(us(b.start) + eps_b, 3), "pid": pid(b.track), "tid": tid_of[(b.track, b.lane)]})
+        # Between lanes only (on one thread the order already says it), and never backwards in time
+        # (spans recorded by hand may not be causal).
+        if b.start >= a.end and (a.lane != b.lane or a.track != b.track):
+            links.append((a, b, name))
 
     inputs_of: dict[tuple[int, int, int, str], tuple[str, ...]] = {}
     for s in spans:
@@ -138,6 +156,10 @@ def _flows(spans, tid_of, us, pid) -> list[dict]:
         if s.phase == "forward":
             for name in dict.fromkeys(s.inputs):
                 producer = by_key.get((*key, name, "forward"))
+                if producer is None:  # made in another partition's process: one run of the driver's
+                    producer = anywhere.get((s.run, s.step, name, "forward"))
+                    if producer is not None and producer.track == s.track:
+                        producer = None
                 if producer is not None:
                     link(producer, s, "value")
         else:
@@ -148,10 +170,31 @@ def _flows(spans, tid_of, us, pid) -> list[dict]:
                 producer = by_key.get((*key, name, "backward"))
                 if producer is not None:
                     link(s, producer, "gradient")
+    if not links:
+        return []
+    # A flow leaves just before its producer's end and lands just after its consumer's start (half a
+    # microsecond, or half the span when shorter), so both ends sit inside their slices.
+    a_end = np.array([a.end for a, _, _ in links])
+    a_len = np.array([a.end - a.start for a, _, _ in links])
+    b_start = np.array([b.start for _, b, _ in links])
+    b_len = np.array([b.end - b.start for _, b, _ in links])
+    leave = np.round((a_end - origin) * 1e6 - np.minimum(0.5, a_len * 1e6 / 2), 3).tolist()
+    land = np.round((b_start - origin) * 1e6 + np.minimum(0.5, b_len * 1e6 / 2), 3).tolist()
+    out: list[dict] = []
+    for k, (a, b, name) in enumerate(links):
+        out.append({"ph": "s", "id": k + 1, "name": name, "cat": "edge", "ts": leave[k], "pid": pid(a.track),
+                    "tid": tid_of[(a.track, a.lane)]})
+        out.append({"ph": "f", "bp": "e", "id": k + 1, "name": name, "cat": "edge", "ts": land[k],
+                    "pid": pid(b.track), "tid": tid_of[(b.track, b.lane)]})
     return out
 
 
 def write_chrome_trace(tracer: Tracer, path: str) -> None:
+    with no_gc_pauses():
+        _write(tracer, path)
+
+
+def _write(tracer: Tracer, path: str) -> None:
     doc = {
         "traceEvents": chrome_events(tracer),
         "displayTimeUnit": "ms",
@@ -164,9 +207,21 @@ def write_chrome_trace(tracer: Tracer, path: str) -> None:
             "executors": {t.label: t.options for t in tracer.tracks.values()},
         },
     }
-    text = json.dumps(doc, separators=(",", ":"))  # one C-encoded string: json.dump's chunks are slower
-    with open(path, "w") as f:
-        f.write(text)
+    with open(path, "wb") as f:
+        f.write(dumps(doc))
+
+
+def dumps(doc) -> bytes:
+    """JSON bytes, with orjson (numpy scalars and arrays as numbers; anything else by its str)."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=_plain)
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
 
 
 def read_chrome_trace(path: str) -> Tracer:
@@ -175,10 +230,18 @@ def read_chrome_trace(path: str) -> Tracer:
     Raises:
         ValueError: the file is not a vertexflow Chrome trace.
     """
+    with no_gc_pauses():
+        return _read(path)
+
+
+def _read(path: str) -> Tracer:
     from .tracer import Counter, Event, Span, Tracer, Track, Wait
 
-    with open(path) as f:
-        doc = json.load(f)
+    with open(path, "rb") as f:
+        try:
+            doc = orjson.loads(f.read())
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON: {exc}") from None
     if not isinstance(doc, dict) or "traceEvents" not in doc:
         raise ValueError(f"{path}: not a Chrome trace (no traceEvents)")
     other = doc.get("otherData", {})
@@ -203,6 +266,7 @@ def read_chrome_trace(path: str) -> Tracer:
         elif e.get("ph") == "M" and e.get("name") == "thread_name":
             lanes[(e["pid"], e["tid"])] = e["args"]["name"]
     open_async: dict[tuple, dict] = {}
+    repeated: dict[tuple, tuple] = {}
     for e in doc["traceEvents"]:
         ph = e.get("ph")
         track = track_of_pid.get(e.get("pid"), 0)
@@ -210,11 +274,20 @@ def read_chrome_trace(path: str) -> Tracer:
             a = e["args"]
             start, end = sec(e["ts"]), sec(e["ts"] + e["dur"])
             ready = start - a.get("wait_us", 0.0) / 1e6
+            # what repeats from step to step (shapes, input names) made into tuples once
+            shapes = a.get("input_shapes", ())
+            phase = e["cat"]
+            key = (e["name"], phase, e["pid"], e["tid"], repr(shapes), repr(a.get("shape")))
+            fixed = repeated.get(key)
+            if fixed is None:
+                vertex = e["name"].removesuffix(" (backward)") if phase == "backward" else e["name"]
+                fixed = repeated[key] = (tuple(tuple(x) for x in shapes), tuple(a.get("inputs", ())),
+                                         tuple(a.get("shape", ())), a.get("vertex", vertex),
+                                         a.get("lane", lanes.get((e["pid"], e["tid"]), "?")))
             tracer._spans.append(Span(
-                a["vertex"], a["op"], a["phase"], a["step"], a["lane"], ready, start, end,
-                tuple(tuple(x) for x in a.get("input_shapes", ())), tuple(a.get("inputs", ())), start,
-                None if "cpu_us" not in a else a["cpu_us"] / 1e6, a.get("run", 0), track,
-                tuple(a.get("shape", ())), a.get("dtype", ""), a.get("estimated_flops"), a.get("fused")))
+                fixed[3], a["op"], phase, a["step"], fixed[4], ready, start, end, fixed[0], fixed[1], start,
+                None if "cpu_us" not in a else a["cpu_us"] / 1e6, a.get("run", 0), track, fixed[2],
+                a.get("dtype", ""), a.get("estimated_flops"), a.get("fused")))
         elif ph == "X" and e.get("cat") == "wait":
             a = e.get("args", {})
             tracer.waits.append(Wait(e["name"].removeprefix("wait: "), a.get("vertex", ""), track, a.get("run", 0),
@@ -248,3 +321,14 @@ def lane_table(events: list[dict]) -> dict[int, list[dict]]:
     for v in out.values():
         v.sort(key=lambda e: (e["ts"], -e["dur"]))
     return out
+
+
+def save(tracer: Tracer, path: str) -> str:
+    """Write the trace as Chrome Trace Event Format JSON (Perfetto, chrome://tracing); returns the path."""
+    write_chrome_trace(tracer, path)
+    return path
+
+
+def load(cls, path: str) -> Tracer:
+    """A tracer back from a Chrome JSON file vertexflow wrote (to view or compare it again)."""
+    return read_chrome_trace(path)

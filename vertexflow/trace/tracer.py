@@ -238,7 +238,6 @@ class Tracer:
         # (vertex, phase, op, input shapes, output shape) -> what a span of it shows besides
         # its times, worked out once: spans of one vertex repeat from step to step.
         self._fixed: dict[tuple, tuple] = {}
-        self._enclosing: list[Tracer] = []  # the tracers of the vf.trace() blocks around this one's
         self._enclosing_runs: dict[int, dict[int, int]] = {}
         self._remote_tracks: dict[tuple, int] = {}  # (executor, partition, pid) -> track
 
@@ -260,15 +259,20 @@ class Tracer:
     def step_trace(self, executor, step: int = 0, run: int | None = None) -> StepTrace:
         """Where one step of `executor` records; a new run unless `run` is given.
 
-        Inside nested `vf.trace()` blocks, the step records into every enclosing tracer too
-        (so `vertexflow trace script.py` keeps what the script traced itself).
+        When this tracer is an open `vf.trace()` block's, the step records into every other block
+        open for this thread too (so `vertexflow trace script.py` keeps what the script traced
+        itself, and overlapping blocks each get the steps made while they are open).
         """
         own = StepTrace(self, self.track(executor), next(self._runs) if run is None else run, step)
-        if not self._enclosing:
+        open_now = open_tracers()
+        if self not in open_now:
+            return own
+        enclosing = [t for t in open_now if t is not self]
+        if not enclosing:
             return own
         runs = self._enclosing_runs.setdefault(own.run, {})
         others = []
-        for outer in self._enclosing:
+        for outer in enclosing:
             if id(outer) not in runs:
                 runs[id(outer)] = outer.new_run()
             others.append(StepTrace(outer, outer.track(executor), runs[id(outer)], step))
@@ -284,14 +288,24 @@ class Tracer:
                           tuple([tuple(getattr(a, "shape", ())) for a in args]), None, None))
 
     def merge_remote(self, spans: list[Span], events: list[Event], transfers: list[tuple], *, label: str,
-                     offset: float, run: int, step: int, key: tuple, steps: list[int] | None = None) -> int:
-        """Spans and events recorded in another process (a Ray partition), on a track of their own.
+                     offset: float, run: int, step: int, key: tuple, steps: list[int] | None = None,
+                     waits=(), producer_waits=(), slices=(), counters=(), step_of: dict | None = None) -> int:
+        """What another process recorded (a Ray partition), on a track of its own.
 
-        Their times move by `offset` onto this process's perf_counter clock; they take this
-        tracer's `run` and `step`. `transfers` are (name, start, end, bytes) of values received
-        from other processes, shown as events on the lane "transfers". `steps`, when given,
-        is each span's step (a call that ran several steps). Returns the track.
+        Times move by `offset` onto this process's perf_counter clock; everything takes this
+        tracer's `run`, and `step` unless `steps` (each span's step) or `step_of` (each kind's,
+        for a call that ran several steps) says otherwise. `transfers` are (name, start, end,
+        bytes) of values received from other processes (the bytes moving), shown as events on
+        the lane "transfers"; `producer_waits` (what, names, start, end) the time before that,
+        waiting for the producing partition; `waits` (what, vertex, lane, start, end), `slices`
+        (start, end) and `counters` (group, series, time, value) are its executors' own.
+        Returns the track.
         """
+        step_of = step_of or {}
+
+        def step_at(kind: str, k: int) -> int:
+            found = step_of.get(kind)
+            return found[k] if found and k < len(found) else step
         import dataclasses
 
         with self._lock:
@@ -309,6 +323,14 @@ class Tracer:
                                      dict(event.args)))
         for name, start, end, size in transfers:
             self.events.append(Event(name, found, "transfers", start + offset, end + offset, {"bytes": size}))
+        for what, names, start, end in producer_waits:
+            self.waits.append(Wait(what, names, found, run, step, None, start + offset, end + offset))
+        for k, (what, vertex, lane, start, end) in enumerate(waits):
+            self.waits.append(Wait(what, vertex, found, run, step_at("waits", k), lane, start + offset, end + offset))
+        for k, (start, end) in enumerate(slices):
+            self.slices.append(StepSlice(found, run, step_at("slices", k), start + offset, end + offset))
+        for group, series, at, value in counters:
+            self.counters.append(Counter(group, series, found, at + offset, value))
         return found
 
     # -- what readers see ----------------------------------------------------------------
@@ -348,37 +370,8 @@ class Tracer:
     def track_label(self, track: int) -> str:
         return self.tracks[track].label if track in self.tracks else "vertexflow"
 
-    def save(self, path: str) -> str:
-        """Write the trace as Chrome Trace Event Format JSON (Perfetto, chrome://tracing)."""
-        from .chrome import write_chrome_trace
-
-        write_chrome_trace(self, path)
-        return path
-
-    def save_html(self, path: str, title: str = "vertexflow trace") -> str:
-        """Write a self-contained HTML viewer of the trace (works offline, no network)."""
-        from .viewer import write_html
-
-        write_html(self, path, title=title)
-        return path
-
-    def summary(self, cores: int | None = None, track: int | None = None):
-        from .analysis import summarize
-
-        return summarize(self, cores=cores, track=track)
-
-    def compare(self, other: Tracer):
-        """This (sequential) run against `other` (concurrent): why the concurrent one was or was not faster."""
-        from .compare import compare
-
-        return compare(self, other)
-
-    @classmethod
-    def load(cls, path: str) -> Tracer:
-        """A tracer back from a Chrome JSON file this module wrote (to view or compare it again)."""
-        from .chrome import read_chrome_trace
-
-        return read_chrome_trace(path)
+    # save, save_html, summary, compare and load are attached by the renderers' package
+    # (trace/__init__.py): recording here never imports what reads it.
 
 
 _ITEMSIZE: dict[str, int] = {}
@@ -461,27 +454,60 @@ def _machine_metadata() -> dict:
     return out
 
 
-_active = threading.local()
+# The open `vf.trace()` blocks: those that record every thread (the default) and, per thread, those
+# kept to the thread that opened them; each with the order it was opened in.
+_blocks_lock = threading.Lock()
+_everywhere: list[tuple[int, Tracer]] = []
+_here = threading.local()
+_opened = itertools.count()
+
+
+def open_tracers() -> list[Tracer]:
+    """The tracers of the `vf.trace()` blocks that record a call made on this thread, oldest first."""
+    with _blocks_lock:
+        blocks = list(_everywhere)
+    blocks += getattr(_here, "stack", [])
+    blocks.sort(key=lambda b: b[0])
+    found: list[Tracer] = []
+    for _, tracer in blocks:
+        if tracer not in found:
+            found.append(tracer)
+    return found
 
 
 def active_tracer() -> Tracer | None:
-    """The tracer of the innermost `vf.trace()` block on this thread, if any."""
-    stack = getattr(_active, "stack", None)
-    return stack[-1] if stack else None
+    """The tracer an executor without one of its own records into: the innermost open `vf.trace()` block
+    that records this thread (the steps are also copied into the other open blocks)."""
+    found = open_tracers()
+    return found[-1] if found else None
 
 
 @contextmanager
-def trace(tracer: Tracer | None = None) -> Iterator[Tracer]:
-    """`with vf.trace() as t: ex.run(...)`: every executor run in the block records into t."""
+def trace(tracer: Tracer | None = None, *, threads: str = "all") -> Iterator[Tracer]:
+    """`with vf.trace() as t: ex.run(...)`: every executor run while the block is open records into t.
+
+    Args:
+        threads: "all" (default): executors running on any thread of the process (a server's
+            worker threads, an executor's own host); "current": only calls made on this thread.
+            Blocks nest and overlap: a step records into every block open for it.
+    """
+    if threads not in ("all", "current"):
+        raise ValueError(f'trace(threads=...) takes "all" or "current", got {threads!r}')
     tracer = tracer or Tracer()
-    stack = getattr(_active, "stack", None)
-    if stack is None:
-        stack = _active.stack = []
-    saved = tracer._enclosing
-    tracer._enclosing = [t for t in stack if t is not tracer]
-    stack.append(tracer)
+    entry = (next(_opened), tracer)
+    if threads == "all":
+        with _blocks_lock:
+            _everywhere.append(entry)
+    else:
+        stack = getattr(_here, "stack", None)
+        if stack is None:
+            stack = _here.stack = []
+        stack.append(entry)
     try:
         yield tracer
     finally:
-        stack.pop()
-        tracer._enclosing = saved
+        if threads == "all":
+            with _blocks_lock:
+                _everywhere.remove(entry)
+        else:
+            _here.stack.remove(entry)

@@ -23,17 +23,21 @@ HTML. A Content-Security-Policy of `default-src 'none'` forbids any request.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from .analysis import by_step, critical_path, dependencies, summarize
+import numpy as np
+
+from .analysis import summarize
+from .chrome import dumps, no_gc_pauses
 
 if TYPE_CHECKING:
     from .compare import Comparison
     from .tracer import Tracer
 
 GRAPH_LIMIT = 400  # vertices drawn one by one; above it chains are collapsed, then levels summarized
+MAX_WAITS = 50_000  # waits shipped to the page
+WAITS_LANE = "waits, no thread held"
 
 
 def trace_data(tracer: Tracer, title: str = "vertexflow trace", compare: Comparison | None = None) -> dict:
@@ -73,13 +77,16 @@ def trace_data(tracer: Tracer, title: str = "vertexflow trace", compare: Compari
             for lane in tr.lanes(track):
                 lane_index[(t_index, track, lane)] = len(lanes)
                 lanes.append({"track": key_track, "name": lane})
-            on_path = set()
-            for (_, run, step), members in by_step(own).items():
-                times = {(s.vertex, s.phase): s.duration for s in members}
-                _, path = critical_path(times, dependencies(members))
-                on_path |= {(run, step, v, ph) for v, ph in path}
-            for s in own:
-                i = len(cols["s"])
+            on_path = {(run, step, v, ph) for (run, step), path in summary.critical_by_step.items()
+                       for v, ph in path}
+            first = len(cols["s"])
+            for column, values in (("r", [s.ready for s in own]), ("s", [s.start for s in own]),
+                                   ("e", [s.end for s in own])):
+                cols[column] += np.round((np.asarray(values) - offset) * 1e6, 2).tolist()
+            cols["cpu"] += np.round(np.asarray([-1e-6 if s.cpu is None else s.cpu for s in own]) * 1e6, 2).tolist()
+            shape_text: dict[tuple, int] = {}
+            for k, s in enumerate(own):
+                i = first + k
                 vertex = intern(names, s.vertex)
                 cols["lane"].append(lane_index[(t_index, track, s.lane)])
                 cols["v"].append(vertex)
@@ -87,23 +94,28 @@ def trace_data(tracer: Tracer, title: str = "vertexflow trace", compare: Compari
                 cols["ph"].append(0 if s.phase == "forward" else 1)
                 cols["step"].append(s.step)
                 cols["run"].append(s.run)
-                cols["r"].append(round((s.ready - offset) * 1e6, 2))
-                cols["s"].append(round((s.start - offset) * 1e6, 2))
-                cols["e"].append(round((s.end - offset) * 1e6, 2))
-                cols["cpu"].append(-1 if s.cpu is None else round(s.cpu * 1e6, 2))
-                text = ", ".join("(" + ", ".join(map(str, x)) + ")" for x in s.input_shapes)
-                if s.dtype:
-                    text += f" -> ({', '.join(map(str, s.shape))}) {s.dtype}"
-                cols["shp"].append(intern(shapes, text))
+                shape_key = (s.input_shapes, s.shape, s.dtype)
+                found = shape_text.get(shape_key)
+                if found is None:
+                    text = ", ".join("(" + ", ".join(map(str, x)) + ")" for x in s.input_shapes)
+                    if s.dtype:
+                        text += f" -> ({', '.join(map(str, s.shape))}) {s.dtype}"
+                    found = shape_text[shape_key] = intern(shapes, text)
+                cols["shp"].append(found)
                 cols["fused"].append(-1 if not s.fused else intern(fused_names, s.fused))
                 if s.phase == "forward" and vertex not in inputs:
                     inputs[vertex] = [intern(names, n) for n in s.inputs]
                 if (s.run, s.step, s.vertex, s.phase) in on_path:
                     critical.append(i)
             for w in tr.waits:
-                if w.track != track:
+                if w.track != track or len(waits) >= MAX_WAITS:
                     continue
                 lane = lane_index.get((t_index, track, w.lane)) if w.lane is not None else None
+                if lane is None:  # no thread was held (or none of this track's lanes): a lane of their own
+                    lane = lane_index.get((t_index, track, WAITS_LANE))
+                    if lane is None:
+                        lane = lane_index[(t_index, track, WAITS_LANE)] = len(lanes)
+                        lanes.append({"track": key_track, "name": WAITS_LANE})
                 waits.append({"lane": lane, "track": key_track, "what": w.what, "v": w.vertex,
                               "s": round((w.start - offset) * 1e6, 2), "e": round((w.end - offset) * 1e6, 2)})
     graph_tracer = compare.concurrent if compare is not None else tracer
@@ -121,7 +133,7 @@ def trace_data(tracer: Tracer, title: str = "vertexflow trace", compare: Compari
         "spans": cols,
         "inputs": {str(k): v for k, v in inputs.items()},
         "critical": critical,
-        "waits": waits[:50_000],
+        "waits": waits,
         "graph": _graph(graph_tracer, totals),
         "compare": None if compare is None else compare.as_dict(),
         "machine": tracer.metadata,
@@ -176,15 +188,22 @@ def _collapse_chains(nodes: list[dict], edges: list[list[str]]) -> tuple[list[di
 
 
 def _json_for_script(data: dict) -> str:
-    text = json.dumps(data, separators=(",", ":"))
+    text = dumps(data).decode()
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 def write_html(tracer: Tracer, path: str, title: str = "vertexflow trace", compare: Comparison | None = None) -> None:
-    data = trace_data(tracer, title, compare)
+    with no_gc_pauses():
+        data = trace_data(tracer, title, compare)
     page = PAGE.replace("__DATA__", _json_for_script(data))
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
+
+
+def save_html(tracer: Tracer, path: str, title: str = "vertexflow trace") -> str:
+    """Write a self-contained HTML viewer of the trace (works offline, no network); returns the path."""
+    write_html(tracer, path, title=title)
+    return path
 
 
 PAGE = (__import__("pathlib").Path(__file__).with_name("viewer.html")).read_text(encoding="utf-8")
