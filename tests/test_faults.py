@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vertexflow as vf
+from vertexflow.errors import ModelFileError
+from vertexflow.ops.shape import Identity
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -308,3 +310,258 @@ def test_ctrl_c_during_run_stream_reaches_the_caller_as_keyboard_interrupt(tmp_p
             proc.kill()
             raise AssertionError(f"threads={threads}: Ctrl-C during run_stream hung") from None
         assert out.splitlines() == ["KeyboardInterrupt", "works after: (4,)", "threads: 1"], (threads, out)
+
+
+# -- what a caller gets is the caller's own -------------------------------------------------------------
+ALIAS_EXECUTORS = {
+    **EXECUTORS,
+    "actor-tape": lambda g: vf.ActorExecutor(g, schedule="tape"),
+    "stream-fused": lambda g: vf.StreamExecutor(g, fuse=True),
+    "sequential-fused": lambda g: vf.SequentialExecutor(g, fuse=True),
+}
+
+
+def _fetch_kinds():
+    """Every kind of fetch a result could alias: the fed input, a param, a constant, views of them
+    (reshape, transpose, a slice), an identity, and a computed value."""
+    g = vf.Graph("alias")
+    x = g.input("x", shape=(3, 4), dtype="float64")
+    w = g.param("w", value=np.arange(12.0).reshape(3, 4))
+    c = g.const(np.full((3, 4), 2.0), name="c")
+    fetch = [x, w, c, vf.reshape(x, (4, 3)), vf.transpose(w), w[1:], Identity()(w), x * 1.0 + w]
+    loss = vf.sum(fetch[-1] * w)
+    return g, x, w, c, fetch, loss
+
+
+@pytest.mark.parametrize("executor", sorted(ALIAS_EXECUTORS))
+@pytest.mark.parametrize("mode", ["run", "backward", "stream", "arun"])
+def test_writing_into_any_result_never_changes_a_feed_a_param_or_a_later_run(executor, mode):
+    g, x, w, c, fetch, loss = _fetch_kinds()
+    feed = np.random.default_rng(0).normal(size=(3, 4))
+    kept_feed, kept_w, kept_c = feed.copy(), w.value.copy(), c.value.copy()
+    want = vf.SequentialExecutor(g).run({x: feed}, fetch)
+    ex = ALIAS_EXECUTORS[executor](g)
+    try:
+        for _ in range(2):
+            if mode == "run":
+                results = ex.run({x: feed}, fetch, timeout=30)
+            elif mode == "backward":
+                value, grads, results = ex.backward({x: feed}, loss, [x, w], fetch=fetch, timeout=30)
+                results = [value, *results, *grads.values()]
+            elif mode == "stream":
+                results = [r for step in ex.run_stream([{x: feed}] * 2, fetch, timeout=30) for r in step]
+            else:
+                async def call():
+                    with trio.fail_after(30):
+                        return await ex.arun({x: feed}, fetch) if hasattr(ex, "arun") else ex.run({x: feed}, fetch)
+
+                results = trio.run(call)
+            for r in results:
+                np.asarray(r)[...] = -123.0  # the caller writes into everything it got
+            assert np.array_equal(feed, kept_feed) and np.array_equal(w.value, kept_w)
+            assert np.array_equal(c.value, kept_c)
+        for got, expected in zip(ex.run({x: feed}, fetch, timeout=30), want):
+            np.testing.assert_array_equal(got, expected)
+    finally:
+        ex.close()
+
+
+# -- nothing left running ------------------------------------------------------------------------------
+@pytest.mark.parametrize("executor", sorted(ALIAS_EXECUTORS))
+@pytest.mark.parametrize("mode", ["run", "run-timeout", "backward-timeout", "stream-timeout"])
+def test_an_executor_dropped_after_any_call_leaves_no_thread(executor, mode):
+    g, x, w, c, fetch, loss = _fetch_kinds()
+    feeds = {x: np.ones((3, 4))}
+    for _ in range(5):
+        ex = ALIAS_EXECUTORS[executor](g)
+        if mode == "run":
+            ex.run(feeds, fetch)
+        elif mode == "run-timeout":
+            ex.run(feeds, fetch, timeout=30)
+        elif mode == "backward-timeout":
+            ex.backward(feeds, loss, [w], timeout=30)
+        else:
+            list(ex.run_stream([feeds] * 2, fetch, timeout=30))
+        del ex
+    gc.collect()
+    deadline = time.monotonic() + 6
+    while _vf_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _vf_threads() == []
+
+
+# -- cancelled, then working again --------------------------------------------------------------------
+class Stuck(vf.ops.Op):
+    """Blocks its thread until released (a vertex stuck in a call that never returns)."""
+
+    name = "stuck"
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        self.release.wait(20)
+        return x + 1.0
+
+
+@pytest.mark.parametrize("placement", ["inline", "workers"])
+@pytest.mark.parametrize("form", ["arun", "abackward", "stream"])
+def test_a_cancel_scope_around_any_async_form_leaves_the_executor_working(placement, form):
+    """threads=0 runs the stuck vertex on the host's own thread: the next call must not queue behind it."""
+    g = vf.Graph()
+    x = g.input("x", shape=(3,), dtype="float64")
+    op = Stuck()
+    stuck = vf.sum(op(x, name="stuck_vertex") * x)
+    fine = vf.sum(vf.tanh(x), name="fine")
+    threads = 0 if placement == "inline" else 2
+    ex = vf.ActorExecutor(g, threads=threads, heavy_flops=0, schedule="network")
+
+    async def main():
+        with trio.move_on_after(0.3) as scope:
+            if form == "arun":
+                await ex.arun({x: np.ones(3)}, stuck)
+            elif form == "abackward":
+                await ex.abackward({x: np.ones(3)}, stuck, [x])
+            else:
+                async for _ in ex.stream([{x: np.ones(3)}] * 3, stuck):
+                    pass
+        assert scope.cancelled_caught
+        with trio.fail_after(20):
+            return await ex.arun({x: np.ones(3)}, fine, timeout=10)
+
+    try:
+        assert trio.run(main) == pytest.approx(3 * np.tanh(1.0))
+        assert ex.run({x: np.ones(3)}, fine, timeout=10) == pytest.approx(3 * np.tanh(1.0))
+    finally:
+        op.release.set()
+        ex.close()
+
+
+# -- hostile files ---------------------------------------------------------------------------------------
+def _npy_bytes(shape, dtype, payload: bytes) -> bytes:
+    """A .npy member whose header declares `shape` of `dtype` but that holds `payload` (maybe far less)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": tuple(shape)})
+    return buffer.getvalue() + payload
+
+
+def _model():
+    g = vf.Graph("hostile")
+    w = g.param("w", value=np.ones((4, 3), np.float32))
+    b = g.param("b", value=np.zeros(3, np.float32))
+    return g, [w, b]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.tuples(
+    st.sampled_from(["param/w", "param/b", "param/zz", "optim/w/momentum", "optim/steps", "junk", "param/w.txt"]),
+    st.lists(st.sampled_from([0, 1, 3, 4, 10**6, 10**9]), max_size=3),
+    st.sampled_from(["float32", "float64", "int64", "complex64", "bool", "object"]),
+    st.sampled_from([0, 16, 4096]), st.booleans()), max_size=4))
+def test_hostile_npz_files_are_refused_as_model_file_errors_before_allocating(tmp_path_factory, entries):
+    import tracemalloc
+    import warnings
+    import zipfile
+
+    path = tmp_path_factory.mktemp("npz") / "hostile.npz"
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        warnings.simplefilter("ignore")  # duplicate member names are part of what a hostile file may hold
+        for name, shape, dtype, payload, suffix in entries:
+            member = name + (".npy" if suffix else "")
+            if dtype == "object":
+                archive.writestr(member, _npy_bytes(shape, "float64", b"\x00" * payload).replace(b"<f8", b"|O", 1))
+            else:
+                archive.writestr(member, _npy_bytes(shape, dtype, b"\x00" * payload))
+    g, params = _model()
+    before = [p.value.copy() for p in params]
+    tracemalloc.start()
+    try:
+        vf.nn.load(str(path), params)
+    except ModelFileError as exc:
+        assert str(path) in str(exc)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 64 * 2**20  # a file of a few kilobytes never costs more than the model's own params
+    for p, value in zip(params, before):
+        loaded = p.value
+        assert loaded.shape == value.shape and loaded.dtype == value.dtype
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(header=st.binary(max_size=64), declared=st.integers(0, 2**40), corrupt=st.booleans())
+def test_hostile_safetensors_files_are_refused_as_model_file_errors(tmp_path_factory, header, declared, corrupt):
+    import json
+    import struct
+
+    path = tmp_path_factory.mktemp("st") / "hostile.safetensors"
+    if corrupt:
+        body = header
+    else:
+        meta = {"param/w": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0, declared]}}
+        text = json.dumps(meta).encode()
+        body = struct.pack("<Q", len(text)) + text + header
+    path.write_bytes(body)
+    g, params = _model()
+    with pytest.raises(ModelFileError, match=str(path).replace("/", "\\/").replace(".", "\\.")):
+        vf.nn.load(str(path), params)
+    assert np.array_equal(params[0].value, np.ones((4, 3), np.float32))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["ConstantOfShape", "Range", "Tile", "external"]),
+       size=st.sampled_from([1, 10, 10**5, 10**12]),
+       location=st.sampled_from(["data.bin", "../outside.bin", "/etc/passwd", "nul\x00here", "missing.bin"]),
+       offset=st.integers(-5, 100), length=st.integers(-5, 100))
+def test_hostile_onnx_files_are_refused_naming_their_node_or_tensor(tmp_path_factory, kind, size, location, offset,
+                                                                   length):
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vertexflow import onnx as vf_onnx
+
+    folder = tmp_path_factory.mktemp("onnx")
+    (folder / "data.bin").write_bytes(b"\x00" * 48)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits, nodes = [], []
+    if kind == "ConstantOfShape":
+        inits.append(numpy_helper.from_array(np.array([size, size], np.int64), "shape"))
+        nodes.append(helper.make_node("ConstantOfShape", ["shape"], ["y"], name="filler"))
+    elif kind == "Range":
+        inits += [numpy_helper.from_array(np.array(v, np.float32), n) for v, n in ((0, "s"), (size, "l"), (1, "d"))]
+        nodes.append(helper.make_node("Range", ["s", "l", "d"], ["y"], name="counter"))
+    elif kind == "Tile":
+        inits += [numpy_helper.from_array(np.ones((1, 1), np.int64), "one"),  # not trainable: folded at load
+                  numpy_helper.from_array(np.array([size, size], np.int64), "reps")]
+        nodes.append(helper.make_node("Tile", ["one", "reps"], ["y"], name="tiler"))
+    else:
+        tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[3])
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        inits.append(tensor)
+        nodes.append(helper.make_node("Relu", ["w"], ["y"], name="relu"))
+    model = helper.make_model(helper.make_graph(nodes, "hostile", [], [y], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    try:
+        loaded = vf_onnx.load(str(path), max_constant_bytes=2**20)
+    except vf_onnx.UnsupportedOnnxError:
+        return
+    except ModelFileError as exc:
+        named = {"ConstantOfShape": "filler", "Range": "counter", "Tile": "tiler", "external": "'w'"}[kind]
+        assert named in str(exc) and str(path) in str(exc)
+        return
+    loaded.close()
+    # what loads is small enough, and reads only inside the model's folder
+    assert kind != "external" or (location == "data.bin" and 0 <= offset and offset + max(length, 0) <= 48)
+    if kind != "external":
+        assert size * size * 8 <= 2**20 or kind == "Range" and size * 4 <= 2**20

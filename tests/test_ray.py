@@ -161,8 +161,11 @@ def test_a_timeout_fires_stops_the_partitions_and_the_next_run_works():
     slow = vf.sum(SleepAway()(a, name="slow"))
     with RayExecutor(g, partitions=2, executor="sequential") as ex:
         # the vertex sleeps 30 s in its partition: the call can only raise by the deadline firing
-        with pytest.raises(vf.ExecutionTimeout, match=r"did not finish within 1.0 s; the partitions were stopped"):
+        with pytest.raises(vf.ExecutionTimeout, match=r"did not finish within 1.0 s \(slow waits for running its op "
+                                                      r"sleep_away to return \(partition .*\); the partitions were "
+                                                      r"stopped") as info:
             ex.run(feeds, slow, timeout=1.0)
+        assert list(info.value.waiting) == ["slow"]  # named by the partition that runs it
         np.testing.assert_array_equal(ex.run(feeds, loss, timeout=60), vf.SequentialExecutor(g).run(feeds, loss))
 
 

@@ -335,6 +335,31 @@ async def backward_vertex_async(runner: VertexRunner, reverse, node: Node, total
     return [(edge, grads[pos]) for pos, edge in enumerate(outgoing) if edge >= 0]
 
 
+def event_framework() -> str | None:
+    """"trio" or "asyncio" when called from a task of one of them, else None."""
+    try:
+        trio.lowlevel.current_trio_token()
+        return "trio"
+    except RuntimeError:
+        pass
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+        return "asyncio"
+    except RuntimeError:
+        return None
+
+
+async def off_loop(fn):
+    """fn() on a thread, awaited from the caller's trio or asyncio task (cancelling abandons it)."""
+    if event_framework() == "asyncio":
+        import asyncio
+
+        return await asyncio.to_thread(fn)
+    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
 def run_awaitable(fn: Callable[[], Any]):
     """Await fn() from synchronous code (the tape running an async vertex): on the trio loop that started
     this thread (trio.from_thread), else in a trio loop of its own.
@@ -534,7 +559,8 @@ def timeout_error(timeout: float, waiting: Mapping[str, str]) -> ExecutionTimeou
     shown = "; ".join(f"{name} waits for {what}" for name, what in list(waiting.items())[:10])
     more = f"; and {len(waiting) - 10} more" if len(waiting) > 10 else ""
     return ExecutionTimeout(
-        f"step did not finish within {timeout} s; {len(waiting)} vertices still waiting ({shown}{more})",
+        f"step did not finish within {timeout} s; {len(waiting)} "
+        f"{'vertex' if len(waiting) == 1 else 'vertices'} still waiting ({shown}{more})",
         waiting=dict(waiting),
     )
 
@@ -571,6 +597,9 @@ class WatchedThread:
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
                     box.append((False, exc))
                 done.set()
+                # Hold nothing of the call while waiting for the next: a bound method left in this frame
+                # kept its executor alive, so a dropped executor's finalizer never stopped this thread.
+                del job, fn, box, done
 
         thread = threading.Thread(target=work, name=self.name, daemon=True)
         thread.start()

@@ -23,7 +23,8 @@ from __future__ import annotations
 import abc
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -43,6 +44,7 @@ from .core import (
     concrete_specs,
     forward_async,
     gradient_result,
+    off_loop,
     run_awaitable,
     seed_gradient,
     timeout_error,
@@ -265,26 +267,36 @@ class Executor(abc.ABC):
         return found
 
     def _hand_out(self, values: Sequence[Any], nodes: Sequence[Node | None], sources: Iterable[Any] = ()) -> list:
-        """Values as the user gets them: on the host, and never a source's storage.
+        """Values as the user gets them: on the host, and never the storage of a feed, a param or a
+        constant (a fetched input, a reshape or transpose of a param, a gradient that is one): those
+        are copied, so writing into a result never changes the caller's arrays or a later run.
 
         (A value in a pooled buffer stays busy while the user holds it, so needs nothing here.)
 
         Args:
-            nodes: the vertex of each value (None for a gradient), to know which may be a view.
-            sources: the step's feeds, params and constants.
+            nodes: the vertex of each value (None for a gradient).
+            sources: the step's feeds (the graph's params and constants are always protected).
         """
         source_ids = None
         out = []
         for value, node in zip(values, nodes):
             value = self.backend.to_host(value)
-            if node is not None and (node.kind != "op" or not node.op.writes_out):
-                # A source, or an op that may return a view of its input: never the source's own storage.
+            if node is None or node.kind != "op" or not node.op.writes_out:
+                # A source, a gradient, or an op that may return a view of its input.
                 if source_ids is None:
                     source_ids = {id(owner(s)) for s in sources}
-                if id(owner(value)) in source_ids:
+                    source_ids |= {id(owner(n.value)) for n in self._stored_nodes()}
+                if isinstance(value, np.ndarray) and id(owner(value)) in source_ids:
                     value = np.array(value)
             out.append(value)
         return out
+
+    def _stored_nodes(self) -> list[Node]:
+        """The graph's params and constants (kept until the graph grows)."""
+        count = len(self.graph._nodes)
+        if getattr(self, "_stored", None) is None or self._stored[0] != count:
+            self._stored = (count, [n for n in self.graph.nodes if n.kind in ("param", "const")])
+        return self._stored[1]
 
     def _results(self, values: list, nodes: Sequence[Node], single: bool, sources: Iterable[Any] = ()):
         host = self._hand_out(values, nodes, sources)
@@ -333,6 +345,23 @@ class Executor(abc.ABC):
             (loss value, {vertex: gradient array}), and the fetched values third
             when `fetch` is given.
         """
+
+    def run_stream(self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *,
+                   timeout: float | None = None) -> Iterator:
+        """Each feeds mapping's fetches, in input order, one step after another (`timeout` per step).
+
+        (The actor executor pipelines its steps: step k+1 enters while step k is still running.)
+        """
+        timeout = check_timeout(timeout)
+        for feeds in feeds_iterable:
+            yield self.run(feeds, fetch, timeout=timeout)
+
+    async def stream(self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *,
+                     timeout: float | None = None) -> AsyncIterator:
+        """`run_stream` inside a trio or asyncio task: each step off the caller's loop."""
+        timeout = check_timeout(timeout)
+        for feeds in feeds_iterable:
+            yield await off_loop(partial(self.run, feeds, fetch, timeout=timeout))
 
     def close(self) -> None:  # noqa: B027 - a no-op by default: a tape holds nothing to release
         """Release what the executor holds (threads, tasks); it can still be used afterwards."""
@@ -390,6 +419,8 @@ class SequentialExecutor(Executor):
         # (tape, specs, reverse plan) -> its Program, or None once a checked call has run it
         self._programs: dict[tuple, Program | None] = {}
         self._watched = WatchedThread("vf-tape-watched")
+        # Dropped without close(): its watched thread (made by a call with timeout=) stops all the same.
+        weakref.finalize(self, self._watched.close)
 
     def tape(self, targets: Sequence[Node], keep: Iterable[int] = ()) -> Tape:
         keep = tuple(sorted(keep))

@@ -14,7 +14,7 @@ on the tape, on the same device.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 from .core import Failure, cancel_awaits, check_timeout, concrete_specs, forward_async, run_awaitable, timeout_error
@@ -50,7 +50,7 @@ class StreamExecutor(Executor):
         plan = self.plan(nodes)
         sources = [n for n in ancestors(nodes) if n.kind != "op"]
         checked = self._feeds(feeds, sources)
-        concrete_specs([*sources, *plan.order], checked)  # shapes that fit every vertex, before any runs
+        specs = concrete_specs([*sources, *plan.order], checked)  # shapes that fit every vertex, before any runs
         values = {n.id: checked[n.id] if n.kind == "input" else self._device_value(n) for n in sources}
         self.backend.uploaded()
         tracer = self._tracer()
@@ -63,10 +63,12 @@ class StreamExecutor(Executor):
         def launch(v: Node):
             def kernels():
                 args = [values[i.id] for i in v.inputs]
+                # Every output checked against what its op declared (a user op that returns another shape
+                # fails here, named, not in the vertex after it).
                 if is_async(v.op):  # awaited in a trio loop of the stream's own thread
-                    values[v.id] = run_awaitable(partial(forward_async, self.runner, v, args))
+                    values[v.id] = run_awaitable(partial(forward_async, self.runner, v, args, expect=specs[v.id]))
                 else:
-                    values[v.id] = forward(v, args)
+                    values[v.id] = forward(v, args, expect=specs[v.id])
 
             return kernels
 
@@ -88,7 +90,7 @@ class StreamExecutor(Executor):
         for n in nodes:
             if type(values[n.id]) is Failure:
                 raise values[n.id].error
-        result = self._results([values[n.id] for n in nodes], nodes, single)
+        result = self._results([values[n.id] for n in nodes], nodes, single, checked.values())
         if tracer is not None:
             trace.slice(called, time.perf_counter())  # the call, from entry to return
         return result
@@ -106,24 +108,12 @@ class StreamExecutor(Executor):
                 out[v.name] = f"its turn on stream {stream}"
         return out
 
-    def run_stream(self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *,
-                   timeout: float | None = None) -> Iterator:
-        """Each feeds mapping's fetches, in input order, one step after another (`timeout` per step)."""
-        timeout = check_timeout(timeout)
-        for feeds in feeds_iterable:
-            yield self.run(feeds, fetch, timeout=timeout)
-
-    async def stream(self, feeds_iterable: Iterable[Feeds], fetch: Fetch | Sequence[Fetch], *,
-                     timeout: float | None = None) -> AsyncIterator:
-        """`run_stream` inside a trio or asyncio task: each step off the caller's loop."""
-        from .actors.calls import _off_loop
-
-        timeout = check_timeout(timeout)
-        for feeds in feeds_iterable:
-            yield await _off_loop(partial(self.run, feeds, fetch, timeout=timeout))
-
     def trace_options(self) -> dict:
         return {"streams": self.streams, "device": self.backend.name}
+
+    def close(self) -> None:
+        """Stop the threads it holds (its tape's, made by a backward with timeout=)."""
+        self._tape.close()
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         """Forward and reverse sweep on the tape, on this executor's device (same values and gradients)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +155,7 @@ class Program:
         exec(code, namespace)  # noqa: S102 - our own generated code
         self.function = namespace["program"]
         self.code = self.function.__code__
+        _programs_by_code[self.code] = self
 
     def __call__(self, sources: Sequence[Any]):
         try:
@@ -192,6 +194,37 @@ class Program:
 
 def running_site(program: Program, thread_id: int | None) -> Site | None:
     return program.running(sys._current_frames(), thread_id)
+
+
+# Compiled code objects -> their programs, to say which vertex a thread is in (weak: programs come and go).
+_programs_by_code: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def running_vertices() -> dict[str, str]:
+    """{vertex: what it is doing} for every vertex some thread of this process is in now: a compiled
+    program's line, or the execution core's call for a vertex (innermost first per thread). What a
+    process that cannot be interrupted (a Ray partition past its deadline) can say of itself."""
+    from .core import VertexRunner
+
+    core_codes = {VertexRunner.forward.__code__: FORWARD, VertexRunner.derivative.__code__: BACKWARD}
+    found: dict[str, str] = {}
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            phase = core_codes.get(frame.f_code)
+            node = frame.f_locals.get("node") if phase is not None else None
+            if node is None:
+                program = _programs_by_code.get(frame.f_code)
+                site = program.sites.get(frame.f_lineno) if program is not None else None
+                if isinstance(site, tuple):  # a segment's sites are (entry index, site)
+                    site = site[1]
+                if site is not None:
+                    node, phase = site.node, site.phase
+            if node is not None:
+                what = "its derivative" if phase == BACKWARD else f"its op {node.op_name}"
+                found.setdefault(node.name, f"running {what} to return")
+                break
+            frame = frame.f_back
+    return found
 
 
 class _Writer:
@@ -400,6 +433,7 @@ class SegmentProgram:
         exec(compile(source, name, "exec"), namespace)  # noqa: S102 - our own generated code
         self.function = namespace["segment"]
         self.code = self.function.__code__
+        _programs_by_code[self.code] = self
 
     def __call__(self, values: dict, status) -> tuple[int, BaseException] | None:
         try:

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from ..autodiff.reverse import ReversePlan
+from ..core import event_framework as _framework
 from ..core import gradient_result, timeout_error
 from ..errors import AsyncContextError, ExecutionTimeout, ExecutorClosed
 from ..executor import Feeds
@@ -206,31 +207,17 @@ class NetworkCalls:
         raise ExecutorClosed("the step was cancelled")  # pragma: no cover - move_on_after only cancels itself
 
     def _network_result(self, state: StepState, fetch, reverse, extra, single, fetched, feeds):
+        given_feeds = list(feeds.values()) if hasattr(feeds, "values") else []
         if reverse is None:
-            return self._results([state.values[n.id] for n in fetch], fetch, single)
+            return self._results([state.values[n.id] for n in fetch], fetch, single, given_feeds)
         loss = fetch[0]
         grads = gradient_result(reverse, state.grads, self.backend.to_host, feeds)
-        value, *given = self._hand_out([state.values[loss.id], *grads.values()], [loss, *([None] * len(grads))])
+        value, *given = self._hand_out([state.values[loss.id], *grads.values()], [loss, *([None] * len(grads))],
+                                       given_feeds)
         grads = dict(zip(grads, given))
         if not fetched:
             return value, grads
-        return value, grads, self._results([state.values[n.id] for n in extra], extra, single)
-
-
-def _framework() -> str | None:
-    """"trio" or "asyncio" when called from a task of one of them, else None."""
-    try:
-        trio.lowlevel.current_trio_token()
-        return "trio"
-    except RuntimeError:
-        pass
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-        return "asyncio"
-    except RuntimeError:
-        return None
+        return value, grads, self._results([state.values[n.id] for n in extra], extra, single, given_feeds)
 
 
 def _require_async(what: str) -> None:
@@ -248,15 +235,6 @@ def _require_blocking(what: str) -> None:
         raise AsyncContextError(
             f"ActorExecutor.{what}() blocks, and would stall this trio run; inside trio, use "
             f"`await executor.{replacement}(...)`" + (" (`async for`)" if what == "run_stream" else ""))
-
-
-async def _off_loop(fn):
-    """fn() on a thread, awaited from the caller's trio or asyncio task (cancelling abandons it)."""
-    if _framework() == "asyncio":
-        import asyncio
-
-        return await asyncio.to_thread(fn)
-    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
 
 def _release(hosts: list, pool: WorkerPool | None) -> None:

@@ -28,10 +28,10 @@ import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from functools import partial
 
-from ..core import check_timeout, thread_lane
+from ..core import check_timeout, off_loop, thread_lane
 from ..executor import Executor, Feeds, Fetch, SequentialExecutor
 from ..graph import Graph, Node
-from .calls import NetworkCalls, _off_loop, _release, _require_async, _require_blocking
+from .calls import NetworkCalls, _release, _require_async, _require_blocking
 from .host import Host
 from .pool import WorkerPool
 from .schedule import SCHEDULES, TAPE, Choice, Profile, Scheduling, must_run_as_network
@@ -130,7 +130,7 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
 
     async def aclose(self) -> None:
         """`close` from a trio or asyncio task (it joins threads, so off the loop)."""
-        await _off_loop(self.close)
+        await off_loop(self.close)
 
     async def __aenter__(self):
         return self
@@ -182,7 +182,7 @@ class ActorExecutor(Scheduling, NetworkCalls, Executor):
         start = time.perf_counter()
         if mode == TAPE:
             # Off the caller's loop, so its other tasks go on; _call records the time.
-            return await _off_loop(partial(self._call, fetch, reverse, feeds, extra, single, fetched, timeout, tracer))
+            return await off_loop(partial(self._call, fetch, reverse, feeds, extra, single, fetched, timeout, tracer))
         measuring = self._measures_network(choice)
         trace = self._trace(tracer)
         if trace is not None:

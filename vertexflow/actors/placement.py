@@ -28,13 +28,15 @@ from .program import Entry, Segment
 
 
 def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, trace, lane: str | None,
-                ready: float, status=None, pooled=None, queued: float | None = None, expect=None) -> None:
-    """Compute `entries` in order with `runner`, filing each output (or Failure) in `values`.
+                ready: float, status=None, pooled=None, queued: float | None = None, expect=None) -> bool:
+    """Compute `entries` in order with `runner`, filing each output (or Failure) in `values`; whether
+    every member succeeded.
 
     `status` (the actor's) is told which member runs, so a step that does not
     finish names the vertex it is stuck in. With `expect` (the concrete specs),
     every output is checked against the spec its op declared.
     """
+    succeeded = True
     spec_of = (pooled or {}).get
     expected = expect.get if expect is not None else None
     if trace is not None and queued is not None:  # the hand-off: time queued until a worker took it
@@ -48,12 +50,14 @@ def run_entries(runner: VertexRunner, entries: tuple[Entry, ...], values: dict, 
         member = entry.member
         if status is not None:
             status.vertex = member
-        values[member.id] = runner.forward(member, [values[k] for k in entry.inputs], spec_of(member.id), trace,
-                                           lane, ready, entry.op, expected(member.id) if expected else None)
+        out = values[member.id] = runner.forward(member, [values[k] for k in entry.inputs], spec_of(member.id),
+                                                 trace, lane, ready, entry.op, expected(member.id) if expected else None)
+        succeeded = succeeded and type(out) is not Failure
         if trace is not None:
             ready = time.perf_counter()  # the next member had its inputs once this one was done
         for key in entry.free:
             del values[key]
+    return succeeded
 
 
 async def run_awaited(runner: VertexRunner, segment: Segment, values: dict, state, status, lane: str) -> None:
@@ -100,12 +104,20 @@ class Compiled:
         if key not in self.programs:
             self.programs[key] = None
             return self.CHECK
+        if self.programs[key] is self.CHECK:  # its checked step failed: check the next one too
+            return self.CHECK
         program = self.programs[key]
         if program is None:
             runner = self.runner
             program = self.programs[key] = compile_segment(segment.entries, specs, state.pooled, runner.xp,
                                                            runner.buffers, runner.blas_lock)
         return program
+
+    def checked(self, segment: Segment, state, succeeded: bool) -> None:
+        """A checked step ran: compile the segment next time only if every member gave what it declared
+        (a member that failed, its output the wrong shape perhaps, is checked again at the next step)."""
+        if state.specs is not None:
+            self.programs[(id(segment), id(state.specs))] = None if succeeded else self.CHECK
 
 
 def _backward_on_worker(runner, reverse, node, total, value_of, trace, queued: float):
@@ -130,8 +142,10 @@ class Inline:
             return await run_awaited(self.runner, segment, values, state, status, self.lane)
         program = self.compiled.get(segment, state)
         if program is None or program is Compiled.CHECK:
-            run_entries(self.runner, segment.entries, values, state.trace, self.lane, time.perf_counter(), status,
-                        state.pooled, None, state.specs if program is Compiled.CHECK else None)
+            succeeded = run_entries(self.runner, segment.entries, values, state.trace, self.lane, time.perf_counter(),
+                                    status, state.pooled, None, state.specs if program is Compiled.CHECK else None)
+            if program is Compiled.CHECK:
+                self.compiled.checked(segment, state, succeeded)
         else:
             run_compiled(program, self.runner, segment.entries, values, status, state.pooled)
 
@@ -167,10 +181,12 @@ class OnWorker:
             self._count(trace, now, queued=1)
         # An older step first; within a step, in topological order, so that branches
         # finish one after another and what joins them can start before the last one.
-        await self.pool.run(run_entries, self.runner, segment.entries, values, trace, None, now, status,
-                            state.pooled, now if trace is not None else None,
-                            state.specs if program is Compiled.CHECK else None,
-                            priority=(state.submitted, segment.entries[-1].member.id))
+        succeeded = await self.pool.run(run_entries, self.runner, segment.entries, values, trace, None, now, status,
+                                        state.pooled, now if trace is not None else None,
+                                        state.specs if program is Compiled.CHECK else None,
+                                        priority=(state.submitted, segment.entries[-1].member.id))
+        if program is Compiled.CHECK:
+            self.compiled.checked(segment, state, succeeded)
         if trace is not None:
             self._count(trace, time.perf_counter())
 

@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Iterable
 from functools import partial
 
+from ..core import off_loop
 from ..executor import Feeds
 from ..graph import Node
-from .calls import _off_loop
 from .network import StepState
 from .schedule import TAPE, Profile
 
@@ -38,7 +38,7 @@ class _TapeStep:
         return result
 
     async def resolve_async(self):
-        return await _off_loop(self.resolve)
+        return await off_loop(self.resolve)
 
 
 class _Pending:

@@ -104,9 +104,11 @@ class Optimizer(abc.ABC):
                 raise GraphError(f"optimizer state {key!r} has shape {array.shape}, the param {p.shape}")
             if array.dtype.kind not in "fiu":
                 raise GraphError(f"optimizer state {key!r} holds {array.dtype} values, not numbers")
-            if not np.isfinite(array).all():
-                raise GraphError(f"optimizer state {key!r} holds NaN or infinite values")
-            parsed[name][slot] = np.array(array, dtype=p.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked after the cast: 1e300 is inf in float32
+                cast = np.array(array, dtype=p.dtype)
+            if not np.isfinite(cast).all():
+                raise GraphError(f"optimizer state {key!r} holds NaN or infinite values (as {p.dtype})")
+            parsed[name][slot] = cast
         return parsed
 
     @staticmethod

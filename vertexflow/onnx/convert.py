@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import ops
+from ..errors import ModelFileError
 from ..graph import Graph, Node, Spec
 from ..ops.base import broadcast_shapes
 from ..ops.shape import ConstantPad, Identity, ReshapeLike, Take
@@ -38,9 +39,10 @@ class Unsupported(Exception):
 class Env:
     """The graph being built: tensor name -> vertex, and the values of tensors known at build time."""
 
-    def __init__(self, graph: Graph, opset: int):
+    def __init__(self, graph: Graph, opset: int, max_constant_bytes: int = 2**30):
         self.graph = graph
         self.opset = opset
+        self.max_constant_bytes = max_constant_bytes  # the most a value computed at build time may take
         self.nodes: dict[str, Node] = {}
         self.known: dict[str, np.ndarray] = {}
         self.trainable: set[str] = set()  # float initializers: params, never folded into constants
@@ -522,14 +524,30 @@ def _size(env, node, xs, attrs):
     return np.asarray(math.prod(env.sizes(node.input[0], "Size's input sizes")), dtype=np.int64)
 
 
+def bounded(env, node, elements: int, itemsize: int, what: str) -> None:
+    """Refuse, before allocating it, a value computed at build time that is larger than the load allows."""
+    size = elements * itemsize
+    if size > env.max_constant_bytes:
+        raise ModelFileError(f"{node.op_type} {node.name or node.op_type!r}: {what} would take {size:,} bytes, more "
+                             f"than a constant may ({env.max_constant_bytes:,}); raise the limit with "
+                             "vf.onnx.load(..., max_constant_bytes=...) if the model means it")
+
+
 def _constant_of_shape(env, node, xs, attrs):
     shape = [int(d) for d in xs.value(0, "ConstantOfShape's shape")]
     fill = np.asarray(attrs.get("value", np.zeros(1, np.float32))).reshape(-1)[0]
+    if any(d < 0 for d in shape):
+        raise ModelFileError(f"ConstantOfShape {node.name or node.op_type!r}: a negative size in its shape {shape}")
+    bounded(env, node, math.prod(shape), np.asarray(fill).dtype.itemsize, f"a constant of shape {shape}")
     return np.full(shape, fill, dtype=np.asarray(fill).dtype)
 
 
 def _range(env, node, xs, attrs):
     start, limit, delta = (xs.value(i, "Range's bounds") for i in range(3))
+    if delta == 0:
+        raise ModelFileError(f"Range {node.name or node.op_type!r}: a step of 0 never reaches its limit")
+    count = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
+    bounded(env, node, count, np.asarray(start).dtype.itemsize, f"a range of {count:,} values")
     return np.arange(start, limit, delta, dtype=np.asarray(start).dtype)
 
 
@@ -657,9 +675,12 @@ def _tile(env, node, xs, attrs):
     x = xs[0]
     repeats = [int(r) for r in xs.value(1, "Tile's repeats")]
     sizes = env.sizes(node.input[0], "Tile's input sizes")
+    if any(r < 0 for r in repeats):
+        raise Unsupported(f"Tile's repeats {repeats} must be >= 0")
     out = x
     for axis, (size, r) in enumerate(zip(sizes, repeats)):
         if r != 1:
+            bounded(env, node, size * r, 8, f"an index of {size * r:,} positions along axis {axis}")
             out = Take(axis)(out, np.tile(np.arange(size), r))
     return named(out, env, node)
 

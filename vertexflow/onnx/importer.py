@@ -21,6 +21,7 @@ constants={...})` fixes such inputs at load time instead.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..errors import FeedError, GraphError, ModelFileError, ShapeError, UnsupportedOnnxError
 from ..graph import Graph, Node, Spec, format_shape
-from .convert import CONVERTERS, Env, Inputs, NeedsValue, Unsupported, why_unsupported
+from .convert import CONVERTERS, Env, Inputs, NeedsValue, Unsupported, bounded, why_unsupported
 from .patterns import fuse_gelu
 from .reading import check_structure, initializer_value, node_attributes, onnx_modules, read_model
 
@@ -39,9 +40,11 @@ SPECIALIZATIONS_KEPT = 16  # graphs built for fed values, per model (least recen
 class _Source:
     """What a model's graphs are built from: the file's nodes, attributes and initializers."""
 
-    def __init__(self, model, where: str, bound: dict[str, np.ndarray], optimize: bool = True):
+    def __init__(self, model, where: str, bound: dict[str, np.ndarray], optimize: bool = True,
+                 max_constant_bytes: int = 2**30):
         onnx, numpy_helper = onnx_modules()
         self.where = where
+        self.max_constant_bytes = max_constant_bytes
         self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
         og = self.og = model.graph
         self.name = og.name or "onnx"
@@ -83,7 +86,7 @@ def _build(src: _Source, values: Mapping[str, np.ndarray], shapes: Mapping[str, 
     skipped, and every problem is raised together.
     """
     g = Graph(src.name)
-    env = Env(g, src.opset)
+    env = Env(g, src.opset, src.max_constant_bytes)
     for name, value in src.initializers.items():
         env.known[name] = value
         if value.dtype.kind == "f":
@@ -129,6 +132,10 @@ def _build(src: _Source, values: Mapping[str, np.ndarray], shapes: Mapping[str, 
             problems.append((node.op_type, label, str(exc)))
             blocked.update(outputs)
             continue
+        except ModelFileError as exc:  # a converter's refusal of what the file asks (a constant too large)
+            if str(exc).startswith(src.where):
+                raise
+            raise ModelFileError(f"{src.where}: {exc}") from None
         except ShapeError as exc:
             if not defer:  # building for feeds: the feeds do not fit the model
                 raise ShapeError(f"{src.where}: {node.op_type} {label!r}: {exc}") from None
@@ -166,7 +173,7 @@ def _foldable(env: Env, node) -> bool:
 
 def _fold(src: _Source, env: Env, node, attrs: dict, label: str) -> list:
     """The node's outputs as values: built with its own converter in a scratch graph, evaluated now."""
-    scratch = Env(Graph("fold"), env.opset)
+    scratch = Env(Graph("fold"), env.opset, env.max_constant_bytes)
     scratch.known = {n: env.known[n] for n in node.input if n}
     results = CONVERTERS[node.op_type](scratch, node, Inputs(scratch, node), attrs)
     results = list(results) if isinstance(results, (list, tuple)) else [results]
@@ -175,8 +182,14 @@ def _fold(src: _Source, env: Env, node, attrs: dict, label: str) -> list:
         for vertex in scratch.graph.nodes:  # creation order is a topological order
             if vertex.kind == "const":
                 values[vertex.id] = vertex.value
-            else:
-                values[vertex.id] = vertex.op.forward(np, *(values[i.id] for i in vertex.inputs))
+                continue
+            spec = vertex.spec  # the shape inferred when it was built: refused before computed if too large
+            if spec.static:
+                bounded(env, node, math.prod(spec.shape), spec.dtype.itemsize,
+                        f"folding it into a constant of shape {list(spec.shape)}")
+            values[vertex.id] = vertex.op.forward(np, *(values[i.id] for i in vertex.inputs))
+    except ModelFileError:
+        raise
     except (ArithmeticError, IndexError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{src.where}: {node.op_type} {label!r} fails on its constant inputs: "
                              f"{type(exc).__name__}: {exc}") from None
@@ -422,12 +435,16 @@ class OnnxModel:
 
 
 # -- loading --------------------------------------------------------------------------------------
-def load(model_or_path: Any, constants: Mapping[str, Any] | None = None, *, optimize: bool = True) -> OnnxModel:
+def load(model_or_path: Any, constants: Mapping[str, Any] | None = None, *, optimize: bool = True,
+         max_constant_bytes: int = 2**30) -> OnnxModel:
     """Import an ONNX model (a path, bytes or a ModelProto) as a vertexflow graph.
 
     Args:
         optimize: import the node patterns of `onnx/patterns.py` (the five nodes of an exported
             GELU) as one vertex each; False imports every node as it is.
+        max_constant_bytes: the most a value computed while building may take (a folded
+            constant, a ConstantOfShape, a Range): a tiny file could otherwise ask for terabytes.
+            A larger one is refused, naming its node, before it is allocated.
         constants: values for graph inputs to fix at load time (a shape or axes an op
             needs to build); without them such inputs are fed at run time and the graph
             is built for the values fed (see the module's docstring).
@@ -449,7 +466,9 @@ def load(model_or_path: Any, constants: Mapping[str, Any] | None = None, *, opti
     if stray:
         raise FeedError(f"{where}: constants= names {', '.join(map(repr, stray))}, which are not inputs of the "
                         f"model (its inputs: {', '.join(sorted(declared_names))})")
-    src = _Source(model, where, bound, optimize)
+    if isinstance(max_constant_bytes, bool) or not isinstance(max_constant_bytes, int) or max_constant_bytes < 0:
+        raise ValueError(f"max_constant_bytes= takes a number of bytes >= 0, got {max_constant_bytes!r}")
+    src = _Source(model, where, bound, optimize, max_constant_bytes)
     problems = []
     for vi in model.graph.input:
         if not vi.type.HasField("tensor_type"):

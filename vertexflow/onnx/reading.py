@@ -84,34 +84,56 @@ def _load_external_data(onnx, model, folder: str, where: str) -> None:
 
     root = os.path.realpath(folder)
     for tensor in _external_tensors(model):
-        info = ExternalDataInfo(tensor)
-        location = info.location or ""
-        target = os.path.realpath(os.path.join(root, location))
-        if os.path.isabs(location) or os.path.commonpath([root, target]) != root:
-            raise ModelFileError(f"{where}: tensor {tensor.name!r} points outside the model's folder "
-                                 f"({location!r}); refused")
-        if not os.path.isfile(target):
-            raise ModelFileError(f"{where}: tensor {tensor.name!r}: its external data file {location!r} is missing "
-                                 "or not a regular file")
-        size = os.path.getsize(target)
-        offset = int(info.offset or 0)
-        length = int(info.length) if info.length is not None else size - offset
-        if offset < 0 or length < 0 or offset + length > size:
-            raise ModelFileError(f"{where}: tensor {tensor.name!r} asks for bytes {offset}..{offset + length} of "
-                                 f"{location!r}, which holds {size}")
-        load_external_data_for_tensor(tensor, root)
+        try:
+            _load_one(tensor, root, where, ExternalDataInfo, load_external_data_for_tensor)
+        except ModelFileError:
+            raise
+        except (ValueError, OSError, TypeError) as exc:  # a NUL in a path, a length that is not a number
+            raise ModelFileError(f"{where}: tensor {tensor.name!r}: its external data entry is not readable "
+                                 f"({type(exc).__name__}: {exc})") from None
+
+
+def _load_one(tensor, root: str, where: str, info_of, load) -> None:
+    """One external tensor's bytes, checked: a regular file inside the model's folder, the range inside it."""
+    import os
+
+    info = info_of(tensor)
+    location = info.location or ""
+    target = os.path.realpath(os.path.join(root, location))
+    if os.path.isabs(location) or os.path.commonpath([root, target]) != root:
+        raise ModelFileError(f"{where}: tensor {tensor.name!r} points outside the model's folder "
+                             f"({location!r}); refused")
+    if not os.path.isfile(target):
+        raise ModelFileError(f"{where}: tensor {tensor.name!r}: its external data file {location!r} is missing "
+                             "or not a regular file")
+    size = os.path.getsize(target)
+    offset = int(info.offset or 0)
+    length = int(info.length) if info.length is not None else size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ModelFileError(f"{where}: tensor {tensor.name!r} asks for bytes {offset}..{offset + length} of "
+                             f"{location!r}, which holds {size}")
+    load(tensor, root)
 
 
 def check_structure(og, where: str) -> None:
     """Every name a node reads is defined before it (the file's order is topological), once."""
     defined = {vi.name for vi in og.input} | {t.name for t in og.initializer} | {""}
     problems = []
+    written: dict[str, str] = {}
     for index, node in enumerate(og.node):
         label = node.name or f"#{index}"
         missing = [name for name in node.input if name not in defined]
         if missing:
             problems.append(f"{node.op_type} {label!r} reads {', '.join(map(repr, missing))}, which nothing "
                             "before it defines (a dangling name, or a cycle)")
+        for name in node.output:
+            if name and name in written:
+                problems.append(f"{node.op_type} {label!r} writes {name!r}, which {written[name]} already writes "
+                                "(a value has one producer)")
+            elif name and name in defined:
+                problems.append(f"{node.op_type} {label!r} writes {name!r}, which is a graph input or initializer")
+            elif name:
+                written[name] = f"{node.op_type} {label!r}"
         defined.update(node.output)
     missing = [vi.name for vi in og.output if vi.name not in defined]
     if missing:

@@ -156,7 +156,8 @@ class RayExecutor(Executor):
                 bundles = len(self.placement_group.bundle_specs)
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     self.placement_group, placement_group_bundle_index=p % bundles)
-            actor = ray.remote(PartitionWorker).options(**options)
+            # "status": a thread of its own for `where`, so a partition past its deadline can say what it runs
+            actor = ray.remote(concurrency_groups={"status": 1})(PartitionWorker).options(**options)
             self._workers[p] = actor.remote(p, self.kind, self.executor_options, self.blas_threads)
             self._prepared[p] = set()
             self._sent_params[p] = {}
@@ -395,9 +396,12 @@ class RayExecutor(Executor):
         try:
             return ray.get(refs, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
+            waiting = self._running(refs)
             self._restart(range(self.partitions))
-            raise ExecutionTimeout(f"{what} did not finish within {timeout} s; the partitions were stopped and will "
-                                   "be placed again at the next call", waiting={}) from None
+            shown = "; ".join(f"{name} waits for {why}" for name, why in list(waiting.items())[:10])
+            raise ExecutionTimeout(f"{what} did not finish within {timeout} s ({shown or 'no partition answered'}); "
+                                   "the partitions were stopped and will be placed again at the next call",
+                                   waiting=waiting) from None
         except ray.exceptions.RayActorError as exc:
             raise self._lost(what) from exc
         except ray.exceptions.RayTaskError as exc:
@@ -413,6 +417,24 @@ class RayExecutor(Executor):
                 raise type(cause)(f"{cause} [in partition {where}]") from cause
             raise VertexError(f"partition {where} failed: {type(cause).__name__}: {cause}", vertex="?",
                               op="?") from cause
+
+    def _running(self, refs) -> dict[str, str]:
+        """{vertex: what it waits for} in the partitions whose results have not come: asked on each one's
+        status thread (its compute thread cannot answer), a second at most."""
+        ray = _ray()
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        done = set(done)
+        waiting: dict[str, str] = {}
+        for p, worker in enumerate(self._workers):
+            if worker is None or (p < len(refs) and refs[p] in done):
+                continue
+            try:
+                found = ray.get(worker.where.options(concurrency_group="status").remote(), timeout=1.0)
+            except Exception:  # noqa: BLE001 - a partition that cannot answer is named as such
+                found = {}
+            for name, why in (found or {"(partition)": "its partition's process to answer"}).items():
+                waiting.setdefault(name, f"{why} (partition {self._where(p)})")
+        return waiting
 
     def _lost(self, what: str) -> PartitionLost:
         lost = self._dead()

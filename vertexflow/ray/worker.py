@@ -148,6 +148,12 @@ class PartitionWorker:
         return {"pid": os.getpid(), "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(),
                 "ip": ray.util.get_node_ip_address(), "perf": time.perf_counter(), "wall": time.time()}
 
+    def where(self) -> dict[str, str]:
+        """{vertex: what it is doing} for the vertices this process is in now (runs on the status thread)."""
+        from ..tape import running_vertices
+
+        return running_vertices()
+
     def prepare(self, key: int, program: Program) -> None:
         with _marked(self.index):
             self.programs[key] = _Built(program, self.kind, self.options)
