@@ -90,11 +90,13 @@ class PartitionLost(VertexflowError, RuntimeError):
 
     Attributes:
         partitions: the numbers of the partitions that were lost.
+        nodes: the Ray node ids they ran on ("?" where a partition died before saying).
     """
 
-    def __init__(self, message: str, *, partitions: tuple = ()):
+    def __init__(self, message: str, *, partitions: tuple = (), nodes: tuple = ()):
         super().__init__(message)
         self.partitions = tuple(partitions)
+        self.nodes = tuple(nodes)
 
 
 class DeviceError(VertexflowError, RuntimeError):

@@ -193,7 +193,13 @@ def test_traces_of_random_graphs_forward_backward_and_streams_are_valid(case, tm
         list(act.run_stream([feeds] * 3, outputs))
     tracer.save(str(path))
     found = _check_chrome(json.loads(path.read_text()))
-    assert found["flows"] > 0 and len(found["processes"]) == 2
+    assert len(found["processes"]) == 2
+    # which thread runs which actor is up to the scheduler: a value that went from one lane to
+    # another must show as a flow (values on one lane need none: the order there says it)
+    lane_of = {(s.track, s.run, s.step, s.vertex): s.lane for s in tracer.spans if s.phase == "forward"}
+    crossed = [s.vertex for s in tracer.spans if s.phase == "forward"
+               and any(lane_of.get((s.track, s.run, s.step, i), s.lane) != s.lane for i in s.inputs)]
+    assert found["flows"] >= (1 if crossed else 0)
 
 
 def test_two_executors_on_two_threads_under_one_tracer():

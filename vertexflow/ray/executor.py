@@ -167,13 +167,23 @@ class RayExecutor(Executor):
     def _info(self, p: int) -> dict:
         """The partition's process (pid, node) and its clock's offset onto ours (for the trace)."""
         if self._infos[p] is None:
-            info = _ray().get(self._worker(p).info.remote())
+            ray = _ray()
+            try:
+                info = ray.get(self._worker(p).info.remote(), timeout=PLACE_TIMEOUT)
+            except ray.exceptions.GetTimeoutError:
+                self._restart([p])
+                raise ExecutionTimeout(f"partition {p} was not placed within {PLACE_TIMEOUT:g} s: the cluster has no "
+                                       f"room for {self.num_cpus:g} CPU, {self.num_gpus:g} GPU more") from None
             # At the worker's instant (perf, wall), our perf_counter read wall - (now_wall - now_perf)
             # ago; on one machine the wall clocks are one clock, across machines as close as NTP keeps them.
             now_perf, now_wall = time.perf_counter(), time.time()
             info["offset"] = (now_perf - (now_wall - info["wall"])) - info["perf"]
             self._infos[p] = info
         return self._infos[p]
+
+    def nodes(self) -> list[str]:
+        """The Ray node id each partition runs on, placing the partitions that are not yet."""
+        return [self._info(p)["node"] for p in range(self.partitions)]
 
     def _restart(self, parts: Iterable[int]) -> None:
         ray = _ray()
@@ -356,6 +366,8 @@ class RayExecutor(Executor):
         if pending:
             self._get(pending, PLACE_TIMEOUT if timeout is None else timeout, call,
                       f"placing the partitions ({self.num_cpus:g} CPU, {self.num_gpus:g} GPU each)")
+            for p in range(self.partitions):  # where each one lives, known before it can be lost
+                self._info(p)
 
     # -- steps ---------------------------------------------------------------------------
     def _submit_forward(self, call: _Call, feeds: dict[int, Any], step: int, keep: bool, trace: bool) -> list:
@@ -403,8 +415,10 @@ class RayExecutor(Executor):
                                    "the partitions were stopped and will be placed again at the next call",
                                    waiting=waiting) from None
         except ray.exceptions.RayActorError as exc:
+            _settle(refs)
             raise self._lost(what) from exc
         except ray.exceptions.RayTaskError as exc:
+            _settle(refs)
             cause = _root_cause(exc)
             p = getattr(cause, "partition", None)  # set by the partition where it was raised
             if isinstance(cause, ray.exceptions.RayActorError):
@@ -438,10 +452,14 @@ class RayExecutor(Executor):
 
     def _lost(self, what: str) -> PartitionLost:
         lost = self._dead()
-        self._restart(lost)
         named = ", ".join(self._where(p) for p in lost) or "?"
-        return PartitionLost(f"partition {named} of {self.partitions} died while running {what}; it will be placed "
-                             "again at the next call", partitions=lost)
+        nodes = tuple(dict.fromkeys((self._infos[p] or {}).get("node", "?") for p in lost))
+        alive = {n["NodeID"] for n in _ray().nodes() if n.get("Alive")}
+        gone = [n for n in nodes if n != "?" and n not in alive]
+        why = f"; its node {', '.join(n[:8] for n in gone)} left the cluster" if gone else ""
+        self._restart(lost)
+        return PartitionLost(f"partition {named} of {self.partitions} died while running {what}{why}; it will be "
+                             "placed again at the next call", partitions=lost, nodes=nodes)
 
     def _where(self, p: int | None) -> str:
         if p is None:
@@ -453,7 +471,7 @@ class RayExecutor(Executor):
             except Exception:  # noqa: BLE001 - a partition that is gone has no pid to show
                 info = None
         info = info or {}
-        return f"{p} (pid {info.get('pid', '?')} on node {info.get('ip', '?')})"
+        return f"{p} (pid {info.get('pid', '?')} on node {info.get('node', '?')[:8]} at {info.get('ip', '?')})"
 
     def _dead(self) -> list[int]:
         ray = _ray()
@@ -617,6 +635,7 @@ class RayExecutor(Executor):
                 for _, _, refs in in_flight:
                     for ref in refs:
                         ray.cancel(ref, force=False)
+                    _settle(refs, wait=0)
 
     def _chunk(self, call: _Call, steps: int | None = None) -> int:
         """Steps per stream call: about CHUNK_WORK seconds of the busiest partition's measured work (1 to
@@ -653,12 +672,24 @@ class RayExecutor(Executor):
         self._ready(call)  # the partitions are placed, so their processes can be named
         for p in range(call.partitioning.count):
             info = self._info(p)
-            lines.append(f"  partition {p}: Ray actor pid {info['pid']} on node {info['ip']}")
+            lines.append(f"  partition {p}: Ray actor pid {info['pid']} on node {info['node'][:8]} at {info['ip']}")
         lines.append(cutting.describe(call.partitioning, specs, call.costs))
         return "\n".join(lines)
 
     def trace_options(self) -> dict:
         return {"partitions": self.partitions, "executor": self.kind}
+
+
+def _settle(refs, wait: float = 2.0) -> None:
+    """Collect the outcomes of calls whose results are no longer wanted (after a failure, or a stream
+    closed early), so Ray does not print each of their errors as unhandled when they are dropped."""
+    ray = _ray()
+    done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=wait)
+    for ref in done:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:  # noqa: BLE001 - the error this call raised is already reported, or not wanted
+            pass
 
 
 def _root_cause(exc):
