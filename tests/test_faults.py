@@ -407,6 +407,90 @@ class Stuck(vf.ops.Op):
         return x + 1.0
 
 
+class Liar(vf.ops.Op):
+    """Declares its input's spec; returns one row fewer (shape) or float32 (dtype)."""
+
+    name = "liar"
+
+    def __init__(self, lie):
+        self.lie = lie
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        return x[1:] if self.lie == "shape" else x.astype(np.float32)
+
+    def vjp(self, F, g, xs, y):
+        return (g,)
+
+
+@pytest.mark.parametrize("executor", sorted(ALIAS_EXECUTORS))
+@pytest.mark.parametrize("lie", ["shape", "dtype"])
+def test_an_op_returning_other_than_it_declared_is_named_on_every_executor_and_call(executor, lie):
+    g = vf.Graph("liar")
+    x = g.input("x", shape=(None, 3), dtype="float64")
+    w = g.param("w", value=np.ones((3, 3)))
+    y = vf.tanh(Liar(lie)(x @ w, name="the_liar") + 1.0)
+    loss = vf.sum(y)
+    feeds = {x: np.ones((4, 3))}
+    declared = r"but the op's infer declared \(4, 3\) float64"
+    with ALIAS_EXECUTORS[executor](g) as ex:
+        calls = [lambda: ex.run(feeds, y), lambda: ex.backward(feeds, loss, [w]),
+                 lambda: list(ex.run_stream([feeds] * 3, y))]
+        for call in calls * 2:  # the first call of each kind and the next (compiled, cached) one
+            with pytest.raises(vf.VertexError, match=r"vertex 'the_liar' \(liar.*returned an array of "
+                                                     rf"\(\d, 3\) float\d\d, {declared}") as info:
+                call()
+            assert info.value.vertex == "the_liar"
+
+
+class HeldGradient(vf.ops.Op):
+    """x * 2, whose derivative waits (at most 30 s) until `release` is set."""
+
+    name = "held_gradient"
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        return x * 2
+
+    def vjp(self, F, g, xs, y):
+        self.release.wait(30)
+        return (F.mul(g, 2.0),)
+
+
+@pytest.mark.parametrize("executor", sorted(ALIAS_EXECUTORS))
+def test_a_backward_timeout_names_the_vertex_whose_derivative_is_running(executor):
+    """Past ten vertices, with derivatives already done after it in the order and more to come."""
+    g = vf.Graph("held")
+    x = g.input("x", shape=(3,), dtype="float64")
+    h = x
+    for k in range(15):
+        h = vf.tanh(h, name=f"before{k}")
+    held = HeldGradient()
+    h = held(h, name="the_held_one")
+    for k in range(5):
+        h = vf.exp(h * 0.1, name=f"after{k}")
+    loss = vf.sum(h, name="loss")
+    with ALIAS_EXECUTORS[executor](g) as ex:
+        try:
+            with pytest.raises(vf.ExecutionTimeout, match=r"\(the_held_one waits for running the derivative of "
+                                                          r"held_gradient to return") as info:
+                ex.backward({x: np.ones(3)}, loss, [x], timeout=0.3)
+            assert next(iter(info.value.waiting)) == "the_held_one"
+            assert not any(name.startswith("after") for name in info.value.waiting)  # their derivatives ran
+        finally:
+            held.release.set()
+        value, grads = ex.backward({x: np.ones(3)}, loss, [x], timeout=30)  # works again
+    want_value, want_grads = vf.SequentialExecutor(g).backward({x: np.ones(3)}, loss, [x])
+    assert value == want_value and np.array_equal(grads[x], want_grads[x])
+
+
 @pytest.mark.parametrize("placement", ["inline", "workers"])
 @pytest.mark.parametrize("form", ["arun", "abackward", "stream"])
 def test_a_cancel_scope_around_any_async_form_leaves_the_executor_working(placement, form):
