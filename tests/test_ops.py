@@ -497,7 +497,8 @@ def _op_samples():
     from vertexflow.fusion import FusedOp, Group
     from vertexflow.nn.layers import DropoutMask, Mode
     from vertexflow.onnx.convert import SaturatingCast, TruncDivide
-    from vertexflow.ops import activation, linalg, nn, norm, reduce, shape
+    from vertexflow.onnx.elementwise import BitCast
+    from vertexflow.ops import activation, indexing, linalg, nn, norm, reduce, shape
     from vertexflow.ops import elementwise as ew
     from vertexflow.rewrites import ProductEpilogue
 
@@ -508,11 +509,17 @@ def _op_samples():
     pooled = S((2, 3, 3, 3), f)
     unary = {cls: (cls(), [S((3, 4), f)]) for cls in (
         ew.Negative, ew.Abs, ew.Sign, ew.Exp, ew.Erf, ew.Log, ew.Sqrt, ew.Tanh, ew.Sigmoid, ew.Relu, ew.LeakyRelu, ew.Clip)}
+    unary.update({cls: (cls(), [S((3, 4), f)]) for cls in (
+        ew.Sin, ew.Cos, ew.Tan, ew.Arcsin, ew.Arccos, ew.Arctan, ew.Sinh, ew.Cosh, ew.Arcsinh, ew.Arccosh,
+        ew.Arctanh, ew.Floor, ew.Ceil, ew.Round, ew.IsNaN, ew.IsInf)})
     unary[ew.LogicalNot] = (ew.LogicalNot(), [S((3, 4), b)])
+    unary[ew.BitwiseNot] = (ew.BitwiseNot(), [S((3, 4), i)])
     binary = {cls: (cls(), [S((3, 4), f), S((4,), f)]) for cls in (
         ew.Add, ew.Subtract, ew.Multiply, ew.Divide, ew.Power, ew.Maximum, ew.Minimum, ew.Greater, ew.Less,
         ew.GreaterEqual, ew.LessEqual, ew.Equal, ew.NotEqual, ew.Remainder, TruncDivide)}
     binary.update({cls: (cls(), [S((3, 4), b), S((4,), b)]) for cls in (ew.LogicalAnd, ew.LogicalOr, ew.LogicalXor)})
+    binary.update({cls: (cls(), [S((3, 4), i), S((4,), i)]) for cls in (
+        ew.BitwiseAnd, ew.BitwiseOr, ew.BitwiseXor, ew.LeftShift, ew.RightShift)})
     samples = {**unary, **binary}
     samples.update({
         ew.Cast: (ew.Cast("float32"), [S((3,), f)]),
@@ -563,6 +570,23 @@ def _op_samples():
         nn.AvgPool2d: (nn.AvgPool2d(2), [img]),
         nn.AvgPool2dGrad: (nn.AvgPool2dGrad(2), [pooled, img]),
         DropoutMask: (DropoutMask(0.5, 0, Mode()), [S((3, 4), f)]),
+        indexing.ArgMax: (indexing.ArgMax(1), [S((3, 4), f)]),
+        indexing.TopKIndices: (indexing.TopKIndices(2), [S((3, 4), f)]),
+        indexing.CumSum: (indexing.CumSum(1), [S((3, 4), f)]),
+        indexing.CumProd: (indexing.CumProd(1), [S((3, 4), f)]),
+        indexing.CumProdGrad: (indexing.CumProdGrad(1, False, False), [S((3, 4), f), S((3, 4), f)]),
+        indexing.Prod: (indexing.Prod(1), [S((3, 4), f)]),
+        indexing.ProdGrad: (indexing.ProdGrad(1, False), [S((3,), f), S((3, 4), f)]),
+        indexing.GatherElements: (indexing.GatherElements(1), [S((3, 4), f), S((3, 2), i)]),
+        indexing.ScatterElements: (indexing.ScatterElements(1), [S((3, 4), f), S((3, 2), i), S((3, 2), f)]),
+        indexing.GatherND: (indexing.GatherND(), [S((3, 4), f), S((5, 2), i)]),
+        indexing.ScatterND: (indexing.ScatterND(), [S((3, 4), f), S((2, 1), i), S((2, 4), f)]),
+        indexing.OneHotIndices: (indexing.OneHotIndices(4), [S((3,), i), S((2,), f)]),
+        indexing.Einsum: (indexing.Einsum("ij,jk->ik"), [S((3, 4), f), S((4, 5), f)]),
+        indexing.EinsumGrad: (indexing.EinsumGrad("ij,jk->ik", 0), [S((3, 5), f), S((3, 4), f), S((4, 5), f)]),
+        linalg.Det: (linalg.Det(), [S((2, 3, 3), f)]),
+        linalg.DetGrad: (linalg.DetGrad(), [S((2,), f), S((2, 3, 3), f), S((2,), f)]),
+        BitCast: (BitCast("int64"), [S((3,), f)]),
         FusedOp: (_fused_sample(FusedOp, Group), [S((3, 4), f), S((3, 4), f)]),
         ProductEpilogue: (_epilogue_sample(), [S((3, 4), f), S((4, 5), f), S((5,), f)]),
     })

@@ -949,3 +949,15 @@ def why_unsupported(node, attrs: dict, known: dict) -> str | None:
         if mode is None or bool(np.asarray(mode)):
             return "training mode (random masks) not supported"
     return None
+
+
+def _register_modules() -> None:
+    """Add the converters kept in modules of their own (each with its CONVERTERS and ALLOWED_ATTRS)."""
+    from . import elementwise, layers, selection
+
+    for module in (elementwise, selection, layers):
+        CONVERTERS.update(module.CONVERTERS)
+        ALLOWED_ATTRS.update(module.ALLOWED_ATTRS)
+
+
+_register_modules()

@@ -468,6 +468,270 @@ class LogicalNot(Unary):
         return (None,)
 
 
+# -- trigonometric, hyperbolic, rounding and tests -----------------------------
+class Sin(Unary):
+    name = ufunc = "sin"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.sin(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (F.mul(g, F.apply(_COS, xs[0])),)
+
+
+class Cos(Unary):
+    name = ufunc = "cos"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.cos(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (F.neg(F.mul(g, F.apply(_SIN, xs[0]))),)
+
+
+class Tan(Unary):
+    name = ufunc = "tan"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.tan(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (F.mul(g, F.add(F.mul(y, y), 1)),)
+
+
+class Arcsin(Unary):
+    name = "asin"
+    ufunc = "arcsin"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.arcsin(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        x = xs[0]
+        return (F.mul(g, F.power(F.sub(1, F.mul(x, x)), -0.5)),)
+
+
+class Arccos(Unary):
+    name = "acos"
+    ufunc = "arccos"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.arccos(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        x = xs[0]
+        return (F.neg(F.mul(g, F.power(F.sub(1, F.mul(x, x)), -0.5))),)
+
+
+class Arctan(Unary):
+    name = "atan"
+    ufunc = "arctan"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.arctan(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        x = xs[0]
+        return (F.div(g, F.add(F.mul(x, x), 1)),)
+
+
+class Sinh(Unary):
+    name = ufunc = "sinh"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.sinh(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (F.mul(g, F.apply(_COSH, xs[0])),)
+
+
+class Cosh(Unary):
+    name = ufunc = "cosh"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.cosh(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (F.mul(g, F.apply(_SINH, xs[0])),)
+
+
+class Arcsinh(Unary):
+    name = "asinh"
+    ufunc = "arcsinh"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.arcsinh(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        x = xs[0]
+        return (F.mul(g, F.power(F.add(F.mul(x, x), 1), -0.5)),)
+
+
+class Arccosh(Unary):
+    name = "acosh"
+    ufunc = "arccosh"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.arccosh(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        x = xs[0]
+        return (F.mul(g, F.power(F.sub(F.mul(x, x), 1), -0.5)),)
+
+
+class Arctanh(Unary):
+    name = "atanh"
+    ufunc = "arctanh"
+    per_element = 8.0
+
+    def forward(self, xp, x, out=None):
+        return xp.arctanh(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        x = xs[0]
+        return (F.div(g, F.sub(1, F.mul(x, x))),)
+
+
+class Floor(Unary):
+    name = ufunc = "floor"
+
+    def forward(self, xp, x, out=None):
+        return xp.floor(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (None,)  # zero almost everywhere
+
+
+class Ceil(Unary):
+    name = ufunc = "ceil"
+
+    def forward(self, xp, x, out=None):
+        return xp.ceil(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (None,)
+
+
+class Round(Unary):
+    """Halves to even, as numpy and ONNX round."""
+
+    name = "round"
+    ufunc = "rint"
+
+    def forward(self, xp, x, out=None):
+        return xp.rint(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (None,)
+
+
+class IsNaN(Unary):
+    name = ufunc = "isnan"
+    writes_out = inplace = False
+
+    def infer(self, x: Spec) -> Spec:
+        require_float(x)
+        return Spec(x.shape, "bool")
+
+    def forward(self, xp, x):
+        return xp.isnan(x)
+
+    def vjp(self, F, g, xs, y):
+        return (None,)
+
+
+class IsInf(Unary):
+    """x is +inf (when `positive`) or -inf (when `negative`)."""
+
+    name = "isinf"
+    writes_out = inplace = False
+
+    def __init__(self, positive: bool = True, negative: bool = True):
+        self.positive, self.negative = bool(positive), bool(negative)
+
+    def infer(self, x: Spec) -> Spec:
+        require_float(x)
+        return Spec(x.shape, "bool")
+
+    def forward(self, xp, x):
+        if self.positive and self.negative:
+            return xp.isinf(x)
+        if self.positive:
+            return xp.isposinf(x)
+        if self.negative:
+            return xp.isneginf(x)
+        return xp.zeros(x.shape, dtype=bool)
+
+    def vjp(self, F, g, xs, y):
+        return (None,)
+
+
+_SIN, _COS, _SINH, _COSH = Sin(), Cos(), Sinh(), Cosh()
+
+
+# -- bitwise -----------------------------------------------------------------
+class Bitwise(Binary):
+    """An integer (or boolean) bitwise op, numpy's dtype promotion; no derivative."""
+
+    def infer(self, a: Spec, b: Spec) -> Spec:
+        for s in (a, b):
+            if s.dtype.kind not in "iub":
+                raise ShapeError(f"{self.name} needs integer or boolean inputs, got {s.dtype}")
+        return Spec(broadcast_shapes(a.shape, b.shape), _promote(a, b))
+
+    def forward(self, xp, a, b, out=None):
+        return getattr(xp, self.ufunc)(a, b, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (None, None)
+
+
+class BitwiseAnd(Bitwise):
+    name = ufunc = "bitwise_and"
+
+
+class BitwiseOr(Bitwise):
+    name = ufunc = "bitwise_or"
+
+
+class BitwiseXor(Bitwise):
+    name = ufunc = "bitwise_xor"
+
+
+class LeftShift(Bitwise):
+    name = ufunc = "left_shift"
+
+
+class RightShift(Bitwise):
+    name = ufunc = "right_shift"
+
+
+class BitwiseNot(Unary):
+    name = "bitwise_not"
+    ufunc = "invert"
+
+    def infer(self, x: Spec) -> Spec:
+        if x.dtype.kind not in "iub":
+            raise ShapeError(f"bitwise_not needs an integer or boolean input, got {x.dtype}")
+        return x
+
+    def forward(self, xp, x, out=None):
+        return xp.invert(x, out=out)
+
+    def vjp(self, F, g, xs, y):
+        return (None,)
+
+
 class Where(Op):
     name = "where"
 
@@ -642,3 +906,92 @@ def logical_not(x, name=None):
 
 def where(cond, a, b, name=None):
     return Where()(cond, a, b, name=name)
+
+
+def sin(x, name=None):
+    return Sin()(x, name=name)
+
+
+def cos(x, name=None):
+    return Cos()(x, name=name)
+
+
+def tan(x, name=None):
+    return Tan()(x, name=name)
+
+
+def arcsin(x, name=None):
+    return Arcsin()(x, name=name)
+
+
+def arccos(x, name=None):
+    return Arccos()(x, name=name)
+
+
+def arctan(x, name=None):
+    return Arctan()(x, name=name)
+
+
+def sinh(x, name=None):
+    return Sinh()(x, name=name)
+
+
+def cosh(x, name=None):
+    return Cosh()(x, name=name)
+
+
+def arcsinh(x, name=None):
+    return Arcsinh()(x, name=name)
+
+
+def arccosh(x, name=None):
+    return Arccosh()(x, name=name)
+
+
+def arctanh(x, name=None):
+    return Arctanh()(x, name=name)
+
+
+def floor(x, name=None):
+    return Floor()(x, name=name)
+
+
+def ceil(x, name=None):
+    return Ceil()(x, name=name)
+
+
+def round(x, name=None):  # noqa: A001 - numpy's name
+    """Halves to even."""
+    return Round()(x, name=name)
+
+
+def isnan(x, name=None):
+    return IsNaN()(x, name=name)
+
+
+def isinf(x, positive=True, negative=True, name=None):
+    return IsInf(positive, negative)(x, name=name)
+
+
+def bitwise_and(a, b, name=None):
+    return BitwiseAnd()(a, b, name=name)
+
+
+def bitwise_or(a, b, name=None):
+    return BitwiseOr()(a, b, name=name)
+
+
+def bitwise_xor(a, b, name=None):
+    return BitwiseXor()(a, b, name=name)
+
+
+def bitwise_not(x, name=None):
+    return BitwiseNot()(x, name=name)
+
+
+def left_shift(a, b, name=None):
+    return LeftShift()(a, b, name=name)
+
+
+def right_shift(a, b, name=None):
+    return RightShift()(a, b, name=name)

@@ -1,4 +1,5 @@
-"""Matrix multiplication: 2-D, batched (leading dimensions broadcast) and vector cases."""
+"""Matrix multiplication (2-D, batched with leading dimensions broadcast, and vector cases), and
+determinants."""
 
 from __future__ import annotations
 
@@ -86,6 +87,46 @@ def _swap_last(F, x):
     ndim = F.ndim(x)
     axes = tuple(range(ndim - 2)) + (ndim - 1, ndim - 2)
     return F.transpose(x, axes)
+
+
+class Det(Op):
+    """The determinant of each square matrix in the last two axes."""
+
+    name = "det"
+
+    def infer(self, x: Spec) -> Spec:
+        if x.dtype.kind != "f" or x.ndim < 2 or (None not in x.shape[-2:] and x.shape[-1] != x.shape[-2]):
+            raise ShapeError(f"det needs square floating-point matrices, got {format_shape(x.shape)} {x.dtype}")
+        return Spec(x.shape[:-2], x.dtype)
+
+    def forward(self, xp, x):
+        return xp.asarray(xp.linalg.det(x), dtype=x.dtype)
+
+    def vjp(self, F, g, xs, y):
+        return (F.apply(DetGrad(), g, xs[0], y),)
+
+    def cost(self, x: Spec) -> float:
+        n = x.shape[-1] or 1
+        return float(math.prod(d or 1 for d in x.shape[:-2]) * n**3 / 16.0)
+
+
+class DetGrad(Op):
+    """g * det(x) * inverse(x) transposed: the cofactor matrix, for invertible matrices. For a singular
+    one this gives zeros where the cofactors may not be (torch's rule computes them by an SVD)."""
+
+    name = "det_grad"
+
+    def infer(self, g: Spec, x: Spec, y: Spec) -> Spec:
+        return x
+
+    def forward(self, xp, g, x, y):
+        scale = (g * y)[..., None, None]
+        inverse = xp.linalg.pinv(x)
+        return (scale * xp.swapaxes(inverse, -1, -2)).astype(x.dtype, copy=False)
+
+
+def det(x, name=None):
+    return Det()(x, name=name)
 
 
 def matmul(a, b, name=None):

@@ -1,0 +1,217 @@
+"""ONNX's selection, indexing and rearranging ops: ArgMax/ArgMin, TopK, CumSum/CumProd, ReduceProd,
+gathers and scatters, OneHot, Hardmax, Einsum, DepthToSpace/SpaceToDepth, ReverseSequence,
+CenterCropPad, TensorScatter, Det, and the ops whose output size depends on the data (Compress,
+NonZero, Unique): those are computed when the graph is built for the fed values, as Shape-dependent
+graphs are."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..ops.indexing import ArgMax, GatherElements, GatherND, OneHotIndices, ScatterElements, ScatterND
+from ..ops.shape import ConstantPad, Take
+from .convert import _REDUCE, Unsupported, _reduce, named, out_name
+
+
+def _arg(smallest: bool):
+    def convert(env, node, xs, attrs):
+        return ArgMax(attrs.get("axis", 0), bool(attrs.get("keepdims", 1)), bool(attrs.get("select_last_index", 0)),
+                      smallest)(xs[0], name=out_name(env, node))
+
+    return convert
+
+
+def _topk(env, node, xs, attrs):
+    x = xs[0]
+    k = attrs["k"] if env.opset < 10 else int(np.asarray(xs.value(1, "TopK's K")).reshape(-1)[0])
+    axis = attrs.get("axis", -1)
+    size = x.shape[axis % x.ndim]
+    if size is not None and not 0 <= k <= size:
+        raise Unsupported(f"K={k} is not within the {size} values along axis {axis}")
+    values, index = ops.topk(x, int(k), axis, bool(attrs.get("largest", 1)))
+    return [named(values, env, node, 0), named(index, env, node, 1)]
+
+
+def _running(fn):
+    def convert(env, node, xs, attrs):
+        axis = int(np.asarray(xs.value(1, f"{node.op_type}'s axis")).reshape(-1)[0])
+        return fn(xs[0], axis, bool(attrs.get("exclusive", 0)), bool(attrs.get("reverse", 0)),
+                  name=out_name(env, node))
+
+    return convert
+
+
+def _gather_elements(env, node, xs, attrs):
+    return GatherElements(attrs.get("axis", 0))(xs[0], xs[1], name=out_name(env, node))
+
+
+def _scatter_elements(env, node, xs, attrs):
+    return ScatterElements(attrs.get("axis", 0), attrs.get("reduction", "none"))(
+        xs[0], xs[1], xs[2], name=out_name(env, node))
+
+
+def _gather_nd(env, node, xs, attrs):
+    return GatherND(attrs.get("batch_dims", 0))(xs[0], xs[1], name=out_name(env, node))
+
+
+def _scatter_nd(env, node, xs, attrs):
+    return ScatterND(attrs.get("reduction", "none"))(xs[0], xs[1], xs[2], name=out_name(env, node))
+
+
+def _one_hot(env, node, xs, attrs):
+    depth = int(np.asarray(xs.value(1, "OneHot's depth")).reshape(-1)[0])
+    return OneHotIndices(depth, attrs.get("axis", -1))(xs[0], xs[2], name=out_name(env, node))
+
+
+def _hardmax(env, node, xs, attrs):
+    x = xs[0]
+    axis = attrs.get("axis", -1 if env.opset >= 13 else 1) % x.ndim
+    if env.opset < 13:  # coerced to 2-D at `axis`: one row per leading index
+        sizes = env.sizes(node.input[0], "Hardmax (opset < 13): the input's sizes")
+        rows = ops.reshape(x, (int(np.prod(sizes[:axis])), -1))
+        return ops.reshape(_hardmax_axis(rows, 1), sizes, name=out_name(env, node))
+    return named(_hardmax_axis(x, axis), env, node)
+
+
+def _hardmax_axis(x, axis):
+    first = ArgMax(axis, keepdims=False)(x)
+    depth = x.shape[axis]
+    values = np.asarray([0, 1], dtype=x.dtype)
+    return OneHotIndices(depth, axis)(first, values)
+
+
+def _einsum(env, node, xs, attrs):
+    return ops.einsum(attrs["equation"], *[x for x in xs[:]], name=out_name(env, node))
+
+
+def _depth_to_space(env, node, xs, attrs):
+    x = xs[0]
+    n, c, h, w = env.sizes(node.input[0], "DepthToSpace's input sizes")
+    b = int(attrs["blocksize"])
+    if attrs.get("mode", "DCR") == "DCR":
+        y = ops.transpose(ops.reshape(x, (n, b, b, c // (b * b), h, w)), (0, 3, 4, 1, 5, 2))
+    else:
+        y = ops.transpose(ops.reshape(x, (n, c // (b * b), b, b, h, w)), (0, 1, 4, 2, 5, 3))
+    return ops.reshape(y, (n, c // (b * b), h * b, w * b), name=out_name(env, node))
+
+
+def _space_to_depth(env, node, xs, attrs):
+    x = xs[0]
+    n, c, h, w = env.sizes(node.input[0], "SpaceToDepth's input sizes")
+    b = int(attrs["blocksize"])
+    y = ops.transpose(ops.reshape(x, (n, c, h // b, b, w // b, b)), (0, 3, 5, 1, 2, 4))
+    return ops.reshape(y, (n, c * b * b, h // b, w // b), name=out_name(env, node))
+
+
+def _reverse_sequence(env, node, xs, attrs):
+    x = xs[0]
+    lengths = np.asarray(xs.value(1, "ReverseSequence's sequence_lens")).astype(np.int64)
+    sizes = env.sizes(node.input[0], "ReverseSequence's input sizes")
+    batch_axis, time_axis = attrs.get("batch_axis", 1), attrs.get("time_axis", 0)
+    t = np.arange(sizes[time_axis])
+    source = np.where(t[None, :] < lengths[:, None], lengths[:, None] - 1 - t[None, :], t[None, :])  # (batch, time)
+    if batch_axis > time_axis:
+        source = source.T
+    shape = [1] * len(sizes)
+    shape[batch_axis], shape[time_axis] = sizes[batch_axis], sizes[time_axis]
+    index = np.broadcast_to(source.reshape(shape), sizes).astype(np.int64)
+    return GatherElements(time_axis)(x, index, name=out_name(env, node))
+
+
+def _center_crop_pad(env, node, xs, attrs):
+    x = xs[0]
+    target = [int(v) for v in np.asarray(xs.value(1, "CenterCropPad's shape")).reshape(-1)]
+    sizes = env.sizes(node.input[0], "CenterCropPad's input sizes")
+    axes = [a % x.ndim for a in attrs.get("axes", range(x.ndim))]
+    crop, pads = [slice(None)] * x.ndim, [(0, 0)] * x.ndim
+    for axis, want in zip(axes, target):
+        size = sizes[axis]
+        if want < size:
+            start = (size - want) // 2
+            crop[axis] = slice(start, start + want)
+        elif want > size:
+            before = (want - size) // 2
+            pads[axis] = (before, want - size - before)
+    out = ops.getitem(x, tuple(crop))
+    if any(p != (0, 0) for p in pads):
+        out = ConstantPad(pads, 0)(out)
+    return named(out, env, node)
+
+
+def _tensor_scatter(env, node, xs, attrs):
+    past, update = xs[0], xs[1]
+    axis = attrs.get("axis", -2) % past.ndim
+    mode = attrs.get("mode", "linear")
+    if mode not in ("linear", "circular"):
+        raise Unsupported(f"mode={mode!r} (linear or circular)")
+    sizes = env.sizes(node.input[1], "TensorScatter's update sizes")
+    longest = env.sizes(node.input[0], "TensorScatter's cache sizes")[axis]
+    steps = np.arange(sizes[axis]).reshape((-1,) + (1,) * (len(sizes) - axis - 1))
+    if xs.present(2):
+        starts = ops.reshape(xs[2], (-1,) + (1,) * (len(sizes) - 1))
+        index = starts + steps.astype(xs[2].dtype)
+    else:
+        index = env.graph.const(steps)
+    if mode == "circular":
+        index = ops.remainder(index, np.asarray(longest, dtype=index.dtype))
+    index = ops.broadcast_to(ops.astype(index, "int64"), sizes)
+    return ScatterElements(axis)(past, index, update, name=out_name(env, node))
+
+
+def _compress(env, node, xs, attrs):
+    x = xs[0]
+    keep = np.flatnonzero(np.asarray(xs.value(1, "Compress's condition")).astype(bool))
+    if "axis" not in attrs:
+        return Take(0)(ops.reshape(x, (-1,)), keep, name=out_name(env, node))
+    axis = attrs["axis"] % x.ndim
+    size = env.sizes(node.input[0], "Compress's input sizes")[axis]
+    return Take(axis)(x, keep[keep < size], name=out_name(env, node))
+
+
+def _nonzero(env, node, xs, attrs):
+    return np.array(np.nonzero(np.asarray(xs.value(0, "NonZero's input"))), dtype=np.int64).reshape(
+        np.ndim(xs.value(0, "NonZero's input")), -1)
+
+
+def _unique(env, node, xs, attrs):
+    x = np.asarray(xs.value(0, "Unique's input"))
+    axis = attrs.get("axis")
+    flat = x.reshape(-1) if axis is None else x
+    values, first, inverse, counts = np.unique(flat, axis=axis, return_index=True, return_inverse=True,
+                                               return_counts=True)
+    inverse = inverse.reshape(-1)
+    if not attrs.get("sorted", 1):  # in order of first appearance
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        values = np.take(values, order, axis=0 if axis is None else axis)
+        first, counts, inverse = first[order], counts[order], rank[inverse]
+    return [values, first.astype(np.int64), inverse.astype(np.int64), counts.astype(np.int64)]
+
+
+def _det(env, node, xs, attrs):
+    return ops.det(xs[0], name=out_name(env, node))
+
+
+CONVERTERS = {
+    "ArgMax": _arg(False), "ArgMin": _arg(True), "TopK": _topk,
+    "CumSum": _running(ops.cumsum), "CumProd": _running(ops.cumprod),
+    "ReduceProd": _reduce(lambda x, a, k: ops.prod(x, axis=a, keepdims=k)),
+    "GatherElements": _gather_elements, "ScatterElements": _scatter_elements, "Scatter": _scatter_elements,
+    "GatherND": _gather_nd, "ScatterND": _scatter_nd, "OneHot": _one_hot, "Hardmax": _hardmax,
+    "Einsum": _einsum, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
+    "ReverseSequence": _reverse_sequence, "CenterCropPad": _center_crop_pad, "TensorScatter": _tensor_scatter,
+    "Compress": _compress, "NonZero": _nonzero, "Unique": _unique, "Det": _det,
+}
+
+ALLOWED_ATTRS = {
+    "ArgMax": {"axis", "keepdims", "select_last_index"}, "ArgMin": {"axis", "keepdims", "select_last_index"},
+    "TopK": {"axis", "largest", "sorted", "k"}, "CumSum": {"exclusive", "reverse"},
+    "CumProd": {"exclusive", "reverse"}, "ReduceProd": _REDUCE, "GatherElements": {"axis"},
+    "ScatterElements": {"axis", "reduction"}, "Scatter": {"axis"}, "GatherND": {"batch_dims"},
+    "ScatterND": {"reduction"}, "OneHot": {"axis"}, "Hardmax": {"axis"}, "Einsum": {"equation"},
+    "DepthToSpace": {"blocksize", "mode"}, "SpaceToDepth": {"blocksize"},
+    "ReverseSequence": {"batch_axis", "time_axis"}, "CenterCropPad": {"axes"}, "TensorScatter": {"axis", "mode"},
+    "Compress": {"axis"}, "Unique": {"axis", "sorted"},
+}
