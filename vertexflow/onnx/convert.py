@@ -320,16 +320,20 @@ def _pad_spatial(x: Node, pads, fill) -> Node:
     return ConstantPad([(0, 0), (0, 0)] + [tuple(p) for p in pads], fill)(x)
 
 
-def _geometry(xs, attrs, what: str) -> tuple[int, list, list, list]:
+def _geometry(x, w, attrs, what: str) -> tuple[int, list, list, list]:
     """(spatial dimensions, kernel, strides, dilations) of a convolution node."""
-    dims = _spatial(xs[0], attrs, what)
-    return (dims, list(xs[1].shape[2:]), list(attrs.get("strides", [1] * dims)),
+    dims = _spatial(x, attrs, what)
+    return (dims, list(w.shape[2:]), list(attrs.get("strides", [1] * dims)),
             list(attrs.get("dilations", [1] * dims)))
 
 
 def _conv(env, node, xs, attrs):
-    x, w = xs[0], xs[1]
-    dims, kernel, strides, dilations = _geometry(xs, attrs, "convolutions")
+    return named(convolution(env, node, xs[0], xs[1], xs[2] if xs.present(2) else None, attrs), env, node)
+
+
+def convolution(env, node, x, w, bias, attrs) -> Node:
+    """The vertices of an ONNX convolution of x by w (plus bias), with the node's attributes."""
+    dims, kernel, strides, dilations = _geometry(x, w, attrs, "convolutions")
     pads = _window_pads(env, node, x, kernel, strides, dilations, attrs)
     x2, w2 = _as_2d(x, dims), _as_2d(w, dims)
     if dims == 1:
@@ -339,14 +343,14 @@ def _conv(env, node, xs, attrs):
         x2 = _pad_spatial(x2, pads, 0.0)
     out = ops.conv2d(x2, w2, stride=tuple(strides), padding=tuple(a for a, _ in pads) if symmetric else 0,
                      dilation=tuple(dilations), groups=int(attrs.get("group", 1)))
-    if xs.present(2):
-        out = out + ops.reshape(xs[2], (-1, 1, 1))
-    return named(_from_2d(out, dims), env, node)
+    if bias is not None:
+        out = out + ops.reshape(bias, (-1, 1, 1))
+    return _from_2d(out, dims)
 
 
 def _conv_transpose(env, node, xs, attrs):
     x, w = xs[0], xs[1]
-    dims, kernel, strides, dilations = _geometry(xs, attrs, "transposed convolutions")
+    dims, kernel, strides, dilations = _geometry(x, w, attrs, "transposed convolutions")
     extra = list(attrs.get("output_padding", [0] * dims))
     auto = attrs.get("auto_pad", "NOTSET")
     if "output_shape" in attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -399,58 +403,86 @@ def _trilu(env, node, xs, attrs):
 
 
 def _pool(kind: str):
+    """MaxPool, AveragePool or LpPool ("lp": the p-norm of each window) over 1, 2 or 3 spatial axes."""
+
     def convert(env, node, xs, attrs):
         x = xs[0]
-        dims = _spatial(x, attrs, "pools")
+        dims = x.ndim - 2
         kernel = list(attrs["kernel_shape"])
+        if len(kernel) != dims or dims not in (1, 2, 3):
+            raise Unsupported(f"kernel_shape {kernel} for a {dims}-D input (1-D, 2-D and 3-D pools are supported)")
         strides = list(attrs.get("strides", [1] * dims))
         dilations = list(attrs.get("dilations", [1] * dims))
         pads = _window_pads(env, node, x, kernel, strides, dilations, attrs)
-        if dims == 1:
-            kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [(0, 0)] + pads
-        x2 = _as_2d(x, dims)
         ceil = bool(attrs.get("ceil_mode", 0))
         include_pad = bool(attrs.get("count_include_pad", 0))
-        symmetric = all(a == b for a, b in pads)
-        plain = symmetric and not ceil and (kind == "max" or include_pad or not any(a for a, _ in pads))
-        if plain:
-            padding = tuple(a for a, _ in pads)
-            if kind == "max":
-                out = ops.max_pool2d(x2, tuple(kernel), tuple(strides), padding, tuple(dilations))
-            else:
-                out = ops.avg_pool2d(x2, tuple(kernel), tuple(strides), padding, tuple(dilations))
-            return named(_from_2d(out, dims), env, node)
-        # Asymmetric padding, ceil_mode, or an average that leaves padding out: pad explicitly
-        # (past the end for ceil_mode's last windows), pool without padding, and for an
-        # average divide by each window's own count (a constant of the input's sizes).
-        sizes = env.sizes(node.input[0], f"{node.op_type} with these attributes: the input's sizes")[2:]
-        if dims == 1:
-            sizes = (1,) + sizes
-        extra, counts = [], []
-        for size, k, s, d, (a, b) in zip(sizes, kernel, strides, dilations, pads):
-            span = size + a + b - d * (k - 1) - 1
-            outs = (-(-span // s) if ceil else span // s) + 1
-            if ceil and (outs - 1) * s >= size + a:  # the last window would start in the end padding
-                outs -= 1
-            need = (outs - 1) * s + d * (k - 1) + 1 - (size + a + b)
-            extra.append(max(need, 0))
-            cells = (np.arange(outs) * s - a)[:, None] + np.arange(k) * d  # each window's cells
-            # padded cells count with count_include_pad, cells past the padding (ceil_mode) never
-            low, high = (-a, size + b) if include_pad else (0, size)
-            counts.append(((cells >= low) & (cells < high)).sum(axis=1))
-        full = [(a, b + e) for (a, b), e in zip(pads, extra)]
-        if kind == "max":
-            fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-            out = ops.max_pool2d(_pad_spatial(x2, full, fill), tuple(kernel), tuple(strides), 0, tuple(dilations))
-            return named(_from_2d(out, dims), env, node)
-        out = ops.avg_pool2d(_pad_spatial(x2, full, 0.0), tuple(kernel), tuple(strides), 0, tuple(dilations))
-        area = kernel[0] * kernel[1]
-        divisor = np.multiply.outer(counts[0], counts[1])
-        if np.any(divisor != area):
-            out = out * (area / np.maximum(divisor, 1)).astype(x.dtype)
-        return named(_from_2d(out, dims), env, node)
+        p = attrs.get("p", 2)
+        source = ops.power(ops.abs(x), np.asarray(p, dtype=x.dtype)) if kind == "lp" else x
+        mode = "sum" if kind == "lp" else kind
+
+        def sizes():
+            return env.sizes(node.input[0], f"{node.op_type} with these attributes: the input's sizes")[2:]
+
+        if dims == 3:  # over (H, W) with D folded into the channels, then over D with H x W flattened
+            n, c, d, h, w = env.sizes(node.input[0], f"{node.op_type} over 3-D: the input's sizes")
+            inner = pool_window(mode, ops.reshape(source, (n, c * d, h, w)), (h, w), kernel[1:], strides[1:],
+                                dilations[1:], pads[1:], ceil, include_pad)
+            h2, w2 = inner.shape[2:]
+            outer = pool_window(mode, ops.reshape(inner, (n, c, d, h2 * w2)), (d, h2 * w2), [kernel[0], 1],
+                                [strides[0], 1], [dilations[0], 1], [pads[0], (0, 0)], ceil, include_pad)
+            out = ops.reshape(outer, (n, c, outer.shape[2], h2, w2))
+        else:
+            x2 = _as_2d(source, dims)
+            if dims == 1:
+                kernel, strides, dilations, pads = [1] + kernel, [1] + strides, [1] + dilations, [(0, 0)] + pads
+            out = _from_2d(pool_window(mode, x2, sizes, kernel, strides, dilations, pads, ceil, include_pad), dims)
+        if kind == "lp":
+            out = ops.power(out, np.asarray(1.0 / p, dtype=x.dtype))
+        return named(out, env, node)
 
     return convert
+
+
+def pool_window(kind: str, x2, sizes, kernel, strides, dilations, pads, ceil: bool, include_pad: bool):
+    """A 2-D max ("max"), average ("avg") or sum ("sum") pool of NCHW x2. `sizes` are its (H, W), or a
+    function giving them: asked only when the windows need them (asymmetric padding, ceil_mode, an
+    average that leaves padding out)."""
+    symmetric = all(a == b for a, b in pads)
+    plain = symmetric and not ceil and (kind == "max" or include_pad or not any(a for a, _ in pads))
+    area = kernel[0] * kernel[1]
+    if plain:
+        padding = tuple(a for a, _ in pads)
+        if kind == "max":
+            return ops.max_pool2d(x2, tuple(kernel), tuple(strides), padding, tuple(dilations))
+        out = ops.avg_pool2d(x2, tuple(kernel), tuple(strides), padding, tuple(dilations))
+        return out * np.asarray(area, dtype=x2.dtype) if kind == "sum" else out
+    # Asymmetric padding, ceil_mode, or an average that leaves padding out: pad explicitly (past the
+    # end for ceil_mode's last windows), pool without padding, and for an average divide by each
+    # window's own count (a constant of the input's sizes).
+    sizes = sizes() if callable(sizes) else sizes
+    extra, counts = [], []
+    for size, k, s, d, (a, b) in zip(sizes, kernel, strides, dilations, pads):
+        span = size + a + b - d * (k - 1) - 1
+        outs = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (outs - 1) * s >= size + a:  # the last window would start in the end padding
+            outs -= 1
+        need = (outs - 1) * s + d * (k - 1) + 1 - (size + a + b)
+        extra.append(max(need, 0))
+        cells = (np.arange(outs) * s - a)[:, None] + np.arange(k) * d  # each window's cells
+        # padded cells count with count_include_pad, cells past the padding (ceil_mode) never
+        low, high = (-a, size + b) if include_pad else (0, size)
+        counts.append(((cells >= low) & (cells < high)).sum(axis=1))
+    full = [(a, b + e) for (a, b), e in zip(pads, extra)]
+    if kind == "max":
+        fill = -np.inf if x2.dtype.kind == "f" else np.iinfo(x2.dtype).min
+        return ops.max_pool2d(_pad_spatial(x2, full, fill), tuple(kernel), tuple(strides), 0, tuple(dilations))
+    out = ops.avg_pool2d(_pad_spatial(x2, full, 0.0), tuple(kernel), tuple(strides), 0, tuple(dilations))
+    if kind == "sum":
+        return out * np.asarray(area, dtype=x2.dtype)
+    divisor = np.multiply.outer(counts[0], counts[1])
+    if np.any(divisor != area):
+        out = out * (area / np.maximum(divisor, 1)).astype(x2.dtype)
+    return out
 
 
 def _global_pool(fn):
@@ -543,7 +575,7 @@ def _constant_of_shape(env, node, xs, attrs):
 
 
 def _range(env, node, xs, attrs):
-    start, limit, delta = (xs.value(i, "Range's bounds") for i in range(3))
+    start, limit, delta = (np.asarray(xs.value(i, "Range's bounds")).reshape(-1)[0] for i in range(3))
     if delta == 0:
         raise ModelFileError(f"Range {node.name or node.op_type!r}: a step of 0 never reaches its limit")
     count = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
@@ -716,13 +748,16 @@ def _pad(env, node, xs, attrs):
 
 
 def _resize(env, node, xs, attrs):
-    x = xs[0]
-    sizes_in = env.sizes(node.input[0], "Resize's input sizes")
     if env.opset < 11:
         scales, sizes = xs.value(1, "Resize's scales"), None
     else:
         scales = xs.value(2, "Resize's scales")
         sizes = xs.value(3, "Resize's sizes")
+    return _resized(env, node, xs[0], scales, sizes, attrs)
+
+
+def _resized(env, node, x, scales, sizes, attrs):
+    sizes_in = env.sizes(node.input[0], f"{node.op_type}'s input sizes")
     if scales is not None and np.size(scales) == 0:
         scales = None
     if sizes is not None and np.size(sizes) == 0:
@@ -792,6 +827,19 @@ def _resize(env, node, xs, attrs):
     return named(out, env, node)
 
 
+def _upsample(env, node, xs, attrs):
+    """The opset 7-9 form of Resize: scales only, coordinates from the output's corner."""
+    if env.opset >= 10:
+        raise Unsupported("Upsample is deprecated from opset 10 (Resize replaces it)")
+    mode = attrs.get("mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        raise Unsupported(f"mode={mode!r} (nearest or linear)")
+    scales = attrs["scales"] if "scales" in attrs else xs.value(1, "Upsample's scales")
+    env_scales = np.asarray(scales, dtype=np.float32)
+    return _resized(env, node, xs[0], env_scales, None, {"mode": mode, "coordinate_transformation_mode": "asymmetric",
+                                                        "nearest_mode": "floor"})
+
+
 def _cubic(d: np.ndarray, a: float) -> np.ndarray:
     near = ((a + 2) * d - (a + 3)) * d * d + 1
     far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
@@ -847,9 +895,9 @@ def _dropout(env, node, xs, attrs):
 
 def _recurrent(kind: str):
     def convert(env, node, xs, attrs):
-        from .rnn import gru, lstm
+        from .rnn import gru, lstm, rnn
 
-        return (lstm if kind == "LSTM" else gru)(env, node, xs, attrs)
+        return {"LSTM": lstm, "GRU": gru, "RNN": rnn}[kind](env, node, xs, attrs)
 
     return convert
 
@@ -870,15 +918,15 @@ CONVERTERS: dict[str, Callable | None] = {
     "Not": _unary(ops.logical_not), "Where": _where, "Cast": _cast, "CastLike": _cast_like, "Clip": _clip,
     "Softmax": _softmax(ops.softmax), "LogSoftmax": _softmax(ops.log_softmax),
     "MatMul": _binary(ops.matmul), "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv_transpose,
-    "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
+    "MaxPool": _pool("max"), "AveragePool": _pool("avg"), "LpPool": _pool("lp"),
     "GlobalAveragePool": _global_pool(ops.mean), "GlobalMaxPool": _global_pool(ops.max),
     "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
     "Shape": _shape, "Size": _size, "ConstantOfShape": _constant_of_shape, "Range": _range,
     "Flatten": _flatten, "Reshape": _reshape, "Expand": _expand, "Transpose": _transpose, "Concat": _concat,
     "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Gather": _gather, "Slice": _slice, "Split": _split,
-    "Tile": _tile, "Pad": _pad, "Resize": _resize, "Trilu": _trilu,
+    "Tile": _tile, "Pad": _pad, "Resize": _resize, "Upsample": _upsample, "Trilu": _trilu,
     **{op: _reduce(fn) for op, fn in REDUCTIONS.items()},
-    "Identity": _identity, "Dropout": _dropout, "LSTM": _recurrent("LSTM"), "GRU": _recurrent("GRU"),
+    "Identity": _identity, "Dropout": _dropout, "LSTM": _recurrent("LSTM"), "GRU": _recurrent("GRU"), "RNN": _recurrent("RNN"),
     "Constant": None,
 }
 
@@ -897,7 +945,7 @@ ALLOWED_ATTRS = {
     "ConvTranspose": {"auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads",
                       "strides"},
     "InstanceNormalization": {"epsilon"}, "Trilu": {"upper"},
-    "MaxPool": _POOL | {"storage_order"}, "AveragePool": _POOL | {"count_include_pad"},
+    "MaxPool": _POOL | {"storage_order"}, "AveragePool": _POOL | {"count_include_pad"}, "LpPool": _POOL | {"p"},
     "BatchNormalization": {"epsilon", "momentum", "training_mode", "spatial"},
     "LayerNormalization": {"axis", "epsilon", "stash_type"},
     "Shape": {"start", "end"}, "ConstantOfShape": {"value"},
@@ -906,6 +954,7 @@ ALLOWED_ATTRS = {
     "Split": {"axis", "split", "num_outputs"}, "Pad": {"mode", "pads", "value"},
     "Resize": {"mode", "coordinate_transformation_mode", "nearest_mode", "antialias", "exclude_outside",
                "cubic_coeff_a", "extrapolation_value", "axes", "keep_aspect_ratio_policy"},
+    "Upsample": {"mode", "scales"},
     "Constant": {"value", "value_float", "value_floats", "value_int", "value_ints"},
     "Dropout": {"ratio", "seed"}, "Clip": {"min", "max"},
     **{op: _REDUCE for op in REDUCTIONS},
@@ -913,6 +962,7 @@ ALLOWED_ATTRS = {
              "input_forget", "layout"},
     "GRU": {"activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size",
             "layout", "linear_before_reset"},
+    "RNN": {"activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size", "layout"},
 }
 
 
@@ -923,7 +973,7 @@ def why_unsupported(node, attrs: dict, known: dict) -> str | None:
         return "op not supported"
     allowed = ALLOWED_ATTRS.get(op, set())
     for k, v in attrs.items():
-        if k not in allowed:
+        if allowed is not None and k not in allowed:
             return f"attribute {k}={v!r} not supported"
     if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
         return "the Indices output is not supported"
@@ -940,7 +990,7 @@ def why_unsupported(node, attrs: dict, known: dict) -> str | None:
             return "coordinate_transformation_mode='tf_crop_and_resize' not supported"
     if op == "Pad" and attrs.get("mode", "constant") not in ("constant", "edge", "reflect", "wrap"):
         return f"mode={attrs['mode']!r} not supported"
-    if op in ("LSTM", "GRU"):
+    if op in ("LSTM", "GRU", "RNN"):
         from .rnn import why_unsupported_recurrent
 
         return why_unsupported_recurrent(node, attrs)
@@ -953,11 +1003,14 @@ def why_unsupported(node, attrs: dict, known: dict) -> str | None:
 
 def _register_modules() -> None:
     """Add the converters kept in modules of their own (each with its CONVERTERS and ALLOWED_ATTRS)."""
-    from . import elementwise, layers, selection
+    from . import control, elementwise, layers, quantized, selection
 
-    for module in (elementwise, selection, layers):
+    for module in (elementwise, selection, layers, quantized, control):
         CONVERTERS.update(module.CONVERTERS)
         ALLOWED_ATTRS.update(module.ALLOWED_ATTRS)
+    for op in control.FUNCTION_OPS:  # imported through the function ONNX defines them by
+        CONVERTERS.setdefault(op, control.guarded_function)
+        ALLOWED_ATTRS.setdefault(op, None)  # whatever its schema defines
 
 
 _register_modules()

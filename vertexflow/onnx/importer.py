@@ -113,7 +113,12 @@ def _build(src: _Source, values: Mapping[str, np.ndarray], shapes: Mapping[str, 
         if node.op_type == "Constant":
             env.known[node.output[0]] = _constant_value(attrs)
             continue
-        if any(name in blocked for name in node.input if name):
+        reads = [name for name in node.input if name]
+        if node.op_type in ("If", "Loop", "Scan"):
+            from .control import outer_names
+
+            reads += outer_names(node)
+        if any(name in blocked for name in reads):
             blocked.update(outputs)
             continue
         label = node.name or f"#{index}"
@@ -167,6 +172,8 @@ def _constant_value(attrs: dict) -> np.ndarray:
 
 
 def _foldable(env: Env, node) -> bool:
+    if node.op_type in ("If", "Loop", "Scan"):  # a body reads names of the enclosing graph: inlined there
+        return False
     names = [n for n in node.input if n]
     return bool(names) and all(n in env.known and n not in env.trainable for n in names)
 
@@ -222,6 +229,10 @@ def _traced(src: _Source, need: NeedsValue) -> tuple[set[str], bool]:
             sizes = True
             continue
         stack.extend(n for n in producer.input if n)
+        if producer.op_type in ("If", "Loop", "Scan"):  # and what its bodies read from the graph
+            from .control import outer_names
+
+            stack.extend(outer_names(producer))
     return inputs, sizes
 
 

@@ -1,4 +1,4 @@
-"""ONNX LSTM and GRU, unrolled into vertices for the fed sequence length.
+"""ONNX RNN, LSTM and GRU, unrolled into vertices for the fed sequence length.
 
 The input projection of every time step is one matrix product per direction
 (X @ W^T over the whole sequence); each step then adds its recurrent product
@@ -17,7 +17,7 @@ from ..ops.shape import ZerosLike
 from .convert import Unsupported, named
 
 ACTIVATIONS = {"Sigmoid": ops.sigmoid, "Tanh": ops.tanh, "Relu": ops.relu}
-DEFAULTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
+DEFAULTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 
 
 def why_unsupported_recurrent(node, attrs: dict) -> str | None:
@@ -152,6 +152,30 @@ def gru(env, node, xs, attrs):
                     candidate = candidate + rb_h
             candidate = g(_clipped(candidate, clip))
             h = (1.0 - z) * candidate + z * h
+            outs[t] = h
+        ys.append(outs)
+        last_h.append(h)
+    return _outputs(env, node, ys, [last_h], layout)
+
+
+def rnn(env, node, xs, attrs):
+    """The simple recurrence h = f(x W^T + h R^T + Wb + Rb)."""
+    x, steps, dirs, acts, reverse, layout = _setup(env, node, xs, attrs)
+    clip = attrs.get("clip")
+    ys, last_h = [], []
+    for d in range(dirs):
+        (f,) = acts[d]
+        w, r = ops.getitem(xs[1], d), ops.getitem(xs[2], d)  # (h, in), (h, h)
+        hidden = int(attrs.get("hidden_size", xs[2].shape[-1]))
+        projected = ops.matmul(x, ops.transpose(w))
+        if xs.present(3):
+            bias = ops.getitem(xs[3], d)
+            projected = projected + (ops.getitem(bias, slice(0, hidden)) + ops.getitem(bias, slice(hidden, None)))
+        recurrent = ops.transpose(r)
+        h = _initial(xs, 5, d, ops.getitem(projected, 0))
+        outs = [None] * steps
+        for t in (reversed(range(steps)) if reverse[d] else range(steps)):
+            h = f(_clipped(ops.getitem(projected, t) + ops.matmul(h, recurrent), clip))
             outs[t] = h
         ys.append(outs)
         last_h.append(h)

@@ -100,7 +100,8 @@ def _space_to_depth(env, node, xs, attrs):
     x = xs[0]
     n, c, h, w = env.sizes(node.input[0], "SpaceToDepth's input sizes")
     b = int(attrs["blocksize"])
-    y = ops.transpose(ops.reshape(x, (n, c, h // b, b, w // b, b)), (0, 3, 5, 1, 2, 4))
+    order = (0, 3, 5, 1, 2, 4) if attrs.get("mode", "DCR") == "DCR" else (0, 1, 3, 5, 2, 4)
+    y = ops.transpose(ops.reshape(x, (n, c, h // b, b, w // b, b)), order)
     return ops.reshape(y, (n, c * b * b, h // b, w // b), name=out_name(env, node))
 
 
@@ -211,7 +212,7 @@ ALLOWED_ATTRS = {
     "CumProd": {"exclusive", "reverse"}, "ReduceProd": _REDUCE, "GatherElements": {"axis"},
     "ScatterElements": {"axis", "reduction"}, "Scatter": {"axis"}, "GatherND": {"batch_dims"},
     "ScatterND": {"reduction"}, "OneHot": {"axis"}, "Hardmax": {"axis"}, "Einsum": {"equation"},
-    "DepthToSpace": {"blocksize", "mode"}, "SpaceToDepth": {"blocksize"},
+    "DepthToSpace": {"blocksize", "mode"}, "SpaceToDepth": {"blocksize", "mode"},
     "ReverseSequence": {"batch_axis", "time_axis"}, "CenterCropPad": {"axes"}, "TensorScatter": {"axis", "mode"},
     "Compress": {"axis"}, "Unique": {"axis", "sorted"},
 }
