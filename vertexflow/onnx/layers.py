@@ -12,7 +12,7 @@ import numpy as np
 from .. import ops
 from ..ops.indexing import GatherElements
 from ..ops.shape import ConstantPad, Take
-from .convert import Unsupported, named
+from .convert import Unsupported, named, out_name
 
 
 def _const(x, value):
@@ -306,11 +306,26 @@ def _rotary(env, node, xs, attrs):
     return named(out, env, node)
 
 
+def _grid_sample(env, node, xs, attrs):
+    from ..ops.sampling import grid_sample
+
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(attrs.get("mode", "linear"), attrs.get("mode", "linear"))
+    return grid_sample(xs[0], xs[1], mode, attrs.get("padding_mode", "zeros"), bool(attrs.get("align_corners", 0)),
+                       name=out_name(env, node))
+
+
+def _affine_grid(env, node, xs, attrs):
+    from ..ops.sampling import affine_grid
+
+    size = np.asarray(xs.value(1, "AffineGrid's size")).reshape(-1)
+    return affine_grid(xs[0], size, bool(attrs.get("align_corners", 0)), name=out_name(env, node))
+
+
 CONVERTERS = {
     "NegativeLogLikelihoodLoss": _negative_log_likelihood, "SoftmaxCrossEntropyLoss": _softmax_cross_entropy,
     "RMSNormalization": _rms_norm, "GroupNormalization": _group_norm, "LpNormalization": _lp_norm,
     "MeanVarianceNormalization": _mean_variance_norm, "LRN": _lrn, "Attention": _attention,
-    "RotaryEmbedding": _rotary,
+    "RotaryEmbedding": _rotary, "GridSample": _grid_sample, "AffineGrid": _affine_grid,
 }
 
 ALLOWED_ATTRS = {
@@ -320,4 +335,5 @@ ALLOWED_ATTRS = {
     "Attention": {"is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode", "scale", "softcap",
                   "softmax_precision", "left_window_size", "right_window_size"},
     "RotaryEmbedding": {"interleaved", "num_heads", "rotary_embedding_dim"},
+    "GridSample": {"mode", "padding_mode", "align_corners"}, "AffineGrid": {"align_corners"},
 }
