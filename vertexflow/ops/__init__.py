@@ -82,6 +82,7 @@ from .linalg import det, matmul
 from .nn import avg_pool2d, conv2d, conv_transpose2d, cross_entropy, layer_norm, max_pool2d, mse
 from .operators import attach as _attach_operators
 from .reduce import log_softmax, max, mean, min, softmax, sum
+from .sampling import affine_grid, grid_sample
 from .shape import broadcast_to, concat, expand_dims, getitem, pad, reshape, squeeze, take, transpose
 
 _attach_operators()
@@ -114,5 +115,5 @@ __all__ = [
     "floor", "ceil", "round", "isnan", "isinf",
     "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "left_shift", "right_shift",
     "argmax", "argmin", "topk", "cumsum", "cumprod", "prod", "gather_elements", "scatter_elements",
-    "gather_nd", "scatter_nd", "one_hot", "einsum", "det",
+    "gather_nd", "scatter_nd", "one_hot", "einsum", "det", "grid_sample", "affine_grid",
 ]

@@ -492,7 +492,8 @@ class Einsum(Op):
 
 class EinsumGrad(Op):
     """Operand i's gradient of an einsum: the output's gradient contracted with the other operands
-    onto operand i's subscripts (summed-out letters of operand i alone broadcast back)."""
+    onto operand i's subscripts (summed-out letters of operand i alone broadcast back, a repeated
+    letter's gradient placed on its diagonal)."""
 
     name = "einsum_grad"
     blas = True
@@ -506,22 +507,28 @@ class EinsumGrad(Op):
     def forward(self, xp, g, *xs):
         inputs, out = Einsum(self.equation)._parts([Spec(x.shape, x.dtype) for x in xs])
         mine = inputs[self.operand]
-        if len(set(mine)) != len(mine):
-            raise ShapeError(f"einsum {self.equation!r}: no derivative for an operand with a repeated letter "
-                             f"({mine!r}, a diagonal)")
+        x = xs[self.operand]
+        unique = "".join(dict.fromkeys(mine))  # a repeated letter (a diagonal) once
         others = [t for k, t in enumerate(inputs) if k != self.operand]
         seen = set(out).union(*others)
-        kept = "".join(c for c in mine if c in seen)
-        operands = [g] + [x for k, x in enumerate(xs) if k != self.operand]
+        kept = "".join(c for c in unique if c in seen)
+        operands = [g] + [v for k, v in enumerate(xs) if k != self.operand]
         part = xp.einsum(",".join([out] + others) + "->" + kept, *operands, optimize=True)
-        x = xs[self.operand]
-        sizes = dict(zip(kept, part.shape))
-        part = part.reshape([sizes.get(c, 1) for c in mine])
+        sizes = {c: x.shape[mine.index(c)] for c in unique}
+        part = part.reshape([part.shape[kept.index(c)] if c in kept else 1 for c in unique])
         # a broadcast operand axis (size 1 against a larger one elsewhere) sums its gradient
-        axes = tuple(k for k in range(x.ndim) if x.shape[k] == 1 and part.shape[k] != 1)
+        axes = tuple(k for k, c in enumerate(unique) if sizes[c] == 1 and part.shape[k] != 1)
         if axes:
             part = part.sum(axis=axes, keepdims=True)
-        return xp.broadcast_to(part, x.shape).astype(x.dtype, copy=True)
+        part = xp.broadcast_to(part, [sizes[c] for c in unique])
+        if unique == mine:
+            return part.astype(x.dtype, copy=True)
+        # letters repeated in the operand: the gradient lives on that diagonal, zero elsewhere
+        grids = [xp.arange(sizes[c]).reshape([-1 if j == k else 1 for j in range(len(unique))])
+                 for k, c in enumerate(unique)]
+        grad = xp.zeros(x.shape, dtype=x.dtype)
+        grad[tuple(grids[unique.index(c)] for c in mine)] = part
+        return grad
 
 
 # -- functions ----------------------------------------------------------------------------------

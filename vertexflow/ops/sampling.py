@@ -59,7 +59,12 @@ def _cubic_weights(frac):
 
 def grid_sample(x, grid, mode: str = "linear", padding_mode: str = "zeros", align_corners: bool = False, name=None):
     """x (N, C, *spatial) sampled at grid (N, *out, D): each point's D coordinates, in [-1, 1] across
-    the image, in reversed axis order (x then y then z). Returns (N, C, *out)."""
+    the image, in reversed axis order (x then y then z). Returns (N, C, *out).
+
+    Values follow ONNX's GridSample, which are torch's except in one case: cubic interpolation with
+    border or reflection padding, where ONNX first moves a point that lies outside the image inside
+    it and then pads its taps, and torch only pads the taps.
+    """
     if mode not in ("nearest", "linear", "cubic"):
         raise ShapeError(f"grid_sample: mode={mode!r}; expected nearest, linear or cubic")
     if padding_mode not in ("zeros", "border", "reflection"):
