@@ -131,6 +131,65 @@ class Decoder(torch.nn.Module):
         return self.mix(torch.relu(self.norm(self.up(x))))
 
 
+class RankedHead(torch.nn.Module):
+    """A classifier head read three ways: the top three scores, the running sum of the probabilities,
+    the winning class (ONNX TopK, CumSum, ArgMax)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(12, 6)
+
+    def forward(self, x):
+        logits = self.head(x)
+        top = torch.topk(logits, 3, dim=1).values
+        running = torch.cumsum(torch.softmax(logits, dim=1), dim=1)
+        winner = torch.argmax(logits, dim=1, keepdim=True).to(logits.dtype)
+        return torch.cat([top, running, winner], dim=1)
+
+
+class SuperResolution(torch.nn.Module):
+    """Interpolate, convolve to r*r channels per output channel, shuffle them into space (DepthToSpace)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3 * 4, 3, padding=1)
+        self.shuffle = torch.nn.PixelShuffle(2)
+
+    def forward(self, x):
+        smooth = torch.nn.functional.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=False)
+        return self.shuffle(self.conv(smooth))
+
+
+class Contractions(torch.nn.Module):
+    """Attention scores and a bilinear form written with torch.einsum."""
+
+    def __init__(self):
+        super().__init__()
+        self.project = torch.nn.Parameter(torch.randn(8, 8) * 0.3)
+        self.mix = torch.nn.Parameter(torch.randn(8, 5) * 0.3)
+
+    def forward(self, x):
+        q = torch.einsum("bsd,de->bse", x, self.project)
+        scores = torch.einsum("bqd,bkd->bqk", q, x).softmax(-1)
+        return torch.einsum("bqk,bkd,de->bqe", scores, x, self.mix)
+
+
+class Warp(torch.nn.Module):
+    """A spatial transformer: a predicted affine grid (AffineGrid), the image sampled on it (GridSample)."""
+
+    def __init__(self):
+        super().__init__()
+        self.locate = torch.nn.Linear(3 * 6 * 6, 6)
+        with torch.no_grad():
+            self.locate.weight.mul_(0.05)
+            self.locate.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+
+    def forward(self, x):
+        theta = self.locate(x.flatten(1)).view(-1, 2, 3)
+        grid = torch.nn.functional.affine_grid(theta, [x.shape[0], 3, 5, 5], align_corners=False)
+        return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def _residual():
     net = Residual()
     with torch.no_grad():  # non-trivial running statistics
@@ -151,20 +210,27 @@ MODELS = {
     "causal_scores": (CausalScores, lambda b: torch.randn(b, 6, 16)),
     "conv1d_groupnorm_mish": (GroupNormMish, lambda b: torch.randn(b, 4, 9)),
     "transposed_conv_decoder": (Decoder, lambda b: torch.randn(b, 3, 5, 5)),
+    "argmax_topk_cumsum_head": (RankedHead, lambda b: torch.randn(b, 12)),
+    "interpolate_pixel_shuffle": (SuperResolution, lambda b: torch.randn(b, 3, 6, 6)),
+    "einsum": (Contractions, lambda b: torch.randn(b, 7, 8)),
+    "affine_grid_sample": (Warp, lambda b: torch.randn(b, 3, 6, 6)),
 }
 
 
-def export(net, example, dynamo: bool) -> bytes:
+OPSETS = {"affine_grid_sample": 20}  # AffineGrid came in opset 20; the rest exports at 17
+
+
+def export(net, example, dynamo: bool, opset: int = 17) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
             program = torch.onnx.export(net, (example,), input_names=["x"], output_names=["y"], dynamo=True,
-                                        opset_version=17, verbose=False,
+                                        opset_version=opset, verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=2, max=1024)},))
             return program.model_proto.SerializeToString()
         buf = io.BytesIO()
         torch.onnx.export(net, (example,), buf, input_names=["x"], output_names=["y"], dynamo=False,
-                          opset_version=17, dynamic_axes={"x": {0: "batch"}})
+                          opset_version=opset, dynamic_axes={"x": {0: "batch"}})
         return buf.getvalue()
 
 
@@ -174,7 +240,7 @@ def test_exported_models_match_torch_on_two_batches_and_both_executors(name, exp
     torch.manual_seed(0)
     make, data = MODELS[name]
     net = make().eval()
-    model_bytes = export(net, data(3), exporter == "dynamo")
+    model_bytes = export(net, data(3), exporter == "dynamo", OPSETS.get(name, 17))
     model = vf_onnx.load(model_bytes)
     try:
         for batch in (3, 5):

@@ -310,6 +310,9 @@ def _grid_sample(env, node, xs, attrs):
     from ..ops.sampling import grid_sample
 
     mode = {"bilinear": "linear", "bicubic": "cubic"}.get(attrs.get("mode", "linear"), attrs.get("mode", "linear"))
+    if None in xs[0].shape[1:] or None in xs[1].shape[1:-1]:
+        env.sizes(node.input[0], "GridSample's image sizes")
+        env.sizes(node.input[1], "GridSample's grid sizes")
     return grid_sample(xs[0], xs[1], mode, attrs.get("padding_mode", "zeros"), bool(attrs.get("align_corners", 0)),
                        name=out_name(env, node))
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import ShapeError
 from .elementwise import astype, clip, equal, floor, greater, less, logical_and, logical_or, remainder, round, where
-from .indexing import GatherElements
-from .shape import broadcast_to, expand_dims, getitem, reshape
+from .indexing import GatherND
+from .shape import getitem, reshape, transpose
 
 
 def _denormalize(g, size: int, align_corners: bool):
@@ -73,9 +73,10 @@ def grid_sample(x, grid, mode: str = "linear", padding_mode: str = "zeros", alig
     if dims < 1 or grid.ndim != dims + 2 or grid.shape[-1] not in (dims, None):
         raise ShapeError(f"grid_sample: a grid {grid.shape} does not address the {dims} spatial axes of {x.shape}")
     spatial = x.shape[2:]
-    if None in spatial or None in x.shape[:2] or None in grid.shape[1:-1]:
-        raise ShapeError("grid_sample needs the image's channels and sizes and the grid's sizes known")
-    n, channels = x.shape[0], x.shape[1]
+    if None in spatial or x.shape[1] is None or None in grid.shape[1:-1]:
+        raise ShapeError("grid_sample needs the image's channels and sizes and the grid's sizes known "
+                         "(the batch may vary)")
+    channels = x.shape[1]
     out_shape = grid.shape[1:-1]
     points = int(np.prod(out_shape))
     t = x.dtype.type
@@ -104,7 +105,7 @@ def grid_sample(x, grid, mode: str = "linear", padding_mode: str = "zeros", alig
             else:
                 starts, weights = [base + t(k) for k in (-1, 0, 1, 2)], _cubic_weights(frac)
         taps.append([_fetch(s, w, size, padding_mode, low, high) for s, w in zip(starts, weights)])
-    flat = reshape(x, (n, channels, -1))
+    pixels = transpose(reshape(x, (-1, channels, int(np.prod(spatial)))), (0, 2, 1))  # (N, pixels, C)
     strides = [int(np.prod(spatial[axis + 1:])) for axis in range(dims)]
     total = None
     for combination in itertools.product(*taps):
@@ -114,12 +115,11 @@ def grid_sample(x, grid, mode: str = "linear", padding_mode: str = "zeros", alig
             position = term if position is None else position + term
             if w is not None:
                 weight = w if weight is None else weight * w
-        position = broadcast_to(expand_dims(reshape(position, (n, points)), 1), (n, channels, points))
-        value = GatherElements(2)(flat, position)
+        value = GatherND(batch_dims=1)(pixels, reshape(position, (-1, points, 1)))  # (N, points, C)
         if weight is not None:
-            value = value * expand_dims(reshape(weight, (n, points)), 1)
+            value = value * reshape(weight, (-1, points, 1))
         total = value if total is None else total + value
-    return reshape(total, (n, channels) + tuple(out_shape), name=name)
+    return reshape(transpose(total, (0, 2, 1)), (-1, channels) + tuple(out_shape), name=name)
 
 
 def _fetch(start, weight, size: int, padding_mode: str, low: float, high: float):
@@ -155,7 +155,6 @@ def affine_grid(theta, size, align_corners: bool = False, name=None):
     base = np.stack([m.reshape(-1) for m in reversed(mesh)] + [np.ones(int(np.prod(spatial)))], axis=1)
     base = base.astype(theta.dtype)  # (points, D + 1): x, y[, z], 1
     from .linalg import matmul
-    from .shape import transpose
 
     points = matmul(base, transpose(theta, (0, 2, 1)))  # (N, points, D)
     return reshape(points, (n, *spatial, dims), name=name)
