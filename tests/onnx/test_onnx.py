@@ -266,6 +266,18 @@ def test_a_shape_fed_at_run_time_builds_one_graph_per_value_and_caches_it():
     model.close()
 
 
+def test_a_model_built_per_feed_still_says_what_to_feed_and_what_comes_back():
+    model = vf_onnx.load(_reshape_model())
+    assert not model.static
+    assert model.inputs == [vf_onnx.TensorInfo("x", (2, 6), "float32"), vf_onnx.TensorInfo("shape", (2,), "int64")]
+    assert [(i.name, i.shape, str(i.dtype)) for i in model.inputs] == [("x", (2, 6), "float32"), ("shape", (2,), "int64")]
+    (out,) = model.outputs
+    assert out.name == "y" and out.dtype == np.float32 and out.shape is None  # the file gives no shape
+    feeds = {model.inputs[0]: np.ones((2, 6), np.float32), model.inputs[1]: np.array([3, 4])}
+    assert model.run(feeds)[0].shape == (3, 4)  # the descriptions feed as their names do
+    model.close()
+
+
 def test_specializations_are_bounded_and_closed_when_dropped(monkeypatch):
     from vertexflow.onnx import importer
 

@@ -5,8 +5,9 @@
 """
 
 from ..errors import ModelFileError
-from .importer import CONVERTERS, OnnxModel, UnsupportedOnnxError, build_time_inputs, load
+from .importer import CONVERTERS, OnnxModel, TensorInfo, UnsupportedOnnxError, build_time_inputs, load
 
 SUPPORTED_OPS = sorted(CONVERTERS)
 
-__all__ = ["ModelFileError", "OnnxModel", "SUPPORTED_OPS", "UnsupportedOnnxError", "build_time_inputs", "load"]
+__all__ = ["ModelFileError", "OnnxModel", "SUPPORTED_OPS", "TensorInfo", "UnsupportedOnnxError", "build_time_inputs",
+           "load"]

@@ -62,10 +62,7 @@ def inline(env, graph, bindings: dict, label: str) -> list:
             continue
         local = prefix + vi.name
         scope[vi.name] = local
-        if isinstance(value, Node):
-            env.nodes[local] = value
-        else:
-            env.known[local] = np.asarray(value)
+        env.keep(local, value)
     for init in graph.initializer:
         from onnx import numpy_helper
 
@@ -91,19 +88,11 @@ def inline(env, graph, bindings: dict, label: str) -> list:
             if not isinstance(results, (list, tuple)):
                 results = [results]
             for name, result in zip(renamed.output, results):
-                if not name or result is None:
-                    continue
-                if isinstance(result, Node):
-                    env.nodes[name] = result
-                else:
-                    env.known[name] = np.asarray(result)
+                if name and result is not None:
+                    env.keep(name, result)
     finally:
         env.scope = saved
-    outs = []
-    for vi in graph.output:
-        name = scope.get(vi.name, vi.name)
-        outs.append(env.known[name] if name in env.known and name not in env.nodes else env.node(name))
-    return outs
+    return [_value_or_node(env, scope.get(vi.name, vi.name)) for vi in graph.output]
 
 
 def _renamed(node, scope: dict, prefix: str):
@@ -143,6 +132,8 @@ def _if(env, node, xs, attrs):
     cond = ops.reshape(xs[0], ())
     outs = []
     for k, (a, b) in enumerate(zip(then, other)):
+        if not isinstance(a, (Node, np.ndarray)) or not isinstance(b, (Node, np.ndarray)):
+            raise NeedsValue(cond_name, f"If {label!r}'s condition (its branches give sequences or optionals)")
         a = a if isinstance(a, Node) else env.graph.const(np.asarray(a))
         b = b if isinstance(b, Node) else env.graph.const(np.asarray(b))
         if a.shape != b.shape or a.dtype != b.dtype or None in a.shape:

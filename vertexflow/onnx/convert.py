@@ -49,8 +49,20 @@ class Env:
 
     def node(self, name: str) -> Node:
         if name not in self.nodes:
-            self.nodes[name] = self.graph.const(self.known[name], name=self.graph.fresh_name(name))
+            value = self.known[name]
+            if not isinstance(value, np.ndarray):  # a sequence or optional (onnx/sequences.py)
+                raise Unsupported(f"{name!r} is a sequence or optional, where a tensor is needed")
+            self.nodes[name] = self.graph.const(value, name=self.graph.fresh_name(name))
         return self.nodes[name]
+
+    def keep(self, name: str, result) -> None:
+        """Record what a converter made for tensor `name`: a vertex, or a value known now."""
+        from .sequences import BUILD_TIME
+
+        if isinstance(result, Node):
+            self.nodes[name] = result
+        else:
+            self.known[name] = result if isinstance(result, BUILD_TIME) else np.asarray(result)
 
     def has_value(self, name: str) -> bool:
         return name in self.known
@@ -1003,9 +1015,9 @@ def why_unsupported(node, attrs: dict, known: dict) -> str | None:
 
 def _register_modules() -> None:
     """Add the converters kept in modules of their own (each with its CONVERTERS and ALLOWED_ATTRS)."""
-    from . import control, elementwise, layers, quantized, selection
+    from . import control, elementwise, layers, quantized, selection, sequences
 
-    for module in (elementwise, selection, layers, quantized, control):
+    for module in (elementwise, selection, layers, quantized, control, sequences):
         CONVERTERS.update(module.CONVERTERS)
         ALLOWED_ATTRS.update(module.ALLOWED_ATTRS)
     for op in control.FUNCTION_OPS:  # imported through the function ONNX defines them by

@@ -68,6 +68,45 @@ class _Source:
             self.declared[vi.name] = Spec(shape, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
         self.outputs = [vi.name for vi in og.output]
         self.producers = {out: node for node in self.nodes for out in node.output if out}
+        self._output_types = {vi.name: vi.type for vi in og.output}
+
+    def output_info(self, name: str) -> TensorInfo:
+        """An output's shape and dtype as the file declares them."""
+        onnx, _ = onnx_modules()
+        kind = self._output_types.get(name)
+        if kind is None or not kind.HasField("tensor_type"):
+            return TensorInfo(name, None, None)
+        t = kind.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else None
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim) \
+            if t.HasField("shape") else None
+        return TensorInfo(name, shape, dtype)
+
+
+class TensorInfo:
+    """A model input's or output's name, shape (None for a size that may vary) and dtype (None when
+    the file does not say)."""
+
+    __slots__ = ("name", "shape", "dtype")
+
+    def __init__(self, name: str, shape: tuple | None, dtype):
+        self.name, self.shape = name, None if shape is None else tuple(shape)
+        self.dtype = None if dtype is None else np.dtype(dtype)
+
+    @property
+    def spec(self) -> Spec | None:
+        return None if self.shape is None or self.dtype is None else Spec(self.shape, self.dtype)
+
+    def __repr__(self) -> str:
+        shape = "?" if self.shape is None else format_shape(self.shape)
+        return f"TensorInfo({self.name!r}, {shape}, {self.dtype})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TensorInfo) and (self.name, self.shape, self.dtype) == \
+            (other.name, other.shape, other.dtype)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.shape, self.dtype))
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -150,17 +189,19 @@ def _build(src: _Source, values: Mapping[str, np.ndarray], shapes: Mapping[str, 
         if not isinstance(results, (list, tuple)):
             results = [results]
         for name, result in zip(node.output, results):
-            if not name or result is None:
-                continue
-            if isinstance(result, Node):
-                env.nodes[name] = result
-            else:
-                env.known[name] = np.asarray(result)
+            if name and result is not None:
+                env.keep(name, result)
     if problems:
         raise _unsupported(problems)
     if needs:
         return needs
-    return _Built(g, inputs, [env.node(name) for name in src.outputs])
+    outputs = []
+    for name in src.outputs:
+        try:
+            outputs.append(env.node(name))
+        except Unsupported as exc:
+            raise _unsupported([("output", name, f"{exc} (a model's outputs are tensors)")]) from None
+    return _Built(g, inputs, outputs)
 
 
 def _constant_value(attrs: dict) -> np.ndarray:
@@ -175,7 +216,9 @@ def _foldable(env: Env, node) -> bool:
     if node.op_type in ("If", "Loop", "Scan"):  # a body reads names of the enclosing graph: inlined there
         return False
     names = [n for n in node.input if n]
-    return bool(names) and all(n in env.known and n not in env.trainable for n in names)
+    # a sequence or optional may hold vertices: converted where they live, never folded apart
+    return bool(names) and all(n in env.known and n not in env.trainable and isinstance(env.known[n], np.ndarray)
+                               for n in names)
 
 
 def _fold(src: _Source, env: Env, node, attrs: dict, label: str) -> list:
@@ -287,12 +330,21 @@ class OnnxModel:
         return self._static_part("graph").graph
 
     @property
-    def inputs(self) -> list[Node]:
-        return self._static_part("inputs").inputs
+    def inputs(self) -> list:
+        """What to feed, in the file's order: each with `.name`, `.shape` (None where a size may vary)
+        and `.dtype`, as onnxruntime's `get_inputs()` says. For a static model these are the graph's
+        input vertices (feed them or their names); for a model built per feed, descriptions."""
+        if self._built is not None:
+            return self._built.inputs
+        return [TensorInfo(name, spec.shape, spec.dtype) for name, spec in self.input_specs.items()]
 
     @property
-    def outputs(self) -> list[Node]:
-        return self._static_part("outputs").outputs
+    def outputs(self) -> list:
+        """What a run returns, in order: the graph's output vertices for a static model, else each
+        output's name, shape and dtype as the file declares them (None where it does not say)."""
+        if self._built is not None:
+            return self._built.outputs
+        return [self._src.output_info(name) for name in self._src.outputs]
 
     def __repr__(self) -> str:
         kind = f"{len(self.graph)} vertices" if self.static else f"specialized per feed ({self._why})"
@@ -304,7 +356,7 @@ class OnnxModel:
             raise FeedError(f"feeds must be a mapping of input names to arrays, got {type(feeds).__name__}")
         named = {}
         for key, value in feeds.items():
-            name = key.name if isinstance(key, Node) else key
+            name = key.name if isinstance(key, (Node, TensorInfo)) else key
             if name in named:
                 raise FeedError(f"input {name!r} is fed twice; feed it once")
             named[name] = value
