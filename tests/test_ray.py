@@ -160,6 +160,9 @@ def test_a_timeout_fires_stops_the_partitions_and_the_next_run_works():
     g, x, _, a, b, loss, feeds = _branches()
     slow = vf.sum(SleepAway()(a, name="slow"))
     with RayExecutor(g, partitions=2, executor="sequential") as ex:
+        # placed and warmed first: starting a partition's process on a loaded machine can take
+        # longer than the 1 s deadline below, which would then fire while placing, not in `slow`
+        ex.run(feeds, loss, timeout=120)
         # the vertex sleeps 30 s in its partition: the call can only raise by the deadline firing
         with pytest.raises(vf.ExecutionTimeout, match=r"did not finish within 1.0 s \(slow waits for running its op "
                                                       r"sleep_away to return \(partition .*\); the partitions were "
