@@ -498,6 +498,7 @@ def _op_samples():
     from vertexflow.nn.layers import DropoutMask, Mode
     from vertexflow.onnx.convert import SaturatingCast, TruncDivide
     from vertexflow.onnx.elementwise import BitCast
+    from vertexflow.onnx.layers import MaxPoolIndices
     from vertexflow.ops import activation, indexing, linalg, nn, norm, quant, reduce, shape
     from vertexflow.ops import elementwise as ew
     from vertexflow.rewrites import ProductEpilogue
@@ -587,6 +588,7 @@ def _op_samples():
         linalg.Det: (linalg.Det(), [S((2, 3, 3), f)]),
         linalg.DetGrad: (linalg.DetGrad(), [S((2,), f), S((2, 3, 3), f), S((2,), f)]),
         BitCast: (BitCast("int64"), [S((3,), f)]),
+        MaxPoolIndices: (MaxPoolIndices((2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1)), [img]),
         quant.Quantize: (quant.Quantize("int8"), [S((3, 4), f), S((4,), f), S((4,), "int8")]),
         quant.Dequantize: (quant.Dequantize(), [S((3, 4), "int8"), S((4,), f), S((4,), "int8")]),
         quant.Requantize: (quant.Requantize("uint8"), [S((3, 4), "int32"), S((4,), f), S((), "uint8")]),

@@ -190,6 +190,20 @@ class Warp(torch.nn.Module):
         return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+class Clip3d(torch.nn.Module):
+    """A video block: 3-D convolutions (one strided, one grouped), 3-D max and average pools."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv3d(3, 8, (3, 3, 3), padding=1)
+        self.b = torch.nn.Conv3d(8, 8, (3, 1, 3), stride=(2, 1, 2), groups=2)
+        self.pool = torch.nn.MaxPool3d(2, ceil_mode=True)
+
+    def forward(self, x):
+        y = self.pool(torch.relu(self.b(torch.relu(self.a(x)))))
+        return torch.nn.functional.avg_pool3d(y, (1, 2, 1), padding=(0, 1, 0), count_include_pad=False)
+
+
 def _residual():
     net = Residual()
     with torch.no_grad():  # non-trivial running statistics
@@ -214,6 +228,7 @@ MODELS = {
     "interpolate_pixel_shuffle": (SuperResolution, lambda b: torch.randn(b, 3, 6, 6)),
     "einsum": (Contractions, lambda b: torch.randn(b, 7, 8)),
     "affine_grid_sample": (Warp, lambda b: torch.randn(b, 3, 6, 6)),
+    "conv3d_pools": (Clip3d, lambda b: torch.randn(b, 3, 6, 7, 8)),
 }
 
 

@@ -291,14 +291,15 @@ def _gemm(env, node, xs, attrs):
     return named(out, env, node)
 
 
-def _spatial(x: Node, attrs, what: str) -> int:
-    """Spatial dimensions of an N-D image input; only 1-D and 2-D are supported."""
+def _spatial(x: Node, attrs, what: str, supported=(1, 2)) -> int:
+    """Spatial dimensions of an N-D image input, refused unless `supported`."""
     dims = x.ndim - 2
     kernel = attrs.get("kernel_shape")
     if kernel is not None and len(kernel) != dims:
         raise Unsupported(f"kernel_shape {kernel} for a {dims}-D input")
-    if dims not in (1, 2):
-        raise Unsupported(f"only 1-D and 2-D {what} are supported, not {dims}-D")
+    if dims not in supported:
+        listed = ", ".join(f"{d}-D" for d in supported[:-1]) + f" and {supported[-1]}-D"
+        raise Unsupported(f"only {listed} {what} are supported, not {dims}-D")
     return dims
 
 
@@ -332,9 +333,9 @@ def _pad_spatial(x: Node, pads, fill) -> Node:
     return ConstantPad([(0, 0), (0, 0)] + [tuple(p) for p in pads], fill)(x)
 
 
-def _geometry(x, w, attrs, what: str) -> tuple[int, list, list, list]:
+def _geometry(x, w, attrs, what: str, supported=(1, 2)) -> tuple[int, list, list, list]:
     """(spatial dimensions, kernel, strides, dilations) of a convolution node."""
-    dims = _spatial(x, attrs, what)
+    dims = _spatial(x, attrs, what, supported)
     return (dims, list(w.shape[2:]), list(attrs.get("strides", [1] * dims)),
             list(attrs.get("dilations", [1] * dims)))
 
@@ -345,8 +346,10 @@ def _conv(env, node, xs, attrs):
 
 def convolution(env, node, x, w, bias, attrs) -> Node:
     """The vertices of an ONNX convolution of x by w (plus bias), with the node's attributes."""
-    dims, kernel, strides, dilations = _geometry(x, w, attrs, "convolutions")
+    dims, kernel, strides, dilations = _geometry(x, w, attrs, "convolutions", (1, 2, 3))
     pads = _window_pads(env, node, x, kernel, strides, dilations, attrs)
+    if dims == 3:
+        return _volume_convolution(env, node, x, w, bias, strides, dilations, pads, int(attrs.get("group", 1)))
     x2, w2 = _as_2d(x, dims), _as_2d(w, dims)
     if dims == 1:
         strides, dilations, pads = [1] + strides, [1] + dilations, [(0, 0)] + pads
@@ -358,6 +361,34 @@ def convolution(env, node, x, w, bias, attrs) -> Node:
     if bias is not None:
         out = out + ops.reshape(bias, (-1, 1, 1))
     return _from_2d(out, dims)
+
+
+def _volume_convolution(env, node, x, w, bias, strides, dilations, pads, groups: int) -> Node:
+    """A 3-D convolution as 2-D ones: for each depth tap of the kernel, the depth slices it reads,
+    stacked into the batch, convolved with that tap's 2-D kernel; the taps summed."""
+    _, channels, depth, height, width = env.sizes(node.input[0], "a 3-D convolution's input sizes")
+    taps = w.shape[2]
+    (front, back), plane = pads[0], pads[1:]
+    if front or back:
+        x = ConstantPad([(0, 0), (0, 0), (front, back), (0, 0), (0, 0)], 0.0)(x)
+    outs = (depth + front + back - dilations[0] * (taps - 1) - 1) // strides[0] + 1
+    symmetric = all(a == b for a, b in plane)
+    total = None
+    for t in range(taps):
+        start = t * dilations[0]
+        part = ops.getitem(x, (slice(None), slice(None), slice(start, start + (outs - 1) * strides[0] + 1, strides[0])))
+        part = ops.reshape(ops.transpose(part, (0, 2, 1, 3, 4)), (-1, channels, height, width))
+        if not symmetric:
+            part = _pad_spatial(part, plane, 0.0)
+        term = ops.conv2d(part, ops.getitem(w, (slice(None), slice(None), t)), stride=tuple(strides[1:]),
+                          padding=tuple(a for a, _ in plane) if symmetric else 0, dilation=tuple(dilations[1:]),
+                          groups=groups)
+        total = term if total is None else total + term
+    _, out_channels, out_h, out_w = total.shape
+    out = ops.transpose(ops.reshape(total, (-1, outs, out_channels, out_h, out_w)), (0, 2, 1, 3, 4))
+    if bias is not None:
+        out = out + ops.reshape(bias, (-1, 1, 1, 1))
+    return out
 
 
 def _conv_transpose(env, node, xs, attrs):
@@ -450,6 +481,17 @@ def _pool(kind: str):
             out = _from_2d(pool_window(mode, x2, sizes, kernel, strides, dilations, pads, ceil, include_pad), dims)
         if kind == "lp":
             out = ops.power(out, np.asarray(1.0 / p, dtype=x.dtype))
+        if kind == "max" and len(node.output) > 1 and node.output[1]:
+            from .layers import MaxPoolIndices
+
+            if dims != 2:
+                raise Unsupported(f"the Indices output of a {dims}-D pool (2-D only)")
+            sizes_hw = sizes()
+            full = [(a, b + max((-(-(s + a + b - d * (k - 1) - 1) // st) if ceil else (s + a + b - d * (k - 1) - 1) // st)
+                                * st + d * (k - 1) + 1 - (s + a + b), 0))
+                    for s, k, st, d, (a, b) in zip(sizes_hw, kernel, strides, dilations, pads)]
+            indices = MaxPoolIndices(kernel, strides, full, dilations, attrs.get("storage_order", 0))(x)
+            return [named(out, env, node), named(indices, env, node, 1)]
         return named(out, env, node)
 
     return convert
@@ -509,9 +551,25 @@ def _batch_norm(env, node, xs, attrs):
     x, scale, bias, mean, var = xs[:5]
     eps = attrs.get("epsilon", 1e-5)
     shape = (-1,) + (1,) * (x.ndim - 2)
+    training = attrs.get("training_mode", 0)
+    if training:  # the batch's own statistics, and the running ones moved toward them
+        axes = (0,) + tuple(range(2, x.ndim))
+        batch_mean = ops.mean(x, axis=axes)
+        centered = x - ops.reshape(batch_mean, shape)
+        batch_var = ops.mean(centered * centered, axis=axes)
+        momentum = np.asarray(attrs.get("momentum", 0.9), dtype=x.dtype)
+        running_mean = mean * momentum + batch_mean * (1 - momentum)
+        running_var = var * momentum + batch_var * (1 - momentum)
+        mean, var = batch_mean, batch_var
     inv = ops.reshape(scale / ops.sqrt(var + np.asarray(eps, dtype=var.dtype)), shape)
     out = (x - ops.reshape(mean, shape)) * inv + ops.reshape(bias, shape)
-    return named(out, env, node)
+    if not training:
+        return named(out, env, node)
+    outs = [named(out, env, node)]
+    for k, value in ((1, running_mean), (2, running_var)):
+        if len(node.output) > k and node.output[k]:
+            outs.append(named(value, env, node, k))
+    return outs
 
 
 def _layer_norm(env, node, xs, attrs):
@@ -760,15 +818,18 @@ def _pad(env, node, xs, attrs):
 
 
 def _resize(env, node, xs, attrs):
+    roi = None
     if env.opset < 11:
         scales, sizes = xs.value(1, "Resize's scales"), None
     else:
         scales = xs.value(2, "Resize's scales")
         sizes = xs.value(3, "Resize's sizes")
-    return _resized(env, node, xs[0], scales, sizes, attrs)
+        if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+            roi = np.asarray(xs.value(1, "Resize's roi"), dtype=np.float64).reshape(-1)
+    return _resized(env, node, xs[0], scales, sizes, attrs, roi)
 
 
-def _resized(env, node, x, scales, sizes, attrs):
+def _resized(env, node, x, scales, sizes, attrs, roi=None):
     sizes_in = env.sizes(node.input[0], f"{node.op_type}'s input sizes")
     if scales is not None and np.size(scales) == 0:
         scales = None
@@ -791,6 +852,8 @@ def _resized(env, node, x, scales, sizes, attrs):
         sizes = [int(math.floor(sizes_in[a] * scales[k])) for k, a in enumerate(axes)]
     mode = attrs.get("mode", "nearest")
     transform = attrs.get("coordinate_transformation_mode", "half_pixel")
+    if attrs.get("antialias", 0) or transform == "tf_crop_and_resize":
+        return named(_resized_by_matrices(x, sizes_in, axes, sizes, scales, attrs, roi), env, node)
     out = x
     for k, axis in enumerate(axes):
         size, new, scale = sizes_in[axis], sizes[k], scales[k]
@@ -852,6 +915,94 @@ def _upsample(env, node, xs, attrs):
                                                         "nearest_mode": "floor"})
 
 
+def _resized_by_matrices(x, sizes_in, axes, sizes, scales, attrs, roi):
+    """Resize as one matrix product per axis: each output position a weighted sum of input positions.
+    Used for the kernels that widen when downsampling (antialias) and for crops (tf_crop_and_resize,
+    whose positions outside the input take extrapolation_value)."""
+    out = x
+    for k, axis in enumerate(axes):
+        span = None if roi is None else (roi[k], roi[len(axes) + k])
+        matrix, outside = _axis_weights(attrs, sizes_in[axis], sizes[k], scales[k], span)
+        last = list(range(out.ndim))
+        last.append(last.pop(axis))  # the resized axis last, for the product
+        moved = ops.matmul(ops.transpose(out, tuple(last)), matrix.T.astype(x.dtype))
+        if outside is not None and outside.any():
+            moved = ops.where(outside, np.asarray(attrs.get("extrapolation_value", 0.0), dtype=x.dtype), moved)
+        out = ops.transpose(moved, tuple(np.argsort(last)))
+    return out
+
+
+def _axis_weights(attrs, size: int, new: int, scale: float, roi) -> tuple[np.ndarray, np.ndarray | None]:
+    """(new, size) interpolation weights along one axis, and which outputs lie outside the input."""
+    mode = attrs.get("mode", "nearest")
+    transform = attrs.get("coordinate_transformation_mode", "half_pixel")
+    antialias = bool(attrs.get("antialias", 0)) and mode != "nearest"
+    a = attrs.get("cubic_coeff_a", -0.75)
+    y = np.arange(new, dtype=np.float64)
+    width = scale * size
+    outside = None
+    if transform == "tf_crop_and_resize":
+        low, high = roi
+        x = np.full(new, (high - low) * (size - 1) / 2) if width == 1 else y * (high - low) * (size - 1) / (width - 1)
+        x = x + low * (size - 1)
+        outside = (x < 0) | (x > size - 1)
+    elif transform == "align_corners":
+        x = np.zeros(new) if width == 1 else y * (size - 1) / (width - 1)
+    elif transform == "asymmetric":
+        x = y / scale
+    elif transform == "pytorch_half_pixel":
+        x = np.full(new, -0.5) if width == 1 else (y + 0.5) / scale - 0.5
+    elif transform == "half_pixel_symmetric":
+        x = size / 2 * (1 - new / width) + (y + 0.5) / scale - 0.5
+    else:
+        x = (y + 0.5) / scale - 0.5
+    base = np.floor(x)
+    ratio = np.where(x == base, 1.0, x - base)  # an exact position takes its left neighbour, as the spec's
+    rows = [_kernel(mode, r, scale, a, antialias, attrs.get("nearest_mode", "round_prefer_floor")) for r in ratio]
+    weights = np.array(rows, dtype=np.float64)
+    n = weights.shape[1]
+    pad = -(-n // 2)
+    shifted = x + pad
+    p = np.floor(shifted)
+    frac = shifted - p
+    if n % 2 == 0:
+        offset = np.where(frac == 0, -(n // 2), -(n // 2) + 1)
+    else:
+        offset = np.where(frac <= 0.5, -((n - 1) // 2), -((n - 1) // 2) + 1)
+    index = (p + offset).astype(np.int64)[:, None] + np.arange(n) - pad
+    if attrs.get("exclude_outside", 0):
+        weights = np.where((index < 0) | (index >= size), 0.0, weights)
+        total = weights.sum(axis=1, keepdims=True)
+        weights = weights / np.where(total == 0, 1.0, total)
+    matrix = np.zeros((new, size))
+    np.add.at(matrix, (np.repeat(np.arange(new), n), np.clip(index, 0, size - 1).reshape(-1)), weights.reshape(-1))
+    return matrix, outside
+
+
+def _kernel(mode: str, ratio: float, scale: float, a: float, antialias: bool, nearest_mode: str) -> list[float]:
+    """The weights of one output position's taps (left to right) at fractional position `ratio`."""
+    if mode == "nearest":
+        if ratio == 1.0:
+            return [0.0, 1.0]
+        pick = {"round_prefer_floor": ratio > 0.5, "round_prefer_ceil": ratio >= 0.5, "floor": False,
+                "ceil": True}[nearest_mode]
+        return [0.0, 1.0] if pick else [1.0, 0.0]
+    if not antialias:
+        if mode == "linear":
+            return [1 - ratio, ratio]
+        return list(_cubic(np.abs(np.array([ratio + 1, ratio, 1 - ratio, 2 - ratio])), a))
+    shrink = min(scale, 1.0)  # downsampling widens the kernel by 1 / scale
+    if mode == "linear":
+        start = int(np.floor(-1 / shrink) + 1)
+        taps = (np.arange(start, start + 2 - 2 * start) - ratio) * shrink
+        w = np.clip(1 - np.abs(taps), 0, 1)
+    else:
+        start = int(np.floor(-2 / shrink) + 1)
+        taps = (np.arange(start, 2 - start) - ratio) * shrink
+        w = _cubic(np.abs(taps), a)
+    return list(w / w.sum())
+
+
 def _cubic(d: np.ndarray, a: float) -> np.ndarray:
     near = ((a + 2) * d - (a + 3)) * d * d + 1
     far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
@@ -897,6 +1048,11 @@ def _identity(env, node, xs, attrs):
 
 
 def _dropout(env, node, xs, attrs):
+    training = bool(np.asarray(xs.value(2, "Dropout's training_mode", False)))
+    if training:
+        ratio = float(np.asarray(xs.value(1, "Dropout's ratio", attrs.get("ratio", 0.5))))
+        if ratio != 0.0:
+            raise Unsupported(f"training mode with ratio {ratio} (random masks) not supported")
     outs = [named(xs[0], env, node)]
     if len(node.output) > 1 and node.output[1]:  # the mask: every unit kept, in inference
         from ..ops.shape import OnesLike
@@ -987,19 +1143,13 @@ def why_unsupported(node, attrs: dict, known: dict) -> str | None:
     for k, v in attrs.items():
         if allowed is not None and k not in allowed:
             return f"attribute {k}={v!r} not supported"
-    if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
-        return "the Indices output is not supported"
-    if op == "BatchNormalization" and (attrs.get("training_mode", 0) or sum(1 for o in node.output if o) > 1):
-        return "training mode not supported"
+    if op == "BatchNormalization" and sum(1 for o in node.output if o) > 1 and not attrs.get("training_mode", 0):
+        return "the outputs of training mode before opset 14 (saved mean and variance) are not supported"
     if op == "Gelu" and attrs.get("approximate", "none") not in ("none", "tanh"):
         return f"approximate={attrs['approximate']!r} not supported (none or tanh)"
     if op == "Resize":
         if attrs.get("mode", "nearest") not in ("nearest", "linear", "cubic"):
             return f"mode={attrs['mode']!r} not supported (nearest, linear and cubic are)"
-        if attrs.get("antialias", 0):
-            return "antialias=1 not supported"
-        if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
-            return "coordinate_transformation_mode='tf_crop_and_resize' not supported"
     if op == "Pad" and attrs.get("mode", "constant") not in ("constant", "edge", "reflect", "wrap"):
         return f"mode={attrs['mode']!r} not supported"
     if op in ("LSTM", "GRU", "RNN"):
@@ -1007,8 +1157,8 @@ def why_unsupported(node, attrs: dict, known: dict) -> str | None:
 
         return why_unsupported_recurrent(node, attrs)
     if op == "Dropout" and len(node.input) > 2 and node.input[2]:
-        mode = known.get(node.input[2])
-        if mode is None or bool(np.asarray(mode)):
+        mode, ratio = known.get(node.input[2]), known.get(node.input[1]) if len(node.input) > 1 else None
+        if mode is not None and bool(np.asarray(mode)) and (ratio is None or float(np.asarray(ratio)) != 0.0):
             return "training mode (random masks) not supported"
     return None
 

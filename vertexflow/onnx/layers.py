@@ -143,6 +143,49 @@ def _lrn(env, node, xs, attrs):
     return named(x / ops.power(scale, _const(x, beta)), env, node)
 
 
+class MaxPoolIndices(ops.Op):
+    """Where each 2-D max pool window's maximum is, as ONNX's MaxPool Indices: a flat index into the
+    whole input (batch and channel included), row-major, or column-major within each image with
+    `storage_order` 1; the first maximum in the window's row-major order wins."""
+
+    name = "max_pool_indices"
+
+    def __init__(self, kernel, strides, pads, dilations, storage_order: int = 0):
+        self.kernel, self.strides = tuple(kernel), tuple(strides)
+        self.pads, self.dilations = tuple(tuple(p) for p in pads), tuple(dilations)
+        self.storage_order = int(storage_order)
+
+    def _out(self, size, k, s, d, pad):
+        return (size + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
+
+    def infer(self, x):
+        from ..graph import Spec
+
+        outs = tuple(None if size is None else self._out(size, k, s, d, p)
+                     for size, k, s, d, p in zip(x.shape[2:], self.kernel, self.strides, self.dilations, self.pads))
+        return Spec(x.shape[:2] + outs, "int64")
+
+    def forward(self, xp, x):
+        n, c, h, w = x.shape
+        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        padded = xp.pad(x, ((0, 0), (0, 0)) + self.pads, constant_values=fill)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        oh, ow = (self._out(size, k, s, d, p) for size, k, s, d, p in
+                  zip((h, w), self.kernel, self.strides, self.dilations, self.pads))
+        rows = (np.arange(oh) * sh)[:, None] + np.arange(kh) * dh  # (oh, kh) padded positions
+        cols = (np.arange(ow) * sw)[:, None] + np.arange(kw) * dw
+        windows = padded[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # (n, c, oh, ow, kh, kw)
+        best = windows.reshape(n, c, oh, ow, kh * kw).argmax(axis=-1)
+        row = rows[np.arange(oh)[:, None], best // kw] - self.pads[0][0]
+        col = cols[np.arange(ow)[None, :], best % kw] - self.pads[1][0]
+        image = (np.arange(n)[:, None] * c + np.arange(c))[:, :, None, None] * (h * w)
+        within = row * w + col if self.storage_order == 0 else row + col * h
+        return (image + within).astype(np.int64)
+
+    def vjp(self, F, g, xs, y):
+        return (None,)
+
+
 # -- attention ------------------------------------------------------------------------------------
 def _heads(x, sizes, heads):
     """(batch, seq, heads * size) -> (batch, heads, seq, size)."""

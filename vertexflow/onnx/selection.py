@@ -191,6 +191,46 @@ def _unique(env, node, xs, attrs):
     return [values, first.astype(np.int64), inverse.astype(np.int64), counts.astype(np.int64)]
 
 
+def _non_max_suppression(env, node, xs, attrs):
+    """[batch, class, box] of the boxes kept per class, best score first, each dropped when it overlaps
+    one kept before by more than the IoU threshold: from the fed boxes and scores (the graph is built
+    for them, as for any output whose size depends on the data)."""
+    boxes = np.asarray(xs.value(0, "NonMaxSuppression's boxes"), dtype=np.float64)
+    scores = np.asarray(xs.value(1, "NonMaxSuppression's scores"), dtype=np.float64)
+    keep_at_most = int(np.asarray(xs.value(2, "max_output_boxes_per_class", 0)).reshape(-1)[0]) \
+        if xs.present(2) else 0
+    iou_limit = float(np.asarray(xs.value(3, "iou_threshold", 0.0)).reshape(-1)[0]) if xs.present(3) else 0.0
+    floor = np.asarray(xs.value(4, "score_threshold")).reshape(-1)[0] if xs.present(4) else None
+    if attrs.get("center_point_box", 0):  # (x center, y center, width, height) -> corners
+        cx, cy, w, h = np.moveaxis(boxes, -1, 0)
+        low = np.stack([cy - h / 2, cx - w / 2], axis=-1)
+        high = np.stack([cy + h / 2, cx + w / 2], axis=-1)
+    else:  # two corners, in either order
+        low = np.minimum(boxes[..., 0:2], boxes[..., 2:4])
+        high = np.maximum(boxes[..., 0:2], boxes[..., 2:4])
+    area = np.prod(high - low, axis=-1)
+    kept = []
+    for b in range(scores.shape[0]):
+        for c in range(scores.shape[1]):
+            candidates = [i for i in range(scores.shape[2]) if floor is None or scores[b, c, i] > floor]
+            candidates.sort(key=lambda i: (-scores[b, c, i], i))  # best first, ties by position
+            chosen: list[int] = []
+            for i in candidates:
+                if len(chosen) >= keep_at_most:
+                    break
+                overlap_low = np.maximum(low[b, i], low[b, chosen])
+                overlap_high = np.minimum(high[b, i], high[b, chosen])
+                inter = np.prod(np.clip(overlap_high - overlap_low, 0, None), axis=-1)
+                union = area[b, i] + area[b, chosen] - inter
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    iou = np.where((area[b, i] > 0) & (area[b, chosen] > 0) & (union > 0) & (inter > 0),
+                                   inter / union, 0.0)
+                if not np.any(iou > iou_limit):
+                    chosen.append(i)
+            kept += [(b, c, i) for i in chosen]
+    return np.array(kept, dtype=np.int64).reshape(-1, 3)
+
+
 def _det(env, node, xs, attrs):
     return ops.det(xs[0], name=out_name(env, node))
 
@@ -204,6 +244,7 @@ CONVERTERS = {
     "Einsum": _einsum, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
     "ReverseSequence": _reverse_sequence, "CenterCropPad": _center_crop_pad, "TensorScatter": _tensor_scatter,
     "Compress": _compress, "NonZero": _nonzero, "Unique": _unique, "Det": _det,
+    "NonMaxSuppression": _non_max_suppression,
 }
 
 ALLOWED_ATTRS = {
@@ -214,5 +255,5 @@ ALLOWED_ATTRS = {
     "ScatterND": {"reduction"}, "OneHot": {"axis"}, "Hardmax": {"axis"}, "Einsum": {"equation"},
     "DepthToSpace": {"blocksize", "mode"}, "SpaceToDepth": {"blocksize", "mode"},
     "ReverseSequence": {"batch_axis", "time_axis"}, "CenterCropPad": {"axes"}, "TensorScatter": {"axis", "mode"},
-    "Compress": {"axis"}, "Unique": {"axis", "sorted"},
+    "Compress": {"axis"}, "Unique": {"axis", "sorted"}, "NonMaxSuppression": {"center_point_box"},
 }
