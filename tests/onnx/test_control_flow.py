@@ -138,19 +138,45 @@ def test_a_scan_runs_its_body_along_the_sequence_in_both_directions():
         model.close()
 
 
-def test_a_loop_that_ends_on_run_time_data_is_refused_naming_it():
+def _doubling(trainable: bool) -> bytes:
+    """x doubled until its sum reaches 100: a loop whose end depends on the data (`two` and `limit`
+    are params when `trainable`, else constants)."""
     body = helper.make_graph(
         [helper.make_node("Mul", ["v_in", "two"], ["v_out"]),
          helper.make_node("ReduceSum", ["v_out"], ["s"], keepdims=0),
          helper.make_node("Less", ["s", "limit"], ["cond_out"])],
         "body", [_tensor("i", [], TensorProto.INT64), _tensor("cond_in", [], TensorProto.BOOL), _tensor("v_in", [3])],
         [_tensor("cond_out", [], TensorProto.BOOL), _tensor("v_out", [3])])
-    inits = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]), helper.make_tensor("limit", TensorProto.FLOAT, [], [100.0]),
-             helper.make_tensor("cond", TensorProto.BOOL, [], [True])]
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    limit = helper.make_tensor("limit", TensorProto.FLOAT, [], [100.0])
+    inits = [helper.make_tensor("cond", TensorProto.BOOL, [], [True])]
     nodes = [helper.make_node("Loop", ["", "cond", "x"], ["y"], body=body, name="doubling")]
-    model_bytes = _graph_model(nodes, [_tensor("x", [3])], [_tensor("y", [3])], inits).SerializeToString()
-    with pytest.raises(vf.errors.UnsupportedOnnxError, match=r"Loop 'doubling': its condition is computed at run time"):
-        vf_onnx.load(model_bytes)
+    if trainable:
+        inits += [two, limit]
+    else:
+        nodes[:0] = [helper.make_node("Constant", [], ["two"], value=two),
+                     helper.make_node("Constant", [], ["limit"], value=limit)]
+    return _graph_model(nodes, [_tensor("x", [3])], [_tensor("y", [3])], inits).SerializeToString()
+
+
+def test_a_loop_that_ends_on_the_fed_data_is_built_per_value_and_matches_onnxruntime():
+    model_bytes = _doubling(trainable=False)
+    model = vf_onnx.load(model_bytes)
+    for x in (np.array([1, 2, 3], np.float32), np.array([30, 20, 10], np.float32), np.array([200, 0, 0], np.float32)):
+        want = _onnxruntime(model_bytes, {"x": x})[0]
+        for executor in ("sequential", "actor"):
+            np.testing.assert_array_equal(model.run({"x": x}, executor=executor)[0], want)
+    assert not model.static and model.value_inputs == ["x"]  # one graph per value of x, unrolled for it
+    assert model.run({"x": np.array([1, 2, 3], np.float32)})[0].tolist() == [32, 64, 96]  # 192: the step that ends it counts
+    model.close()
+
+
+def test_a_loop_that_ends_on_a_param_is_refused_naming_it():
+    model = vf_onnx.load(_doubling(trainable=True))  # `two` is trainable: no value to build for
+    with pytest.raises(vf.errors.UnsupportedOnnxError, match=r"Loop 'doubling''s condition in step 0 is computed "
+                                                             r"from the data at run time"):
+        model.run({"x": np.array([1, 2, 3], np.float32)})
+    model.close()
 
 
 def test_sequences_and_optionals_inside_a_model_match_onnxruntime():

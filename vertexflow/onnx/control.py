@@ -11,9 +11,10 @@ like the rest of the model:
   under `vmap`), and else is needed when building (the model is built per value).
 - Scan: one copy of the body per step along the scan axes (whose length is needed when building),
   states threaded from step to step, per-step outputs stacked.
-- Loop: unrolled while its trip count and condition are known when building (constants, or fed
-  values the model is built for); a loop whose end depends on values computed at run time is
-  refused, naming the node.
+- Loop: unrolled while its trip count and condition are known when building: constants, or values
+  computed from feeds, for which the model is then built per fed value (as `jax.jit` with static
+  arguments); a loop whose end depends on a param (a trainable initializer) is refused, naming
+  the node.
 """
 
 from __future__ import annotations
@@ -220,9 +221,8 @@ def _loop(env, node, xs, attrs):
             raise Unsupported(f"a loop of more than {MAX_UNROLLED_STEPS} steps (they are unrolled when built)")
         results = inline(env, body, [np.asarray(i, dtype=np.int64), np.asarray(cond)] + carried, label)
         flag = results[0]
-        if isinstance(flag, Node):
-            raise Unsupported(f"its condition is computed at run time in step {i} (only loops whose trip count "
-                              "and condition are known when building are supported; they are unrolled)")
+        if isinstance(flag, Node):  # the model is built per value of the feeds it comes from
+            raise NeedsValue(body.output[0].name, f"Loop {label!r}'s condition in step {i}")
         cond = bool(np.asarray(flag).reshape(-1)[0])
         carried = results[1:1 + states]
         for k in range(outputs):
