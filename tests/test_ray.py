@@ -294,3 +294,12 @@ def test_stream_chunks_carry_about_40_ms_of_work_and_a_known_stream_fills_the_pi
         assert calls == [min(unbounded, 12 - k) for k in range(0, 12, unbounded)]
     want = vf.SequentialExecutor(g).run(feeds, loss)
     assert all(np.array_equal(v, want) for v in got + got_iter)
+
+
+def test_fetching_only_inputs_and_params_gives_copies_as_every_executor_does():
+    g, x, (w, _), a, b, loss, feeds = _branches()
+    with RayExecutor(g, partitions=2, executor="sequential") as ex:
+        got_x, got_w = ex.run(feeds, [x, w])
+        np.testing.assert_array_equal(got_x, vf.SequentialExecutor(g).run(feeds, x))
+        got_w += 1.0  # the caller's: the param is untouched
+        np.testing.assert_array_equal(ex.run(feeds, w), vf.SequentialExecutor(g).run(feeds, w))

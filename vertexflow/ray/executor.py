@@ -510,6 +510,12 @@ class RayExecutor(Executor):
     # -- the interface -------------------------------------------------------------------
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         nodes, single = self._fetches(fetch)
+        if all(n.kind != "op" for n in nodes):  # inputs, params, constants: copies, no partition involved
+            if self._closed:
+                raise ExecutorClosed("this RayExecutor was closed; make a new one")
+            checked = self._feeds(feeds, [n for n in nodes if n.kind == "input"])
+            values = [self._source_value(n, checked) for n in nodes]
+            return values[0] if single else values
         call = self._call(nodes, None, feeds, timeout)
         checked = self._checked(feeds, call)
         self._ready(call, timeout)
