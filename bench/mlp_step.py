@@ -1,6 +1,6 @@
 """The tape against hand-written numpy on one MLP training step, in fresh processes.
 
-    python bench/mlp_step.py [--processes 5] [--runs 50] [--batch 100]
+    python bench/mlp_step.py [--processes 5] [--runs 50] [--batch-size 100]
 
 MLP 784-250-100-10, ReLU, softmax cross-entropy, float32: both sides compute
 the loss and every param gradient from the same weights and batch (checked
@@ -19,10 +19,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    report = vf.benchmark(mlp_train(batch=args.batch), executors=("sequential",), processes=args.processes,
+    report = vf.benchmark(mlp_train(batch=args.batch_size), executors=("sequential",), processes=args.processes,
                           runs=args.runs)
     print(report)
     seq, by_hand = report.result("sequential"), report.result("numpy")

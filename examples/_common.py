@@ -24,14 +24,16 @@ def _prog() -> str:
 
 
 def parser(description: str, epochs: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
-    p = _OneLineErrors(prog=_prog(), description=description,
+    p = _OneLineErrors(prog=_prog(), description=description, allow_abbrev=False,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=count, default=epochs)
-    p.add_argument("--batch-size", type=count, default=batch_size)
-    p.add_argument("--lr", type=positive_number, default=lr)
-    p.add_argument("--executor", choices=["sequential", "actor"], default="sequential")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=count, default=None, help="use only the first N training samples")
-    p.add_argument("--save", type=model_file, default=None, help="write the trained params here (.npz or .safetensors)")
+    p.add_argument("--epochs", type=count, default=epochs, help="passes over the training set")
+    p.add_argument("--batch-size", type=count, default=batch_size, help="samples per training step")
+    p.add_argument("--lr", type=positive_number, default=lr, help="the optimizer's learning rate")
+    p.add_argument("--executor", choices=["sequential", "actor"], default="sequential",
+                   help="the executor of every training step")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the split and the shuffling")
+    p.add_argument("--limit", type=count, default=None, help="use only the first N training samples (default: all)")
+    p.add_argument("--save", type=model_file, default=None,
+                   help="write the trained params here (.npz or .safetensors; default: not saved)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

@@ -1,4 +1,4 @@
-"""The talk's MLP: 784 (or 64) -> 250 -> 100 -> 10, ReLU, softmax cross-entropy, RMSProp.
+"""A multilayer perceptron classifying handwritten digits: 784 (or 64) -> 250 -> 100 -> 10, ReLU, RMSProp.
 
     python examples/mlp_digits.py                      # scikit-learn's bundled 8x8 digits
     python examples/mlp_digits.py --train-images train-images-idx3-ubyte.gz \\
@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 import vertexflow as vf
+from vertexflow.argtypes import input_file
 
 try:
     from examples._common import parser
@@ -33,9 +34,15 @@ def load(args):
 
 def main(argv=None) -> dict:
     p = parser(__doc__.splitlines()[0], epochs=30, batch_size=32, lr=1e-3)
+    idx = p.add_argument_group("MNIST or Fashion-MNIST instead of the bundled 8x8 digits (give all four)")
     for name in ("train-images", "train-labels", "test-images", "test-labels"):
-        p.add_argument(f"--{name}", default=None)
+        idx.add_argument(f"--{name}", type=input_file, default=None, metavar="FILE.idx[.gz]",
+                         help=f"the {name.replace('-', ' ')} in IDX format")
     args = p.parse_args(argv)
+    files = ("train_images", "train_labels", "test_images", "test_labels")
+    missing = [name for name in files if not getattr(args, name)]
+    if 0 < len(missing) < len(files):
+        p.error("MNIST needs all four IDX files; missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
     xtr, ytr, xte, yte = load(args)
     if args.limit:
         xtr, ytr = xtr[: args.limit], ytr[: args.limit]

@@ -1,6 +1,7 @@
 """The `vertexflow` command end to end, at tiny sizes, as a user runs it (no timing assertions)."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -110,7 +111,7 @@ def test_bench_an_onnx_model_against_onnxruntime(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [w])
     path = tmp_path / "tiny.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    done = _cli("bench", str(path), "--batch", "4", "--processes", "1", "--runs", "2", "--quiet", "--json",
+    done = _cli("bench", str(path), "--batch-size", "4", "--processes", "1", "--runs", "2", "--quiet", "--json",
                 str(tmp_path / "r.json"))
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
@@ -231,3 +232,130 @@ def test_bench_piped_prints_a_line_per_configuration_not_a_bar():
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) >= 3 and "\r" not in done.stderr  # one per process started, at least
+
+
+FILES = {
+    "good.py": SCRIPT,
+    "syntax.py": "def build(:\n    pass\n",
+    "imports.py": "import no_such_module_here\n",
+    "raises.py": "def build():\n    raise RuntimeError('boom in the build')\n",
+    "not_a_graph.py": "def build():\n    return 3, {}, []\n",
+    "a_file.py": "x = 1\n",
+}
+
+SECOND_PASS = [
+    # errors in the user's own script: FILE:LINE, the exception, and where the traceback is
+    (["bench", "{tmp}/syntax.py"], "syntax.py:1: SyntaxError: invalid syntax", None),
+    (["bench", "{tmp}/imports.py:build"], "imports.py:1: ModuleNotFoundError: No module named 'no_such_module_here' "
+                                          "(--debug for the traceback)", None),
+    (["bench", "{tmp}/raises.py:build"], "raises.py:2: RuntimeError: boom in the build (--debug", None),
+    (["trace", "{tmp}/raises.py:build"], "raises.py:2: RuntimeError: boom in the build", None),
+    (["trace", "{tmp}/syntax.py"], "syntax.py:1: SyntaxError", None),
+    (["bench", "{tmp}/not_a_graph.py:build"], "vertexflow bench: {tmp}/not_a_graph.py:build must return the graph "
+                                              "(a vf.Graph) first", None),
+    # outputs checked before any work
+    (["demo", "--out", "/proc/vf-nope"], "vertexflow demo: argument --out: /proc/vf-nope: /proc is not writable",
+     None),
+    (["demo", "--out", "{tmp}/a_file.py"], "a_file.py is a file; give a folder", None),
+    (["run", "{tmp}/tiny.onnx", "--input", "x={tmp}/x.npy", "--out", "{tmp}/a_file.py"], "is a file; give a folder",
+     None),
+    (["run", "{tmp}/tiny.onnx", "--input", "x={tmp}/x.npy", "--trace", "{tmp}/out.txt"],
+     "the viewer is an HTML page; give a name ending in .html", "out.txt"),
+    (["bench", "{tmp}/good.py:build", "--plot", "{tmp}/out.txt"], "a plot is written as one of", "out.txt"),
+    (["bench", "{tmp}/good.py:build", "--json", "/proc/vf-x.json"], "the folder /proc is not writable", None),
+    (["trace", "wide", "--out", "{tmp}/t.json"], "give a name ending in .html", "t.json"),
+    (["train", "mlp", "--train-images", "{tmp}/nope.idx"], "vertexflow train mlp: argument --train-images: "
+                                                            "{tmp}/nope.idx: no such file", None),
+    (["train", "mlp", "--train-images", "{tmp}/x.npy"], "MNIST needs all four IDX files; missing --train-labels",
+     None),
+    # no abbreviations, no silent repeats, one prefix
+    (["train", "mlp", "--epoch", "3"], "vertexflow train mlp: unrecognized arguments: --epoch 3", None),
+    (["train", "mlp", "--batch", "3"], "vertexflow train mlp: unrecognized arguments: --batch 3", None),
+    (["bench", "--tin"], "vertexflow bench: unrecognized arguments: --tin", None),
+    (["demo", "--branch", "3"], "vertexflow demo: unrecognized arguments: --branch 3", None),
+    (["run", "{tmp}/tiny.onnx", "--input", "x={tmp}/x.npy", "--input", "x={tmp}/x.npy"],
+     "vertexflow run: --input x= is given more than once", None),
+    (["bench", "{tmp}/tiny.onnx", "--input", "x={tmp}/x.npy", "--input", "x={tmp}/x.npy"],
+     "vertexflow bench: --input x= is given more than once", None),
+    (["bench", "{tmp}/tiny.onnx", "--batch", "8"], "vertexflow bench: unrecognized arguments: --batch 8", None),
+    (["run", "{tmp}/tiny.onnx", "--input", "x={tmp}/empty.npy"], "empty.npy: the file has 0 rows", None),
+    (["train"], "vertexflow train: give an example: autoencoder, cnn, linear, mlp", None),
+    (["nosuchcommand"], "vertexflow: argument command: invalid choice: 'nosuchcommand'", None),
+]
+
+
+def _second_pass_files(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text.format(marker=str(tmp_path / "built")) if name == "good.py" else text)
+    w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "tiny.onnx"))
+    np.save(tmp_path / "x.npy", np.ones((10, 8), np.float32))
+    np.save(tmp_path / "empty.npy", np.ones((0, 8), np.float32))
+
+
+@pytest.mark.parametrize("args, words, unwritten", SECOND_PASS)
+def test_every_mistake_is_one_line_and_status_2_before_any_work(tmp_path, capsys, args, words, unwritten):
+    _second_pass_files(tmp_path)
+    filled = [a.format(tmp=tmp_path) for a in args]
+    assert main(filled) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert words.format(tmp=tmp_path) in lines[0], lines[0]
+    assert lines[0].startswith(("vertexflow", str(tmp_path))), lines[0]  # one prefix, or the user's FILE:LINE
+    assert captured.out == ""  # nothing ran: no report, no progress
+    assert not (tmp_path / "built").exists()
+    if unwritten:
+        assert not (tmp_path / unwritten).exists()
+
+
+def test_debug_anywhere_on_the_line_shows_the_traceback(tmp_path):
+    _second_pass_files(tmp_path)
+    for args in (["--debug", "bench", f"{tmp_path}/raises.py:build"], ["bench", f"{tmp_path}/raises.py:build", "--debug"]):
+        done = _cli(*args, timeout=120)
+        assert done.returncode == 1 and "Traceback" in done.stderr and "RuntimeError: boom in the build" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["bench", "{tmp}/tiny.onnx"], ["run", "{tmp}/tiny.onnx", "--input", "x={tmp}/x.npy"],
+                                     ["trace", "{tmp}/tiny.onnx"]])
+def test_a_missing_onnx_extra_is_one_line_with_the_install_line(tmp_path, command):
+    _second_pass_files(tmp_path)
+    blocked = ("import sys; sys.modules['onnx'] = None; from vertexflow.cli import main; "
+               "sys.exit(main(sys.argv[1:]))")  # onnx unimportable, as where the extra is not installed
+    done = subprocess.run([sys.executable, "-c", blocked, *[a.format(tmp=tmp_path) for a in command]],
+                          capture_output=True, text=True, timeout=120)
+    _one_line_error(done, f"vertexflow {command[0]}: ONNX models need the onnx package (pip install onnx")
+
+
+def test_a_missing_peer_is_named_in_the_report_not_dropped(monkeypatch):
+    from vertexflow.benchmarks import configs
+    from vertexflow.benchmarks.families import FAMILIES
+
+    monkeypatch.setattr(configs, "_importable", lambda module: module != "dask")
+    workload = FAMILIES["wide"](branches=2, depth=1, rows=8, cols=8)
+    assert "dask-sync" not in configs.applicable_peers(workload)
+    assert configs.missing_peers(workload) == ["dask-sync and dask-threaded are left out: dask is not installed "
+                                               "(pip install dask, or pip install -e '.[bench]')"]
+
+
+def test_every_option_of_every_command_has_help_and_the_batch_flag_one_name():
+    for command in (["demo"], ["bench"], ["trace"], ["run"], ["train", "mlp"], ["train", "cnn"]):
+        text = _cli(*command, "--help").stdout
+        assert "--batch " not in text and "--batch\n" not in text, command
+        lines = text.splitlines()
+        for k, line in enumerate(lines):
+            if not line.startswith("  -") or "--help" in line:
+                continue
+            # the help is on the option's line after a gap, or on the next line, indented under it
+            follows = lines[k + 1] if k + 1 < len(lines) else ""
+            assert re.search(r"\S\s{2,}\S", line.strip()) or (follows.startswith(" " * 8) and follows.strip()
+                                                                and not follows.strip().startswith("-")), \
+                (command, line)
+    assert "(default: 30)" in _cli("train", "mlp", "--help").stdout
+    assert "talk" not in _cli("train", "mlp", "--help").stdout

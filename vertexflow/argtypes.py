@@ -20,23 +20,62 @@ def count(text: str) -> int:
     return value
 
 
+def _writable(folder: str) -> bool:
+    """Whether a file can be made in `folder` (tried, not guessed: root passes `os.access` everywhere,
+    /proc included)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def output_file(text: str) -> str:
     folder = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(folder):
         raise argparse.ArgumentTypeError(f"{text}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} is not writable")
     if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    if not _writable(folder) or (os.path.exists(text) and not os.access(text, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text}: the folder {folder} is not writable")
     return text
 
 
+def html_file(text: str) -> str:
+    """An HTML page to write (a trace viewer); its Chrome JSON goes beside it, so it must end in .html."""
+    if os.path.splitext(text)[1].lower() not in (".html", ".htm"):
+        raise argparse.ArgumentTypeError(f"{text}: the viewer is an HTML page; give a name ending in .html "
+                                         "(the JSON trace is written beside it)")
+    return output_file(text)
+
+
+def plot_file(text: str) -> str:
+    """An image matplotlib can write, chosen by the file's extension."""
+    extension = os.path.splitext(text)[1].lower().lstrip(".")
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise argparse.ArgumentTypeError("a plot needs matplotlib (pip install matplotlib, or pip install -e "
+                                         "'.[bench]')") from None
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if extension not in formats:
+        raise argparse.ArgumentTypeError(f"{text}: a plot is written as one of {', '.join(sorted(formats))} "
+                                         "(by its extension)")
+    return output_file(text)
+
+
 def output_folder(text: str) -> str:
-    parent = os.path.dirname(os.path.abspath(text)) if not os.path.isdir(text) else text
-    if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"{text}: neither it nor its parent folder exists")
-    if not os.access(parent, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{text}: not writable")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    existing = os.path.abspath(text)
+    while not os.path.isdir(existing):  # the folder is made if missing: the nearest existing one must take it
+        if os.path.exists(existing):
+            raise argparse.ArgumentTypeError(f"{text}: {existing} is a file, not a folder")
+        existing = os.path.dirname(existing)
+    if not _writable(existing):
+        raise argparse.ArgumentTypeError(f"{text}: {existing} is not writable")
     return text
 
 

@@ -2,11 +2,11 @@
 
     vertexflow demo                          a wide graph benchmarked on both executors, with a trace
     vertexflow bench --suite quick           executors against each other, numpy and Dask, on graph families
-    vertexflow bench my_model.py:build       ... on your own graph (a function returning graph, feeds, fetch)
-    vertexflow bench model.onnx --batch 32   ... on an ONNX model, against onnxruntime
+    vertexflow bench SCRIPT.py:build         ... on your own graph (a function returning graph, feeds, fetch)
+    vertexflow bench MODEL.onnx --batch-size 32   ... on an ONNX model, against onnxruntime
     vertexflow trace wide --out t.html       trace a built-in example (or a script) into the viewer
     vertexflow train mlp --epochs 30         the training examples (mlp, autoencoder, cnn, linear)
-    vertexflow run model.onnx --input x=x.npy --batch-size 64   stream an ONNX model over batches
+    vertexflow run MODEL.onnx --input x=x.npy --batch-size 64   stream an ONNX model over batches
 
 Every argument is checked before any work starts; a mistake gets one line
 on stderr and exit status 2 (`--debug` shows the traceback).
@@ -22,11 +22,13 @@ import shlex
 import sys
 
 from .argtypes import count as _count
+from .argtypes import html_file as _html_file
 from .argtypes import input_file as _input_file
 from .argtypes import named_file as _named_file
 from .argtypes import named_source as _named_source
 from .argtypes import output_file as _output_file
 from .argtypes import output_folder as _output_folder
+from .argtypes import plot_file as _plot_file
 from .argtypes import size as _size
 from .errors import CommandLineError as UsageError
 from .errors import VertexflowError
@@ -43,6 +45,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--epoch` must not silently mean `--epochs`
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         raise UsageError(f"{self.prog}: {message}")
 
@@ -57,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vertexflow", description="Dataflow graphs where every vertex is an actor.",
                      formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"vertexflow {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors (anywhere on the line)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = commands.add_parser("demo", help="benchmark a wide graph on the sequential and actor executors",
@@ -91,11 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=_count, default=5, help="timed runs in each process")
     bench.add_argument("--input", action="append", default=[], type=_named_file, metavar="NAME=FILE.npy",
                        help="an ONNX model's input (repeatable; others get random data)")
-    bench.add_argument("--batch", type=_count, default=None, help="the batch size for an ONNX model's random inputs")
+    bench.add_argument("--batch-size", type=_count, default=None,
+                       help="the batch size of an ONNX model's random inputs (where its batch is not fixed)")
     bench.add_argument("--json", type=_output_file, help="write the report as JSON (schema: bench/README.md)")
     bench.add_argument("--pyperf", type=_output_file, help="write the timings as pyperf JSON (pyperf compare_to)")
     bench.add_argument("--markdown", type=_output_file, help="write the tables as Markdown")
-    bench.add_argument("--plot", type=_output_file, help="write a PNG plot (needs matplotlib)")
+    bench.add_argument("--plot", type=_plot_file, help="write a plot, as PNG, SVG or PDF by its extension "
+                                                      "(needs matplotlib)")
     bench.add_argument("--quiet", action="store_true", help="no progress")
     bench.add_argument("--tiny", action="store_true", help="shrink every family to run in seconds (a smoke test)")
 
@@ -110,11 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--compare", action="store_true",
                        help="compare the sequential run with the concurrent one (an example or target runs both; "
                             "a script must run both executors)")
-    trace.add_argument("--out", type=_output_file, default="trace.html", help="HTML output; the JSON goes beside it")
+    trace.add_argument("--out", type=_html_file, default="trace.html", help="HTML output; the JSON goes beside it")
     trace.add_argument("--executor", choices=["actor", "sequential"], default="actor", help="for an example")
     trace.add_argument("--threads", type=_count, default=None, help="worker threads (default: the cores)")
     trace.add_argument("--steps", type=_count, default=2, help="steps to run (examples and targets)")
-    trace.add_argument("--batch", type=_count, default=None, help="an ONNX target's batch size for random inputs")
+    trace.add_argument("--batch-size", type=_count, default=None,
+                       help="the batch size of an ONNX target's random inputs (where its batch is not fixed)")
     trace.add_argument("--graph", action="store_true", help="also write the graph as Graphviz (.dot), coloured by time")
 
     run = commands.add_parser("run", help="run an ONNX model on .npy inputs, streamed in batches", formatter_class=fmt)
@@ -128,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--depth", type=_count, default=4, help="steps in flight at once (actor executor)")
     run.add_argument("--out", type=_output_folder, default=".",
                      help="folder for the outputs: OUTPUT.npy, or OUTPUT/FILE.npy for a folder input")
-    run.add_argument("--trace", type=_output_file, default=None, help="also write a trace viewer here")
+    run.add_argument("--trace", type=_html_file, default=None,
+                     help="also write a trace viewer here (.html; the JSON trace goes beside it)")
 
     train = commands.add_parser("train", help="run a training example: mlp, autoencoder, cnn or linear",
                                 formatter_class=fmt, add_help=False)
@@ -138,36 +148,92 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = ("demo", "bench", "trace", "run", "train")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # taken anywhere on the line, before or after the command
+    label = _command(argv)
     try:
         return _main(argv)
     except UsageError as exc:
         if debug:
             raise
-        print(str(exc), file=sys.stderr)
+        message = str(exc)
+        print(message if message.startswith("vertexflow") else f"{label}: {message}", file=sys.stderr)
         return 2
     except VertexflowError as exc:
         if debug:
             raise
-        print(f"vertexflow: error: {exc}", file=sys.stderr)
+        print(f"{label}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("vertexflow: interrupted", file=sys.stderr)
+        print(f"{label}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a user's script failed, or vertexflow did: one line either way
+        if debug:
+            raise
+        where = _users_line(exc)
+        if where is not None:
+            print(f"{where}: {type(exc).__name__}: {exc} (--debug for the traceback)", file=sys.stderr)
+            return 2
+        print(f"{label}: internal error: {type(exc).__name__}: {exc} (a bug in vertexflow: --debug shows the "
+              "traceback to report)", file=sys.stderr)
+        return 1
+
+
+def _command(argv: list[str]) -> str:
+    """What the user ran, for the prefix of every message: `vertexflow bench`, `vertexflow train mlp`."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] not in COMMANDS:
+        return "vertexflow"
+    if words[0] == "train" and len(words) > 1:
+        return f"vertexflow train {words[1]}"
+    return f"vertexflow {words[0]}"
+
+
+def _users_line(exc: BaseException) -> str | None:
+    """`FILE:LINE` of the innermost line of the user's own code in an exception's traceback (a script
+    given to `bench`, `trace` or `train`), or None when the failure is not in the user's code."""
+    import sysconfig
+    import traceback
+
+    ours = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    installed = {os.path.abspath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                                      sysconfig.get_paths()["stdlib"])}
+
+    def users(filename: str) -> bool:
+        path = os.path.abspath(filename)
+        return (not filename.startswith("<") and not path.startswith(ours)
+                and not any(path.startswith(p) for p in installed))
+
+    if isinstance(exc, SyntaxError) and exc.filename and users(exc.filename):
+        return f"{exc.filename}:{exc.lineno}"
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if users(frame.filename):
+            found = f"{frame.filename}:{frame.lineno}"
+    return found
 
 
 def _main(argv: list[str]) -> int:
     parser = _parser()
-    if argv[:1] == ["train"] or (len(argv) > 1 and argv[0] == "--debug" and argv[1] == "train"):
-        rest = argv[argv.index("train") + 1:]
-        if not rest or rest[0] in ("-h", "--help"):
+    if argv[:1] == ["train"]:
+        rest = argv[1:]
+        if rest[:1] in (["-h"], ["--help"]):
             parser.train.print_help()
             return 0
+        if not rest:
+            raise UsageError(f"vertexflow train: give an example: {', '.join(sorted(EXAMPLES))} (vertexflow train "
+                             "--help; vertexflow train mlp --help for an example's options)")
         args, extra = parser.parse_known_args(argv)
         return _train(args.example, list(extra) + list(args.rest))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        raise UsageError(f"vertexflow {args.command}: unrecognized arguments: {' '.join(extra)} "
+                         f"(vertexflow {args.command} --help lists them)")
     if args.command == "demo":
         from .demo import run_demo
 
@@ -179,6 +245,21 @@ def _main(argv: list[str]) -> int:
     if args.command == "run":
         return _run_onnx(args)
     return _trace(args)
+
+
+def _needs_onnx(command: str) -> None:
+    """An ONNX model needs the onnx package: said in one line, with the install line, before any work."""
+    if not _importable("onnx"):
+        raise UsageError(f"vertexflow {command}: ONNX models need the onnx package (pip install onnx, or "
+                         "pip install -e '.[onnx]' in a checkout)")
+
+
+def _repeated_inputs(command: str, inputs) -> dict:
+    names = [name for name, _ in inputs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"vertexflow {command}: --input {twice[0]}= is given more than once; give each input once")
+    return dict(inputs)
 
 
 def _check_sizes(families: list[str], sizes: dict[str, int]) -> None:
@@ -220,15 +301,15 @@ def _bench(args, argv) -> int:
         if args.family or sizes or args.tiny:
             raise UsageError("vertexflow bench: --family, --size and --tiny go with the graph families, not a target")
         _check_target(args.target, args.input)
-        inputs = dict(args.input)
+        inputs = _repeated_inputs("bench", args.input)
         bar = progress(0, "benchmark", quiet=args.quiet)
         with bar:
             report = benchmark(args.target, executors=executors, peers=not args.no_peers, threads=args.threads,
-                               processes=args.processes, runs=args.runs, inputs=inputs, batch=args.batch,
+                               processes=args.processes, runs=args.runs, inputs=inputs, batch=args.batch_size,
                                progress=bar.note if not args.quiet else None)
     else:
-        if args.input or args.batch:
-            raise UsageError("vertexflow bench: --input and --batch go with an ONNX model target")
+        if args.input or args.batch_size:
+            raise UsageError("vertexflow bench: --input and --batch-size go with an ONNX model target")
         plan = suite_plan(args.suite, args.family, sizes, args.tiny)
         _check_sizes(sorted({f for f, _ in plan}), sizes)
         bar = progress(len(plan), "benchmark", quiet=args.quiet)
@@ -245,7 +326,10 @@ def _bench(args, argv) -> int:
 def _importable(module: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a package that is present but cannot be imported
+        return False
 
 
 def _trace_workload(target: str, batch: int | None):
@@ -264,9 +348,10 @@ def _trace_workload(target: str, batch: int | None):
         raise UsageError(f"vertexflow trace: {target!r} is neither a built-in example "
                          f"({', '.join(sorted(FAMILIES))}) nor a file")
     if target.endswith(".onnx"):
+        _needs_onnx("trace")
         return from_onnx(target, batch=batch)
     if batch is not None:
-        raise UsageError("vertexflow trace: --batch goes with an ONNX model")
+        raise UsageError("vertexflow trace: --batch-size goes with an ONNX model")
     if ":" in target:
         return from_script(path, function)
     if not path.endswith(".py"):
@@ -280,6 +365,7 @@ def _check_target(target: str, inputs) -> None:
     if target.endswith(".onnx"):
         if not os.path.isfile(target):
             raise UsageError(f"vertexflow bench: {target}: no such file")
+        _needs_onnx("bench")
         return
     path, _ = parse_target(target)
     if not path.endswith(".py"):
@@ -297,12 +383,13 @@ def _run_onnx(args) -> int:
 
     import vertexflow as vf
 
+    _needs_onnx("run")
+    sources = _repeated_inputs("run", args.input)
     from . import onnx as vf_onnx
 
     model = vf_onnx.load(args.model)
     specs = model.input_specs
     listing = ", ".join(f"{k} {v}" for k, v in specs.items())
-    sources = dict(args.input)
     for name in sources:
         if name not in specs:
             raise UsageError(f"vertexflow run: {args.model} has no input {name!r}; its inputs: {listing}")
@@ -348,9 +435,14 @@ def _run_steps(sources: dict[str, str], batch_size: int | None) -> tuple[list[di
 
     def load(path):
         try:
-            return np.load(path, allow_pickle=False)
+            array = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise UsageError(f"vertexflow run: {path}: not a .npy array file ({exc})") from None
+        if not isinstance(array, np.ndarray):
+            raise UsageError(f"vertexflow run: {path}: an .npz archive; give one .npy file per input")
+        if array.ndim and not len(array):
+            raise UsageError(f"vertexflow run: {path}: the file has 0 rows (its shape is {array.shape})")
+        return array
 
     folders = {name: path for name, path in sources.items() if os.path.isdir(path)}
     if folders and len(folders) != len(sources):
@@ -388,6 +480,7 @@ def _train(example: str, argv: list[str]) -> int:
         raise UsageError(f"vertexflow train: the examples are not installed with this copy of vertexflow (looked "
                          f"for {path}); install from a source checkout: pip install -e .")
     sys.path.insert(0, os.path.dirname(path))
+    saved, sys.argv = sys.argv, ["vertexflow", "train", example, *argv]  # the example names the command typed
     try:
         module = runpy.run_path(path, run_name="vertexflow_example")
         try:
@@ -395,6 +488,7 @@ def _train(example: str, argv: list[str]) -> int:
         except SystemExit as exc:  # the example's own argparse: its message is already on stderr
             return exc.code if isinstance(exc.code, int) else 2
     finally:
+        sys.argv = saved
         sys.path.remove(os.path.dirname(path))
     return 0
 
@@ -421,7 +515,7 @@ def _trace(args) -> int:
         return 0
     if args.target is None:
         raise UsageError("vertexflow trace: give an example or a script to trace (or --open a saved trace)")
-    workload = _trace_workload(args.target, args.batch)
+    workload = _trace_workload(args.target, args.batch_size)
     comparison = None
     if workload is not None:
         kinds = ["sequential", "actor-network"] if args.compare else [args.executor]

@@ -111,6 +111,19 @@ def applicable_peers(workload: Workload) -> list[str]:
     return out
 
 
+def missing_peers(workload: Workload) -> list[str]:
+    """The peers that would run this workload but are left out because their package is missing, as
+    warnings naming the install line (a report never drops a row without saying so)."""
+    out = []
+    if workload.mode == "run" and not _importable("dask"):
+        out.append("dask-sync and dask-threaded are left out: dask is not installed "
+                   "(pip install dask, or pip install -e '.[bench]')")
+    if workload.onnx_path is not None and workload.mode != "backward" and not _importable("onnxruntime"):
+        out.append("onnxruntime and onnxruntime-parallel are left out: onnxruntime is not installed "
+                   "(pip install onnxruntime)")
+    return out
+
+
 def _importable(module: str) -> bool:
     import importlib.util
 

@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import BenchmarkError
 from ..graph import Graph
 from ..machine import blas_info, blas_threads, cores, vector_extensions
-from .configs import Config, configs, runner
+from .configs import Config, configs, missing_peers, runner
 from .report import Report, Result
 from .workload import Workload, from_graph, from_onnx, from_script, parse_target
 
@@ -106,7 +106,10 @@ def benchmark(
                     "memory": r == 0}
             rounds[config.name].append(launch(workload, spec))
     results = [Result.from_processes(c.name, c.exact, rounds[c.name]) for c in cfgs]
-    return Report.make(workload, results, bound, load, machine_info(threads), processes, runs)
+    report = Report.make(workload, results, bound, load, machine_info(threads), processes, runs)
+    if peers:
+        report.warnings += missing_peers(workload)
+    return report
 
 
 def resolve(target, feeds=None, fetch=None, *, mode="run", loss=None, batches=None, inputs=None,

@@ -131,6 +131,15 @@ def from_script(path: str, function: str = "build") -> Workload:
 def _from_built(built: Any, where: str) -> Workload:
     if isinstance(built, Workload):
         return built
+    graph = built.get("graph") if isinstance(built, Mapping) else built[0] if isinstance(built, tuple) else None
+    if isinstance(built, (Mapping, tuple)) and graph is not None and not isinstance(graph, Graph):
+        raise WorkloadError(f"{where} must return the graph (a vf.Graph) first, then the feeds and what to fetch; "
+                            f"the first item it returned is of type {type(graph).__name__}")
+    feeds = built.get("feeds") if isinstance(built, Mapping) else built[1] if isinstance(built, tuple) and \
+        len(built) > 1 else None
+    if feeds is not None and not isinstance(feeds, Mapping):
+        raise WorkloadError(f"{where} must return the feeds as a dict of inputs to arrays; the feeds it "
+                            f"returned are of type {type(feeds).__name__}")
     if isinstance(built, Mapping):
         try:
             graph, feeds, fetch = built["graph"], built.get("feeds", {}), built.get("fetch")
@@ -151,7 +160,7 @@ def random_feed(node: Node, batch: int | None, rng: np.random.Generator) -> np.n
     """Random data of an input's declared shape (None dimensions take `batch`)."""
     if None in node.shape and batch is None:
         raise WorkloadError(f"input {node.name!r} has shape {node.shape} with a size given by the feed: "
-                            "give --batch N (or --input NAME=FILE.npy)")
+                            "give --batch-size N (or --input NAME=FILE.npy)")
     shape = tuple(batch if d is None else d for d in node.shape)
     if node.dtype.kind == "f":
         return rng.standard_normal(shape).astype(node.dtype)
