@@ -649,3 +649,28 @@ def test_hostile_onnx_files_are_refused_naming_their_node_or_tensor(tmp_path_fac
     assert kind != "external" or (location == "data.bin" and 0 <= offset and offset + max(length, 0) <= 48)
     if kind != "external":
         assert size * size * 8 <= 2**20 or kind == "Range" and size * 4 <= 2**20
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: vf.SequentialExecutor(g),
+    lambda g: vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network"),
+    lambda g: vf.ActorExecutor(g, threads=0),
+    lambda g: vf.StreamExecutor(g, streams=2),
+], ids=["sequential", "actor-network", "actor-inline", "stream"])
+def test_a_closed_local_executor_runs_again_and_closes_again(make):
+    """As the README says: close() stops the threads; the next call starts what it needs again."""
+    g = vf.Graph()
+    x = g.input("x", shape=(4,), dtype="float64")
+    w = g.param("w", value=np.arange(4.0))
+    loss = vf.sum(vf.tanh(x * w) + vf.exp(x))
+    feeds = {x: np.linspace(0, 1, 4)}
+    want = vf.SequentialExecutor(g).backward(feeds, loss)
+    ex = make(g)
+    ex.backward(feeds, loss, timeout=30)
+    ex.close()
+    assert _vf_threads() == []
+    np.testing.assert_array_equal(ex.run(feeds, loss, timeout=30), want[0])
+    got = ex.backward(feeds, loss, timeout=30)
+    np.testing.assert_array_equal(got[1][w], want[1][w])
+    ex.close()
+    assert _vf_threads() == []

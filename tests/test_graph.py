@@ -45,6 +45,47 @@ def test_unknown_name_suggests_close_matches():
         g["hiden"]
 
 
+def test_a_misspelt_dtype_suggests_the_real_one_and_adds_nothing():
+    g = vf.Graph()
+    with pytest.raises(vf.ShapeError, match=r"not a dtype: 'flaot32'; did you mean 'float32'"):
+        g.input("x", shape=(3,), dtype="flaot32")
+    with pytest.raises(vf.ShapeError, match=r"not a dtype: 'banana' \(e.g. 'float32', 'int64', 'bool'\)"):
+        g.const(np.zeros(3), dtype="banana")
+    assert len(g) == 0
+
+
+class _NoInputs(vf.ops.Op):
+    name = "no_inputs"
+
+    def infer(self):
+        return vf.Spec((), "float32")
+
+    def forward(self, xp):
+        return xp.zeros(())
+
+
+class _NoArrayModule(vf.ops.Op):
+    name = "no_array_module"
+
+    def infer(self, x):
+        return x
+
+    def forward(self, x):  # forgot xp
+        return x
+
+
+def test_a_custom_ops_signatures_are_checked_when_its_vertex_is_built():
+    g = vf.Graph()
+    x = g.input("x", shape=(3,))
+    with pytest.raises(vf.GraphError, match=r"op 'no_inputs' \(vertex 'no_inputs_1', class _NoInputs\): its "
+                                            r"infer\(self\) cannot take the 1 input\(s\) it is called with"):
+        _NoInputs()(x)
+    with pytest.raises(vf.GraphError, match=r"its forward\(self, x\) cannot take the 1 input\(s\).*xp is the "
+                                            r"array module"):
+        _NoArrayModule()(x)
+    assert [n.name for n in g.nodes] == ["x"]  # nothing was added
+
+
 def test_networkx_view_has_one_edge_per_argument():
     g = vf.Graph()
     x = g.input("x", shape=(3,))

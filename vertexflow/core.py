@@ -579,12 +579,14 @@ class WatchedThread:
         self.ident: int | None = None  # the thread's id, to read what it is running (sys._current_frames)
         self._thread: threading.Thread | None = None
         self._queue = None
+        self._busy = threading.Event()
         self._lock = threading.Lock()
 
     def _start(self):
         import queue
 
         jobs: queue.SimpleQueue = queue.SimpleQueue()
+        busy = self._busy = threading.Event()  # this thread's own: an abandoned one keeps its flag
 
         def work() -> None:
             while True:
@@ -592,10 +594,12 @@ class WatchedThread:
                 if job is None:
                     return
                 fn, box, done = job
+                busy.set()
                 try:
                     box.append((True, fn()))
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
                     box.append((False, exc))
+                busy.clear()
                 done.set()
                 # Hold nothing of the call while waiting for the next: a bound method left in this frame
                 # kept its executor alive, so a dropped executor's finalizer never stopped this thread.
@@ -637,7 +641,12 @@ class WatchedThread:
                 self._thread = self._queue = None
 
     def close(self) -> None:
+        """Stop the thread: joined when idle, so it is gone when close returns; one still in an
+        overrunning call ends when that call returns."""
         with self._lock:
-            if self._queue is not None:
-                self._queue.put(None)
+            thread, queue = self._thread, self._queue
+            if queue is not None:
+                queue.put(None)
             self._thread = self._queue = None
+        if thread is not None and thread is not threading.current_thread() and not self._busy.is_set():
+            thread.join(5.0)

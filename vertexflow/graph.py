@@ -11,6 +11,9 @@ raises `ShapeError` at the line of user code that built it.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import itertools
 import os
 import sys
@@ -34,7 +37,41 @@ def as_dtype(dtype: Any) -> np.dtype:
     try:
         return np.dtype(dtype)
     except TypeError as exc:
-        raise ShapeError(f"not a dtype: {dtype!r}") from exc
+        hint = ""
+        if isinstance(dtype, str):
+            names = sorted({np.dtype(t).name for t in np.sctypeDict.values() if np.dtype(t).kind in "biufc"})
+            close = difflib.get_close_matches(dtype.lower(), names, n=3)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else " (e.g. 'float32', 'int64', 'bool')"
+        raise ShapeError(f"not a dtype: {dtype!r}{hint}") from exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature_problem(cls: type, inputs: int) -> str | None:
+    """Why a user's op class cannot take `inputs` inputs: its infer(*specs) and forward(xp, *values)."""
+    for method, extra in (("infer", 0), ("forward", 1)):
+        function = getattr(cls, method, None)
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):
+            continue
+        bound = not isinstance(inspect.getattr_static(cls, method, None), staticmethod)
+        params = list(signature.parameters.values())[1 if bound else 0:]  # after self
+        try:
+            inspect.Signature(params).bind(*([None] * (extra + inputs)))
+        except TypeError:
+            args = ("xp, " if extra else "") + ", ".join(f"x{i}" for i in range(inputs))
+            return (f"its {method}{signature} cannot take the {inputs} input(s) it is called with "
+                    f"({method}(self, {args}){'; xp is the array module' if extra else ''})")
+    return None
+
+
+def _check_signatures(op, inputs: int, vertex: str) -> None:
+    cls = type(op)
+    if cls.__module__.startswith("vertexflow."):  # ours are tested
+        return
+    problem = _signature_problem(cls, inputs)
+    if problem is not None:
+        raise GraphError(f"op {op.name!r} (vertex {vertex!r}, class {cls.__qualname__}): {problem}")
 
 
 def format_shape(shape: Shape) -> str:
@@ -342,6 +379,7 @@ class Graph:
             if node.graph is not self:
                 raise GraphError(f"{op.name}: vertex {node.name!r} belongs to graph {node.graph.name!r}, not to {self.name!r}")
         vertex_name = self.unique_name(name, op.name)
+        _check_signatures(op, len(inputs), vertex_name)
         try:
             spec = op.infer(*(n.spec for n in inputs))
         except ShapeError as exc:
