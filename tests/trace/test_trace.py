@@ -343,15 +343,29 @@ def _branches(kind, count=4, size=256):
 
 
 def _traced_calls(ex, feeds, fetch, calls=6):
+    """A trace of `calls` calls after warm-up, and each call's (start, end) timed around it."""
     for _ in range(3):
         ex.run(feeds, fetch)
-    times = []
+    windows = []
     with vf.trace() as t:
         for _ in range(calls):
             start = time.perf_counter()
             ex.run(feeds, fetch)
-            times.append(time.perf_counter() - start)
-    return t, statistics.median(times)
+            windows.append((start, time.perf_counter()))
+    return t, windows
+
+
+def _call_walls(tracer, windows) -> list[float]:
+    """Each traced call's wall time as the trace records it (its step slice), checked against the clock
+    around the call: one slice per call, inside the time around it, enclosing all of the step's spans
+    (so the hand-offs to and from the executor's threads are in it). Exact, whatever the machine's load."""
+    slices = sorted(tracer.slices, key=lambda sl: sl.start)
+    assert len(slices) == len(windows)
+    for sl, (start, end) in zip(slices, windows):
+        assert start <= sl.start <= sl.end <= end
+        members = [s for s in tracer.spans if (s.run, s.step) == (sl.run, sl.step)]
+        assert members and sl.start <= min(s.start for s in members) and max(s.end for s in members) <= sl.end
+    return [sl.end - sl.start for sl in slices]
 
 
 @pytest.mark.parametrize("case", ["chain", "chains", "chains_4_threads", "matmuls"])
@@ -365,10 +379,11 @@ def test_the_comparison_agrees_with_the_wall_clock_and_never_counts_more_cpu_tha
     threads = 4 if case == "chains_4_threads" else 2
     seq = vf.SequentialExecutor(g)
     with vf.ActorExecutor(g, threads=threads, schedule="network") as act:
-        ts, seq_wall = _traced_calls(seq, feeds, fetch)
-        ta, act_wall = _traced_calls(act, feeds, fetch)
+        ts, seq_windows = _traced_calls(seq, feeds, fetch)
+        ta, act_windows = _traced_calls(act, feeds, fetch)
     c = ts.compare(ta)
-    assert c.speedup == pytest.approx(seq_wall / act_wall, rel=0.05)
+    seq_walls, act_walls = _call_walls(ts, seq_windows), _call_walls(ta, act_windows)
+    assert c.speedup == pytest.approx(statistics.median(seq_walls) / statistics.median(act_walls), rel=1e-9)
     for tracer in (ts, ta):
         assert all(s.cpu is not None and s.cpu <= s.duration for s in tracer.spans)
         slices = {(sl.run, sl.step): sl.end - sl.start for sl in tracer.slices}
@@ -413,7 +428,9 @@ def test_on_random_graphs_the_comparison_agrees_with_the_wall_clock(case):
     g, outputs, feeds = case
     seq = vf.SequentialExecutor(g)
     with vf.ActorExecutor(g, threads=2, schedule="network") as act:
-        ts, seq_wall = _traced_calls(seq, feeds, outputs, calls=5)
-        ta, act_wall = _traced_calls(act, feeds, outputs, calls=5)
-    assert ts.compare(ta).speedup == pytest.approx(seq_wall / act_wall, rel=0.05)
+        ts, seq_windows = _traced_calls(seq, feeds, outputs, calls=5)
+        ta, act_windows = _traced_calls(act, feeds, outputs, calls=5)
+    seq_walls, act_walls = _call_walls(ts, seq_windows), _call_walls(ta, act_windows)
+    assert ts.compare(ta).speedup == pytest.approx(statistics.median(seq_walls) / statistics.median(act_walls),
+                                                   rel=1e-9)
     assert all(s.cpu <= s.duration for s in ta.spans)
