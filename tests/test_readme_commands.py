@@ -52,6 +52,7 @@ def test_every_shell_block_says_how_it_is_run_and_templates_are_marked():
             assert "<" not in words or PLACEHOLDER.search(words), (line, command)  # no stray redirections
 
 
+@pytest.mark.timeout(1800)  # the slow blocks run a benchmark suite (minutes); the subprocess has its own limit
 @pytest.mark.parametrize("line, marker, text", [b for b in blocks() if not b[1].startswith("not run")],
                          ids=lambda v: f"line{v}" if isinstance(v, int) else "")
 def test_a_readme_shell_block_runs_as_pasted(tmp_path, line, marker, text):
