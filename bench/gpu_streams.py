@@ -21,7 +21,7 @@ from vertexflow.benchmarks.timing import interleaved
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--branches", type=int, default=8)
     parser.add_argument("--depth", type=int, default=6)

@@ -16,7 +16,7 @@ from vertexflow.benchmarks.families import mlp_train
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--processes", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=100)

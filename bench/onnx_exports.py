@@ -90,7 +90,7 @@ def check(make, data, dynamo: bool, opset: int, dynamic: bool, tolerance: float)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)

@@ -80,7 +80,7 @@ def export_models(folder: str) -> dict[str, str]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--processes", type=int, default=5)
     parser.add_argument("--loads", type=int, default=20)
     parser.add_argument("--against", default=None, help="another checkout of vertexflow to compare with")

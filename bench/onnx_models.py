@@ -147,7 +147,7 @@ def _environment(unset: bool) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--models", default="", help="comma-separated names from bench/models.py (default: all)")
     parser.add_argument("--processes", type=int, default=4)

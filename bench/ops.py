@@ -66,7 +66,7 @@ def _torch_call(torch, name, tensors):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--cols", type=int, default=512)
     parser.add_argument("--dtype", default="float64")

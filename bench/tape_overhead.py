@@ -100,7 +100,7 @@ def child(config: str, vertices: int, size: int, runs: int) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--vertices", type=int, default=2000)
     parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--processes", type=int, default=6)

@@ -26,7 +26,7 @@ from vertexflow.benchmarks.report import SUITES
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--processes", type=int, default=5)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--json")

@@ -14,7 +14,7 @@ from vertexflow.benchmarks.timing import interleaved
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--vertices", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ def build(sizes, seed=0):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--hidden", type=int, nargs="+", default=[250, 100])

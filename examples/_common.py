@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from vertexflow.argtypes import count, model_file, positive_number
+from vertexflow.argtypes import HelpWithDefaults, count, model_file, positive_number
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -25,7 +25,7 @@ def _prog() -> str:
 
 def parser(description: str, epochs: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
     p = _OneLineErrors(prog=_prog(), description=description, allow_abbrev=False,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpWithDefaults)
     p.add_argument("--epochs", type=count, default=epochs, help="passes over the training set")
     p.add_argument("--batch-size", type=count, default=batch_size, help="samples per training step")
     p.add_argument("--lr", type=positive_number, default=lr, help="the optimizer's learning rate")

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from vertexflow.argtypes import count, output_folder
+from vertexflow.argtypes import HelpWithDefaults, count, output_folder
 
 
 def build():
@@ -33,7 +33,8 @@ def build():
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                     formatter_class=HelpWithDefaults)
     parser.add_argument("--epochs", type=count, default=3, help="passes over the training digits")
     parser.add_argument("--out", type=output_folder, default=".", help="folder for cnn.onnx, images.npy, labels.npy")
     args = parser.parse_args(argv)

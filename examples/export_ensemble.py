@@ -18,7 +18,7 @@ import io
 import os
 import warnings
 
-from vertexflow.argtypes import count, output_folder
+from vertexflow.argtypes import HelpWithDefaults, count, output_folder
 
 
 def build(members: int = 4, features: int = 256, hidden: int = 512, classes: int = 10):
@@ -42,7 +42,7 @@ def build(members: int = 4, features: int = 256, hidden: int = 512, classes: int
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpWithDefaults)
     parser.add_argument("--members", type=count, default=4, help="MLPs in the ensemble")
     parser.add_argument("--out", type=output_folder, default=".", help="folder for ensemble.onnx")
     args = parser.parse_args(argv)

@@ -103,7 +103,7 @@ async def main_async(calls: int, latency: float) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--calls", type=int, default=8, help="lookup vertices in the graph")
     p.add_argument("--latency", type=float, default=0.05, help="seconds the server takes to answer")
     args = p.parse_args(argv)

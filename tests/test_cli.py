@@ -357,5 +357,7 @@ def test_every_option_of_every_command_has_help_and_the_batch_flag_one_name():
             assert re.search(r"\S\s{2,}\S", line.strip()) or (follows.startswith(" " * 8) and follows.strip()
                                                                 and not follows.strip().startswith("-")), \
                 (command, line)
+        assert "(default: None)" not in text and "default: not saved) (default" not in text, command
     assert "(default: 30)" in _cli("train", "mlp", "--help").stdout
+    assert "(default: 0)" in _cli("train", "mlp", "--help").stdout  # a zero default is shown, not taken for none
     assert "talk" not in _cli("train", "mlp", "--help").stdout

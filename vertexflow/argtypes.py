@@ -10,6 +10,17 @@ import argparse
 import os
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except where there is none to show or the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def count(text: str) -> int:
     try:
         value = int(text)

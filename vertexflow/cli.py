@@ -21,6 +21,7 @@ import runpy
 import shlex
 import sys
 
+from .argtypes import HelpWithDefaults as _Help
 from .argtypes import count as _count
 from .argtypes import html_file as _html_file
 from .argtypes import input_file as _input_file
@@ -32,16 +33,6 @@ from .argtypes import plot_file as _plot_file
 from .argtypes import size as _size
 from .errors import CommandLineError as UsageError
 from .errors import VertexflowError
-
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except where there is none to show or the help already says it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, [], False, argparse.SUPPRESS):
-            return text
-        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
