@@ -499,7 +499,7 @@ def _op_samples():
     from vertexflow.onnx.convert import SaturatingCast, TruncDivide
     from vertexflow.onnx.elementwise import BitCast
     from vertexflow.onnx.layers import MaxPoolIndices
-    from vertexflow.ops import activation, indexing, linalg, nn, norm, quant, reduce, shape
+    from vertexflow.ops import activation, indexing, linalg, nn, norm, quant, reduce, shape, spectral
     from vertexflow.ops import elementwise as ew
     from vertexflow.rewrites import ProductEpilogue
 
@@ -589,6 +589,8 @@ def _op_samples():
         linalg.DetGrad: (linalg.DetGrad(), [S((2,), f), S((2, 3, 3), f), S((2,), f)]),
         BitCast: (BitCast("int64"), [S((3,), f)]),
         MaxPoolIndices: (MaxPoolIndices((2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1)), [img]),
+        spectral.Fourier: (spectral.Fourier(1, 8, onesided=True), [S((2, 6, 2), f)]),
+        spectral.FourierAdjoint: (spectral.FourierAdjoint(spectral.Fourier(1, 8), 6, 1), [S((2, 8, 2), f)]),
         quant.Quantize: (quant.Quantize("int8"), [S((3, 4), f), S((4,), f), S((4,), "int8")]),
         quant.Dequantize: (quant.Dequantize(), [S((3, 4), "int8"), S((4,), f), S((4,), "int8")]),
         quant.Requantize: (quant.Requantize("uint8"), [S((3, 4), "int32"), S((4,), f), S((), "uint8")]),

@@ -222,3 +222,49 @@ def test_gather_and_scatter_by_index_tuples_pass_finite_differences(shape, seed)
                                   value[index[:, 0], index[:, 1]])
     vf.check_grad(vf.sum(vf.gather_nd(x, index) ** 2), [x], feeds)
     vf.check_grad(vf.sum(vf.scatter_nd(x, index, u, "add") ** 2), [x, u], feeds)
+
+
+def _torch_fourier(packed, axis, length, mode):
+    """torch.fft's transform of a packed (..., 1 or 2) tensor, packed the same way."""
+    z = packed[..., 0] if packed.shape[-1] == 1 else torch.complex(packed[..., 0], packed[..., 1])
+    if mode == "irfft":
+        bins = length // 2 + 1
+        if z.shape[axis] < bins:  # as numpy, a short half spectrum is zero-padded (torch would refuse n)
+            pad = list(z.shape)
+            pad[axis] = bins - z.shape[axis]
+            z = torch.cat([z, torch.zeros(pad, dtype=z.dtype)], dim=axis)
+        return torch.fft.irfft(z, n=length, dim=axis)[..., None]
+    out = {"fft": torch.fft.fft, "onesided": torch.fft.fft, "ifft": torch.fft.ifft}[mode](z, n=length, dim=axis)
+    if mode == "onesided":
+        out = out.narrow(axis, 0, length // 2 + 1)
+    return torch.stack([out.real, out.imag], dim=-1)
+
+
+@needs_torch
+@given(batch=st.integers(1, 3), n=st.integers(1, 7), extra=st.integers(-2, 3), parts=st.sampled_from([1, 2]),
+       axis=st.sampled_from([0, 1]), mode=st.sampled_from(["fft", "onesided", "ifft", "irfft"]),
+       seed=st.integers(0, 999))
+def test_fourier_and_its_gradient_match_torch_fft(batch, n, extra, parts, axis, mode, seed):
+    """Every mode (zero-padded or truncated to `length`, real or complex input) against torch.fft, and the
+    gradient of a random projection of it, which is the transform's adjoint."""
+    length = max(1, (2 * (n - 1) if mode == "irfft" else n) + extra)
+    shape = (batch, n, parts) if axis == 1 else (n, batch, parts)
+    value = np.random.default_rng(seed).normal(size=shape)
+    g = vf.Graph()
+    x = g.input("x", shape, "float64")
+    op = vf.fourier(x, axis, length, inverse=mode in ("ifft", "irfft"), onesided=mode in ("onesided", "irfft"))
+    got, (grad,), r = _run(op, {x: value}, [x])
+    want, (want_grad,) = _torch_grads(lambda a: _torch_fourier(a, axis, length, mode), [value], r)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_the_fourier_adjoints_derivative_is_the_transform_again():
+    """Second derivatives: the gradient of a function of the gradient passes finite differences."""
+    g = vf.Graph()
+    x = g.input("x", (2, 5, 2), "float64")
+    feeds = {x: np.random.default_rng(3).normal(size=(2, 5, 2))}
+    for inverse, onesided in [(False, False), (False, True), (True, False), (True, True)]:
+        y = vf.fourier(x, 1, 8, inverse, onesided)
+        (gx,) = vf.grad(vf.sum(y * y), [x])
+        vf.check_grad(vf.sum(gx * gx), [x], feeds)

@@ -310,3 +310,40 @@ def test_gradients_flow_back_through_an_unrolled_recurrent_layer_as_in_torch(kin
     np.testing.assert_allclose(grads[x_node], t_x.grad.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(grads[built.graph["out.bias"]], net.out.bias.grad.numpy(), rtol=1e-4, atol=1e-6)
     model.close()
+
+
+class LogSpectrogram(torch.nn.Module):
+    """An audio front end: a windowed STFT's log power, then a 1-D convolution over the frames."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(64))
+        self.conv = torch.nn.Conv1d(33, 8, 3)
+
+    def forward(self, x):
+        s = torch.stft(x, n_fft=64, hop_length=16, window=self.window, center=False, return_complex=True)
+        return self.conv(torch.log(s.real ** 2 + s.imag ** 2 + 1e-6))
+
+
+@needs_onnxscript
+def test_an_exported_spectrogram_matches_torch_on_both_executors():
+    """torch.stft exports (with the dynamo exporter; the TorchScript one refuses complex values) to ONNX's
+    STFT, imported as a gather of frames and vf.fourier."""
+    torch.manual_seed(0)
+    net = LogSpectrogram().eval()
+    model_bytes = export(net, torch.randn(3, 400), dynamo=True, opset=18)
+    model = vf_onnx.load(model_bytes)
+    try:
+        for batch in (3, 5):
+            x = torch.randn(batch, 400)
+            with torch.no_grad():
+                want = net(x).numpy()
+            for executor in ("sequential", "actor"):
+                (got,) = model.run({"x": x.numpy()}, executor=executor)
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"batch {batch} on {executor}")
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        (reference,) = session.run(None, {"x": x.numpy()})
+        np.testing.assert_allclose(model.run({"x": x.numpy()})[0], reference, rtol=1e-4, atol=1e-4)
+    finally:
+        model.close()

@@ -1165,9 +1165,9 @@ def why_unsupported(node, attrs: dict, known: dict) -> str | None:
 
 def _register_modules() -> None:
     """Add the converters kept in modules of their own (each with its CONVERTERS and ALLOWED_ATTRS)."""
-    from . import control, elementwise, layers, quantized, selection, sequences
+    from . import control, elementwise, layers, quantized, selection, sequences, signal
 
-    for module in (elementwise, selection, layers, quantized, control, sequences):
+    for module in (elementwise, selection, layers, quantized, control, sequences, signal):
         CONVERTERS.update(module.CONVERTERS)
         ALLOWED_ATTRS.update(module.ALLOWED_ATTRS)
     for op in control.FUNCTION_OPS:  # imported through the function ONNX defines them by

@@ -84,6 +84,7 @@ from .operators import attach as _attach_operators
 from .reduce import log_softmax, max, mean, min, softmax, sum
 from .sampling import affine_grid, grid_sample
 from .shape import broadcast_to, concat, expand_dims, getitem, pad, reshape, squeeze, take, transpose
+from .spectral import fourier
 
 _attach_operators()
 
@@ -115,5 +116,5 @@ __all__ = [
     "floor", "ceil", "round", "isnan", "isinf",
     "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "left_shift", "right_shift",
     "argmax", "argmin", "topk", "cumsum", "cumprod", "prod", "gather_elements", "scatter_elements",
-    "gather_nd", "scatter_nd", "one_hot", "einsum", "det", "grid_sample", "affine_grid",
+    "gather_nd", "scatter_nd", "one_hot", "einsum", "det", "grid_sample", "affine_grid", "fourier",
 ]
