@@ -204,6 +204,18 @@ class Clip3d(torch.nn.Module):
         return torch.nn.functional.avg_pool3d(y, (1, 2, 1), padding=(0, 1, 0), count_include_pad=False)
 
 
+class Patches(torch.nn.Module):
+    """Overlapping patches weighted and folded back (nn.Unfold, nn.Fold: ONNX's Col2Im)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(3 * 9, 1))
+
+    def forward(self, x):
+        cols = torch.nn.functional.unfold(x, 3, padding=1, stride=2)
+        return torch.nn.functional.fold(cols * self.w, (7, 9), 3, padding=1, stride=2)
+
+
 def _residual():
     net = Residual()
     with torch.no_grad():  # non-trivial running statistics
@@ -229,10 +241,11 @@ MODELS = {
     "einsum": (Contractions, lambda b: torch.randn(b, 7, 8)),
     "affine_grid_sample": (Warp, lambda b: torch.randn(b, 3, 6, 6)),
     "conv3d_pools": (Clip3d, lambda b: torch.randn(b, 3, 6, 7, 8)),
+    "unfold_fold": (Patches, lambda b: torch.randn(b, 3, 7, 9)),
 }
 
 
-OPSETS = {"affine_grid_sample": 20}  # AffineGrid came in opset 20; the rest exports at 17
+OPSETS = {"affine_grid_sample": 20, "unfold_fold": 18}  # AffineGrid came in opset 20, Col2Im in 18; the rest: 17
 
 
 def export(net, example, dynamo: bool, opset: int = 17) -> bytes:
