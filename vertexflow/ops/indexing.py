@@ -107,11 +107,9 @@ class TopKIndices(Op):
 
 
 # -- running sums and products, products over axes ----------------------------------------------
-class CumSum(Op):
-    """Running sums along an axis; `exclusive` leaves each value out of its own sum, `reverse` runs
-    from the end."""
-
-    name = "cumsum"
+class _Running(Op):
+    """A running reduction along an axis: `exclusive` leaves each value out of its own result,
+    `reverse` runs from the end. The output is shaped as the input."""
 
     def __init__(self, axis: int = 0, exclusive: bool = False, reverse: bool = False):
         self.axis, self.exclusive, self.reverse = int(axis), bool(exclusive), bool(reverse)
@@ -120,6 +118,12 @@ class CumSum(Op):
         require_numeric(x)
         _axis(self.axis, x.ndim, self.name)
         return x
+
+
+class CumSum(_Running):
+    """Running sums along an axis."""
+
+    name = "cumsum"
 
     def forward(self, xp, x):
         axis = self.axis % x.ndim
@@ -133,18 +137,10 @@ class CumSum(Op):
         return (F.apply(CumSum(self.axis, self.exclusive, not self.reverse), g),)
 
 
-class CumProd(Op):
-    """Running products along an axis (`exclusive`, `reverse` as CumSum's)."""
+class CumProd(_Running):
+    """Running products along an axis."""
 
     name = "cumprod"
-
-    def __init__(self, axis: int = 0, exclusive: bool = False, reverse: bool = False):
-        self.axis, self.exclusive, self.reverse = int(axis), bool(exclusive), bool(reverse)
-
-    def infer(self, x: Spec) -> Spec:
-        require_numeric(x)
-        _axis(self.axis, x.ndim, self.name)
-        return x
 
     def forward(self, xp, x):
         axis = self.axis % x.ndim
