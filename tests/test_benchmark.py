@@ -160,3 +160,11 @@ def test_a_report_marks_figures_no_run_can_give_as_invalid_and_plots_intervals(t
     assert report.result("numpy").invalid  # 2.5x on 2 cores
     if __import__("importlib").util.find_spec("matplotlib"):
         assert SuiteReport("quick", False, [report], 1.0).plot(str(tmp_path / "p.png"))
+
+
+def test_sizes_that_make_two_configurations_one_run_it_once():
+    from vertexflow.benchmarks.report import suite_plan
+
+    assert [f for f, _ in suite_plan("quick", ["wide"])] == ["wide", "wide"]  # two widths of it
+    assert suite_plan("quick", ["wide"], {"branches": 4, "depth": 3}) == [("wide", {"branches": 4, "depth": 3})]
+    assert len(suite_plan("quick", ["wide"], {"rows": 64})) == 2  # still two widths

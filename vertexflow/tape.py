@@ -240,7 +240,7 @@ class _Writer:
             self.sites[len(self.lines)] = site  # line numbers start at 1
 
 
-def _owned(node: Node) -> bool:
+def owns_its_array(node: Node) -> bool:
     """Whether a vertex's value is an array of its own (fresh or a pool buffer), never a view of another's."""
     op = node.op
     return op.writes_out and type(op).__module__.startswith("vertexflow.")
@@ -272,7 +272,7 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
                 if given is not None and given.shape == spec.shape and given.dtype == spec.dtype:
                     targets[ins.index] = slot
                     break
-        if ins.index in targets or node.id in pooled or _owned(node):
+        if ins.index in targets or node.id in pooled or owns_its_array(node):
             if ins.out not in kept_slots:
                 owned.add(ins.out)
         for slot in ins.free:
@@ -455,19 +455,20 @@ class SegmentProgram:
 
 
 def compile_segment(entries: Sequence, specs: Mapping[int, Spec], pooled: Mapping[int, Spec], xp, buffers=None,
-                    blas_lock=None) -> SegmentProgram:
+                    blas_lock=None, made: Sequence[tuple[int, bool]] = ()) -> SegmentProgram:
     """A segment's entries as one generated function `segment(values, status)` for these specs.
 
-    In place where it is safe inside the segment: an elementwise member may write into an
-    input made in this actor that nothing else reads (not sent, fetched, or kept for the
-    reverse sweep, which the entries' frees already leave out).
+    In place where it is safe: an elementwise member may write into an input made in this
+    actor (in this segment, or in an earlier one: `made`, (id, writes a fresh array)) that
+    nothing else reads (not sent, fetched, or kept for the reverse sweep, which the entries'
+    frees already leave out).
     """
     out = _Writer()
     namespace: dict[str, Any] = {}
     if blas_lock is not None:
         namespace["L"] = blas_lock
     out.lines.append("def segment(values, status):")
-    owned: set[int] = set()
+    owned: set[int] = {key for key, fresh in made if fresh or key in pooled}
     sites: dict[int, tuple[int, Site]] = {}
     for index, entry in enumerate(entries):
         if entry.is_source:
@@ -508,7 +509,7 @@ def compile_segment(entries: Sequence, specs: Mapping[int, Spec], pooled: Mappin
         sites[len(out.lines)] = (index, site)
         if entry.free:
             out.line("; ".join(f"del values[{key}]" for key in entry.free))
-        if (target is not None or node.id in pooled or _owned(node)) and not entry.readers and not entry.fetched:
+        if (target is not None or node.id in pooled or owns_its_array(node)) and not entry.readers and not entry.fetched:
             owned.add(node.id)
         owned.difference_update(entry.free)
         if target is not None and not entry.readers and not entry.fetched:

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import vertexflow as vf
+from vertexflow.actors.program import compile_program
 
 from ..executors import Counting, Explode, small_mlp
 
@@ -526,3 +527,98 @@ def test_schedule_network_places_vertices_as_auto_does_after_measuring(shape):
             estimated = act._network_plan(outs, None, {}, False, None).describe().splitlines()
     assert plans["network"] == plans["auto"]
     assert plans["network"] != estimated  # the estimates alone would have placed them otherwise
+
+
+def test_a_worker_takes_on_its_actors_next_segment_when_its_inputs_are_in():
+    """A chain whose constants are taken from the inbox along the way: several segments, one hand-off a step
+    (the constants came with the step's feeds, so the worker goes from one segment to the next itself)."""
+    g = vf.Graph()
+    x = g.input("x", shape=(64, 256), dtype="float64")
+    h = vf.tanh(x)
+    for k in range(3):
+        h = vf.tanh(h * (1.0 + k))  # a constant made here: taken mid-chain, it splits the actor's segments
+    feeds = {x: np.ones((64, 256))}
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as act:
+        for _ in range(3):
+            act.run(feeds, h)
+        plan = act._network_plan([h], None, {}, False, None)
+        (actor,) = plan.actors
+        assert len(compile_program(actor, plan, workers=True).segments) == 4
+        before = act._pool.handed
+        got = act.run(feeds, h)
+        assert act._pool.handed - before == 1
+    np.testing.assert_array_equal(got, vf.SequentialExecutor(g).run(feeds, h))
+
+
+class Signal(vf.ops.Op):
+    """Copies its input and sets an event (after its actor's worker has sent the previous value on)."""
+
+    name = "signal"
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        self.event.set()
+        return x + 0.0
+
+    def cost(self, x):
+        return 1e9
+
+
+class AwaitSignal(Signal):
+    """Copies its input once the event is set (within 10 s, else it fails: no hang)."""
+
+    name = "await_signal"
+
+    def forward(self, xp, x):
+        if not self.event.wait(timeout=10):
+            raise TimeoutError("the signal never came")
+        return x + 0.0
+
+
+def test_a_worker_takes_on_a_join_whose_input_another_worker_sent():
+    """Actor A waits (on a worker) until actor B has sent its value and gone on; A's join then has its input
+    in and runs on the same worker: two hand-offs a step, not four. By construction, no timing."""
+    g = vf.Graph()
+    x = g.input("x", shape=(64, 64), dtype="float64")
+    sent = threading.Event()
+    b1 = vf.tanh(x, name="b1")
+    b2 = Signal(sent)(b1, name="b2")  # B goes on after sending b1 to A ...
+    a1 = AwaitSignal(sent)(x, name="a1")  # ... which A waits for before its join
+    out = vf.add(a1, b1, name="join")
+    feeds = {x: np.eye(64)}
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as act:
+        plan = act._network_plan([out, b2], None, {}, False, None)
+        assert [sorted(m.name for m in a.members if m.kind == "op") for a in plan.actors if a.heavy] == [
+            ["b1", "b2"], ["a1", "join"]]
+        for _ in range(3):
+            sent.clear()
+            before = act._pool.handed
+            got = act.run(feeds, [out, b2], timeout=30)
+            handed = act._pool.handed - before
+        np.testing.assert_array_equal(got[0], np.eye(64) + np.tanh(np.eye(64)))
+        assert handed == 2
+
+
+def test_a_join_writes_into_its_actors_own_value_from_an_earlier_segment():
+    """x -> tanh (actor A) and x -> sigmoid (actor B), summed in A: the sum's segment comes after A waits for
+    B's value, and writes into A's tanh in place (made by A, read by nobody else) instead of a new array."""
+    from vertexflow.tape import compile_segment
+
+    g = vf.Graph()
+    x = g.input("x", shape=(64, 256), dtype="float64")
+    left, right = vf.tanh(x, name="left"), vf.sigmoid(x, name="right")
+    out = vf.add(left, right, name="out")
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as act:
+        plan = act._network_plan([out], None, {}, False, None)
+    (owner,) = [a for a in plan.actors if any(m is out for m in a.members)]
+    join = compile_program(owner, plan, workers=True).segments[-1]
+    assert join.joins and [t.member.name for t in join.takes] == ["out"]
+    specs = {n.id: n.spec for n in g.nodes}
+    program = compile_segment(join.entries, specs, {}, np, made=join.made)
+    mine = left if any(m is left for m in owner.members) else right
+    assert f"out=values[{mine.id}]" in program.source

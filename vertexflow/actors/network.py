@@ -47,7 +47,7 @@ from ..ops.base import derivative_is_async
 from .mailbox import Mailbox
 from .placement import Inline, OnStreams, OnWorker
 from .plan import SOURCE_KINDS, ActorPlan, NetworkPlan
-from .program import FEED, ActorProgram, compile_program
+from .program import FEED, ActorProgram, Segment, compile_program
 
 
 class Doing(enum.Enum):
@@ -88,6 +88,7 @@ class StepState:
     discarded: bool = False
     error: BaseException | None = None
     sliced: bool = True  # record the step's slice when its results are in (a stream's step)
+    on_done: Any = None  # called with this state when it is done, when nobody awaits `Network.result`
 
     def received(self) -> int:
         return len(self.values) + len(self.grads)
@@ -127,7 +128,7 @@ class Network:
         self.wrt_ids = set() if reverse is None else {w.id for w in reverse.wrt if w.id in reverse.incoming}
         self.expected = len(self.fetch_ids) + len(self.wrt_ids)
         self.mailboxes = [
-            Mailbox(depth * (1 + len(a.value_from) + len(a.grad_from)) + 1) for a in plan.actors
+            Mailbox(depth * (len(a.sources) + len(a.value_from) + len(a.grad_from)) + 1) for a in plan.actors
         ]
         self.window = trio.Semaphore(depth)
         self.free_slots = list(range(depth))
@@ -136,10 +137,12 @@ class Network:
         self.status = [ActorStatus() for _ in plan.actors]
         self.broken: BaseException | None = None
         self.cancel_scope: trio.CancelScope | None = None
+        self.token: trio.lowlevel.TrioToken | None = None
         self.blas_share = None  # a context-manager factory sharing BLAS's threads out while steps run
 
     # -- lifecycle -------------------------------------------------------------
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.token = trio.lowlevel.current_trio_token()  # workers post values to the actors through it
         async with trio.open_nursery() as nursery:
             self.cancel_scope = nursery.cancel_scope
             for program in self.programs:
@@ -160,10 +163,10 @@ class Network:
             self.broken = error
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
-        for state in self.steps.values():
+        for step, state in list(self.steps.items()):
             if state.error is None:
                 state.error = self.broken
-            state.done.set()
+            self._finish(step, state)
 
     # -- driver ----------------------------------------------------------------
     async def submit(self, sources: dict[int, Any], trace=None, pooled=None, specs=None, sliced: bool = True) -> int:
@@ -180,6 +183,24 @@ class Network:
         if self.broken is not None:
             self.window.release()
             raise self.broken
+        return self._post_sources(sources, trace, pooled, specs, sliced)
+
+    def start(self, sources: dict[int, Any], on_done, trace=None, pooled=None, specs=None,
+              sliced: bool = True) -> int | None:
+        """Start a step at once if it has a place in the window (else None, nothing started); `on_done(state)`
+        is called on this thread when its results are in or it failed, instead of anyone awaiting `result`."""
+        if self.broken is not None:
+            return None
+        try:
+            self.window.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        step = self._post_sources(sources, trace, pooled, specs, sliced)
+        self.steps[step].on_done = on_done
+        return step
+
+    def _post_sources(self, sources, trace, pooled, specs, sliced: bool) -> int:
+        """The step's state and its source values posted (its place in the window taken)."""
         step = self.next_step
         self.next_step += 1
         slot = self.free_slots.pop()
@@ -187,7 +208,6 @@ class Network:
                                      submitted=time.perf_counter(), sliced=sliced)
         if trace is not None:
             trace.counter("steps", "in flight", len(self.steps))
-        # No await from here on: a step is either fully submitted or not at all.
         for actor, mailbox in zip(self.plan.actors, self.mailboxes):
             if actor.sources:
                 mailbox.post(step, FORWARD, {s.id: sources[s.id] for s in actor.sources})
@@ -234,10 +254,19 @@ class Network:
                 state.trace.counter("steps", "in flight", len(self.steps) - 1)
                 if self.buffers is not None:
                     state.trace.counter("buffer pool", "MB", self.buffers.held_bytes() / 2**20)
-            state.done.set()
+            self._finish(step, state)
             self.window.release()
-            if state.discarded:
-                self.steps.pop(step, None)
+
+    def _finish(self, step: int, state: StepState) -> None:
+        """The step's results are in (or it failed): wake its waiter, or hand them to its `on_done`."""
+        if state.done.is_set():
+            return
+        state.done.set()
+        on_done, state.on_done = state.on_done, None  # the state goes to the caller: no cycle back to it
+        if on_done is not None or state.discarded:
+            self.steps.pop(step, None)
+        if on_done is not None and not state.discarded:
+            on_done(state)
 
     # -- diagnostics ---------------------------------------------------------------
     def waiting(self, step: int) -> dict[str, str]:
@@ -259,11 +288,15 @@ class Network:
         placement = self.placements[actor.index]
         mailboxes = self.mailboxes
         backward = self.plan.reverse is not None and bool(actor.backward)
+        segments = program.segments
         step = 0
         while True:
             values: dict[int, Any] = {}
             state: StepState | None = None
-            for segment in program.segments:
+            at = 0
+            while at < len(segments):
+                segment = segments[at]
+                at += 1
                 for take in segment.takes:
                     if mailbox.has(step, FORWARD, take.key):
                         values[take.key] = await mailbox.take(step, FORWARD, take.key)
@@ -280,6 +313,16 @@ class Network:
                 if state is None:
                     state = self._state(step)
                 status.at(step, segment.entries[0].member, Doing.RUNNING)
+                if segment.on_worker and type(placement) is OnWorker and not segment.awaits:
+                    # On a worker, which sends each segment's value on itself and may go on to the next ones.
+                    ran: list[tuple | None] = []
+                    await placement.run(segment, values, state, status,
+                                        self._onward(program, at, step, values, state, status, ran))
+                    at += len(ran) - 1
+                    for fetched in ran:
+                        if fetched is not None:
+                            self._deliver(step, FORWARD, *fetched)
+                    continue
                 await placement.run(segment, values, state, status)
                 last = segment.last
                 if last.readers:
@@ -292,6 +335,41 @@ class Network:
                 await self._backward(actor, status, mailbox, step, values, state or self._state(step))
             status.at(step, None, Doing.IDLE)
             step += 1
+
+    def _onward(self, program: ActorProgram, at: int, step: int, values: dict, state: StepState,
+                status: ActorStatus, ran: list):
+        """What a worker does after each of this actor's segments (program.segments[at - 1] first): send its
+        value to its readers, and take on the next segment if it runs on a worker too, its inputs are all in
+        and no queued call comes before it. `ran` gets an item per segment done: its fetched (key, value)
+        for the actor to file, or None."""
+        segments = program.segments
+        mailboxes, token = self.mailboxes, self.token
+        mailbox = mailboxes[program.actor.index]
+        pool = self.placements[program.actor.index].pool
+
+        def onward(segment: Segment) -> Segment | None:
+            last = segment.last
+            if last.readers:
+                value = values[last.member.id]
+                for reader in last.readers:
+                    mailboxes[reader].post_from_thread(step, FORWARD, {last.member.id: value}, token)
+            ran.append((last.member.id, values[last.member.id]) if last.fetched else None)
+            following = at + len(ran) - 1
+            if following >= len(segments) or self.broken is not None:
+                return None
+            nxt = segments[following]
+            if not (nxt.on_worker and nxt.entries) or nxt.awaits:
+                return None
+            if not pool.first_in_line(OnWorker.priority(nxt, state)):
+                return None
+            inputs = mailbox.take_ready(step, FORWARD, nxt.keys)
+            if inputs is None:
+                return None
+            values.update(inputs)
+            status.at(step, nxt.entries[0].member, Doing.RUNNING)
+            return nxt
+
+        return onward
 
     async def _backward(self, actor: ActorPlan, status: ActorStatus, mailbox: Mailbox, step: int, values: dict,
                         state: StepState) -> None:

@@ -110,7 +110,7 @@ class Compiled:
         if program is None:
             runner = self.runner
             program = self.programs[key] = compile_segment(segment.entries, specs, state.pooled, runner.xp,
-                                                           runner.buffers, runner.blas_lock)
+                                                           runner.buffers, runner.blas_lock, segment.made)
         return program
 
     def checked(self, segment: Segment, state, succeeded: bool) -> None:
@@ -157,7 +157,11 @@ class Inline:
 
 class OnWorker:
     """Members handed, a segment at a time, to the worker pool; an actor's segments of cheap members only
-    stay on the trio thread (a hand-off costs more than they do)."""
+    stay on the trio thread (a hand-off costs more than they do).
+
+    `onward`, given by the actor, is called on the worker after each segment: it sends the segment's
+    value on and returns the actor's next segment when that can run right there (its inputs in, nothing
+    queued before it), so a chain of segments costs one hand-off, not one each."""
 
     def __init__(self, runner: VertexRunner, pool):
         self.runner = runner
@@ -165,30 +169,42 @@ class OnWorker:
         self.compiled = Compiled(runner)
         self.inline = Inline(runner)  # the same runner: BLAS calls still take turns
 
-    async def run(self, segment: Segment, values: dict, state, status=None) -> None:
+    @staticmethod
+    def priority(segment: Segment, state) -> tuple:
+        """An older step first; within a step, a segment that finishes work begun (it takes a value another
+        actor computed) before one that starts more, and then topological order: what joins branches runs as
+        they come in instead of after the last one, and their buffers are let go sooner."""
+        return (state.submitted, not segment.joins, segment.entries[-1].member.id)
+
+    async def run(self, segment: Segment, values: dict, state, status=None, onward=None) -> None:
         if segment.awaits:  # an async member holds no worker: its actor awaits it
             return await run_awaited(self.runner, segment, values, state, status, "trio")
         if not segment.on_worker:
             return await self.inline.run(segment, values, state, status)
         now = time.perf_counter()
         trace = state.trace
-        program = self.compiled.get(segment, state)
-        if program is not None and program is not Compiled.CHECK:
-            await self.pool.run(run_compiled, program, self.runner, segment.entries, values, status, state.pooled,
-                                priority=(state.submitted, segment.entries[-1].member.id))
-            return
         if trace is not None:
             self._count(trace, now, queued=1)
-        # An older step first; within a step, in topological order, so that branches
-        # finish one after another and what joins them can start before the last one.
-        succeeded = await self.pool.run(run_entries, self.runner, segment.entries, values, trace, None, now, status,
-                                        state.pooled, now if trace is not None else None,
-                                        state.specs if program is Compiled.CHECK else None,
-                                        priority=(state.submitted, segment.entries[-1].member.id))
-        if program is Compiled.CHECK:
-            self.compiled.checked(segment, state, succeeded)
+        await self.pool.run(self._segments, segment, values, state, status, onward, now,
+                            priority=self.priority(segment, state))
         if trace is not None:
             self._count(trace, time.perf_counter())
+
+    def _segments(self, segment: Segment, values: dict, state, status, onward, queued: float) -> None:
+        """On a worker: the segment (handed off at `queued`), then each next one `onward` gives."""
+        trace = state.trace
+        ready, handed = queued, (queued if trace is not None else None)
+        while segment is not None:
+            program = self.compiled.get(segment, state)
+            if program is not None and program is not Compiled.CHECK:
+                run_compiled(program, self.runner, segment.entries, values, status, state.pooled)
+            else:
+                succeeded = run_entries(self.runner, segment.entries, values, trace, None, ready, status,
+                                        state.pooled, handed, state.specs if program is Compiled.CHECK else None)
+                if program is Compiled.CHECK:
+                    self.compiled.checked(segment, state, succeeded)
+            segment = onward(segment) if onward is not None else None
+            ready, handed = time.perf_counter(), None  # a segment taken on: its inputs were in, no hand-off
 
     def _count(self, trace, at: float, queued: int = 0) -> None:
         """Counter samples of the pool: calls waiting for a worker (this one included), workers busy."""

@@ -98,6 +98,13 @@ class WorkerPool:
         """Calls waiting for a worker (approximate while workers take them)."""
         return self._queue.qsize()
 
+    def first_in_line(self, priority: tuple) -> bool:
+        """Whether a call of this priority would be taken before every call now queued (a worker that could
+        take such a call on itself, without queueing it, may)."""
+        with self._queue.mutex:
+            waiting = self._queue.queue
+            return not waiting or waiting[0][0] > priority
+
     def replace_busy(self) -> list[str]:
         """Leave the threads now running a call to finish it on their own, and start new ones instead.
 

@@ -18,6 +18,7 @@ from typing import Any
 from ..core import last_reads
 from ..graph import Node
 from ..ops.base import is_async
+from ..tape import owns_its_array
 from .plan import SOURCE_KINDS, ActorPlan, NetworkPlan
 
 FEED = -1  # the position a source's own feed is taken for
@@ -61,6 +62,15 @@ class Segment:
     entries: tuple[Entry, ...]
     on_worker: bool
     awaits: bool = False  # its one member's forward is async: awaited on the trio thread, no worker
+    joins: bool = False  # it takes a value another actor computed (not a source's): it finishes work begun
+    # Values the actor's earlier segments made that nothing outside reads (not sent, not fetched), each with
+    # whether its op writes a fresh array of its own: a member here may write into one in place.
+    made: tuple[tuple[int, bool], ...] = ()
+
+    @property
+    def keys(self) -> tuple[int, ...]:
+        """The values it takes from the inbox."""
+        return tuple(take.key for take in self.takes)
 
     @property
     def last(self) -> Entry:
@@ -130,8 +140,14 @@ def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> Actor
             keep.update(i.id for i in node.inputs)
     order = [entry for _, piece, _, _ in pieces for entry in piece]
     frees = iter(last_reads([entry[2] for entry in order], keep))
-    segments = tuple(
-        Segment(tuple(t), tuple(Entry(*entry[:5], next(frees), entry[5]) for entry in piece), worker, awaits)
-        for t, piece, worker, awaits in pieces
-    )
+    segments = []
+    made: list[tuple[int, bool]] = []
+    for t, piece, worker, awaits in pieces:
+        entries = tuple(Entry(*entry[:5], next(frees), entry[5]) for entry in piece)
+        joins = any(take.position != FEED and plan.inputs_of(take.member)[take.position].kind not in SOURCE_KINDS
+                    for take in t)
+        segments.append(Segment(tuple(t), entries, worker, awaits, joins, tuple(made)))
+        made += [(e.member.id, e.op is None and owns_its_array(e.member)) for e in entries
+                 if not e.is_source and not e.readers and not e.fetched]
+    segments = tuple(segments)
     return ActorProgram(actor, segments)
