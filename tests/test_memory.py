@@ -169,8 +169,8 @@ def test_a_stream_reads_each_feed_when_it_is_given_not_later():
 
 @pytest.mark.parametrize("threads", [0, 2])
 def test_a_call_of_the_actor_network_leaves_no_cycle_holding_its_buffers(threads):
-    """With the cyclic collector off, a caller that lets each result go gets the same buffers back at every
-    call: nothing of a finished step (its state, its request) keeps them alive but the caller."""
+    """With the cyclic collector off, a caller that lets each result go gets its buffers back call after call:
+    nothing of a finished step (its state, its request, its jobs) keeps them alive but the caller."""
     g = vf.Graph()
     x = g.input("x", shape=(64, 64), dtype="float64")
     out = vf.tanh(vf.sigmoid(x) + vf.tanh(x))
@@ -186,6 +186,8 @@ def test_a_call_of_the_actor_network_leaves_no_cycle_holding_its_buffers(threads
             assert held > 0
             for _ in range(20):
                 ex.run(feeds, out)
-            assert ex.runner.buffers.held_bytes() == held
+            # A buffer a worker has not let go of yet when the next call takes one may add one more; a finished
+            # step held by a cycle would add all of its buffers at every call.
+            assert ex.runner.buffers.held_bytes() <= 2 * held
         finally:
             gc.enable()

@@ -35,6 +35,7 @@ class Mailbox:
         self.held = 0
         self.lock = threading.Lock()
         self._waiter: tuple | None = None  # (task, step, phase, key) of the actor's task parked in `take`
+        self._pending: tuple | None = None  # (step, phase, keys, job, values, pool): a job waiting for inputs
 
     def post(self, step: int, phase: str, payload: dict[int, Any]) -> None:
         """File a message; on the trio thread."""
@@ -51,6 +52,22 @@ class Mailbox:
             except trio.RunFinishedError:
                 pass  # the network is gone; nobody takes this
 
+    def start_when_in(self, step: int, phase: str, keys: Sequence[int], job, values: dict, pool) -> None:
+        """Queue `job` on `pool` once all of `keys` are in, taken into `values` first: now if they are, else
+        from whichever thread posts the last of them (a worker queues it itself, no trip through the trio
+        thread). On the trio thread; the actor then awaits the job."""
+        with self.lock:
+            if not self._all_in(step, phase, keys):
+                self._pending = (step, phase, keys, job, values, pool)
+                job.on_abandon = self._forget
+                return
+            values.update(self._pop_all(step, phase, keys))
+        pool.put(job)
+
+    def _forget(self) -> None:
+        with self.lock:
+            self._pending = None
+
     def _file(self, step: int, phase: str, payload: dict[int, Any]):
         """Keep the payload's values; the parked task to wake if one of them is what it waits for."""
         with self.lock:
@@ -63,11 +80,30 @@ class Mailbox:
                 self.kept[(step, phase)] = dict(payload)
             else:
                 box.update(payload)
+            pending = self._pending
+            if pending is not None and pending[0] == step and pending[1] == phase and \
+                    self._all_in(step, phase, pending[2]):
+                self._pending = None
+                _, _, keys, job, values, pool = pending
+                values.update(self._pop_all(step, phase, keys))
+            else:
+                pending = None
             waiter = self._waiter
             if waiter is not None and waiter[1] == step and waiter[2] == phase and waiter[3] in payload:
                 self._waiter = None
-                return waiter[0]
-        return None
+                waiter = waiter[0]
+            else:
+                waiter = None
+        if pending is not None:
+            pool.put(job)
+        return waiter
+
+    def _all_in(self, step: int, phase: str, keys: Sequence[int]) -> bool:  # the lock held
+        box = self.kept.get((step, phase), {})
+        return all(key in box for key in keys)
+
+    def _pop_all(self, step: int, phase: str, keys: Sequence[int]) -> dict[int, Any]:  # the lock held
+        return {key: self._pop(step, phase, key) for key in keys}
 
     def has(self, step: int, phase: str, key: int) -> bool:
         with self.lock:
@@ -106,8 +142,5 @@ class Mailbox:
 
         Any thread may call it while the actor's task is not parked in `take`."""
         with self.lock:
-            box = self.kept.get((step, phase), {})
-            if any(key not in box for key in keys):
-                return None
-            return {key: self._pop(step, phase, key) for key in keys}
+            return self._pop_all(step, phase, keys) if self._all_in(step, phase, keys) else None
 

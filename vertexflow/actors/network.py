@@ -73,6 +73,10 @@ class ActorStatus:
     def at(self, step: int, vertex: Node | None, doing: Doing, detail: int = 0) -> None:
         self.step, self.vertex, self.doing, self.detail = step, vertex, doing, detail
 
+    def running(self, vertex: Node) -> None:
+        """Its inputs came and it runs `vertex` (said from the thread that runs it)."""
+        self.vertex, self.doing = vertex, Doing.RUNNING
+
 
 @dataclass
 class StepState:
@@ -297,6 +301,11 @@ class Network:
             while at < len(segments):
                 segment = segments[at]
                 at += 1
+                if segment.on_worker and type(placement) is OnWorker and not segment.awaits and segment.entries:
+                    state = state or self.steps.get(step)
+                    if state is not None:  # the step has begun: its worker segments start from the mailbox
+                        at += await self._on_worker(program, at, step, values, state, status) - 1
+                        continue
                 for take in segment.takes:
                     if mailbox.has(step, FORWARD, take.key):
                         values[take.key] = await mailbox.take(step, FORWARD, take.key)
@@ -314,14 +323,7 @@ class Network:
                     state = self._state(step)
                 status.at(step, segment.entries[0].member, Doing.RUNNING)
                 if segment.on_worker and type(placement) is OnWorker and not segment.awaits:
-                    # On a worker, which sends each segment's value on itself and may go on to the next ones.
-                    ran: list[tuple | None] = []
-                    await placement.run(segment, values, state, status,
-                                        self._onward(program, at, step, values, state, status, ran))
-                    at += len(ran) - 1
-                    for fetched in ran:
-                        if fetched is not None:
-                            self._deliver(step, FORWARD, *fetched)
+                    at += await self._on_worker(program, at, step, values, state, status, taken=True) - 1
                     continue
                 await placement.run(segment, values, state, status)
                 last = segment.last
@@ -335,6 +337,33 @@ class Network:
                 await self._backward(actor, status, mailbox, step, values, state or self._state(step))
             status.at(step, None, Doing.IDLE)
             step += 1
+
+    async def _on_worker(self, program: ActorProgram, at: int, step: int, values: dict, state: StepState,
+                         status: ActorStatus, taken: bool = False) -> int:
+        """Run program.segments[at - 1] on a worker, which sends its value on itself and may go on to the next
+        segments; its inputs taken already, or (not `taken`) started by whichever thread posts the last of
+        them. Files the fetched values; returns how many segments ran."""
+        segment = program.segments[at - 1]
+        placement = self.placements[program.actor.index]
+        ran: list[tuple | None] = []
+        onward = self._onward(program, at, step, values, state, status, ran)
+        mailbox = self.mailboxes[program.actor.index]
+        inputs = None if taken else mailbox.take_ready(step, FORWARD, segment.keys)
+        if taken or inputs is not None:
+            values.update(inputs or {})
+            status.at(step, segment.entries[0].member, Doing.RUNNING)
+            await placement.run(segment, values, state, status, onward)
+        else:
+            take = next(t for t in segment.takes if not mailbox.has(step, FORWARD, t.key))
+            status.at(step, take.member, Doing.FEED if take.position == FEED else Doing.INPUT, take.position)
+            asked = time.perf_counter()
+            came = await placement.run_when_in(segment, values, state, status, onward, mailbox, step)
+            if state.trace is not None and take.position != FEED:  # the actor waited for its inputs
+                state.trace.wait("input", take.member.name, None, asked, came)
+        for fetched in ran:
+            if fetched is not None:
+                self._deliver(step, FORWARD, *fetched)
+        return len(ran)
 
     def _onward(self, program: ActorProgram, at: int, step: int, values: dict, state: StepState,
                 status: ActorStatus, ran: list):
@@ -366,7 +395,6 @@ class Network:
             if inputs is None:
                 return None
             values.update(inputs)
-            status.at(step, nxt.entries[0].member, Doing.RUNNING)
             return nxt
 
         return onward

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import Failure, VertexRunner, backward_vertex, backward_vertex_async, forward_async, vertex_error
+from ..core import FORWARD, Failure, VertexRunner, backward_vertex, backward_vertex_async, forward_async, vertex_error
 from ..graph import Node
 from ..ops.base import derivative_is_async
 from ..tape import SegmentProgram, compile_segment
@@ -181,20 +181,38 @@ class OnWorker:
             return await run_awaited(self.runner, segment, values, state, status, "trio")
         if not segment.on_worker:
             return await self.inline.run(segment, values, state, status)
-        now = time.perf_counter()
-        trace = state.trace
-        if trace is not None:
-            self._count(trace, now, queued=1)
-        await self.pool.run(self._segments, segment, values, state, status, onward, now,
+        job = self._job(segment, values, state, status, onward)
+        self.pool.put(job)
+        await self._wait(job, state.trace)
+
+    async def run_when_in(self, segment: Segment, values: dict, state, status, onward, mailbox, step: int) -> float:
+        """Run a worker segment whose inputs are not all in yet: the thread posting the last of them queues
+        it (a worker does so itself). Returns when they were all in."""
+        job = self._job(segment, values, state, status, onward)
+        mailbox.start_when_in(step, FORWARD, segment.keys, job, values, self.pool)
+        await self._wait(job, state.trace)
+        return job.queued
+
+    def _job(self, segment: Segment, values: dict, state, status, onward):
+        job = self.pool.job(self._segments, segment, values, state, status, onward,
                             priority=self.priority(segment, state))
+        job.args += (job,)  # the segments read when it was queued (the hand-off's wait, in a trace)
+        return job
+
+    async def _wait(self, job, trace) -> None:
+        if trace is not None:
+            self._count(trace, job.queued or time.perf_counter(), queued=1)
+        await job.wait()
         if trace is not None:
             self._count(trace, time.perf_counter())
 
-    def _segments(self, segment: Segment, values: dict, state, status, onward, queued: float) -> None:
-        """On a worker: the segment (handed off at `queued`), then each next one `onward` gives."""
+    def _segments(self, segment: Segment, values: dict, state, status, onward, job) -> None:
+        """On a worker: the segment, then each next one `onward` gives."""
         trace = state.trace
-        ready, handed = queued, (queued if trace is not None else None)
+        ready, handed = job.queued, (job.queued if trace is not None else None)
         while segment is not None:
+            if status is not None:
+                status.running(segment.entries[0].member)
             program = self.compiled.get(segment, state)
             if program is not None and program is not Compiled.CHECK:
                 run_compiled(program, self.runner, segment.entries, values, status, state.pooled)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,40 @@ class _Worker:
         self.thread: threading.Thread | None = None
         self.retired = False
         self.busy = False
+
+
+class Job:
+    """One call for a worker and the trio task its result goes to (see `WorkerPool.job`)."""
+
+    __slots__ = ("fn", "args", "priority", "task", "token", "abandoned", "on_abandon", "queued")
+
+    def __init__(self, fn: Callable, args: tuple, priority: tuple, task, token):
+        self.fn, self.args, self.priority, self.task, self.token = fn, args, priority, task, token
+        self.abandoned = False
+        self.queued = 0.0  # when it was put on the queue (perf_counter)
+        self.on_abandon: Callable[[], None] | None = None  # called if the task stops waiting before the end
+
+    def deliver(self, result: outcome.Outcome) -> None:  # runs on the worker thread
+        self.args = self.on_abandon = None  # it ran: hold none of its values (they may refer back to the job)
+        try:
+            self.token.run_sync_soon(self._resume, result)
+        except trio.RunFinishedError:
+            pass  # the trio run that asked is gone; nobody waits for this result
+
+    def _resume(self, result: outcome.Outcome) -> None:  # runs on the trio thread
+        if not self.abandoned:
+            trio.lowlevel.reschedule(self.task, result)
+
+    async def wait(self) -> Any:
+        """Park the task until the job has run; its result, or its exception raised."""
+
+        def abort(raise_cancel) -> trio.lowlevel.Abort:
+            self.abandoned = True
+            if self.on_abandon is not None:
+                self.on_abandon()
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 class WorkerPool:
@@ -93,6 +128,7 @@ class WorkerPool:
                 self.busy -= 1
                 worker.busy = False
             deliver(result)
+            item = fn = args = deliver = result = None  # hold no values while waiting for the next call
 
     def queued(self) -> int:
         """Calls waiting for a worker (approximate while workers take them)."""
@@ -128,29 +164,22 @@ class WorkerPool:
         Cancelling the waiting task abandons the call: the worker finishes it and
         the result is dropped (a thread cannot be interrupted).
         """
+        job = self.job(fn, *args, priority=priority)
+        self.put(job)
+        return await job.wait()
+
+    def job(self, fn: Callable, *args: Any, priority: tuple = (0.0,)) -> Job:
+        """A call for a worker, its result going to the calling trio task (which then awaits `job.wait()`);
+        `put` hands it to the workers, from any thread."""
         if len(self._workers) < self.size:
             self._start()
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-        state = {"abandoned": False}
+        return Job(fn, args, priority, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
 
-        def resume(result: outcome.Outcome) -> None:  # runs on the trio thread
-            if not state["abandoned"]:
-                trio.lowlevel.reschedule(task, result)
-
-        def deliver(result: outcome.Outcome) -> None:  # runs on the worker thread
-            try:
-                token.run_sync_soon(resume, result)
-            except trio.RunFinishedError:
-                pass  # the trio run that asked is gone; nobody waits for this result
-
-        def abort(raise_cancel) -> trio.lowlevel.Abort:
-            state["abandoned"] = True
-            return trio.lowlevel.Abort.SUCCEEDED
-
+    def put(self, job: Job) -> None:
+        """Queue a job for the workers (thread-safe)."""
         self.handed += 1
-        self._queue.put((priority, next(self._order), (fn, args, deliver)))
-        return await trio.lowlevel.wait_task_rescheduled(abort)
+        job.queued = time.perf_counter()
+        self._queue.put((job.priority, next(self._order), (job.fn, job.args, job.deliver)))
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the workers after the calls already queued; join them; give BLAS its threads back."""
