@@ -8,7 +8,8 @@ take from the mailbox, what to compute, whom to send it to, what to let go).
 it reads, each actor takes what it waits for from its `mailbox.py`, has its
 members computed where `placement.py` says (inline on the trio thread, on
 `pool.py`'s worker threads, or on CUDA streams) and sends each result once
-to every actor that reads it; gradients come back along the same links in
+to every actor that reads it (from the worker that computed it, which may go
+on to the actor's next segment); gradients come back along the same links in
 reverse. `executor.py` keeps the networks alive between calls and offers
 `run`, `backward`, `stream` and their async forms; `calls.py` hands a step
 to the host and waits for it (deadlines included), `streaming.py` keeps a

@@ -6,15 +6,21 @@ How a value travels (and the code behind each step):
    `depth` steps in flight, then posts one message on the mailbox
    (`mailbox.py`) of every actor that reads sources, carrying their values:
    feeds, the params' current values, constants.
-2. Each actor (`Network._run_actor`) walks its program (`program.py`): it
+2. Each actor (`actor.py`) walks its program (`program.py`): it
    takes the values a segment reads from its mailbox (mail for later steps is
    kept aside), has the segment computed where its placement says
    (`placement.py`: inline, on a worker thread, on CUDA streams), each vertex
    by the one execution core (`core.VertexRunner`), and sends the segment's
    last value once to every actor that reads it; a fetched value is filed
-   under its step (`Network._deliver`).
+   under its step (`Network.deliver`). On a worker, the trio thread steps
+   aside: the segment is queued by whichever thread posts its last input
+   (`Mailbox.start_when_in`: a worker queues the join of a branch it just
+   finished), and the worker that runs it sends its value on and takes on
+   the actor's next segment when that one's inputs are in and nothing queued
+   comes first (`Actor._onward`): a chain of segments costs one hand-off.
+   The actor's task only learns that its segments ran.
 3. In a backward network, each actor then walks its members from the output
-   side back (`Network._backward`): it takes the edge gradients its members'
+   side back (`Actor._backward`): it takes the edge gradients its members'
    consumers sent, sums them in the plan's fixed order (`core.total_gradient`),
    applies the derivative rule (`core.backward_vertex`, where the placement
    says) and sends one edge gradient per input to the actor owning that input.
@@ -31,51 +37,19 @@ cancellation mid-step tears the network down; the next run wires a new one.
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import trio
 
-from ..autodiff.namespace import ArrayMath
-from ..core import BACKWARD, FORWARD, Failure, VertexRunner, seed_gradient, total_gradient
+from ..core import FORWARD, Failure, VertexRunner
 from ..errors import InternalError
-from ..graph import Node
-from ..ops.base import derivative_is_async
+from .actor import Actor, ActorStatus, Doing
 from .mailbox import Mailbox
 from .placement import Inline, OnStreams, OnWorker
-from .plan import SOURCE_KINDS, ActorPlan, NetworkPlan
-from .program import FEED, ActorProgram, Segment, compile_program
-
-
-class Doing(enum.Enum):
-    """What an actor is doing, for the diagnostics of a step that does not finish."""
-
-    IDLE = "idle"
-    FEED = "waits for its feed"
-    INPUT = "waits for an input"
-    RUNNING = "runs its op"
-    DERIVATIVE = "runs its derivative"
-    GRADIENT = "waits for a gradient"
-
-
-@dataclass
-class ActorStatus:
-    """Where one actor is: its step, the vertex it is at, what it does there, and which input or edge."""
-
-    step: int = -1
-    vertex: Node | None = None
-    doing: Doing = Doing.IDLE
-    detail: int = 0  # the input position (INPUT) or the edge-gradient index (GRADIENT)
-
-    def at(self, step: int, vertex: Node | None, doing: Doing, detail: int = 0) -> None:
-        self.step, self.vertex, self.doing, self.detail = step, vertex, doing, detail
-
-    def running(self, vertex: Node) -> None:
-        """Its inputs came and it runs `vertex` (said from the thread that runs it)."""
-        self.vertex, self.doing = vertex, Doing.RUNNING
+from .plan import SOURCE_KINDS, NetworkPlan
+from .program import ActorProgram, compile_program
 
 
 @dataclass
@@ -155,7 +129,7 @@ class Network:
 
     async def _guard(self, program: ActorProgram) -> None:
         try:
-            await self._run_actor(program)
+            await Actor(self, program).run()
         except Exception as exc:  # a bug in vertexflow, not in a vertex: fail every waiting step
             error = InternalError(f"actor network failed unexpectedly: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
@@ -239,7 +213,7 @@ class Network:
             else:
                 state.discarded = True
 
-    def _deliver(self, step: int, phase: str, key: int, value) -> None:
+    def deliver(self, step: int, phase: str, key: int, value) -> None:
         """File a fetched value or a wrt gradient under its step; wake the step's waiter when complete."""
         state = self.steps.get(step)
         if state is None:
@@ -278,169 +252,11 @@ class Network:
         return waiting(self.plan, self.status, step)
 
     # -- actors ------------------------------------------------------------------
-    def _state(self, step: int) -> StepState:
+    def state(self, step: int) -> StepState:
         state = self.steps.get(step)
         if state is None:
             raise InternalError(f"an actor reached step {step}, which the driver never submitted")
         return state
-
-    async def _run_actor(self, program: ActorProgram) -> None:
-        np.seterr(all="ignore")  # this task's numpy error state; numerics are checked by check_numerics
-        actor = program.actor
-        status = self.status[actor.index]
-        mailbox = self.mailboxes[actor.index]
-        placement = self.placements[actor.index]
-        mailboxes = self.mailboxes
-        backward = self.plan.reverse is not None and bool(actor.backward)
-        segments = program.segments
-        step = 0
-        while True:
-            values: dict[int, Any] = {}
-            state: StepState | None = None
-            at = 0
-            while at < len(segments):
-                segment = segments[at]
-                at += 1
-                if segment.on_worker and type(placement) is OnWorker and not segment.awaits and segment.entries:
-                    state = state or self.steps.get(step)
-                    if state is not None:  # the step has begun: its worker segments start from the mailbox
-                        at += await self._on_worker(program, at, step, values, state, status) - 1
-                        continue
-                for take in segment.takes:
-                    if mailbox.has(step, FORWARD, take.key):
-                        values[take.key] = await mailbox.take(step, FORWARD, take.key)
-                        continue
-                    doing = Doing.FEED if take.position == FEED else Doing.INPUT
-                    status.at(step, take.member, doing, take.position)
-                    waiting_on = self.steps.get(step) if doing is Doing.INPUT else None
-                    asked = time.perf_counter()
-                    values[take.key] = await mailbox.take(step, FORWARD, take.key)
-                    if waiting_on is not None and waiting_on.trace is not None:  # an actor waiting in its inbox
-                        waiting_on.trace.wait("input", take.member.name, None, asked, time.perf_counter())
-                if not segment.entries:
-                    continue
-                if state is None:
-                    state = self._state(step)
-                status.at(step, segment.entries[0].member, Doing.RUNNING)
-                if segment.on_worker and type(placement) is OnWorker and not segment.awaits:
-                    at += await self._on_worker(program, at, step, values, state, status, taken=True) - 1
-                    continue
-                await placement.run(segment, values, state, status)
-                last = segment.last
-                if last.readers:
-                    value = values[last.member.id]
-                    for reader in last.readers:
-                        mailboxes[reader].post(step, FORWARD, {last.member.id: value})
-                if last.fetched:
-                    self._deliver(step, FORWARD, last.member.id, values[last.member.id])
-            if backward:
-                await self._backward(actor, status, mailbox, step, values, state or self._state(step))
-            status.at(step, None, Doing.IDLE)
-            step += 1
-
-    async def _on_worker(self, program: ActorProgram, at: int, step: int, values: dict, state: StepState,
-                         status: ActorStatus, taken: bool = False) -> int:
-        """Run program.segments[at - 1] on a worker, which sends its value on itself and may go on to the next
-        segments; its inputs taken already, or (not `taken`) started by whichever thread posts the last of
-        them. Files the fetched values; returns how many segments ran."""
-        segment = program.segments[at - 1]
-        placement = self.placements[program.actor.index]
-        ran: list[tuple | None] = []
-        onward = self._onward(program, at, step, values, state, status, ran)
-        mailbox = self.mailboxes[program.actor.index]
-        inputs = None if taken else mailbox.take_ready(step, FORWARD, segment.keys)
-        if taken or inputs is not None:
-            values.update(inputs or {})
-            status.at(step, segment.entries[0].member, Doing.RUNNING)
-            await placement.run(segment, values, state, status, onward)
-        else:
-            take = next(t for t in segment.takes if not mailbox.has(step, FORWARD, t.key))
-            status.at(step, take.member, Doing.FEED if take.position == FEED else Doing.INPUT, take.position)
-            asked = time.perf_counter()
-            came = await placement.run_when_in(segment, values, state, status, onward, mailbox, step)
-            if state.trace is not None and take.position != FEED:  # the actor waited for its inputs
-                state.trace.wait("input", take.member.name, None, asked, came)
-        for fetched in ran:
-            if fetched is not None:
-                self._deliver(step, FORWARD, *fetched)
-        return len(ran)
-
-    def _onward(self, program: ActorProgram, at: int, step: int, values: dict, state: StepState,
-                status: ActorStatus, ran: list):
-        """What a worker does after each of this actor's segments (program.segments[at - 1] first): send its
-        value to its readers, and take on the next segment if it runs on a worker too, its inputs are all in
-        and no queued call comes before it. `ran` gets an item per segment done: its fetched (key, value)
-        for the actor to file, or None."""
-        segments = program.segments
-        mailboxes, token = self.mailboxes, self.token
-        mailbox = mailboxes[program.actor.index]
-        pool = self.placements[program.actor.index].pool
-
-        def onward(segment: Segment) -> Segment | None:
-            last = segment.last
-            if last.readers:
-                value = values[last.member.id]
-                for reader in last.readers:
-                    mailboxes[reader].post_from_thread(step, FORWARD, {last.member.id: value}, token)
-            ran.append((last.member.id, values[last.member.id]) if last.fetched else None)
-            following = at + len(ran) - 1
-            if following >= len(segments) or self.broken is not None:
-                return None
-            nxt = segments[following]
-            if not (nxt.on_worker and nxt.entries) or nxt.awaits:
-                return None
-            if not pool.first_in_line(OnWorker.priority(nxt, state)):
-                return None
-            inputs = mailbox.take_ready(step, FORWARD, nxt.keys)
-            if inputs is None:
-                return None
-            values.update(inputs)
-            return nxt
-
-        return onward
-
-    async def _backward(self, actor: ActorPlan, status: ActorStatus, mailbox: Mailbox, step: int, values: dict,
-                        state: StepState) -> None:
-        reverse = self.plan.reverse
-        if self.streams is not None:
-            # Derivative kernels run on the current stream: let this step's forward finish first.
-            self.streams.runtime.synchronize()
-        edges: dict[int, Any] = {}
-        add = ArrayMath(self.xp).add
-        mailboxes = self.mailboxes
-        for node in actor.backward:
-            parts = []
-            for edge in reverse.incoming[node.id]:
-                if edge == 0:
-                    parts.append(seed_gradient(self.xp, values[node.id]))
-                elif edge in actor.grad_from:
-                    if mailbox.has(step, BACKWARD, edge):
-                        parts.append(await mailbox.take(step, BACKWARD, edge))
-                        continue
-                    status.at(step, node, Doing.GRADIENT, edge)
-                    asked = time.perf_counter()
-                    parts.append(await mailbox.take(step, BACKWARD, edge))
-                    if state.trace is not None:
-                        state.trace.wait("gradient", f"{node.name} (backward)", None, asked, time.perf_counter())
-                else:
-                    parts.append(edges.pop(edge, None))
-            total = total_gradient(add, parts)
-            del parts
-            if node.id in self.wrt_ids:
-                self._deliver(step, BACKWARD, node.id, total)
-            if node.kind != "op":
-                continue
-            status.at(step, node, Doing.DERIVATIVE)
-            placement = self.placements[actor.index] if node.id in actor.heavy_ids else self.inline
-            if self.streams is not None and not derivative_is_async(node.op):
-                placement = self.streams
-            sent = await placement.backward(reverse, node, total, lambda n: values[n.id], state)
-            for edge, gi in sent:
-                target = actor.grad_to.get(edge)
-                if target is None:
-                    edges[edge] = gi
-                else:
-                    mailboxes[target].post(step, BACKWARD, {edge: gi})
 
 
 def waiting(plan: NetworkPlan, statuses, step: int) -> dict[str, str]:
