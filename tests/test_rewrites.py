@@ -140,3 +140,18 @@ def test_a_gelu_whose_inner_value_is_an_output_stays_as_nodes():
     model = _gelu_model("torch")
     model.graph.output.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, ["n", 8]))
     assert "erf" in [n.op_name for n in vf.onnx.load(model).graph]
+
+
+def test_a_step_with_nothing_to_rewrite_is_planned_once_not_at_every_call(monkeypatch):
+    import vertexflow.rewrites as rewrites
+
+    planned = []
+    plan_step = rewrites.plan_step
+    monkeypatch.setattr(rewrites, "plan_step", lambda *a, **k: planned.append(1) or plan_step(*a, **k))
+    g = vf.Graph()
+    x = g.input("x", shape=(4,), dtype="float64")
+    y = vf.tanh(x)  # nothing to fuse or rewrite
+    with vf.ActorExecutor(g, threads=0, schedule="network") as ex:
+        for _ in range(3):
+            ex.run({x: np.ones(4)}, y)
+    assert len(planned) == 1

@@ -31,6 +31,8 @@ from .plan import SOURCE_KINDS, NetworkPlan, plan_for
 from .pool import WorkerPool
 from .schedule import Choice
 
+_UNPLANNED = object()  # a step's rewrites not worked out yet (None: worked out, and there are none)
+
 
 class NetworkCalls:
     """Hosts, requests and waits of the actor executor (a mixin of ActorExecutor).
@@ -89,8 +91,8 @@ class NetworkCalls:
         from ..rewrites import plan_step
 
         key = (tuple(n.id for n in fetch), id(reverse), id(specs))
-        found = self._fusion_cache.get(key)
-        if found is None:
+        found = self._fusion_cache.get(key, _UNPLANNED)
+        if found is _UNPLANNED:
             kept = {n.id for n in fetch}
             if reverse is not None:
                 kept |= {n.id for n in reverse.order} | {i.id for n in reverse.order for i in n.inputs}
