@@ -12,6 +12,8 @@ from __future__ import annotations
 import abc
 import math
 
+import numpy as np
+
 from ..graph import Node
 from ..ops import elementwise as ew
 from ..ops import linalg, reduce, shape
@@ -146,6 +148,20 @@ class ArrayMath(Math):
     def sum_to(self, x, like):
         return x if x.shape == like.shape else sum_to_shape(self.xp, x, like.shape)
 
+    # Movement and products straight on the arrays (what their ops' forward does, without making an op
+    # per call: derivative rules call these several times each).
+    def transpose(self, x, axes=None):
+        return self.xp.transpose(x, None if axes is None else tuple(int(a) for a in axes))
+
+    def expand_dims(self, x, axes):
+        return self.xp.expand_dims(x, _axes(axes))
+
+    def squeeze(self, x, axes):
+        return self.xp.squeeze(x, _axes(axes))
+
+    def matmul(self, a, b):
+        return _MATMUL.forward(self.xp, a, b)
+
     def count(self, x, axes, dtype):
         """Elements of x over `axes` (None: all), as a scalar of `dtype`."""
         axes = range(x.ndim) if axes is None else axes
@@ -178,3 +194,8 @@ class GraphMath(Math):
         if None in dims:
             return self.apply(shape.Count(axes, dtype), x)
         return x.graph.scalar(math.prod(dims), dtype)
+
+
+def _axes(axes) -> tuple[int, ...]:
+    """Axes as a tuple (as ExpandDims and Squeeze hold them)."""
+    return (int(axes),) if isinstance(axes, (int, np.integer)) else tuple(axes)

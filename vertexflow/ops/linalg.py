@@ -59,6 +59,8 @@ class Matmul(Op):
         # take the matrix rule, then drop the added axes and sum out broadcast batches.
         a, b = xs
         need_a, need_b = F.needs_input_grad
+        if F.ndim(a) == 2 and F.ndim(b) == 2:  # the common case: no axes to add, no batch to sum out
+            return (F.matmul(g, F.transpose(b)) if need_a else None, F.matmul(F.transpose(a), g) if need_b else None)
         a_vec, b_vec = F.ndim(a) == 1, F.ndim(b) == 1
         a2 = F.expand_dims(a, 0) if a_vec else a
         b2 = F.expand_dims(b, 1) if b_vec else b
