@@ -622,3 +622,51 @@ def test_a_join_writes_into_its_actors_own_value_from_an_earlier_segment():
     program = compile_segment(join.entries, specs, {}, np, made=join.made)
     mine = left if any(m is left for m in owner.members) else right
     assert f"out=values[{mine.id}]" in program.source
+
+
+class Gate(vf.ops.Op):
+    """Copies its input; at its `at`-th call, first sets `enter` and then waits (10 s at most) for `leave`."""
+
+    name = "gate"
+
+    def __init__(self, cost: float, at: int, enter: threading.Event | None, leave: threading.Event | None):
+        self._cost, self.at, self.enter, self.leave = cost, at, enter, leave
+        self.calls = 0
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        self.calls += 1
+        if self.calls == self.at:
+            if self.enter is not None:
+                self.enter.set()
+            if self.leave is not None and not self.leave.wait(timeout=10):
+                raise TimeoutError(f"{self.name}: never let through")
+        return x + 0.0
+
+    def cost(self, x):
+        return self._cost
+
+
+def test_a_result_computed_on_a_worker_reaches_the_caller_while_the_trio_thread_is_busy():
+    """Step 0's fetch is computed on a worker while step 1's cheap vertex holds the actors' trio thread until
+    the caller has step 0's result: the worker hands the result to the caller itself (through the trio
+    thread, this deadlocks and the cheap vertex gives up after 10 s)."""
+    g = vf.Graph()
+    x = g.input("x", shape=(8,), dtype="float64")
+    started, got = threading.Event(), threading.Event()
+    # Calls 1-2 wire the network; then step 0 is call 3 and step 1 is call 4.
+    slow = Gate(1e9, 3, None, started)(x, name="slow")  # step 0: on a worker, until step 1's vertex holds the loop
+    cheap = Gate(1.0, 4, started, got)(x, name="cheap")  # step 1: on the trio thread, until step 0 is the caller's
+    feeds = [{x: np.full(8, float(i))} for i in range(2)]
+    with vf.ActorExecutor(g, threads=2, schedule="network", depth=2) as act:
+        described = act.describe([slow, cheap])
+        assert "[heavy] x, slow\n" in described and "[heavy] x, slow, cheap" not in described  # apart
+        list(act.run_stream(feeds, [slow, cheap], timeout=30))
+        results = []
+        for out in act.run_stream(feeds, [slow, cheap], timeout=30):
+            results.append(out)
+            got.set()
+    np.testing.assert_array_equal(results[1][0], np.full(8, 1.0))
+    assert [r[0][0] for r in results] == [0.0, 1.0]

@@ -87,11 +87,10 @@ class Actor:
                 segment = segments[at]
                 at += 1
                 worker = on_workers and segment.on_worker and not segment.awaits and bool(segment.entries)
-                if worker:
-                    state = state or net.steps.get(step)
-                    if state is not None:  # the step has begun: its worker segments start from the mailbox
-                        at += await self._on_worker(at, step, values, state) - 1
-                        continue
+                if worker:  # started from the mailbox by whichever thread posts its last input
+                    ran, state = await self._on_worker(at, step, values, state or net.steps.get(step))
+                    at += ran - 1
+                    continue
                 for take in segment.takes:
                     if mailbox.has(step, FORWARD, take.key):
                         values[take.key] = await mailbox.take(step, FORWARD, take.key)
@@ -108,7 +107,8 @@ class Actor:
                 if state is None:
                     state = net.state(step)
                 if worker:
-                    at += await self._on_worker(at, step, values, state, taken=True) - 1
+                    ran, state = await self._on_worker(at, step, values, state, taken=True)
+                    at += ran - 1
                     continue
                 status.at(step, segment.entries[0].member, Doing.RUNNING)
                 await placement.run(segment, values, state, status)
@@ -124,15 +124,24 @@ class Actor:
             status.at(step, None, Doing.IDLE)
             step += 1
 
-    async def _on_worker(self, at: int, step: int, values: dict, state: StepState, taken: bool = False) -> int:
+    async def _on_worker(self, at: int, step: int, values: dict, state: StepState | None,
+                         taken: bool = False) -> tuple[int, StepState]:
         """Run segments[at - 1] on a worker, which sends its value on itself and may go on to the next
         segments; its inputs taken already, or (not `taken`) started by whichever thread posts the last of
-        them. Files the fetched values; returns how many segments ran."""
+        them (the step driver itself, for a step not begun yet: `state` None). Returns how many segments
+        ran, and the step's state."""
         segment = self.program.segments[at - 1]
-        status, mailbox = self.status, self.mailbox
-        ran: list[tuple | None] = []
-        onward = self._onward(at, step, values, state, ran)
-        inputs = None if taken else mailbox.take_ready(step, FORWARD, segment.keys)
+        status, mailbox, steps = self.status, self.mailbox, self.network.steps
+        known = [state]
+
+        def state_of() -> StepState:  # the step's state, once it has begun (the worker asks)
+            if known[0] is None:
+                known[0] = steps[step]
+            return known[0]
+
+        ran: list[Segment] = []
+        onward = self._onward(at, step, values, state_of, ran)
+        inputs = None if taken or state is None else mailbox.take_ready(step, FORWARD, segment.keys)
         if taken or inputs is not None:
             values.update(inputs or {})
             status.at(step, segment.entries[0].member, Doing.RUNNING)
@@ -141,19 +150,17 @@ class Actor:
             take = next(t for t in segment.takes if not mailbox.has(step, FORWARD, t.key))
             status.at(step, take.member, Doing.FEED if take.position == FEED else Doing.INPUT, take.position)
             asked = time.perf_counter()
-            came = await self.placement.run_when_in(segment, values, state, status, onward, mailbox, step)
-            if state.trace is not None and take.position != FEED:  # the actor waited for its inputs
-                state.trace.wait("input", take.member.name, None, asked, came)
-        for fetched in ran:
-            if fetched is not None:
-                self.network.deliver(step, FORWARD, *fetched)
-        return len(ran)
+            came = await self.placement.run_when_in(segment, values, state_of, status, onward, mailbox, step)
+            trace = state_of().trace
+            if trace is not None and take.position != FEED:  # the actor waited for its inputs
+                trace.wait("input", take.member.name, None, asked, came)
+        return len(ran), state_of()
 
-    def _onward(self, at: int, step: int, values: dict, state: StepState, ran: list):
+    def _onward(self, at: int, step: int, values: dict, state_of, ran: list):
         """What a worker does after each of this actor's segments (segments[at - 1] first): send its value to
-        its readers, and take on the next segment if it runs on a worker too, its inputs are all in and no
-        queued call comes before it. `ran` gets an item per segment done: its fetched (key, value) for the
-        actor to file, or None."""
+        its readers (and file it under its step if it is fetched), and take on the next segment if it runs
+        on a worker too, its inputs are all in and no queued call comes before it. `ran` gets each segment
+        done."""
         net = self.network
         segments = self.program.segments
         mailboxes, token, mailbox, pool = net.mailboxes, net.token, self.mailbox, self.placement.pool
@@ -164,14 +171,16 @@ class Actor:
                 value = values[last.member.id]
                 for reader in last.readers:
                     mailboxes[reader].post_from_thread(step, FORWARD, {last.member.id: value}, token)
-            ran.append((last.member.id, values[last.member.id]) if last.fetched else None)
+            if last.fetched:
+                net.deliver_from_thread(step, last.member.id, values[last.member.id])
+            ran.append(segment)
             following = at + len(ran) - 1
             if following >= len(segments) or net.broken is not None:
                 return None
             nxt = segments[following]
             if not (nxt.on_worker and nxt.entries) or nxt.awaits:
                 return None
-            if not pool.first_in_line(OnWorker.priority(nxt, state)):
+            if not pool.first_in_line(OnWorker.priority(nxt, state_of())):
                 return None
             inputs = mailbox.take_ready(step, FORWARD, nxt.keys)
             if inputs is None:

@@ -37,6 +37,7 @@ cancellation mid-step tears the network down; the next run wires a new one.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,7 @@ class StepState:
     error: BaseException | None = None
     sliced: bool = True  # record the step's slice when its results are in (a stream's step)
     on_done: Any = None  # called with this state when it is done, when nobody awaits `Network.result`
+    handed: bool = False  # on_done was called (from a worker); the trio thread only settles the rest
 
     def received(self) -> int:
         return len(self.values) + len(self.grads)
@@ -116,6 +118,7 @@ class Network:
         self.broken: BaseException | None = None
         self.cancel_scope: trio.CancelScope | None = None
         self.token: trio.lowlevel.TrioToken | None = None
+        self.results_lock = threading.Lock()  # the steps' results are filed from workers too
         self.blas_share = None  # a context-manager factory sharing BLAS's threads out while steps run
 
     # -- lifecycle -------------------------------------------------------------
@@ -218,30 +221,63 @@ class Network:
         state = self.steps.get(step)
         if state is None:
             raise InternalError(f"{phase} result for unknown step {step}")
+        with self.results_lock:
+            complete = self._file(state, phase, key, value)
+        if complete:
+            self._complete(step, state, time.perf_counter())
+
+    def deliver_from_thread(self, step: int, key: int, value) -> None:
+        """`deliver` of a fetched value from a worker thread. If it completes the step, the caller gets
+        its results from here (no trip through the trio thread on the way back); the network's own
+        bookkeeping (the window, the trace) follows on the trio thread."""
+        state = self.steps.get(step)
+        if state is None:
+            return  # torn down meanwhile
+        with self.results_lock:
+            complete = self._file(state, FORWARD, key, value)
+            on_done = state.on_done if complete and self.streams is None and not state.discarded else None
+            if on_done is not None:
+                state.on_done, state.handed = None, True  # called here, once
+        if not complete:
+            return
+        now = time.perf_counter()
+        if on_done is not None:
+            on_done(state)
+        try:
+            self.token.run_sync_soon(self._complete, step, state, now)
+        except trio.RunFinishedError:
+            pass  # the host is gone
+
+    def _file(self, state: StepState, phase: str, key: int, value) -> bool:
+        """Keep a result (results_lock held); whether it was the step's last."""
         if type(value) is Failure and state.error is None:
             state.error = value.error
         (state.values if phase == FORWARD else state.grads)[key] = value
-        if state.received() == state.expected:
-            if self.streams is not None:
-                # The fetches are complete: now, and only now, the host waits for the kernels.
-                self.streams.step_done(state.slot, state.trace)
-            self.free_slots.append(state.slot)
-            if state.trace is not None:
-                if state.sliced:
-                    state.trace.slice(state.submitted, time.perf_counter())
-                state.trace.counter("steps", "in flight", len(self.steps) - 1)
-                if self.buffers is not None:
-                    state.trace.counter("buffer pool", "MB", self.buffers.held_bytes() / 2**20)
-            self._finish(step, state)
-            self.window.release()
+        return state.received() == state.expected
+
+    def _complete(self, step: int, state: StepState, at: float) -> None:
+        """A step's results are all in (on the trio thread): its waiter woken, its place in the window freed."""
+        if self.streams is not None:
+            # The fetches are complete: now, and only now, the host waits for the kernels.
+            self.streams.step_done(state.slot, state.trace)
+        self.free_slots.append(state.slot)
+        if state.trace is not None:
+            if state.sliced:
+                state.trace.slice(state.submitted, at)
+            state.trace.counter("steps", "in flight", len(self.steps) - 1)
+            if self.buffers is not None:
+                state.trace.counter("buffer pool", "MB", self.buffers.held_bytes() / 2**20)
+        self._finish(step, state)
+        self.window.release()
 
     def _finish(self, step: int, state: StepState) -> None:
         """The step's results are in (or it failed): wake its waiter, or hand them to its `on_done`."""
         if state.done.is_set():
             return
         state.done.set()
-        on_done, state.on_done = state.on_done, None  # the state goes to the caller: no cycle back to it
-        if on_done is not None or state.discarded:
+        with self.results_lock:
+            on_done, state.on_done = state.on_done, None  # the state goes to the caller: no cycle back to it
+        if on_done is not None or state.discarded or state.handed:  # nobody will ask for it with `result`
             self.steps.pop(step, None)
         if on_done is not None and not state.discarded:
             on_done(state)

@@ -181,33 +181,41 @@ class OnWorker:
             return await run_awaited(self.runner, segment, values, state, status, "trio")
         if not segment.on_worker:
             return await self.inline.run(segment, values, state, status)
-        job = self._job(segment, values, state, status, onward)
+        job = self._job(segment, values, lambda: state, status, onward)
         self.pool.put(job)
-        await self._wait(job, state.trace)
+        await self._wait(job, lambda: state)
 
-    async def run_when_in(self, segment: Segment, values: dict, state, status, onward, mailbox, step: int) -> float:
-        """Run a worker segment whose inputs are not all in yet: the thread posting the last of them queues
-        it (a worker does so itself). Returns when they were all in."""
-        job = self._job(segment, values, state, status, onward)
+    async def run_when_in(self, segment: Segment, values: dict, state_of, status, onward, mailbox, step: int) -> float:
+        """Run a worker segment whose inputs are not all in yet (its step perhaps not begun: `state_of()`
+        gives the step's state once it has): the thread posting the last of them queues it (a worker does
+        so itself). Returns when they were all in."""
+        job = self._job(segment, values, state_of, status, onward)
         mailbox.start_when_in(step, FORWARD, segment.keys, job, values, self.pool)
-        await self._wait(job, state.trace)
+        await self._wait(job, state_of)
         return job.queued
 
-    def _job(self, segment: Segment, values: dict, state, status, onward):
-        job = self.pool.job(self._segments, segment, values, state, status, onward,
-                            priority=self.priority(segment, state))
+    def _job(self, segment: Segment, values: dict, state_of, status, onward):
+        job = self.pool.job(self._segments, segment, values, state_of, status, onward)
         job.args += (job,)  # the segments read when it was queued (the hand-off's wait, in a trace)
+
+        def before_put(job) -> None:  # its inputs are in, so its step has begun
+            state = state_of()
+            job.priority = self.priority(segment, state)
+            if state.trace is not None:
+                self._count(state.trace, time.perf_counter(), queued=1)
+
+        job.before_put = before_put
         return job
 
-    async def _wait(self, job, trace) -> None:
-        if trace is not None:
-            self._count(trace, job.queued or time.perf_counter(), queued=1)
+    async def _wait(self, job, state_of) -> None:
         await job.wait()
+        trace = state_of().trace
         if trace is not None:
             self._count(trace, time.perf_counter())
 
-    def _segments(self, segment: Segment, values: dict, state, status, onward, job) -> None:
+    def _segments(self, segment: Segment, values: dict, state_of, status, onward, job) -> None:
         """On a worker: the segment, then each next one `onward` gives."""
+        state = state_of()
         trace = state.trace
         ready, handed = job.queued, (job.queued if trace is not None else None)
         while segment is not None:

@@ -44,12 +44,14 @@ class _Worker:
 class Job:
     """One call for a worker and the trio task its result goes to (see `WorkerPool.job`)."""
 
-    __slots__ = ("fn", "args", "priority", "task", "token", "abandoned", "on_abandon", "queued")
+    __slots__ = ("fn", "args", "priority", "task", "token", "abandoned", "on_abandon", "queued", "before_put")
 
     def __init__(self, fn: Callable, args: tuple, priority: tuple, task, token):
         self.fn, self.args, self.priority, self.task, self.token = fn, args, priority, task, token
         self.abandoned = False
         self.queued = 0.0  # when it was put on the queue (perf_counter)
+        # Called with the job by `put` before it is queued (on the putting thread): may set its priority.
+        self.before_put: Callable[[Job], None] | None = None
         self.on_abandon: Callable[[], None] | None = None  # called if the task stops waiting before the end
 
     def deliver(self, result: outcome.Outcome) -> None:  # runs on the worker thread
@@ -178,6 +180,8 @@ class WorkerPool:
     def put(self, job: Job) -> None:
         """Queue a job for the workers (thread-safe)."""
         self.handed += 1
+        if job.before_put is not None:
+            job.before_put(job)
         job.queued = time.perf_counter()
         self._queue.put((job.priority, next(self._order), (job.fn, job.args, job.deliver)))
 
