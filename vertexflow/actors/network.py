@@ -25,7 +25,10 @@ How a value travels (and the code behind each step):
    applies the derivative rule (`core.backward_vertex`, where the placement
    says) and sends one edge gradient per input to the actor owning that input.
 4. A step whose fetched values (and wanted gradients) are all filed frees its
-   place in the window and wakes whoever waits for it (`Network.result`).
+   place in the window and wakes whoever waits for it (`Network.result`, or
+   the `on_done` of a step begun with `Network.start`). When the last value
+   is filed on a worker, that worker hands the results to the caller itself
+   (`deliver_from_thread`); the trio thread frees the place after.
 
 A vertex that fails produces a `Failure` instead of a value. Failures flow on
 like values (every actor still sends every message), so the network stays in
