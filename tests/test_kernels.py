@@ -214,11 +214,58 @@ def test_products_of_stacked_and_transposed_operands_equal_numpy():
     rows = rng.normal(size=(8, 32)).astype(np.float32)
     weight = rng.normal(size=(24, 32)).astype(np.float32)
     got = op.forward(np, rows, weight.T)
-    assert got.flags.c_contiguous
+    assert got.flags.f_contiguous and not got.flags.c_contiguous  # computed transposed, handed on so
     np.testing.assert_allclose(got, rows @ weight.T, rtol=1e-5)
     out = np.empty((8, 24), np.float32)
-    assert op.forward(np, rows, weight.T, out=out) is out
-    np.testing.assert_array_equal(out, got)
+    value = op.forward(np, rows, weight.T, out=out)
+    assert value.base is out  # out's memory, in column-major order
+    np.testing.assert_array_equal(value, got)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), inner=st.integers(1, 9), cols=st.integers(1, 90),
+       a_order=st.sampled_from("CF"), b_order=st.sampled_from("CF"), out_order=st.sampled_from(["C", "F", None]),
+       dtype=st.sampled_from(["float32", "float64"]))
+def test_a_product_computed_transposed_equals_numpy_whatever_the_layouts(rows, inner, cols, a_order, b_order,
+                                                                          out_order, dtype):
+    from vertexflow.ops.linalg import Matmul, computes_transposed
+
+    rng = np.random.default_rng(rows * 1000 + cols)
+    a = np.asarray(rng.normal(size=(rows, inner)), dtype, order=a_order)
+    b = np.asarray(rng.normal(size=(inner, cols)), dtype, order=b_order)
+    out = None if out_order is None else np.empty((rows, cols), dtype, order=out_order)
+    value = Matmul().forward(np, a, b, out=out)
+    np.testing.assert_allclose(value, np.matmul(a, b), rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
+    assert value.shape == (rows, cols) and value.dtype == dtype
+    if out is not None:
+        assert value is out or value.base is out  # written into out's memory
+    if computes_transposed(rows, cols):
+        assert value.flags.f_contiguous
+
+
+@pytest.mark.parametrize("code", [epilogue.NONE, epilogue.CLIP, epilogue.HARD_SIGMOID, epilogue.HARD_SWISH])
+@pytest.mark.parametrize("shape, axis", [((7, 33), 1), ((7, 33), 0), ((3, 5, 4), 1)])
+def test_the_epilogue_on_a_column_major_value_equals_the_row_major_one_bitwise(code, shape, axis):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=shape).astype(np.float32)
+    bias = rng.normal(size=shape[axis]).astype(np.float32)
+    row_major = epilogue.bias_activation(x.copy(), bias, axis, code, 1 / 6, 0.5)
+    column_major = np.asfortranarray(x)
+    got = epilogue.bias_activation(column_major, bias, axis, code, 1 / 6, 0.5)
+    assert got is column_major and got.flags.f_contiguous
+    np.testing.assert_array_equal(got, row_major)
+
+
+def test_a_pooled_buffer_for_an_elementwise_op_is_laid_out_as_its_input():
+    from vertexflow.memory import BufferPool
+
+    pool = BufferPool()
+    column_major = np.asfortranarray(np.ones((300, 200), np.float32))
+    buffer = pool.take_like((300, 200), np.dtype(np.float32), 2.0, column_major)
+    assert buffer.shape == (300, 200) and buffer.flags.f_contiguous and not buffer.flags.c_contiguous
+    assert pool.take_like((300, 200), np.dtype(np.float32), np.ones((300, 200), np.float32)).flags.c_contiguous
+    del buffer  # its view held the pool's buffer: let go, it is reused
+    assert pool.take((300, 200), np.dtype(np.float32)) is not None and pool.reused == 1
 
 
 @needs_torch

@@ -168,7 +168,9 @@ class VertexRunner:
             if type(a) is Failure:
                 return a
         op = op or node.op
-        buffer = None if spec is None or self.buffers is None else self.buffers.take(spec.shape, spec.dtype)
+        buffer = None if spec is None or self.buffers is None else \
+            self.buffers.take_like(spec.shape, spec.dtype, *args) if op.inplace else \
+            self.buffers.take(spec.shape, spec.dtype)
         try:
             if trace is None:
                 lock = self.blas_lock if op.blas else None

@@ -186,6 +186,7 @@ class FusedOp(Op):
 
     name = "fused"
     writes_out = True
+    inplace = True  # elementwise (the executors never hand a fused group its own input as out=)
 
     def __init__(self, group: Group, specs: Mapping[int, Spec]):
         self.group = group

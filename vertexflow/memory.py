@@ -107,6 +107,19 @@ class BufferPool:
             bucket.append(buffer)
             return buffer
 
+    def take_like(self, shape: tuple, dtype, *inputs) -> Any:
+        """A buffer as `take` gives, laid out as the first input of its shape: in column-major order
+        when that input is (a product computed transposed, ops/linalg.py), so an elementwise op reads
+        and writes its arrays in one order (across orders, numpy's add ran 28x slower here)."""
+        buffer = self.take(shape, dtype)
+        for x in inputs:
+            if getattr(x, "shape", None) == shape:
+                flags = x.flags
+                if flags.f_contiguous and not flags.c_contiguous:
+                    return buffer.reshape(shape[::-1]).T
+                break
+        return buffer
+
     def end_step(self) -> None:
         """A step is done: now and then, drop the buckets no step has taken from for `keep_steps` steps."""
         self._step += 1

@@ -43,6 +43,7 @@ from .autodiff.namespace import ArrayMath
 from .autodiff.reverse import ReversePlan
 from .core import BACKWARD, FORWARD, _failed, last_reads
 from .graph import Node, Spec
+from .ops.shape import Identity
 
 _counter = itertools.count()
 
@@ -246,6 +247,20 @@ def owns_its_array(node: Node) -> bool:
     return op.writes_out and type(op).__module__.startswith("vertexflow.")
 
 
+def passes_on(node: Node) -> bool:
+    """Whether a vertex's value is its one input itself (an identity: an imported model names values
+    with them), so it owns that array when it is the input's last reader."""
+    return type(node.op) is Identity
+
+
+def _taker(buffers, spec: Spec, op, args: Sequence[str]) -> tuple[Callable, str]:
+    """The function a generated line calls for its output buffer, and the arguments it passes: an
+    elementwise op's buffer is laid out as its inputs are (BufferPool.take_like)."""
+    if op.inplace:
+        return functools.partial(buffers.take_like, spec.shape, spec.dtype), ", ".join(args)
+    return functools.partial(buffers.take, spec.shape, spec.dtype), ""
+
+
 def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spec], tape: Tape,
                     pooled: Mapping[int, Spec], fused: Mapping[int, Any] = {}) -> dict[int, int]:  # noqa: B006
     """{instruction index: slot} for elementwise vertices that can write into an input's array.
@@ -272,7 +287,8 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
                 if given is not None and given.shape == spec.shape and given.dtype == spec.dtype:
                     targets[ins.index] = slot
                     break
-        if ins.index in targets or node.id in pooled or owns_its_array(node):
+        handed = passes_on(node) and node.id not in fused and ins.args[0] in owned and ins.args[0] in ins.free
+        if ins.index in targets or node.id in pooled or owns_its_array(node) or handed:
             if ins.out not in kept_slots:
                 owned.add(ins.out)
         for slot in ins.free:
@@ -313,10 +329,9 @@ def compile_program(tape: Tape, instructions: Sequence[Instruction], specs: Mapp
         if ins.index in targets:
             call = f"{k}({call_args}, out={var[targets[ins.index]]})"
         elif node.id in pooled and buffers is not None and op.writes_out:
-            spec = pooled[node.id]
             taker = f"t{ins.index}"
-            namespace[taker] = functools.partial(buffers.take, spec.shape, spec.dtype)
-            call = f"{k}({call_args}, out={taker}())"
+            namespace[taker], taken = _taker(buffers, pooled[node.id], op, args)
+            call = f"{k}({call_args}, out={taker}({taken}))"
         else:
             call = f"{k}({call_args})"
         site = Site(node, FORWARD, tuple(args))
@@ -495,8 +510,8 @@ def compile_segment(entries: Sequence, specs: Mapping[int, Spec], pooled: Mappin
             call = f"{k}({', '.join(args)}, out=values[{target}])"
         elif node.id in pooled and buffers is not None and op.writes_out:
             taker = f"t{index}"
-            namespace[taker] = functools.partial(buffers.take, pooled[node.id].shape, pooled[node.id].dtype)
-            call = f"{k}({', '.join(args)}, out={taker}())"
+            namespace[taker], taken = _taker(buffers, pooled[node.id], op, args)
+            call = f"{k}({', '.join(args)}, out={taker}({taken}))"
         else:
             call = f"{k}({', '.join(args)})"
         out.line(f"status.vertex = {m}")
@@ -509,7 +524,9 @@ def compile_segment(entries: Sequence, specs: Mapping[int, Spec], pooled: Mappin
         sites[len(out.lines)] = (index, site)
         if entry.free:
             out.line("; ".join(f"del values[{key}]" for key in entry.free))
-        if (target is not None or node.id in pooled or owns_its_array(node)) and not entry.readers and not entry.fetched:
+        handed = passes_on(node) and entry.op is None and entry.inputs[0] in owned and entry.inputs[0] in entry.free
+        if (target is not None or node.id in pooled or owns_its_array(node) or handed) and not entry.readers \
+                and not entry.fetched:
             owned.add(node.id)
         owned.difference_update(entry.free)
         if target is not None and not entry.readers and not entry.fetched:

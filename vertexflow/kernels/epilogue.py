@@ -80,8 +80,13 @@ def bias_activation(out: np.ndarray, bias: np.ndarray | None, axis: int, code: i
     Without numba: numpy's add in place, then the activation's own forward.
     """
     if bias is not None or code != NONE:
-        if available() and out.dtype in _DTYPES and out.flags.c_contiguous:
-            shape = out.shape
+        # A column-major value (a product computed transposed, ops/linalg.py) is its transpose in
+        # row-major order: the same pass over its memory, the bias along the mirrored axis.
+        view = out if out.flags.c_contiguous else out.T if out.flags.f_contiguous else None
+        if available() and out.dtype in _DTYPES and view is not None:
+            if view is not out:
+                axis = out.ndim - 1 - axis
+            shape = view.shape
             outer = math.prod(shape[:axis])
             channels = shape[axis] if out.ndim else 1
             inner = math.prod(shape[axis + 1:])
@@ -89,9 +94,9 @@ def bias_activation(out: np.ndarray, bias: np.ndarray | None, axis: int, code: i
             t = out.dtype.type
             rows, planes = _kernels()[code]
             if inner == 1:
-                rows(out.reshape(outer, channels), b, t(p0), t(p1))
+                rows(view.reshape(outer, channels), b, t(p0), t(p1))
             else:
-                planes(out.reshape(outer, channels, inner), b, t(p0), t(p1))
+                planes(view.reshape(outer, channels, inner), b, t(p0), t(p1))
         else:
             if bias is not None:
                 np.add(out, np.reshape(bias, (-1,) + (1,) * (out.ndim - axis - 1)), out=out)

@@ -64,7 +64,8 @@ class Op(abc.ABC):
         """The output array from the input arrays, computed with array module `xp`.
 
         An op with `writes_out = True` also takes `out=`: None, or an array of
-        the shape and dtype `infer` gave, which it fills and returns.
+        the shape and dtype `infer` gave, which it fills and returns (or returns a view of its
+        memory in another order: a product computed transposed hands on its value column-major).
         """
 
     def vjp(self, F, g, xs, y) -> tuple:

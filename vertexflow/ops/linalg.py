@@ -11,7 +11,18 @@ from ..errors import ShapeError
 from ..graph import Spec, format_shape
 from .base import Op, broadcast_shapes, require_numeric
 
-_FEW_ROWS = 16  # up to this many rows, a product with a transposed matrix is computed transposed
+
+def computes_transposed(rows: int, cols: int) -> bool:
+    """Whether a 2-D product of `rows` x `cols` is computed as its transpose (b.T @ a.T), its value
+    handed on in column-major order.
+
+    OpenBLAS runs a product of 2 to 128 rows and at least twice as many columns (an exported
+    Linear's x @ W.T at a small batch) 1.1-2.0x slower than the same product computed transposed
+    (`python bench/matmul_layout.py`; from 256 rows on the two are within 6%, either way). The
+    value comes out as a column-major array, which numpy's ufuncs and the next product read
+    without a copy.
+    """
+    return 2 <= rows <= 128 and cols >= 2 * rows
 
 
 class Matmul(Op):
@@ -43,15 +54,19 @@ class Matmul(Op):
             # index otherwise (a (64, 64, 64) @ (64, 256) product ran 2.5x slower).
             flat = xp.matmul(a.reshape(-1, a.shape[-1]), b, out=None if out is None else out.reshape(-1, b.shape[1]))
             return flat.reshape(*a.shape[:-1], b.shape[1]) if out is None else out
-        if a.ndim == 2 and b.ndim == 2 and 2 <= a.shape[0] <= _FEW_ROWS and b.flags.f_contiguous and \
-                not b.flags.c_contiguous and a.flags.c_contiguous:
-            # A few rows times a transposed matrix (an exported Linear's x @ W.T): OpenBLAS's kernel for
-            # that shape runs up to 1.8x slower than the same product computed transposed, (W @ x.T).T.
-            flipped = xp.matmul(b.T, a.T)
+        if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and xp.__name__ == "numpy" and \
+                computes_transposed(a.shape[0], b.shape[1]):
+            rows, cols = a.shape[0], b.shape[1]
             if out is None:
-                return xp.ascontiguousarray(flipped.T)
-            xp.copyto(out, flipped.T)
-            return out
+                flipped = xp.empty((cols, rows), a.dtype)
+            elif out.flags.c_contiguous:
+                flipped = out.reshape(cols, rows)  # out's memory, the value in column-major order
+            elif out.flags.f_contiguous:
+                flipped = out.T
+            else:
+                return xp.matmul(a, b, out=out)
+            xp.matmul(b.T, a.T, out=flipped)
+            return flipped.T
         return xp.matmul(a, b, out=out)
 
     def vjp(self, F, g, xs, y):
