@@ -559,6 +559,7 @@ def _op_samples():
         activation.Gelu: (activation.Gelu(), [S((3, 4), f)]),
         norm.LayerNorm: (norm.LayerNorm(1), [S((3, 4), f), S((4,), f), S((4,), f)]),
         activation.GeluGrad: (activation.GeluGrad(), [S((3, 4), f), S((3, 4), f)]),
+        ew.ReluGrad: (ew.ReluGrad(), [S((3, 4), f), S((3, 4), f)]),
         activation.HardSigmoid: (activation.HardSigmoid(), [S((3, 4), f)]),
         activation.HardSwish: (activation.HardSwish(), [S((3, 4), f)]),
         nn.Conv2d: (nn.Conv2d(), [img, w33]),

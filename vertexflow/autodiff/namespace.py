@@ -146,7 +146,12 @@ class ArrayMath(Math):
         return x.dtype
 
     def sum_to(self, x, like):
-        return x if x.shape == like.shape else sum_to_shape(self.xp, x, like.shape)
+        shape = like.shape
+        if x.shape == shape:
+            return x
+        if x.ndim == 2 and len(shape) == 1 and x.shape[1] == shape[0]:
+            return x.sum(axis=0)  # a bias's gradient: the reduction sum_to_shape makes, without its reshape
+        return sum_to_shape(self.xp, x, shape)
 
     # Movement and products straight on the arrays (what their ops' forward does, without making an op
     # per call: derivative rules call these several times each).

@@ -1,4 +1,5 @@
-"""erf and the exact GELU for float32 in one vectorised pass, accurate to 1 ulp of the correctly rounded value.
+"""erf and the exact GELU for float32 in one vectorised pass, accurate to 1 ulp of the correctly rounded value;
+relu's derivative in one pass.
 
 scipy's erf is a scalar loop (about 9 ns an element here), and an exported GELU
 spends most of its time in it. For float32 the value is computed in float64
@@ -86,7 +87,11 @@ def _kernels():
             pdf = 0.3989422804014327 * np.exp(-0.5 * v * v)
             return np.float32(np.float64(g) * (cdf + v * pdf))
 
-        _compiled.update(erf64=erf64, erf32=erf32, gelu32=gelu32, gelu_grad32=gelu_grad32)
+        @numba.vectorize(["float32(float32, float32)", "float64(float64, float64)"], nopython=True, cache=True)
+        def relu_grad(g, y):  # g * (y > 0) as numpy computes it (the mask cast to g's type: -0.0 and NaN kept)
+            return g * (1.0 if y > 0 else 0.0)
+
+        _compiled.update(erf64=erf64, erf32=erf32, gelu32=gelu32, gelu_grad32=gelu_grad32, relu_grad=relu_grad)
     return _compiled
 
 
@@ -133,3 +138,13 @@ def gelu_grad32(x: np.ndarray, g: np.ndarray) -> np.ndarray:
         cdf = 0.5 * (1.0 + _erf_numpy(v * SQRT_HALF))
     pdf = 0.3989422804014327 * np.exp(-0.5 * v * v)
     return (g * (cdf + v * pdf)).astype(np.float32)
+
+
+def relu_grad(g: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """g * (y > 0), relu's derivative rule, in one pass for float arrays of one dtype (numpy's form
+    makes a boolean mask, then casts it in the product: 2x slower on an MLP's (100, 250) layer)."""
+    if available() and g.dtype == y.dtype and g.dtype in (np.float32, np.float64):
+        kernel = _kernels()["relu_grad"]
+        with np.errstate(invalid="ignore"):  # numba's ufunc flags a NaN compared; numpy's form does not
+            return kernel(g, y) if out is None else kernel(g, y, out=out)
+    return np.multiply(g, y > 0, out=out)

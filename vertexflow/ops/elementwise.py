@@ -167,7 +167,34 @@ class Relu(Unary):
         return xp.maximum(x, x.dtype.type(0), out=out)
 
     def vjp(self, F, g, xs, y):
-        return (F.mul(g, F.greater(y, 0)),)
+        return (F.apply(_RELU_GRAD, g, y),)
+
+
+class ReluGrad(Op):
+    """g * (y > 0): relu's derivative rule (y its output), one pass (kernels/special.py)."""
+
+    name = "relu_grad"
+    writes_out = True
+
+    def infer(self, g: Spec, y: Spec) -> Spec:
+        require_float(g)
+        return Spec(broadcast_shapes(g.shape, y.shape), g.dtype)
+
+    def forward(self, xp, g, y, out=None):
+        if xp.__name__ == "numpy":
+            from ..kernels.special import relu_grad
+
+            return relu_grad(g, y, out=out)
+        return xp.multiply(g, y > 0, out=out)
+
+    def vjp(self, F, h, xs, y):
+        return (F.apply(_RELU_GRAD, h, xs[1]), None)  # linear in g; y only selects
+
+    def cost(self, g: Spec, y: Spec) -> float:
+        return 2.0 * max(numel(g), numel(y))
+
+
+_RELU_GRAD = ReluGrad()
 
 
 class Clip(Unary):

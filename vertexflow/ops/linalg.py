@@ -13,14 +13,14 @@ from .base import Op, broadcast_shapes, require_numeric
 
 
 def computes_transposed(rows: int, cols: int) -> bool:
-    """Whether a 2-D product of `rows` x `cols` is computed as its transpose (b.T @ a.T), its value
-    handed on in column-major order.
+    """Whether a 2-D product of `rows` x `cols` with a transposed (column-major) right operand is
+    computed as its transpose (b.T @ a.T), its value handed on in column-major order.
 
-    OpenBLAS runs a product of 2 to 128 rows and at least twice as many columns (an exported
-    Linear's x @ W.T at a small batch) 1.1-2.0x slower than the same product computed transposed
-    (`python bench/matmul_layout.py`; from 256 rows on the two are within 6%, either way). The
-    value comes out as a column-major array, which numpy's ufuncs and the next product read
-    without a copy.
+    OpenBLAS runs a product of 2 to 128 rows and at least twice as many columns with a transposed
+    matrix (an exported Linear's x @ W.T at a small batch) 1.1-2.0x slower than the same product
+    computed transposed (`python bench/matmul_layout.py`; from 256 rows on the two are within 6%,
+    either way; with a row-major right operand, within 10%). The value comes out as a column-major
+    array, which numpy's ufuncs and the next product read without a copy.
     """
     return 2 <= rows <= 128 and cols >= 2 * rows
 
@@ -55,7 +55,7 @@ class Matmul(Op):
             flat = xp.matmul(a.reshape(-1, a.shape[-1]), b, out=None if out is None else out.reshape(-1, b.shape[1]))
             return flat.reshape(*a.shape[:-1], b.shape[1]) if out is None else out
         if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and xp.__name__ == "numpy" and \
-                computes_transposed(a.shape[0], b.shape[1]):
+                b.flags.f_contiguous and not b.flags.c_contiguous and computes_transposed(a.shape[0], b.shape[1]):
             rows, cols = a.shape[0], b.shape[1]
             if out is None:
                 flipped = xp.empty((cols, rows), a.dtype)
