@@ -154,6 +154,23 @@ def test_convolutions_by_image_columns_and_their_gradients_equal_torch(data):
 
 
 @needs_torch
+@pytest.mark.parametrize("kernel, dilation", [((3, 3), 1), ((5, 5), 1), ((7, 3), 1), ((3, 5), 2), ((1, 7), 1)])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (6, 2), (9, 16)])
+def test_a_same_size_convolution_copies_whole_taps_and_equals_torch(kernel, dilation, size):
+    """Stride 1 with the output as wide as the input: the column kernel copies a tap's rows as one run
+    and zeroes the clipped ends after; taps wholly outside a small image take the per-row path."""
+    kh, kw = kernel
+    padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
+    rng = np.random.default_rng(kh * 10 + kw)
+    x = rng.normal(size=(2, 3, *size)).astype(np.float32)
+    weight = rng.normal(size=(4, 3, kh, kw)).astype(np.float32)
+    got = Conv2d(1, padding, dilation).forward(np, x, weight)
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), padding=padding, dilation=dilation)
+    assert got.shape == want.shape and got.shape[3] == size[1]
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@needs_torch
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_convolution_split_over_threads_gives_the_bits_of_one_thread(threads, monkeypatch):
     """Images are split over the threads BLAS may use; every product is single-threaded, so the split
