@@ -1,5 +1,6 @@
 """The memory plan: reused output buffers, and values handed out that nothing overwrites."""
 
+import contextlib
 import gc
 
 import numpy as np
@@ -98,6 +99,29 @@ def test_a_fetched_param_is_a_copy_and_changing_it_changes_nothing():
     got_x[:] = -1
     np.testing.assert_array_equal(w.value, [0, 1, 2])
     np.testing.assert_array_equal(ex.run({x: np.ones(3)}, w * 1.0), [0, 1, 2])
+
+
+@pytest.mark.parametrize("rows", [4, 512])  # 512: above the pool's threshold, its buffers in play
+@pytest.mark.parametrize("executor", ["sequential", "actor"])
+def test_a_reshape_writes_its_copy_into_a_buffer_and_its_view_is_never_written_in_place(rows, executor):
+    g = vf.Graph()
+    x = g.input("x", shape=(rows, 64), dtype="float64")
+    w = g.param("w", value=np.arange(rows * 64.0).reshape(rows, 64))
+    a = x * 2.0
+    viewed = -vf.reshape(a, (rows * 2, 32))  # a view of a: neg must not write into it
+    copied = vf.exp(vf.reshape(vf.transpose(a), (64 * rows,)))  # a copy: into a buffer of its own
+    after = a + 1.0  # reads a after both
+    of_param = vf.reshape(vf.transpose(w), (64 * rows,))
+    feed = np.random.default_rng(0).normal(size=(rows, 64))
+    ex = vf.SequentialExecutor(g) if executor == "sequential" else vf.ActorExecutor(g, threads=2)
+    with ex if executor == "actor" else contextlib.nullcontext():
+        for _ in range(3):
+            got = ex.run({x: feed}, [viewed, copied, after, of_param])
+            np.testing.assert_array_equal(got[0], -(feed * 2).reshape(rows * 2, 32))
+            np.testing.assert_array_equal(got[1], np.exp((feed * 2).T.reshape(-1)))
+            np.testing.assert_array_equal(got[2], feed * 2 + 1)
+            got[3][:] = -1  # a copy of the param's values, never the param
+            np.testing.assert_array_equal(w.value, np.arange(rows * 64.0).reshape(rows, 64))
 
 
 @pytest.mark.timeout(120)

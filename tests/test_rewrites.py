@@ -155,3 +155,23 @@ def test_a_step_with_nothing_to_rewrite_is_planned_once_not_at_every_call(monkey
         for _ in range(3):
             ex.run({x: np.ones(4)}, y)
     assert len(planned) == 1
+
+
+@pytest.mark.parametrize("activation", ["relu", "clip", "hard_swish", "hard_sigmoid", "sigmoid", "tanh"])
+def test_a_product_epilogue_on_another_array_module_applies_its_activation(activation):
+    """On a GPU (cupy) the epilogue runs the vertices' own forwards: every activation is applied there
+    too, not only those the CPU runs after its pass. (numpy under another name stands in for cupy.)"""
+    import types
+
+    other = types.ModuleType("other_numpy")
+    other.__getattr__ = lambda name: getattr(np, name)
+    g = vf.Graph()
+    x = g.input("x", shape=(3, 6), dtype="float32")
+    w = g.param("w", value=np.random.default_rng(0).normal(size=(6, 5)).astype("float32"))
+    b = g.param("b", value=np.linspace(-1, 1, 5, dtype="float32"))
+    out = ACTIVATIONS[activation](x @ w + b)
+    order = vf.SequentialExecutor(g).tape([out]).order
+    (op,) = plan_rewrites(order, _specs(order), {out.id}).ops.values()
+    feed = np.random.default_rng(1).normal(size=(3, 6)).astype("float32")
+    want = vf.SequentialExecutor(g, optimize=False).run({x: feed}, out)
+    np.testing.assert_allclose(op.forward(other, feed, w.value, b.value), want, rtol=1e-6, atol=1e-6)

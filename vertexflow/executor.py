@@ -281,7 +281,7 @@ class Executor(abc.ABC):
         out = []
         for value, node in zip(values, nodes):
             value = self.backend.to_host(value)
-            if node is None or node.kind != "op" or not node.op.writes_out:
+            if node is None or node.kind != "op" or not node.op.writes_out or node.op.views:
                 # A source, a gradient, or an op that may return a view of its input.
                 if source_ids is None:
                     source_ids = {id(owner(s)) for s in sources}

@@ -44,31 +44,35 @@ from .ops.shape import Identity
 
 @dataclass(frozen=True)
 class Activation:
-    """How an activation op runs in an epilogue: a kernel code and its two parameters, or its own forward after."""
+    """An activation op in an epilogue: on the CPU a kernel code and its two parameters, or (code NONE)
+    the op's own forward after the bias pass; on a GPU always the op's own forward."""
 
-    code: int
+    op: Op
+    code: int = ep.NONE
     p0: float = 0.0
     p1: float = 0.0
-    # Run after the bias pass: numpy's SIMD transcendental loops (sigmoid, tanh) stay numpy's, and GELU's
-    # own kernel is already one vectorised pass.
-    after: Op | None = None
-    after_in_place: bool = True  # numba's ufuncs (GELU's) run 2.7x slower given their own input as out=
+    # (numpy's SIMD transcendental loops, sigmoid and tanh, and float64's GELU stay the op's own forward)
+
+    def after(self, xp, value):
+        """The op's own forward on the bias pass's value (in place where the op allows it)."""
+        return self.op.forward(xp, value, out=value) if self.op.inplace else self.op.forward(xp, value)
 
 
 def _activation(op: Op, dtype: np.dtype) -> Activation | None:
     kind = type(op)
     if kind is ew.Relu:
-        return Activation(ep.CLIP, 0.0, float("inf"))
+        return Activation(op, ep.CLIP, 0.0, float("inf"))
     if kind is ew.Clip:
-        return Activation(ep.CLIP, op.low, op.high)
+        return Activation(op, ep.CLIP, op.low, op.high)
     if kind is activation.HardSigmoid:
-        return Activation(ep.HARD_SIGMOID, op.alpha, op.beta)
+        return Activation(op, ep.HARD_SIGMOID, op.alpha, op.beta)
     if kind is activation.HardSwish:
-        return Activation(ep.HARD_SWISH, op.alpha, op.beta)
+        return Activation(op, ep.HARD_SWISH, op.alpha, op.beta)
     if kind is activation.Gelu:
-        return Activation(ep.NONE, after=op, after_in_place=False)
+        # float32's in the bias pass, as its own kernel computes it; otherwise its passes
+        return Activation(op, ep.GELU) if dtype == np.float32 else Activation(op)
     if kind in (ew.Sigmoid, ew.Tanh):
-        return Activation(ep.NONE, after=op)
+        return Activation(op)
     return None
 
 
@@ -91,17 +95,15 @@ class ProductEpilogue(Op):
 
     def forward(self, xp, a, w, *bias, out=None):
         value = self.product.forward(xp, a, w, out=out)
-        act = self.act or Activation(ep.NONE)
-        if xp is not np:  # cupy: the vertices' own forwards, in place
+        act = self.act
+        if xp is not np:  # cupy: the vertices' own forwards
             if bias:
                 xp.add(value, bias[0], out=value)
-            if act.after is not None:
-                value = act.after.forward(xp, value, out=value)
-            return value
-        value = ep.bias_activation(value, bias[0] if bias else None, self.bias_axis or 0, act.code, act.p0, act.p1)
-        if act.after is None:
-            return value
-        return act.after.forward(xp, value, out=value) if act.after_in_place else act.after.forward(xp, value)
+            return value if act is None else act.after(xp, value)
+        code = ep.NONE if act is None else act.code
+        value = ep.bias_activation(value, bias[0] if bias else None, self.bias_axis or 0, code,
+                                   *((0.0, 0.0) if act is None else (act.p0, act.p1)))
+        return value if act is None or code != ep.NONE else act.after(xp, value)
 
     def cost(self, *specs: Spec) -> float:
         return self.product.cost(*specs[:2]) + float(numel(self.output_spec))

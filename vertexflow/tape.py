@@ -244,7 +244,7 @@ class _Writer:
 def owns_its_array(node: Node) -> bool:
     """Whether a vertex's value is an array of its own (fresh or a pool buffer), never a view of another's."""
     op = node.op
-    return op.writes_out and type(op).__module__.startswith("vertexflow.")
+    return op.writes_out and not op.views and type(op).__module__.startswith("vertexflow.")
 
 
 def passes_on(node: Node) -> bool:
@@ -288,7 +288,7 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
                     targets[ins.index] = slot
                     break
         handed = passes_on(node) and node.id not in fused and ins.args[0] in owned and ins.args[0] in ins.free
-        if ins.index in targets or node.id in pooled or owns_its_array(node) or handed:
+        if ins.index in targets or (node.id in pooled and not op.views) or owns_its_array(node) or handed:
             if ins.out not in kept_slots:
                 owned.add(ins.out)
         for slot in ins.free:
@@ -470,11 +470,11 @@ class SegmentProgram:
 
 
 def compile_segment(entries: Sequence, specs: Mapping[int, Spec], pooled: Mapping[int, Spec], xp, buffers=None,
-                    blas_lock=None, made: Sequence[tuple[int, bool]] = ()) -> SegmentProgram:
+                    blas_lock=None, made: Sequence[tuple[int, bool | None]] = ()) -> SegmentProgram:
     """A segment's entries as one generated function `segment(values, status)` for these specs.
 
     In place where it is safe: an elementwise member may write into an input made in this
-    actor (in this segment, or in an earlier one: `made`, (id, writes a fresh array)) that
+    actor (in this segment, or in an earlier one: `made`, (id, writes a fresh array: Segment.made)) that
     nothing else reads (not sent, fetched, or kept for the reverse sweep, which the entries'
     frees already leave out).
     """
@@ -483,7 +483,7 @@ def compile_segment(entries: Sequence, specs: Mapping[int, Spec], pooled: Mappin
     if blas_lock is not None:
         namespace["L"] = blas_lock
     out.lines.append("def segment(values, status):")
-    owned: set[int] = {key for key, fresh in made if fresh or key in pooled}
+    owned: set[int] = {key for key, fresh in made if fresh or (fresh is False and key in pooled)}
     sites: dict[int, tuple[int, Site]] = {}
     for index, entry in enumerate(entries):
         if entry.is_source:
@@ -525,7 +525,8 @@ def compile_segment(entries: Sequence, specs: Mapping[int, Spec], pooled: Mappin
         if entry.free:
             out.line("; ".join(f"del values[{key}]" for key in entry.free))
         handed = passes_on(node) and entry.op is None and entry.inputs[0] in owned and entry.inputs[0] in entry.free
-        if (target is not None or node.id in pooled or owns_its_array(node) or handed) and not entry.readers \
+        if (target is not None or (node.id in pooled and not op.views) or owns_its_array(node) or handed) \
+                and not entry.readers \
                 and not entry.fetched:
             owned.add(node.id)
         owned.difference_update(entry.free)

@@ -64,8 +64,9 @@ class Segment:
     awaits: bool = False  # its one member's forward is async: awaited on the trio thread, no worker
     joins: bool = False  # it takes a value another actor computed (not a source's): it finishes work begun
     # Values the actor's earlier segments made that nothing outside reads (not sent, not fetched), each with
-    # whether its op writes a fresh array of its own: a member here may write into one in place.
-    made: tuple[tuple[int, bool], ...] = ()
+    # whether its op writes a fresh array of its own (False: only where it is given a pool buffer; None: it
+    # may hand on a view of its input, a reshape's): a member here may write into one in place.
+    made: tuple[tuple[int, bool | None], ...] = ()
 
     @property
     def keys(self) -> tuple[int, ...]:
@@ -141,13 +142,13 @@ def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> Actor
     order = [entry for _, piece, _, _ in pieces for entry in piece]
     frees = iter(last_reads([entry[2] for entry in order], keep))
     segments = []
-    made: list[tuple[int, bool]] = []
+    made: list[tuple[int, bool | None]] = []
     for t, piece, worker, awaits in pieces:
         entries = tuple(Entry(*entry[:5], next(frees), entry[5]) for entry in piece)
         joins = any(take.position != FEED and plan.inputs_of(take.member)[take.position].kind not in SOURCE_KINDS
                     for take in t)
         segments.append(Segment(tuple(t), entries, worker, awaits, joins, tuple(made)))
-        made += [(e.member.id, e.op is None and owns_its_array(e.member)) for e in entries
-                 if not e.is_source and not e.readers and not e.fetched]
+        made += [(e.member.id, None if e.op is None and e.member.op.views else e.op is None and owns_its_array(e.member))
+                 for e in entries if not e.is_source and not e.readers and not e.fetched]
     segments = tuple(segments)
     return ActorProgram(actor, segments)

@@ -42,6 +42,9 @@ class Op(abc.ABC):
     # True for ops whose forward takes `out=`, an array of the inferred shape and dtype
     # to write the result into (and return): executors then hand it a reused buffer.
     writes_out: bool = False
+    # True for an op with `writes_out` whose forward may still return a view of its input (a reshape
+    # writes into out= only where it must copy): executors never treat its value as an array of its own.
+    views: bool = False
     # True for elementwise ops whose forward may be given one of its inputs as `out=` (same
     # shape and dtype as the output): the compiled tape then writes in place, as numpy's
     # temporary elision does, where nothing else reads that input.

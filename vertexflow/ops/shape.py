@@ -19,6 +19,8 @@ from .base import Op, broadcast_shapes, normalize_axes, numel, sum_to_shape
 
 class Reshape(Op):
     name = "reshape"
+    writes_out = True  # where it must copy (an input numpy cannot view in the new shape): into out
+    views = True
 
     def __init__(self, shape):
         shape = tuple(int(d) for d in shape)
@@ -46,8 +48,17 @@ class Reshape(Op):
             raise ShapeError(f"cannot reshape {format_shape(x.shape)} into {target}")
         return Spec(target, x.dtype)
 
-    def forward(self, xp, x):
-        return xp.reshape(x, self.shape)
+    def forward(self, xp, x, out=None):
+        if out is None or x.flags.c_contiguous or not out.flags.c_contiguous or xp.__name__ != "numpy":
+            return xp.reshape(x, self.shape)
+        try:
+            return xp.reshape(x, self.shape, copy=False)  # a view wherever the strides allow one
+        except TypeError:  # numpy before 2.1: it decides for itself
+            return xp.reshape(x, self.shape)
+        except ValueError:  # a copy is needed: into the buffer given (a fresh one was page-faulted
+            pass  # anew each step: an attention's reshapes took 2.8x longer in one process than another)
+        xp.copyto(out.reshape(x.shape), x)
+        return out
 
     def vjp(self, F, g, xs, y):
         return (F.reshape_like(g, xs[0]),)
