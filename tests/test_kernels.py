@@ -16,7 +16,7 @@ from scipy import special as sp_special
 import vertexflow as vf
 from vertexflow import kernels
 from vertexflow.kernels import conv, epilogue, im2col, loss, norm, special
-from vertexflow.ops.activation import HardSigmoid, HardSwish
+from vertexflow.ops.activation import Gelu, HardSigmoid, HardSwish
 from vertexflow.ops.elementwise import Clip
 from vertexflow.ops.nn import Conv2d
 from vertexflow.ops.norm import LayerNorm
@@ -315,7 +315,8 @@ def test_row_softmax_and_layer_norm_equal_numpy(form, dtype):
     np.testing.assert_allclose(ln, want, rtol=20 * tol, atol=20 * tol)
 
 
-@pytest.mark.parametrize("code", [epilogue.NONE, epilogue.CLIP, epilogue.HARD_SIGMOID, epilogue.HARD_SWISH])
+@pytest.mark.parametrize("code", [epilogue.NONE, epilogue.CLIP, epilogue.HARD_SIGMOID, epilogue.HARD_SWISH,
+                                  epilogue.GELU])
 @pytest.mark.parametrize("axis", [1, 2])
 def test_an_epilogue_pass_gives_the_bits_of_the_separate_passes(form, code, axis):
     """act(out + bias) in one pass: the same float operations as numpy's add, then the op's forward."""
@@ -325,7 +326,8 @@ def test_an_epilogue_pass_gives_the_bits_of_the_separate_passes(form, code, axis
     bias = rng.normal(size=out.shape[axis]).astype(np.float32)
     shaped = bias.reshape((-1, 1) if axis == 1 else (-1,))
     separate = out + shaped
-    ops = {epilogue.CLIP: Clip(-1.5, 2.0), epilogue.HARD_SIGMOID: HardSigmoid(), epilogue.HARD_SWISH: HardSwish()}
+    ops = {epilogue.CLIP: Clip(-1.5, 2.0), epilogue.HARD_SIGMOID: HardSigmoid(), epilogue.HARD_SWISH: HardSwish(),
+           epilogue.GELU: Gelu()}
     params = {epilogue.CLIP: (-1.5, 2.0), epilogue.HARD_SIGMOID: (1 / 6, 0.5), epilogue.HARD_SWISH: (1 / 6, 0.5)}
     if code in ops:
         separate = ops[code].forward(np, separate)

@@ -55,63 +55,44 @@ def _kernels():
                 for k in range(n):
                     target[k] = row[k] - m
 
+        # The reductions in functions of their own, free to reorder their sums (fastmath "reassoc"): LLVM
+        # then sums a row in SIMD lanes (eight partial sums by hand stayed scalar: a softmax's division
+        # pass over 16,384 rows of 64 took 635 us, now 340 us; a layer norm's statistics likewise).
+        @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+        def row_sum(row):
+            s = row[0] * 0
+            for k in range(row.shape[0]):
+                s += row[k]
+            return s
+
+        @numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+        def row_statistics(row):
+            """The row's mean and its sum of squared deviations, in float64."""
+            s = 0.0
+            for k in range(row.shape[0]):
+                s += row[k]
+            mu = s / row.shape[0]
+            v = 0.0
+            for k in range(row.shape[0]):
+                d = row[k] - mu
+                v += d * d
+            return mu, v
+
         @numba.njit(cache=True, nogil=True)
         def divide_by_sum(e):
             rows, n = e.shape
             for r in range(rows):
                 row = e[r]
-                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = row[0] * 0
-                k = 0
-                while k + 8 <= n:
-                    s0 += row[k]
-                    s1 += row[k + 1]
-                    s2 += row[k + 2]
-                    s3 += row[k + 3]
-                    s4 += row[k + 4]
-                    s5 += row[k + 5]
-                    s6 += row[k + 6]
-                    s7 += row[k + 7]
-                    k += 8
-                s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-                while k < n:
-                    s += row[k]
-                    k += 1
-                inverse = 1 / s  # a product per element instead of a division: within 1 ulp of e / s
+                inverse = 1 / row_sum(row)  # a product per element instead of a division: within 1 ulp of e / s
                 for k in range(n):
                     row[k] = row[k] * inverse
 
-        @numba.njit(cache=True, nogil=True)
+        @numba.njit(cache=True, nogil=True, error_model="numpy")
         def layer_norm(x, weight, bias, eps, out):
             rows, n = x.shape
             for r in range(rows):
                 row, target = x[r], out[r]
-                s0 = s1 = s2 = s3 = 0.0  # in float64 (statistics), four partial sums for the latency
-                k = 0
-                while k + 4 <= n:
-                    s0 += row[k]
-                    s1 += row[k + 1]
-                    s2 += row[k + 2]
-                    s3 += row[k + 3]
-                    k += 4
-                s = (s0 + s1) + (s2 + s3)
-                while k < n:
-                    s += row[k]
-                    k += 1
-                mu = s / n
-                v0 = v1 = v2 = v3 = 0.0
-                k = 0
-                while k + 4 <= n:
-                    d0, d1, d2, d3 = row[k] - mu, row[k + 1] - mu, row[k + 2] - mu, row[k + 3] - mu
-                    v0 += d0 * d0
-                    v1 += d1 * d1
-                    v2 += d2 * d2
-                    v3 += d3 * d3
-                    k += 4
-                v = (v0 + v1) + (v2 + v3)
-                while k < n:
-                    d = row[k] - mu
-                    v += d * d
-                    k += 1
+                mu, v = row_statistics(row)
                 rstd = 1.0 / np.sqrt(v / n + eps)
                 for k in range(n):
                     target[k] = (row[k] - mu) * rstd * weight[k] + bias[k]
