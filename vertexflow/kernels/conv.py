@@ -139,12 +139,13 @@ def _out_hw(padded_shape, kernel, stride, dilation):
     return (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
 
 
-def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None, out=None) -> np.ndarray:
+def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None, out=None, then=None) -> np.ndarray:
     """The depthwise convolution of x (N, C, H, W) by w (C * mult, 1, kh, kw), zero-padded by `padding`.
 
     Args:
         pad: pads x as the caller's other kernels do (for the numpy fallback and large windows).
         out: the output array to fill, or None.
+        then: called with out[first:last] as soon as those images are done (an epilogue, in cache).
     """
     mult = w.shape[0] // x.shape[1]
     (ph, pw) = padding
@@ -158,14 +159,14 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None,
     if kernel is not None:
         x, w = np.ascontiguousarray(x, dtype), np.ascontiguousarray(w, dtype)
         split(x.shape[0], lambda first, last: kernel(x[first:last], w, out[first:last], mult, ph, pw),
-              2.0 * out.size * w.shape[2] * w.shape[3])
+              2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out[0].nbytes)
         return out
     xp = pad(x) if (ph or pw) else x
     if compiled:
         xp, w = np.ascontiguousarray(xp, dtype), np.ascontiguousarray(w, dtype)
         forward = _kernels()["forward"]
         split(x.shape[0], lambda first, last: forward(xp[first:last], w, out[first:last], *stride, *dilation, mult),
-              2.0 * out.size * w.shape[2] * w.shape[3])
+              2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out[0].nbytes)
         return out
     (sh, sw), (dh, dw) = stride, dilation
     source = np.repeat(xp, mult, axis=1) if mult > 1 else xp
@@ -174,7 +175,14 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None,
         for j in range(w.shape[3]):
             tap = source[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
             out += tap * w[None, :, 0, i, j, None, None]
+    if then is not None:
+        then(out)
     return out
+
+
+def _images(then, out):
+    """then(out[first:last]) as split's `then`, or None."""
+    return None if then is None else lambda first, last: then(out[first:last])
 
 
 def depthwise_grad_weight(g: np.ndarray, xp: np.ndarray, w_shape, stride, dilation) -> np.ndarray:

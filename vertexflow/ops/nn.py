@@ -302,7 +302,9 @@ class Conv2d(Op, Window):
             raise ShapeError(f"kernel {format_shape(w.shape[2:])} does not fit input {format_shape(x.shape)} with padding {self.padding}")
         return Spec((x.shape[0], w.shape[0], oh, ow), np.result_type(x.dtype, w.dtype))
 
-    def forward(self, xp, x, w, out=None):
+    def forward(self, xp, x, w, out=None, then=None):
+        """The convolution into `out` (or a new array); then(images), if given, on each run of output
+        images as soon as they are done, by the thread that computed them (an epilogue, in cache)."""
         kind = self.algorithm(xp, x.shape, w.shape, x.dtype)
         if kind == "pointwise":
             # A 1x1 convolution is one product per image: (O, C) @ (C, H*W), already NCHW; the images
@@ -317,7 +319,8 @@ class Conv2d(Op, Window):
             flat, source, weights = result.reshape(n, w.shape[0], oh * ow), xs.reshape(n, c, oh * ow), \
                 w.reshape(w.shape[0], c)
             split(n, lambda first, last: np.matmul(weights, source[first:last], out=flat[first:last]),
-                  2.0 * flat.size * c)
+                  2.0 * flat.size * c, None if then is None else lambda first, last: then(result[first:last]),
+                  result[0].nbytes)
             if out is not None and result is not out:
                 out[...] = result
                 return out
@@ -325,19 +328,23 @@ class Conv2d(Op, Window):
         if kind == "depthwise":
             from ..kernels.conv import depthwise
 
-            return depthwise(x, w, self.stride, self.padding, self.dilation, lambda a: self._padded(xp, a), out)
+            return depthwise(x, w, self.stride, self.padding, self.dilation, lambda a: self._padded(xp, a), out,
+                             then)
         if kind == "columns":
             from ..kernels import im2col
 
-            return im2col.conv2d(x, w, self.stride, self.padding, self.dilation, self.groups, out)
+            return im2col.conv2d(x, w, self.stride, self.padding, self.dilation, self.groups, out, then)
         cols, (n, oh, ow) = self._columns(xp, x, w.shape[2:])  # (C*kh*kw, N*OH*OW)
         g = self.groups
         # One product per group, batched: a group's rows of cols are contiguous (channel-major).
         product = xp.matmul(w.reshape(g, w.shape[0] // g, -1), cols.reshape(g, -1, cols.shape[1]))
         by_image = product.reshape(w.shape[0], n, oh, ow).transpose(1, 0, 2, 3)
         if out is None:
-            return xp.ascontiguousarray(by_image)
-        xp.copyto(out, by_image)
+            out = xp.ascontiguousarray(by_image)
+        else:
+            xp.copyto(out, by_image)
+        if then is not None:
+            then(out)
         return out
 
     def algorithm(self, xp, x_shape, w_shape, dtype) -> str:
