@@ -175,3 +175,34 @@ def test_a_product_epilogue_on_another_array_module_applies_its_activation(activ
     feed = np.random.default_rng(1).normal(size=(3, 6)).astype("float32")
     want = vf.SequentialExecutor(g, optimize=False).run({x: feed}, out)
     np.testing.assert_allclose(op.forward(other, feed, w.value, b.value), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise", "columns"])
+@pytest.mark.parametrize("activation", ["relu", "hard_swish", "gelu", "tanh"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_convolutions_epilogue_run_by_runs_of_images_gives_the_bits_of_its_vertices(kind, activation, dtype,
+                                                                                       monkeypatch):
+    """Outputs larger than the cache get their epilogue a few images at a time, on the threads that
+    computed them (made small here so that small images take that path)."""
+    from vertexflow import rewrites
+    from vertexflow.kernels import im2col
+
+    monkeypatch.setattr(rewrites, "_IN_CACHE", 0)
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", 6000)  # one to four images a run
+    monkeypatch.setattr(im2col, "MIN_SPLIT_FLOPS", 1.0)  # and split over the threads
+    rng = np.random.default_rng(3)
+    g = vf.Graph()
+    x = g.input("x", shape=(11, 4, 9, 9), dtype=dtype)
+    shape, groups = {"pointwise": ((6, 4, 1, 1), 1), "depthwise": ((4, 1, 3, 3), 4),
+                     "columns": ((6, 4, 3, 3), 1)}[kind]
+    w = g.param("w", value=rng.normal(size=shape).astype(dtype))
+    b = g.param("b", value=rng.normal(size=(shape[0], 1, 1)).astype(dtype))
+    out = ACTIVATIONS[activation](vf.conv2d(x, w, padding=shape[2] // 2, groups=groups) + b)
+    feed = rng.normal(size=(11, 4, 9, 9)).astype(dtype)
+    tape = vf.SequentialExecutor(g)
+    order = tape.tape([out]).order
+    (op,) = plan_rewrites(order, _specs(order), {out.id}).ops.values()
+    assert op.product.algorithm(np, feed.shape, shape, feed.dtype) == kind
+    want = vf.SequentialExecutor(g, optimize=False).run({x: feed}, out)
+    for _ in range(3):
+        np.testing.assert_array_equal(tape.run({x: feed}, out), want)
