@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vertexflow as vf
+from vertexflow.ops.shape import Identity
 from vertexflow.rewrites import ProductEpilogue, plan_rewrites
 
 ACTIVATIONS = {
@@ -206,3 +207,27 @@ def test_a_convolutions_epilogue_run_by_runs_of_images_gives_the_bits_of_its_ver
     want = vf.SequentialExecutor(g, optimize=False).run({x: feed}, out)
     for _ in range(3):
         np.testing.assert_array_equal(tape.run({x: feed}, out), want)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
+def test_a_convolution_reshaped_on_its_way_to_its_activation_is_one_op(activation):
+    """An imported Conv1d: expand_dims, conv2d, its bias, squeeze (and a naming identity), then the
+    activation: one op computing the 4-D convolution, its value handed on in the 3-D shape."""
+    rng = np.random.default_rng(4)
+    g = vf.Graph()
+    x = g.input("x", shape=(5, 3, 40), dtype="float32")
+    w = g.param("w", value=rng.normal(size=(8, 3, 1, 9)).astype("float32"))
+    b = g.param("b", value=rng.normal(size=(8, 1, 1)).astype("float32"))
+    conv = vf.conv2d(vf.expand_dims(x, 2), w, stride=(1, 2), padding=(0, 4)) + b
+    named = Identity()(vf.squeeze(conv, 2), name="conv_output")  # as the importer names values
+    out = ACTIVATIONS[activation](named)
+    order = vf.SequentialExecutor(g).tape([out]).order
+    (op,) = plan_rewrites(order, _specs(order), {out.id}).ops.values()
+    assert [m.op_name for m in op.group.members] == ["conv2d", "add", "squeeze", "identity", activation]
+    assert op.output_spec.shape == (5, 8, 20) and op.product_shape == (5, 8, 1, 20)
+    feed = rng.normal(size=(5, 3, 40)).astype("float32")
+    want = vf.SequentialExecutor(g, optimize=False).run({x: feed}, out)
+    for _ in range(3):
+        np.testing.assert_array_equal(vf.SequentialExecutor(g).run({x: feed}, out), want)
+    with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as actors:
+        np.testing.assert_array_equal(actors.run({x: feed}, out), want)

@@ -39,7 +39,9 @@ from .ops import elementwise as ew
 from .ops.base import Op, numel
 from .ops.linalg import Matmul
 from .ops.nn import Conv2d
-from .ops.shape import Identity
+from .ops.shape import ExpandDims, Identity, Reshape, Squeeze
+
+_SHAPE_ONLY = (Squeeze, ExpandDims, Reshape)
 
 
 @dataclass(frozen=True)
@@ -88,17 +90,28 @@ class ProductEpilogue(Op):
     blas = True
     writes_out = True
 
-    def __init__(self, group: Group, product: Op, bias_axis: int | None, act: Activation | None, spec: Spec):
+    def __init__(self, group: Group, product: Op, bias_axis: int | None, act: Activation | None, spec: Spec,
+                 product_shape: tuple | None = None):
         self.group = group
         self.product = product
         self.bias_axis = bias_axis
         self.act = act
         self.output_spec = spec
+        # the product's own shape, where shape-only vertices (an imported Conv1d's squeeze) lie between
+        # it and the activation: the epilogue runs on it, the result is its view in the group's shape
+        self.product_shape = spec.shape if product_shape is None else product_shape
 
     def infer(self, *specs: Spec) -> Spec:
         return self.output_spec
 
     def forward(self, xp, a, w, *bias, out=None):
+        if self.product_shape != self.output_spec.shape:
+            if out is not None:
+                out = out.reshape(self.product_shape)  # a pool buffer: row-major, so a view
+            return self._forward(xp, a, w, *bias, out=out).reshape(self.output_spec.shape)
+        return self._forward(xp, a, w, *bias, out=out)
+
+    def _forward(self, xp, a, w, *bias, out=None):
         act = self.act
         if xp is not np:  # cupy: the vertices' own forwards
             value = self.product.forward(xp, a, w, out=out)
@@ -189,14 +202,23 @@ def product_epilogue(order: Sequence[Node], specs: Mapping[int, Spec], keep: Ite
                 inputs.append(other)
                 bias_axis = axis
                 nxt, passed = sole(nxt)
-        if nxt is not None and specs.get(nxt.id) == spec:
+        # a convolution's value may pass through vertices that only reshape it (an imported Conv1d is
+        # expand_dims, conv2d, bias, squeeze) on its way to the activation
+        shaped, shape = [], spec.shape
+        while type(node.op) is Conv2d and nxt is not None and type(nxt.op) in _SHAPE_ONLY and \
+                specs[nxt.id].static and specs[nxt.id].dtype == spec.dtype:
+            shaped += [*passed, nxt]
+            shape = specs[nxt.id].shape
+            nxt, passed = sole(nxt)
+        if nxt is not None and specs.get(nxt.id) == Spec(shape, spec.dtype):
             act = _activation(nxt.op, spec.dtype)
             if act is not None:
-                members += [*passed, nxt]
+                members += [*shaped, *passed, nxt]
         if len(members) < 2:
             continue
         group = Group(members[-1], tuple(members), tuple(inputs))
-        found.append(ProductEpilogue(group, node.op, bias_axis, act, spec))
+        out_spec = specs[members[-1].id]
+        found.append(ProductEpilogue(group, node.op, bias_axis, act, out_spec, spec.shape))
     return found
 
 
