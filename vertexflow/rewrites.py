@@ -26,6 +26,7 @@ The rewrites:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -100,6 +101,14 @@ class ProductEpilogue(Op):
         # the product's own shape, where shape-only vertices (an imported Conv1d's squeeze) lie between
         # it and the activation: the epilogue runs on it, the result is its view in the group's shape
         self.product_shape = spec.shape if product_shape is None else product_shape
+        # decided once (a call at batch 1 is a few microseconds of Python per vertex)
+        self._code = ep.NONE if act is None else act.code
+        self._params = (0.0, 0.0) if act is None else (act.p0, act.p1)
+        self._after = None if act is None or act.code != ep.NONE else act.after
+        # a convolution's output larger than the cache gets its epilogue on each run of images as soon
+        # as they are done, by the thread that computed them, while they are in cache (one that fits
+        # in cache whole is cheaper in one pass after: a call per run costs more there)
+        self._by_images = type(product) is Conv2d and spec.dtype.itemsize * numel(spec) > _IN_CACHE
 
     def infer(self, *specs: Spec) -> Spec:
         return self.output_spec
@@ -108,35 +117,28 @@ class ProductEpilogue(Op):
         if self.product_shape != self.output_spec.shape:
             if out is not None:
                 out = out.reshape(self.product_shape)  # a pool buffer: row-major, so a view
-            return self._forward(xp, a, w, *bias, out=out).reshape(self.output_spec.shape)
-        return self._forward(xp, a, w, *bias, out=out)
+            return self._forward(xp, a, w, bias, out).reshape(self.output_spec.shape)
+        return self._forward(xp, a, w, bias, out)
 
-    def _forward(self, xp, a, w, *bias, out=None):
-        act = self.act
+    def _forward(self, xp, a, w, bias, out):
         if xp is not np:  # cupy: the vertices' own forwards
             value = self.product.forward(xp, a, w, out=out)
             if bias:
                 xp.add(value, bias[0], out=value)
-            return value if act is None else act.after(xp, value)
-        code = ep.NONE if act is None else act.code
-        params = (0.0, 0.0) if act is None else (act.p0, act.p1)
+            return value if self.act is None else self.act.after(xp, value)
         b = bias[0] if bias else None
+        if self._by_images:
+            return self.product.forward(xp, a, w, out=out, then=functools.partial(self._in_place, xp, b))
+        return self._epilogue(xp, b, self.product.forward(xp, a, w, out=out))
 
-        def epilogue(value):
-            value = ep.bias_activation(value, b, self.bias_axis or 0, code, *params)
-            return value if act is None or code != ep.NONE else act.after(xp, value)
+    def _epilogue(self, xp, b, value):
+        value = ep.bias_activation(value, b, self.bias_axis or 0, self._code, *self._params)
+        return value if self._after is None else self._after(xp, value)
 
-        def in_place(images):
-            done = epilogue(images)
-            if done is not images:  # an activation that does not run in place (float64's GELU)
-                xp.copyto(images, done)
-
-        if type(self.product) is Conv2d and self.output_spec.dtype.itemsize * numel(self.output_spec) > _IN_CACHE:
-            # on each run of images as soon as the convolution has them, by the thread that computed
-            # them, while they are in cache: the epilogue adds no pass over memory (an output that fits
-            # in cache whole is cheaper in one pass after: a call per run costs more there)
-            return self.product.forward(xp, a, w, out=out, then=in_place)
-        return epilogue(self.product.forward(xp, a, w, out=out))
+    def _in_place(self, xp, b, images):
+        done = self._epilogue(xp, b, images)
+        if done is not images:  # an activation that does not run in place (float64's GELU)
+            xp.copyto(images, done)
 
     def cost(self, *specs: Spec) -> float:
         return self.product.cost(*specs[:2]) + float(numel(self.output_spec))

@@ -159,14 +159,14 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None,
     if kernel is not None:
         x, w = np.ascontiguousarray(x, dtype), np.ascontiguousarray(w, dtype)
         split(x.shape[0], lambda first, last: kernel(x[first:last], w, out[first:last], mult, ph, pw),
-              2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out[0].nbytes)
+              2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out.nbytes // out.shape[0])
         return out
     xp = pad(x) if (ph or pw) else x
     if compiled:
         xp, w = np.ascontiguousarray(xp, dtype), np.ascontiguousarray(w, dtype)
         forward = _kernels()["forward"]
         split(x.shape[0], lambda first, last: forward(xp[first:last], w, out[first:last], *stride, *dilation, mult),
-              2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out[0].nbytes)
+              2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out.nbytes // out.shape[0])
         return out
     (sh, sw), (dh, dw) = stride, dilation
     source = np.repeat(xp, mult, axis=1) if mult > 1 else xp

@@ -176,7 +176,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int,
                 np.matmul(weights[g], cols[g * rows:(g + 1) * rows], out=flat[n, g])
 
     split(n_images, images, 2.0 * n_images * outs * per_group * kh * kw * oh * ow,
-          None if then is None else lambda first, last: then(out[first:last]), out[0].nbytes)
+          None if then is None else lambda first, last: then(out[first:last]), out.nbytes // n_images)
     return out
 
 

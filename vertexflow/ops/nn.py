@@ -320,7 +320,7 @@ class Conv2d(Op, Window):
                 w.reshape(w.shape[0], c)
             split(n, lambda first, last: np.matmul(weights, source[first:last], out=flat[first:last]),
                   2.0 * flat.size * c, None if then is None else lambda first, last: then(result[first:last]),
-                  result[0].nbytes)
+                  result.nbytes // n)
             if out is not None and result is not out:
                 out[...] = result
                 return out
