@@ -519,6 +519,22 @@ class SequentialExecutor(Executor):
         self._programs.setdefault(key, None)
         return (*result, sources)
 
+    def prepare(self, feeds: Feeds, nodes: list[Node], reverse: ReversePlan | None = None,
+                extra: Sequence[Node] = ()) -> None:
+        """Compile now the program a plain call for these fetches and fed shapes will run, if a checked
+        call has run them (another executor timing the tape then times the program, not its compiling)."""
+        if reverse is None:
+            tape = self.tape(nodes)
+        else:
+            tape = self._backward_tapes.get((id(reverse), *(n.id for n in extra)))
+            if tape is None:
+                return
+        checked = self._feeds(feeds, tape.inputs)
+        specs, pooled = self._specs(id(tape), tape.order, checked)
+        key = (id(tape), id(specs), None if reverse is None else id(reverse))
+        if key in self._programs and not self.check_numerics and not tape.awaits:
+            self._compiled(tape, specs, pooled, reverse)
+
     def _compiled(self, tape: Tape, specs: dict, pooled: dict, reverse: ReversePlan | None) -> Program:
         key = (id(tape), id(specs), None if reverse is None else id(reverse))
         program = self._programs.get(key)
