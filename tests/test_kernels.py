@@ -361,3 +361,20 @@ def test_relus_derivative_in_one_pass_equals_numpys_bitwise(shape, dtype, order)
     out = np.empty_like(g)
     assert special.relu_grad(g, y, out=out) is out
     np.testing.assert_array_equal(out.view(f"u{g.itemsize}"), want.view(f"u{g.itemsize}"))
+
+
+@pytest.mark.parametrize("code", [epilogue.NONE, epilogue.CLIP, epilogue.HARD_SWISH, epilogue.GELU])
+def test_an_epilogue_bound_to_a_shape_gives_the_bits_of_the_general_one(form, code):
+    rng = np.random.default_rng(8)
+    bias = rng.normal(size=9).astype(np.float32)
+    apply = epilogue.bound((6, 9), np.float32, 1, code, 1 / 6, 0.5)
+    for out in (rng.normal(size=(6, 9)).astype(np.float32), np.asfortranarray(rng.normal(size=(6, 9)), np.float32),
+                rng.normal(size=(4, 9)).astype(np.float32)):  # row-major, column-major, another shape
+        out.flat[:2] = [-0.0, np.nan]
+        want = epilogue.bias_activation(out.copy(), bias, 1, code, 1 / 6, 0.5)
+        got = apply(out, bias)
+        assert got is out
+        np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+    untouched = np.full((6, 9), -0.0, np.float32)
+    if code == epilogue.NONE:  # no bias, no activation: nothing to do (-0.0 + 0.0 would be +0.0)
+        assert np.signbit(epilogue.bound((6, 9), np.float32, 1, code, 0.0, 0.0)(untouched, None)).all()

@@ -109,6 +109,7 @@ class ProductEpilogue(Op):
         # as they are done, by the thread that computed them, while they are in cache (one that fits
         # in cache whole is cheaper in one pass after: a call per run costs more there)
         self._by_images = type(product) is Conv2d and spec.dtype.itemsize * numel(spec) > _IN_CACHE
+        self._bound = None  # the epilogue pass for the product's shape (kernels/epilogue.py `bound`)
 
     def infer(self, *specs: Spec) -> Spec:
         return self.output_spec
@@ -132,7 +133,10 @@ class ProductEpilogue(Op):
         return self._epilogue(xp, b, self.product.forward(xp, a, w, out=out))
 
     def _epilogue(self, xp, b, value):
-        value = ep.bias_activation(value, b, self.bias_axis or 0, self._code, *self._params)
+        if self._bound is None:  # at the first call (the kernels compile then)
+            self._bound = ep.bound(self.product_shape, self.output_spec.dtype, self.bias_axis or 0, self._code,
+                                   *self._params)
+        value = self._bound(value, b)
         return value if self._after is None else self._after(xp, value)
 
     def _in_place(self, xp, b, images):
