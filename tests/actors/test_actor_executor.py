@@ -400,13 +400,19 @@ def test_a_chain_runs_as_one_actor_from_the_first_measured_call():
         np.testing.assert_array_equal(first, vf.SequentialExecutor(g).run({x: np.eye(64) * 0.1}, h))
 
 
-def test_parallel_branches_are_timed_both_ways_and_decided_within_five_calls():
+def _four_products_summed():
+    """(graph, input, output): four branches of a 64x64 product each, summed (the network can overlap them)."""
     g = vf.Graph()
     x = g.input("x", shape=(64, 64), dtype="float64")
     branches = [vf.tanh(vf.tanh(x * float(k)) @ x) for k in range(4)]
     out = branches[0]
     for b in branches[1:]:
         out = out + b
+    return g, x, out
+
+
+def test_parallel_branches_are_timed_both_ways_and_decided_within_five_calls():
+    g, x, out = _four_products_summed()
     want = vf.SequentialExecutor(g).run({x: np.eye(64)}, out)
     with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
         ways = []
@@ -427,12 +433,7 @@ def test_the_tapes_timed_turn_runs_its_program_and_does_not_compile_it(monkeypat
     look up to 3x slower than it is and the choice fall to a slower network."""
     import vertexflow.executor as executor_module
 
-    g = vf.Graph()
-    x = g.input("x", shape=(64, 64), dtype="float64")
-    branches = [vf.tanh(vf.tanh(x * float(k)) @ x) for k in range(4)]
-    out = branches[0]
-    for b in branches[1:]:
-        out = out + b
+    g, x, out = _four_products_summed()
     compiled_at = []
     real = executor_module.compile_program
     with vf.ActorExecutor(g, threads=2, heavy_flops=0) as act:
