@@ -315,6 +315,25 @@ def test_row_softmax_and_layer_norm_equal_numpy(form, dtype):
     np.testing.assert_allclose(ln, want, rtol=20 * tol, atol=20 * tol)
 
 
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), n=st.integers(1, 300), offset=st.sampled_from([0.0, 10.0, -1000.0]),
+       scale=st.sampled_from([1e-2, 1.0, 30.0]))
+def test_a_float32_layer_norm_is_accurate_to_a_few_ulps_of_its_input_however_far_from_zero(rows, n, offset, scale):
+    """Statistics in float32, as torch's CPU kernel: two passes keep a row far from zero accurate (one
+    pass, E[x^2] - E[x]^2, loses every digit at an offset of 1000)."""
+    rng = np.random.default_rng(rows * 1000 + n)
+    x = (rng.normal(size=(rows, n)) * scale + offset).astype(np.float32)
+    weight, bias = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
+    got = LayerNorm(1, 1e-5).forward(np, x, weight, bias)
+    assert got.dtype == np.float32
+    x64 = x.astype(np.float64)
+    centered = x64 - x64.mean(-1, keepdims=True)
+    want = centered / np.sqrt((centered ** 2).mean(-1, keepdims=True) + 1e-5) * weight + bias
+    spread = np.sqrt((centered ** 2).mean(-1, keepdims=True) + 1e-5)
+    bound = 16 * np.finfo(np.float32).eps * ((abs(offset) + scale) / spread * np.abs(weight) + np.abs(bias) + 1)
+    assert np.all(np.abs(got - want) <= bound)
+
+
 @pytest.mark.parametrize("code", [epilogue.NONE, epilogue.CLIP, epilogue.HARD_SIGMOID, epilogue.HARD_SWISH,
                                   epilogue.GELU])
 @pytest.mark.parametrize("axis", [1, 2])
