@@ -65,33 +65,65 @@ def blas_threads(n: int) -> Iterator[None]:
         yield
 
 
-# Held while BLAS's thread count is changed or must stay as set: `BlasThreads` and `blas_split` take turns.
+# Held while BLAS's thread counts are read or changed: `BlasThreads` and `blas_split` take turns.
 _count_lock = threading.RLock()
+_splits = 0  # blas_split blocks in force (BLAS single-threaded while any is)
+_split_threads = 0  # the threads they were given, all told
+_after_splits: list[int] = []  # the counts to put back when the last ends
+_holder: int | None = None  # the thread whose counts last took effect
+
+
+def _set_counts(libs, counts) -> None:
+    """Each library's thread count, from whichever thread calls (callers hold _count_lock).
+
+    threadpoolctl lets only one thread change OpenBLAS's process-wide count (the first to set it) and
+    silently ignores every other: a kernel's split on an actor's worker thread left BLAS on two
+    threads under each of its own. Callers here take turns already, so the caller takes over
+    (threadpoolctl's documented `clear_controlling_thread`).
+    """
+    global _holder
+    thread = threading.get_ident()
+    for lib, count in zip(libs, counts):
+        lib.set_num_threads(count)
+        if thread == _holder:  # it took the control before: nothing checked again (1 us a call)
+            continue
+        take_over = getattr(type(lib), "clear_controlling_thread", None)
+        if take_over is not None and lib.num_threads != count:  # another thread has the control
+            take_over(force=True)
+            lib.set_num_threads(count)
+    _holder = thread
 
 
 @contextlib.contextmanager
 def blas_split(parts: int) -> Iterator[int]:
     """A block in which a kernel runs up to `parts` BLAS calls at once on threads of its own, each call
-    single-threaded: yields how many threads to use, the BLAS thread count in force now (the cores an
-    executor leaves this vertex), at most `parts`. BLAS's count comes back after.
+    single-threaded: yields how many threads to use, at most `parts` and the BLAS thread count in force
+    when the first block began (the cores an executor leaves this vertex). BLAS's count comes back
+    when the last block in force ends.
 
-    Every call in the block is single-threaded however many threads there are, so a kernel's values
-    do not depend on how its work was split (OpenBLAS rounds some shapes differently on two threads).
+    Blocks may overlap (two kernels on two actors' workers, or two callers' threads): BLAS stays
+    single-threaded until the last ends, and a block gets the threads the others left (at least one).
+    Every call in a block is single-threaded however many threads there are, so a kernel's values do
+    not depend on how its work was split (OpenBLAS rounds some shapes differently on two threads).
     """
+    global _splits, _split_threads
     with _count_lock:
         libs = _blas_controller().lib_controllers
-        counts = [lib.num_threads for lib in libs]
-        threads = max(1, min(parts, max(counts, default=1)))
-        changed = any(count != 1 for count in counts)
-        if changed:
-            for lib in libs:
-                lib.set_num_threads(1)
-        try:
-            yield threads
-        finally:
-            if changed:
-                for lib, count in zip(libs, counts):
-                    lib.set_num_threads(count)
+        if _splits == 0:
+            _after_splits[:] = [lib.num_threads for lib in libs]
+            if any(count != 1 for count in _after_splits):
+                _set_counts(libs, [1] * len(libs))
+        threads = max(1, min(parts, max(_after_splits, default=1) - _split_threads))
+        _splits += 1
+        _split_threads += threads
+    try:
+        yield threads
+    finally:
+        with _count_lock:
+            _splits -= 1
+            _split_threads -= threads
+            if _splits == 0 and any(count != 1 for count in _after_splits):
+                _set_counts(libs, _after_splits)
 
 
 class BlasThreads:
@@ -115,7 +147,8 @@ class BlasThreads:
     def _controllers(self) -> list:
         if self._libs is None:
             self._libs = list(_blas_controller().lib_controllers)
-            self._original = [lib.num_threads for lib in self._libs]
+            with _count_lock:  # not a kernel's single thread of the moment
+                self._original = list(_after_splits) if _splits else [lib.num_threads for lib in self._libs]
         return self._libs
 
     @contextlib.contextmanager
@@ -141,9 +174,12 @@ class BlasThreads:
         libs = self._controllers()
         if want == self._current or not libs:
             return
+        counts = self._original if want is None else [want] * len(libs)
         with _count_lock:
-            for lib, original in zip(libs, self._original):
-                lib.set_num_threads(original if want is None else want)
+            if _splits:  # BLAS is single-threaded for a kernel's split: this count comes after it
+                _after_splits[:] = counts
+            else:
+                _set_counts(libs, counts)
         self._current = want
 
     def restore(self) -> None:
