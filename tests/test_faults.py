@@ -99,8 +99,8 @@ def _vertex(kind: str, a, b, w):
 
 
 def _vf_threads() -> list[threading.Thread]:
-    """Threads of executors. The kernels' pool is not one: made once per process with at most a thread
-    per core (as BLAS's own), it splits a convolution's images whatever executor runs it."""
+    """Threads of executors. The kernels' team (or pool) is not one: made once per process with a thread
+    per core at most (as BLAS's own), it runs kernels' splits whatever executor runs them."""
     return [t for t in threading.enumerate() if t.name.startswith("vf-") and not t.name.startswith("vf-kernels")]
 
 

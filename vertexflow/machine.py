@@ -94,6 +94,14 @@ def _set_counts(libs, counts) -> None:
     _holder = thread
 
 
+def threads_in_force() -> int:
+    """The threads a vertex running now may use: BLAS's thread count (an executor's share of the cores),
+    1 while a kernel's split holds them."""
+    if _splits:
+        return 1
+    return max((lib.num_threads for lib in _blas_controller().lib_controllers), default=1)
+
+
 @contextlib.contextmanager
 def blas_split(parts: int) -> Iterator[int]:
     """A block in which a kernel runs up to `parts` BLAS calls at once on threads of its own, each call
@@ -181,8 +189,17 @@ class BlasThreads:
             else:
                 _set_counts(libs, counts)
         self._current = want
+        _park_team(want is not None and want < self.cores)
 
     def restore(self) -> None:
         with self._lock:
             self._active.clear()
             self._apply(None)
+
+
+def _park_team(parked: bool) -> None:
+    """Vertices side by side want the cores: the kernels' team (if started) sleeps instead of spinning."""
+    from .kernels import team
+
+    if team._team is not None:
+        team._team.park(parked)

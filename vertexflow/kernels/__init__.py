@@ -16,6 +16,10 @@ The kernels run on the calling thread (no numba threading layer): the
 executors already put independent vertices on worker threads, and OpenMP's
 idle threads, spinning between two kernels, starved the BLAS calls between
 them (a depthwise block ran 4x slower in a process that had imported torch).
+A vertex running alone splits its large passes (row-wise normalizations,
+epilogues, a convolution's images, a stack of small products) over the
+process's team of threads (`team.py`), which also runs OpenBLAS's parallel
+products: one set of threads for both, as onnxruntime's pool.
 """
 
 from __future__ import annotations

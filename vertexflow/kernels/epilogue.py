@@ -19,6 +19,7 @@ import numpy as np
 
 from . import available
 from .special import FUSED, LIMIT, SQRT_HALF, P, Q, gelu32
+from .team import MIN_PART_ELEMENTS, over_rows
 
 NONE, CLIP, HARD_SIGMOID, HARD_SWISH, GELU = 0, 1, 2, 3, 4
 _compiled: dict[str, object] = {}
@@ -108,7 +109,7 @@ def bias_activation(out: np.ndarray, bias: np.ndarray | None, axis: int, code: i
             kernel, as_shape = _geometry(_kernels()[code], view.shape, axis)
             b = np.zeros(as_shape[1], out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype).reshape(-1)
             t = out.dtype.type
-            kernel(view.reshape(as_shape), b, t(p0), t(p1))
+            _over_outer(kernel, view.reshape(as_shape), b, t(p0), t(p1))
         else:
             if bias is not None:
                 np.add(out, np.reshape(bias, (-1,) + (1,) * (out.ndim - axis - 1)), out=out)
@@ -140,14 +141,22 @@ def bound(shape: tuple, dtype, axis: int, code: int, p0: float, p1: float):
         if b.dtype != dtype or not b.flags.c_contiguous:
             return general(out, bias)
         if out.flags.c_contiguous:
-            by_rows(out.reshape(as_rows), b, a, c)
+            _over_outer(by_rows, out.reshape(as_rows), b, a, c)
         elif out.flags.f_contiguous:  # a product computed transposed: its transpose is row-major
-            by_columns(out.T.reshape(as_columns), b, a, c)
+            _over_outer(by_columns, out.T.reshape(as_columns), b, a, c)
         else:
             return general(out, bias)
         return out
 
     return apply
+
+
+def _over_outer(kernel, out, bias, p0, p1) -> None:
+    """kernel(out, ...) split along out's first axis over the kernels' team where it is large."""
+    if out.size < 2 * MIN_PART_ELEMENTS:  # too small to split: no closure, no slices (batch 1's epilogues)
+        kernel(out, bias, p0, p1)
+        return
+    over_rows(lambda first, last: (out[first:last], bias, p0, p1), out.shape[0], out.size, kernel)
 
 
 def _geometry(kernels, shape: tuple, axis: int):

@@ -20,13 +20,11 @@ take turns.)
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from ..machine import blas_split, cores
 from . import available
+from .team import run_split
 
 _compiled: dict[str, object] = {}
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -132,19 +130,6 @@ def _kernels():
     return _compiled
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _threads_pool() -> ThreadPoolExecutor:
-    """The kernels' pool: made once per process, a thread per core at most (threads start as needed)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="vf-kernels")
-        return _pool
-
-
 def usable(dtype) -> bool:
     """Whether the column kernels run convolutions of this dtype (numba present, a dtype it compiles)."""
     return available() and np.dtype(dtype) in DTYPES
@@ -226,7 +211,7 @@ CHUNK_BYTES = 512 * 1024
 def split(items: int, work, flops: float, then=None, item_bytes: int = 0) -> None:
     """work(first, last) over [0, items), in as many slices as `machine.blas_split` allows at the
     moment and `flops` (the whole work's) pays for, one on this thread and the others on the kernels'
-    pool (BLAS single-threaded meanwhile).
+    team (`team.run_split`; BLAS single-threaded meanwhile).
 
     `then(first, last)`, if given, runs on the same thread after the work of each run of items
     whose output (`item_bytes` each) fits in CHUNK_BYTES: a product's epilogue, while its output is
@@ -245,9 +230,4 @@ def split(items: int, work, flops: float, then=None, item_bytes: int = 0) -> Non
         if threads == 1:
             work(0, items)
             return
-        bounds = [items * k // threads for k in range(threads + 1)]
-        pool = _threads_pool()
-        done = [pool.submit(work, bounds[k], bounds[k + 1]) for k in range(1, threads)]
-        work(bounds[0], bounds[1])
-        for future in done:
-            future.result()
+        run_split(work, items, threads)

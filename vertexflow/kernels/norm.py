@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import available
+from .team import MIN_PART_ELEMENTS, over_rows
 
 _compiled: dict[str, object] = {}
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -117,9 +118,15 @@ def softmax_last(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if out is None or not out.flags.c_contiguous:
         out = np.empty_like(x)
     kernels = _kernels()
-    kernels["shift_by_max"](_rows(x), _rows(out))
-    np.exp(out, out=out)
-    kernels["divide_by_sum"](_rows(out))
+    rows, out_rows = _rows(x), _rows(out)
+
+    def part(first: int, last: int) -> None:  # the three passes over a part's rows while they are in cache
+        block = out_rows[first:last]
+        kernels["shift_by_max"](rows[first:last], block)
+        np.exp(block, out=block)
+        kernels["divide_by_sum"](block)
+
+    over_rows(part, rows.shape[0], x.size)
     return out
 
 
@@ -134,5 +141,11 @@ def layer_norm_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: fl
     w = np.ascontiguousarray(np.broadcast_to(weight, (n,)), x.dtype)
     b = np.ascontiguousarray(np.broadcast_to(bias, (n,)), x.dtype)
     t = x.dtype.type
-    _kernels()["layer_norm"](_rows(x), w, b, t(eps), t(n), _rows(out))
+    kernel, rows, out_rows = _kernels()["layer_norm"], _rows(x), _rows(out)
+    if x.size < 2 * MIN_PART_ELEMENTS:
+        kernel(rows, w, b, t(eps), t(n), out_rows)
+        return out
+    eps, n = t(eps), t(n)
+    over_rows(lambda first, last: (rows[first:last], w, b, eps, n, out_rows[first:last]), rows.shape[0], x.size,
+              kernel)
     return out

@@ -1,0 +1,438 @@
+"""A team of threads that stay awake between calls: the kernels' splits and OpenBLAS's parallel
+products run on the same threads, one a core.
+
+Why: on two cores, a kernel split over a thread pool got 1.2-1.6x, not 2x. OpenBLAS keeps threads
+of its own, and after each parallel product its worker spins on the other core for about 0.1 s, so
+the pool thread sharing that core ran its half 1.75x slower; and a pool thread asleep took 12-90 us
+to wake on this machine's VM. onnxruntime runs its products and element-wise passes on one pool
+whose threads spin between them. So does this team: OpenBLAS (0.3.27 and later) hands its jobs
+to the team through its caller-managed threading callback, the kernels hand theirs through
+`Team.split`, and the workers spin a few milliseconds for the next before they sleep.
+
+How work moves. A control block (an int64 array) has a global part (the team's lock, the lock's
+holder, the park flag, the number of workers, the fallback routine) and one part per worker:
+a generation counter, the job (kind, routine, index, data, extra), the generation last done, and
+whether the worker sleeps. A caller takes the lock (compare-and-swap), writes each worker's job,
+bumps its generation and posts its semaphore if it sleeps; runs its own share; then spins until
+every worker has marked the generation done, and frees the lock. A worker spins (x86's PAUSE)
+on its generation: an OpenBLAS job it runs right there, without the GIL (a compiled C callback
+calls it, the workers' loop is compiled too); a Python job (a kernel split's part) it returns to
+Python for. With nothing for `SPIN_SECONDS`, or the team parked (an executor running vertices side
+by side, which want the cores), it says it sleeps, checks its generation once more and waits on
+its semaphore.
+
+Where the team cannot serve a parallel product (more jobs than workers, a call from one of the
+workers or from the lock's holder, or the lock held too long by another caller), it runs the jobs
+on threads started for them, as a correct if slow fallback. A forked child and the interpreter at
+exit hand OpenBLAS its own threads back.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import ctypes.util
+import functools
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..machine import _blas_controller, cores, threads_in_force
+from . import available
+
+# The control block's slots: a global block, then a block of 16 (two cache lines) per worker.
+# The global block also holds the C routines' addresses: compiled code cached on disk must not hold
+# them as constants (they move from process to process).
+(LOCK, OWNER, PARK, WORKERS, FALLBACK, TEAM_PRODUCTS, FALLBACK_PRODUCTS, LOCK_SPINS, SEM_WAIT, SEM_POST,
+ PTHREAD_SELF, SEMAPHORES, GATE) = range(13)
+GENERATION, KIND, ROUTINE, JOB, DATA, EXTRA, THREAD, DONE, ASLEEP, RAN = 0, 1, 2, 3, 4, 5, 6, 8, 9, 10
+BLOCK = 16
+BLAS_JOB, PYTHON_JOB, STOP = 1, 2, 3
+MAX_WORKERS = 63
+SEMAPHORE_BYTES = 64
+
+# How long a worker spins for the next job before it sleeps. Between two calls of a model the team
+# stays awake; an idle process burns at most this much of a core after its last call.
+SPIN_SECONDS = 0.01
+# How long a product's caller waits for the team's lock before it runs its jobs on threads of their
+# own (another thread holds the team: a kernel's split of another vertex).
+LOCK_SECONDS = 0.002
+
+_control = np.zeros(BLOCK * (MAX_WORKERS + 1), np.int64)
+CONTROL = _control.ctypes.data
+_semaphores = (ctypes.c_char * (SEMAPHORE_BYTES * MAX_WORKERS))()
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+_compiled: dict[str, object] = {}
+
+
+def _kernels() -> dict[str, object]:
+    """The workers' loop, the callers' side and OpenBLAS's callback, compiled at first use."""
+    if _compiled:
+        return _compiled
+    import numba
+    from numba import types
+
+    from .atomics import intrinsics
+
+    a = intrinsics()
+    load, store, swap, pause = a["load"], a["store"], a["swap"], a["pause"]
+    call_job, call_pointer, call_self = a["call_job"], a["call_pointer"], a["call_self"]
+    call_fallback, address_of = a["call_fallback"], a["address_of"]
+
+    @numba.njit(nogil=True, cache=True)
+    def serve(control, worker, semaphore, spins, seen, report):
+        """A worker's wait: OpenBLAS's jobs run here; returns the generation of a Python job, or -1
+        to stop. `report`: mark `seen` done first (the Python job just run)."""
+        base = BLOCK * (worker + 1)
+        store(control, base + THREAD, call_self(load(control, PTHREAD_SELF)))
+        if report:
+            store(control, base + DONE, seen)
+        count = 0
+        while True:
+            generation = load(control, base + GENERATION)
+            if generation != seen:
+                seen = generation
+                kind = load(control, base + KIND)
+                if kind == BLAS_JOB:
+                    call_job(load(control, base + ROUTINE), load(control, base + JOB), load(control, base + DATA),
+                             load(control, base + EXTRA))
+                    store(control, base + RAN, load(control, base + RAN) + 1)
+                    store(control, base + DONE, generation)
+                    count = 0
+                    continue
+                if kind == PYTHON_JOB:
+                    # A gated job waits until the caller has given the GIL up for its own part: taken
+                    # while the caller still holds it, the GIL would put this thread to sleep.
+                    while load(control, base + EXTRA) != 0 and load(control, GATE) == 0:
+                        pause()
+                    return generation
+                store(control, base + DONE, generation)
+                return -1
+            count += 1
+            pause()
+            if count >= spins or load(control, PARK) != 0:
+                store(control, base + ASLEEP, 1)
+                if load(control, base + GENERATION) == seen:  # nothing published meanwhile
+                    call_pointer(load(control, SEM_WAIT), semaphore)
+                store(control, base + ASLEEP, 0)
+                count = 0
+
+    @numba.njit(nogil=True, cache=True)
+    def try_lock(control, tries):
+        """Take the team's lock within `tries` spins: 1 if taken."""
+        for _ in range(tries):
+            if load(control, LOCK) == 0 and swap(control, LOCK, 0, 1):
+                store(control, OWNER, call_self(load(control, PTHREAD_SELF)))
+                return 1
+            pause()
+        return 0
+
+    @numba.njit(nogil=True, cache=True)
+    def publish(control, count, kind, routine, data, size, extra):
+        for worker in range(count):
+            base = BLOCK * (worker + 1)
+            store(control, base + KIND, kind)
+            store(control, base + ROUTINE, routine)
+            store(control, base + JOB, worker + 1)
+            store(control, base + DATA, data + (worker + 1) * size)
+            store(control, base + EXTRA, extra)
+            store(control, base + GENERATION, load(control, base + GENERATION) + 1)
+            if load(control, base + ASLEEP) != 0:
+                call_pointer(load(control, SEM_POST), load(control, SEMAPHORES) + SEMAPHORE_BYTES * worker)
+
+    @numba.njit(nogil=True, cache=True)
+    def finish(control, count):
+        """Wait until the first `count` workers are done, then free the lock."""
+        for worker in range(count):
+            base = BLOCK * (worker + 1)
+            generation = load(control, base + GENERATION)
+            while load(control, base + DONE) != generation:
+                pause()
+        store(control, GATE, 0)
+        store(control, OWNER, 0)
+        store(control, LOCK, 0)
+
+    @numba.njit(nogil=True, cache=True)
+    def gate_then(control, kernel, arguments):
+        """Open the gate, then run the caller's part: both without the GIL."""
+        store(control, GATE, 1)
+        kernel(*arguments)
+
+    @numba.njit(nogil=True, cache=True)
+    def is_worker(control, thread):
+        for worker in range(load(control, WORKERS)):
+            if load(control, BLOCK * (worker + 1) + THREAD) == thread:
+                return True
+        return False
+
+    # Not cached: it holds the control block's address, which moves from process to process.
+    @numba.cfunc(types.void(types.int32, types.voidptr, types.int32, types.uint64, types.voidptr, types.int32))
+    def blas_callback(sync, routine, jobs, size, data, extra):
+        routine_address, data_address = address_of(routine), address_of(data)
+        count, extra = np.int64(jobs), np.int64(extra)
+        if count <= 1:
+            call_job(routine_address, 0, data_address, extra)
+            return
+        thread = call_self(load(CONTROL, PTHREAD_SELF))
+        served = (count - 1 <= load(CONTROL, WORKERS) and thread != load(CONTROL, OWNER)
+                  and not is_worker(CONTROL, thread))
+        if served and try_lock(CONTROL, load(CONTROL, LOCK_SPINS)) == 1:
+            publish(CONTROL, count - 1, BLAS_JOB, routine_address, data_address, np.int64(size), extra)
+            call_job(routine_address, 0, data_address, extra)
+            finish(CONTROL, count - 1)
+            store(CONTROL, TEAM_PRODUCTS, load(CONTROL, TEAM_PRODUCTS) + 1)
+            return
+        store(CONTROL, FALLBACK_PRODUCTS, load(CONTROL, FALLBACK_PRODUCTS) + 1)
+        call_fallback(load(CONTROL, FALLBACK), routine_address, count, np.int64(size), data_address, extra)
+
+    @numba.njit(nogil=True, cache=True)
+    def spin(count):
+        for _ in range(count):
+            pause()
+
+    _compiled.update(serve=serve, try_lock=try_lock, publish=publish, finish=finish, gate_then=gate_then,
+                     blas_callback=blas_callback, spin=spin)
+    return _compiled
+
+
+_JOB = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int)
+def _blas_fallback(routine, jobs, size, data, extra):
+    """OpenBLAS's jobs on threads of their own, all at once (its jobs wait for each other)."""
+    run = _JOB(routine)
+    threads = [threading.Thread(target=run, args=(job, data + job * size, extra), daemon=True) for job in range(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+class Team:
+    """The process's team: `workers` threads beside the callers (see the module docstring)."""
+
+    def __init__(self, workers: int):
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"a team has 1 to {MAX_WORKERS} workers, not {workers}")
+        kernels = _kernels()
+        self.workers = workers
+        self._tasks: list = [None] * workers
+        self._errors: list[BaseException | None] = [None] * workers
+        self._local = threading.local()
+        self._spins = self._calibrate(kernels["spin"])
+        _control[:] = 0
+        _control[LOCK_SPINS] = max(1, int(self._spins * LOCK_SECONDS / SPIN_SECONDS))
+        _control[FALLBACK] = ctypes.cast(_blas_fallback, ctypes.c_void_p).value
+        _control[SEM_WAIT] = ctypes.cast(_libc.sem_wait, ctypes.c_void_p).value
+        _control[SEM_POST] = ctypes.cast(_libc.sem_post, ctypes.c_void_p).value
+        _control[PTHREAD_SELF] = ctypes.cast(_libc.pthread_self, ctypes.c_void_p).value
+        _control[SEMAPHORES] = ctypes.addressof(_semaphores)
+        for worker in range(workers):
+            _libc.sem_init(ctypes.byref(_semaphores, SEMAPHORE_BYTES * worker), 0, 0)
+        self._threads = [threading.Thread(target=self._serve, args=(worker,), name=f"vf-kernels-team-{worker}", daemon=True)
+                         for worker in range(workers)]
+        for thread in self._threads:
+            thread.start()
+        _control[WORKERS] = workers
+        self.blas = _install_blas_callback(kernels["blas_callback"].address)
+
+    @staticmethod
+    def _calibrate(spin) -> int:
+        """How many spins make SPIN_SECONDS here (PAUSE takes 10 to 140 cycles by CPU)."""
+        spin(1000)
+        start = time.perf_counter()
+        spin(20000)
+        per_spin = max((time.perf_counter() - start) / 20000, 1e-9)
+        return max(1000, int(SPIN_SECONDS / per_spin))
+
+    def _serve(self, worker: int) -> None:
+        serve, semaphore = _kernels()["serve"], ctypes.addressof(_semaphores) + SEMAPHORE_BYTES * worker
+        self._local.inside = True
+        seen, report = 0, False
+        while True:
+            seen = serve(CONTROL, worker, semaphore, self._spins, seen, report)
+            if seen < 0:
+                return
+            try:
+                self._tasks[worker]()
+            except BaseException as error:  # handed to the caller, which raises it
+                self._errors[worker] = error
+            report = True
+
+    def split(self, work, items: int, parts: int) -> None:
+        """work(first, last) over [0, items) in up to `parts` runs of items at once: the first on this
+        thread, the others on the workers. Where the team is busy (another caller's split), or this is
+        one of its parts, the whole runs here. The first error of a part is raised here."""
+        self._split(lambda first, last: functools.partial(work, first, last), items, parts, None)
+
+    def split_kernel(self, kernel, arguments, items: int, parts: int) -> None:
+        """kernel(*arguments(first, last)) over [0, items) as `split` runs work, for a numba kernel that
+        gives the GIL up (nogil): the workers take the GIL for their calls only once this thread has
+        given it up for its own, so no thread sleeps waiting for it (a split's cost 40 -> 10 us)."""
+        self._split(lambda first, last: functools.partial(kernel, *arguments(first, last)), items, parts,
+                    (kernel, arguments))
+
+    def _split(self, part, items: int, parts: int, kernel) -> None:
+        parts = min(parts, self.workers + 1, items)
+        kernels = _kernels()
+        if parts <= 1 or getattr(self._local, "inside", False) or not kernels["try_lock"](CONTROL, 1):
+            part(0, items)()
+            return
+        bounds = [items * k // parts for k in range(parts + 1)]
+        for worker in range(parts - 1):  # the lock's holder alone writes the tasks
+            self._tasks[worker] = part(bounds[worker + 1], bounds[worker + 2])
+            self._errors[worker] = None
+        kernels["publish"](CONTROL, parts - 1, PYTHON_JOB, 0, 0, 0, int(kernel is not None))
+        self._local.inside = True
+        try:
+            if kernel is None:
+                part(bounds[0], bounds[1])()
+            else:
+                kernels["gate_then"](CONTROL, kernel[0], kernel[1](bounds[0], bounds[1]))
+        finally:
+            _control[GATE] = 1  # the workers never wait for a gate this thread did not reach
+            self._local.inside = False
+            kernels["finish"](CONTROL, parts - 1)
+        for error in self._errors[:parts - 1]:
+            if error is not None:
+                raise error
+
+    def park(self, parked: bool = True) -> None:
+        """Parked, the workers sleep between jobs instead of spinning (the cores are wanted elsewhere)."""
+        _control[PARK] = int(parked)
+
+    def asleep(self) -> list[bool]:
+        """Whether each worker sleeps now."""
+        return [bool(_control[BLOCK * (worker + 1) + ASLEEP]) for worker in range(self.workers)]
+
+    def statistics(self) -> dict:
+        """Products served by the team, products run on the fallback's threads, jobs each worker ran."""
+        return {"team_products": int(_control[TEAM_PRODUCTS]), "fallback_products": int(_control[FALLBACK_PRODUCTS]),
+                "worker_products": [int(_control[BLOCK * (w + 1) + RAN]) for w in range(self.workers)]}
+
+    def stop(self) -> None:
+        """OpenBLAS's own threads back, the workers ended (at exit, in a forked child)."""
+        _install_blas_callback(None)
+        _control[WORKERS] = 0
+        if _control[LOCK]:  # a child forked while a split ran: its workers do not exist here
+            return
+        for worker in range(self.workers):
+            base = BLOCK * (worker + 1)
+            _control[base + KIND] = STOP
+            _control[base + GENERATION] += 1
+            if _control[base + ASLEEP]:
+                _libc.sem_post(ctypes.byref(_semaphores, SEMAPHORE_BYTES * worker))
+
+
+@functools.cache
+def _openblas_setters():
+    """OpenBLAS's `set_threads_callback_function` in each OpenBLAS loaded that has one (0.3.27+),
+    whatever prefix and suffix its build gave its symbols."""
+    setters = []
+    for lib in _blas_controller().lib_controllers:
+        if lib.internal_api != "openblas":
+            continue
+        handle = ctypes.CDLL(lib.filepath)
+        for prefix in ("", "scipy_"):
+            for suffix in ("", "64_", "_64"):
+                setter = getattr(handle, f"{prefix}openblas_set_threads_callback_function{suffix}", None)
+                if setter is not None:
+                    setter.argtypes = [ctypes.c_void_p]
+                    setters.append(setter)
+                    break
+            else:
+                continue
+            break
+    return setters
+
+
+def _install_blas_callback(address: int | None) -> bool:
+    setters = _openblas_setters()
+    for setter in setters:
+        setter(address)
+    return bool(setters)
+
+
+_team: Team | None = None
+_team_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def run_split(work, items: int, parts: int) -> None:
+    """work(first, last) over [0, items) in `parts` runs at once: on the team, or where it is off, the
+    first here and the others on a thread pool (a thread per core, started as needed)."""
+    global _pool
+    crew = team()
+    if crew is not None or parts <= 1:
+        (crew.split(work, items, parts) if crew is not None else work(0, items))
+        return
+    with _team_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="vf-kernels")
+    bounds = [items * k // parts for k in range(parts + 1)]
+    done = [_pool.submit(work, bounds[k], bounds[k + 1]) for k in range(1, parts)]
+    work(bounds[0], bounds[1])
+    for future in done:
+        future.result()
+
+
+# Elements a part of a row-wise pass must get for a split to pay (a pass over 64K float32 elements
+# takes 25-70 us here; a split of a compiled kernel costs 5-10 us and the next op's reads of the
+# other core's cache; of Python parts, which wait for the GIL, about 40 us: a softmax over 128K
+# elements ran no faster split).
+MIN_PART_ELEMENTS = 65536
+MIN_PYTHON_PART_ELEMENTS = 4 * MIN_PART_ELEMENTS
+
+
+def over_rows(work, rows: int, elements: int, kernel=None) -> None:
+    """work(first, last) over [0, rows) of a pass over `elements` in all: split over the team where
+    every part gets MIN_PART_ELEMENTS and the executor leaves this vertex the cores
+    (`machine.threads_in_force`).
+    With `kernel`, a nogil numba kernel, work(first, last) gives its arguments (`Team.split_kernel`)."""
+    parts = min(rows, elements // (MIN_PART_ELEMENTS if kernel is not None else MIN_PYTHON_PART_ELEMENTS),
+                threads_in_force())
+    crew = team() if parts > 1 else None
+    if crew is None:
+        kernel(*work(0, rows)) if kernel is not None else work(0, rows)
+    elif kernel is None:
+        crew.split(work, rows, parts)
+    else:
+        crew.split_kernel(kernel, work, rows, parts)
+
+
+def enabled() -> bool:
+    """Whether kernels split over a team: numba present, more than one core, VERTEXFLOW_TEAM not "off"."""
+    switch = os.environ.get("VERTEXFLOW_TEAM", "").strip().lower()
+    return switch not in ("off", "0", "false", "no") and available() and cores() > 1
+
+
+def team() -> Team | None:
+    """The process's team, started at first use (None where `enabled()` says no)."""
+    global _team
+    if _team is None and enabled():
+        with _team_lock:
+            if _team is None:
+                _team = Team(min(cores(), MAX_WORKERS + 1) - 1)
+    return _team
+
+
+def _forget_in_child() -> None:
+    global _team
+    if _team is not None:
+        _team.stop()
+        _team = None
+        _control[:] = 0
+
+
+def _stop_at_exit() -> None:
+    if _team is not None:
+        _team.stop()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+atexit.register(_stop_at_exit)
