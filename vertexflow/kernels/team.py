@@ -394,8 +394,9 @@ def over_rows(work, rows: int, elements: int, kernel=None) -> None:
     every part gets MIN_PART_ELEMENTS and the executor leaves this vertex the cores
     (`machine.threads_in_force`).
     With `kernel`, a nogil numba kernel, work(first, last) gives its arguments (`Team.split_kernel`)."""
-    parts = min(rows, elements // (MIN_PART_ELEMENTS if kernel is not None else MIN_PYTHON_PART_ELEMENTS),
-                threads_in_force())
+    parts = min(rows, elements // (MIN_PART_ELEMENTS if kernel is not None else MIN_PYTHON_PART_ELEMENTS))
+    if parts > 1:
+        parts = min(parts, threads_in_force())
     crew = team() if parts > 1 else None
     if crew is None:
         kernel(*work(0, rows)) if kernel is not None else work(0, rows)
