@@ -51,10 +51,9 @@ def test_a_split_runs_its_parts_at_once_on_the_team(crew):
 def test_a_kernel_split_runs_its_parts_at_once(crew):
     import numba
 
-    from vertexflow.kernels.atomics import intrinsics
+    from vertexflow.kernels import atomics
 
-    atomic = intrinsics()
-    atomic_load, atomic_store = atomic["load"], atomic["store"]
+    atomic_load, atomic_store = atomics.load, atomics.store
 
     @numba.njit(nogil=True)
     def all_raised(flags_address, count):
@@ -229,3 +228,4 @@ def test_a_split_stack_of_products_gives_numpys_bits(batch, heads, m, k, n, tran
             got = linalg.Matmul().forward(np, a, b)
     np.testing.assert_array_equal(got, np.matmul(a, b))
     assert parts == [min(batch, machine.cores())]
+

@@ -63,140 +63,15 @@ LOCK_SECONDS = 0.002
 
 _control = np.zeros(BLOCK * (MAX_WORKERS + 1), np.int64)
 CONTROL = _control.ctypes.data
+CONTROL_SYMBOL = "vertexflow_team_control"
 _semaphores = (ctypes.c_char * (SEMAPHORE_BYTES * MAX_WORKERS))()
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
-_compiled: dict[str, object] = {}
+def _kernels():
+    """The team's compiled side (`team_loops.py`), imported at first use (numba then)."""
+    from . import team_loops
 
-
-def _kernels() -> dict[str, object]:
-    """The workers' loop, the callers' side and OpenBLAS's callback, compiled at first use."""
-    if _compiled:
-        return _compiled
-    import numba
-    from numba import types
-
-    from .atomics import intrinsics
-
-    a = intrinsics()
-    load, store, swap, pause = a["load"], a["store"], a["swap"], a["pause"]
-    call_job, call_pointer, call_self = a["call_job"], a["call_pointer"], a["call_self"]
-    call_fallback, address_of = a["call_fallback"], a["address_of"]
-
-    @numba.njit(nogil=True, cache=True)
-    def serve(control, worker, semaphore, spins, seen, report):
-        """A worker's wait: OpenBLAS's jobs run here; returns the generation of a Python job, or -1
-        to stop. `report`: mark `seen` done first (the Python job just run)."""
-        base = BLOCK * (worker + 1)
-        store(control, base + THREAD, call_self(load(control, PTHREAD_SELF)))
-        if report:
-            store(control, base + DONE, seen)
-        count = 0
-        while True:
-            generation = load(control, base + GENERATION)
-            if generation != seen:
-                seen = generation
-                kind = load(control, base + KIND)
-                if kind == BLAS_JOB:
-                    call_job(load(control, base + ROUTINE), load(control, base + JOB), load(control, base + DATA),
-                             load(control, base + EXTRA))
-                    store(control, base + RAN, load(control, base + RAN) + 1)
-                    store(control, base + DONE, generation)
-                    count = 0
-                    continue
-                if kind == PYTHON_JOB:
-                    # A gated job waits until the caller has given the GIL up for its own part: taken
-                    # while the caller still holds it, the GIL would put this thread to sleep.
-                    while load(control, base + EXTRA) != 0 and load(control, GATE) == 0:
-                        pause()
-                    return generation
-                store(control, base + DONE, generation)
-                return -1
-            count += 1
-            pause()
-            if count >= spins or load(control, PARK) != 0:
-                store(control, base + ASLEEP, 1)
-                if load(control, base + GENERATION) == seen:  # nothing published meanwhile
-                    call_pointer(load(control, SEM_WAIT), semaphore)
-                store(control, base + ASLEEP, 0)
-                count = 0
-
-    @numba.njit(nogil=True, cache=True)
-    def try_lock(control, tries):
-        """Take the team's lock within `tries` spins: 1 if taken."""
-        for _ in range(tries):
-            if load(control, LOCK) == 0 and swap(control, LOCK, 0, 1):
-                store(control, OWNER, call_self(load(control, PTHREAD_SELF)))
-                return 1
-            pause()
-        return 0
-
-    @numba.njit(nogil=True, cache=True)
-    def publish(control, count, kind, routine, data, size, extra):
-        for worker in range(count):
-            base = BLOCK * (worker + 1)
-            store(control, base + KIND, kind)
-            store(control, base + ROUTINE, routine)
-            store(control, base + JOB, worker + 1)
-            store(control, base + DATA, data + (worker + 1) * size)
-            store(control, base + EXTRA, extra)
-            store(control, base + GENERATION, load(control, base + GENERATION) + 1)
-            if load(control, base + ASLEEP) != 0:
-                call_pointer(load(control, SEM_POST), load(control, SEMAPHORES) + SEMAPHORE_BYTES * worker)
-
-    @numba.njit(nogil=True, cache=True)
-    def finish(control, count):
-        """Wait until the first `count` workers are done, then free the lock."""
-        for worker in range(count):
-            base = BLOCK * (worker + 1)
-            generation = load(control, base + GENERATION)
-            while load(control, base + DONE) != generation:
-                pause()
-        store(control, GATE, 0)
-        store(control, OWNER, 0)
-        store(control, LOCK, 0)
-
-    @numba.njit(nogil=True, cache=True)
-    def gate_then(control, kernel, arguments):
-        """Open the gate, then run the caller's part: both without the GIL."""
-        store(control, GATE, 1)
-        kernel(*arguments)
-
-    @numba.njit(nogil=True, cache=True)
-    def is_worker(control, thread):
-        for worker in range(load(control, WORKERS)):
-            if load(control, BLOCK * (worker + 1) + THREAD) == thread:
-                return True
-        return False
-
-    # Not cached: it holds the control block's address, which moves from process to process.
-    @numba.cfunc(types.void(types.int32, types.voidptr, types.int32, types.uint64, types.voidptr, types.int32))
-    def blas_callback(sync, routine, jobs, size, data, extra):
-        routine_address, data_address = address_of(routine), address_of(data)
-        count, extra = np.int64(jobs), np.int64(extra)
-        if count <= 1:
-            call_job(routine_address, 0, data_address, extra)
-            return
-        thread = call_self(load(CONTROL, PTHREAD_SELF))
-        served = (count - 1 <= load(CONTROL, WORKERS) and thread != load(CONTROL, OWNER)
-                  and not is_worker(CONTROL, thread))
-        if served and try_lock(CONTROL, load(CONTROL, LOCK_SPINS)) == 1:
-            publish(CONTROL, count - 1, BLAS_JOB, routine_address, data_address, np.int64(size), extra)
-            call_job(routine_address, 0, data_address, extra)
-            finish(CONTROL, count - 1)
-            store(CONTROL, TEAM_PRODUCTS, load(CONTROL, TEAM_PRODUCTS) + 1)
-            return
-        store(CONTROL, FALLBACK_PRODUCTS, load(CONTROL, FALLBACK_PRODUCTS) + 1)
-        call_fallback(load(CONTROL, FALLBACK), routine_address, count, np.int64(size), data_address, extra)
-
-    @numba.njit(nogil=True, cache=True)
-    def spin(count):
-        for _ in range(count):
-            pause()
-
-    _compiled.update(serve=serve, try_lock=try_lock, publish=publish, finish=finish, gate_then=gate_then,
-                     blas_callback=blas_callback, spin=spin)
-    return _compiled
+    return team_loops
 
 
 _JOB = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
@@ -224,7 +99,7 @@ class Team:
         self._tasks: list = [None] * workers
         self._errors: list[BaseException | None] = [None] * workers
         self._local = threading.local()
-        self._spins = self._calibrate(kernels["spin"])
+        self._spins = self._calibrate(kernels.spin)
         _control[:] = 0
         _control[LOCK_SPINS] = max(1, int(self._spins * LOCK_SECONDS / SPIN_SECONDS))
         _control[FALLBACK] = ctypes.cast(_blas_fallback, ctypes.c_void_p).value
@@ -239,7 +114,7 @@ class Team:
         for thread in self._threads:
             thread.start()
         _control[WORKERS] = workers
-        self.blas = _install_blas_callback(kernels["blas_callback"].address)
+        self.blas = _install_blas_callback(kernels.blas_callback.address)
 
     @staticmethod
     def _calibrate(spin) -> int:
@@ -251,7 +126,7 @@ class Team:
         return max(1000, int(SPIN_SECONDS / per_spin))
 
     def _serve(self, worker: int) -> None:
-        serve, semaphore = _kernels()["serve"], ctypes.addressof(_semaphores) + SEMAPHORE_BYTES * worker
+        serve, semaphore = _kernels().serve, ctypes.addressof(_semaphores) + SEMAPHORE_BYTES * worker
         self._local.inside = True
         seen, report = 0, False
         while True:
@@ -280,24 +155,24 @@ class Team:
     def _split(self, part, items: int, parts: int, kernel) -> None:
         parts = min(parts, self.workers + 1, items)
         kernels = _kernels()
-        if parts <= 1 or getattr(self._local, "inside", False) or not kernels["try_lock"](CONTROL, 1):
+        if parts <= 1 or getattr(self._local, "inside", False) or not kernels.try_lock(CONTROL, 1):
             part(0, items)()
             return
         bounds = [items * k // parts for k in range(parts + 1)]
         for worker in range(parts - 1):  # the lock's holder alone writes the tasks
             self._tasks[worker] = part(bounds[worker + 1], bounds[worker + 2])
             self._errors[worker] = None
-        kernels["publish"](CONTROL, parts - 1, PYTHON_JOB, 0, 0, 0, int(kernel is not None))
+        kernels.publish(CONTROL, parts - 1, PYTHON_JOB, 0, 0, 0, int(kernel is not None))
         self._local.inside = True
         try:
             if kernel is None:
                 part(bounds[0], bounds[1])()
             else:
-                kernels["gate_then"](CONTROL, kernel[0], kernel[1](bounds[0], bounds[1]))
+                kernels.gate_then(CONTROL, kernel[0], kernel[1](bounds[0], bounds[1]))
         finally:
             _control[GATE] = 1  # the workers never wait for a gate this thread did not reach
             self._local.inside = False
-            kernels["finish"](CONTROL, parts - 1)
+            kernels.finish(CONTROL, parts - 1)
         for error in self._errors[:parts - 1]:
             if error is not None:
                 raise error
