@@ -397,3 +397,39 @@ def test_an_epilogue_bound_to_a_shape_gives_the_bits_of_the_general_one(form, co
     untouched = np.full((6, 9), -0.0, np.float32)
     if code == epilogue.NONE:  # no bias, no activation: nothing to do (-0.0 + 0.0 would be +0.0)
         assert np.signbit(epilogue.bound((6, 9), np.float32, 1, code, 0.0, 0.0)(untouched, None)).all()
+
+
+_EVERY_KERNEL_FAMILY = """
+import numpy as np
+from vertexflow.kernels import epilogue, norm, special
+
+x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+norm.softmax_last(x)
+norm.layer_norm_last(x, np.ones(32, np.float32), np.zeros(32, np.float32), 1e-5)
+special.erf32(x), special.gelu32(x), special.gelu_grad32(x, x)
+for code in (epilogue.NONE, epilogue.CLIP, epilogue.HARD_SIGMOID, epilogue.HARD_SWISH, epilogue.GELU):
+    epilogue.bias_activation(x.copy(), np.ones(32, np.float32), 1, code, 0.5, 1.0)
+    epilogue.bias_activation(x.reshape(8, 8, 32).copy(), np.ones(8, np.float32), 1, code, 0.5, 1.0)
+"""
+
+
+@pytest.mark.skipif(not kernels.available(), reason="numba kernels only")
+def test_kernels_compiled_in_one_process_are_loaded_from_disk_in_the_next(tmp_path):
+    # A kernel defined as a closure over another compiled function got a new cache entry (and was
+    # compiled again) in every process: the disk cache grew by hundreds of files a day.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), VERTEXFLOW_CACHE_DIR=str(tmp_path / "generated"))
+
+    def entries():
+        return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.nbc"))
+
+    found = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _EVERY_KERNEL_FAMILY], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        found.append(entries())
+    assert found[0] and found[1] == found[0]

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from . import available
-from .special import FUSED, LIMIT, SQRT_HALF, P, Q, gelu32
+from .special import FUSED, gelu32
 from .team import MIN_PART_ELEMENTS, over_rows
 
 NONE, CLIP, HARD_SIGMOID, HARD_SWISH, GELU = 0, 1, 2, 3, 4
@@ -26,70 +26,50 @@ _compiled: dict[str, object] = {}
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+_PASSES = """
+# The epilogue's passes with `{name}` inlined (activations.py's text hash {digest}: a change there writes a new file).
+import numba
+
+from vertexflow.kernels.activations import {name} as activate
+
+
+@numba.njit(cache=True, nogil=True, fastmath={fastmath!r}, error_model="numpy")
+def rows(out, bias, p0, p1):  # the bias along the last axis (a matrix product's)
+    outer, channels = out.shape
+    for n in range(outer):
+        row = out[n]
+        for c in range(channels):
+            row[c] = activate(row[c] + bias[c], p0, p1)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={fastmath!r}, error_model="numpy")
+def planes(out, bias, p0, p1):  # the bias along an inner axis (a convolution's channels)
+    outer, channels, inner = out.shape
+    for n in range(outer):
+        for c in range(channels):
+            b = bias[c]
+            line = out[n, c]
+            for k in range(inner):
+                line[k] = activate(line[k] + b, p0, p1)
+"""
+
+
 def _kernels():
-    """One kernel per activation (a branch inside the loop would keep it from vectorizing)."""
+    """One pair of passes per activation (a branch inside the loop would keep it from vectorizing),
+    generated as source that imports its activation (`generated.py`): defined in a function around
+    the activation, a pass was a closure, which numba's disk cache missed in every new process."""
     if not _compiled:
-        import numba
+        import hashlib
+        import inspect
 
-        def each(activate, fastmath=False):
-            @numba.njit(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")
-            def rows(out, bias, p0, p1):  # the bias along the last axis (a matrix product's)
-                outer, channels = out.shape
-                for n in range(outer):
-                    row = out[n]
-                    for c in range(channels):
-                        row[c] = activate(row[c] + bias[c], p0, p1)
+        from . import activations, generated
 
-            @numba.njit(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")
-            def planes(out, bias, p0, p1):  # the bias along an inner axis (a convolution's channels)
-                outer, channels, inner = out.shape
-                for n in range(outer):
-                    for c in range(channels):
-                        b = bias[c]
-                        line = out[n, c]
-                        for k in range(inner):
-                            line[k] = activate(line[k] + b, p0, p1)
-
-            return rows, planes
-
-        @numba.njit(inline="always")
-        def identity(v, p0, p1):
-            return v
-
-        @numba.njit(inline="always")
-        def clip(v, p0, p1):  # np.clip's order: NaN kept
-            v = p0 if v < p0 else v
-            return p1 if v > p1 else v
-
-        @numba.njit(inline="always")
-        def hard_sigmoid(v, p0, p1):  # np.clip(v * alpha + beta, 0, 1): +0.0 below, as clip's bound
-            g = v * p0 + p1
-            zero = abs(p0) * 0
-            g = zero if g < zero else g
-            return zero + 1 if g > 1 else g
-
-        @numba.njit(inline="always")
-        def hard_swish(v, p0, p1):
-            return hard_sigmoid(v, p0, p1) * v
-
-        (c0, c1, c2, c3, c4, c5, c6), (d0, d1, d2, d3, d4, d5) = P, Q
-
-        @numba.njit(inline="always")
-        def gelu(v, p0, p1):
-            """float32's GELU as special.gelu32 computes it, to the bit, with selects for its branches
-            (branches inside the loop keep LLVM from vectorizing it: 1.3x slower on a ViT's FFN)."""
-            w = np.float64(v)
-            x = w * SQRT_HALF
-            t = min(x * x, 16.0)  # |x| >= 4 (t >= 16) takes the sign below
-            p = c0 + t * (c1 + t * (c2 + t * (c3 + t * (c4 + t * (c5 + t * c6)))))
-            q = d0 + t * (d1 + t * (d2 + t * (d3 + t * (d4 + t * d5))))
-            erf = x * p / q
-            erf = (1.0 if x > 0 else -1.0) if abs(x) >= LIMIT else erf
-            g = np.float32(0.5 * w * (1.0 + erf))
-            return v if v != v else g
-
-        _compiled.update({NONE: each(identity), CLIP: each(clip), HARD_SIGMOID: each(hard_sigmoid),
-                          HARD_SWISH: each(hard_swish), GELU: each(gelu, FUSED)})
+        digest = hashlib.sha256(inspect.getsource(activations).encode()).hexdigest()[:12]
+        for code, name, fastmath in ((NONE, "identity", False), (CLIP, "clip", False),
+                                     (HARD_SIGMOID, "hard_sigmoid", False), (HARD_SWISH, "hard_swish", False),
+                                     (GELU, "gelu", FUSED)):
+            passes = generated.module(f"epilogue_{name}", _PASSES.format(name=name, digest=digest, fastmath=fastmath))
+            _compiled[code] = (passes.rows, passes.planes)
     return _compiled
 
 

@@ -23,6 +23,10 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _kernels():
+    # Kernels calling other kernels find them as module globals, not as variables of this function: a
+    # closure over a compiled function got a new disk-cache entry in every process (the closure's
+    # bytes hold the function's per-process id) and was compiled again each time.
+    global _row_sum, _row_statistics
     if not _compiled:
         import numba
 
@@ -60,14 +64,14 @@ def _kernels():
         # then sums a row in SIMD lanes (eight partial sums by hand stayed scalar: a softmax's division
         # pass over 16,384 rows of 64 took 635 us, now 340 us; a layer norm's statistics likewise).
         @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-        def row_sum(row):
+        def _row_sum(row):
             s = row[0] * 0
             for k in range(row.shape[0]):
                 s += row[k]
             return s
 
         @numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
-        def row_statistics(row, count):
+        def _row_statistics(row, count):
             """The row's mean and its sum of squared deviations, in the row's dtype (`count`: its length
             in that dtype; the float32 literals promote to nothing wider)."""
             s = np.float32(0)
@@ -85,7 +89,7 @@ def _kernels():
             rows, n = e.shape
             for r in range(rows):
                 row = e[r]
-                inverse = 1 / row_sum(row)  # a product per element instead of a division: within 1 ulp of e / s
+                inverse = 1 / _row_sum(row)  # a product per element instead of a division: within 1 ulp of e / s
                 for k in range(n):
                     row[k] = row[k] * inverse
 
@@ -94,7 +98,7 @@ def _kernels():
             rows, n = x.shape
             for r in range(rows):
                 row, target = x[r], out[r]
-                mu, v = row_statistics(row, count)
+                mu, v = _row_statistics(row, count)
                 rstd = np.float32(1) / np.sqrt(v / count + eps)
                 for k in range(n):
                     target[k] = (row[k] - mu) * rstd * weight[k] + bias[k]

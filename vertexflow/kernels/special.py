@@ -55,6 +55,7 @@ FUSED = {"contract"}
 
 def _kernels():
     """The numba ufuncs (compiled at first use, cached on disk)."""
+    global _erf64  # a module global for the ufuncs that call it (see norm._kernels)
     if not _compiled:
         import numba
 
@@ -62,7 +63,7 @@ def _kernels():
         q0, q1, q2, q3, q4, q5 = Q
 
         @numba.njit(inline="always", cache=True)
-        def erf64(x):
+        def _erf64(x):
             if x >= LIMIT or x <= -LIMIT:  # 1 to float32 precision: exactly, so GELU's far tail is 0
                 return 1.0 if x > 0 else -1.0
             t = x * x
@@ -74,19 +75,19 @@ def _kernels():
         def erf32(x):
             if x != x:
                 return x
-            return np.float32(erf64(np.float64(x)))
+            return np.float32(_erf64(np.float64(x)))
 
         @numba.vectorize(["float32(float32)"], nopython=True, cache=True, fastmath=FUSED)
         def gelu32(x):
             if x != x:
                 return x
             v = np.float64(x)
-            return np.float32(0.5 * v * (1.0 + erf64(v * SQRT_HALF)))
+            return np.float32(0.5 * v * (1.0 + _erf64(v * SQRT_HALF)))
 
         @numba.vectorize(["float32(float32, float32)"], nopython=True, cache=True, fastmath=FUSED)
         def gelu_grad32(x, g):
             v = np.float64(x)
-            cdf = 0.5 * (1.0 + erf64(v * SQRT_HALF))
+            cdf = 0.5 * (1.0 + _erf64(v * SQRT_HALF))
             pdf = 0.3989422804014327 * np.exp(-0.5 * v * v)
             return np.float32(np.float64(g) * (cdf + v * pdf))
 
@@ -94,7 +95,7 @@ def _kernels():
         def relu_grad(g, y):  # g * (y > 0) as numpy computes it (the mask cast to g's type: -0.0 and NaN kept)
             return g * (1.0 if y > 0 else 0.0)
 
-        _compiled.update(erf64=erf64, erf32=erf32, gelu32=gelu32, gelu_grad32=gelu_grad32, relu_grad=relu_grad)
+        _compiled.update(erf64=_erf64, erf32=erf32, gelu32=gelu32, gelu_grad32=gelu_grad32, relu_grad=relu_grad)
     return _compiled
 
 
