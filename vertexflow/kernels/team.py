@@ -34,6 +34,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -65,9 +66,9 @@ _control = np.zeros(BLOCK * (MAX_WORKERS + 1), np.int64)
 CONTROL = _control.ctypes.data
 CONTROL_SYMBOL = "vertexflow_team_control"
 _semaphores = (ctypes.c_char * (SEMAPHORE_BYTES * MAX_WORKERS))()
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
-def _kernels():
+
+def _loops():
     """The team's compiled side (`team_loops.py`), imported at first use (numba then)."""
     from . import team_loops
 
@@ -94,8 +95,8 @@ class Team:
     def __init__(self, workers: int):
         if not 1 <= workers <= MAX_WORKERS:
             raise ValueError(f"a team has 1 to {MAX_WORKERS} workers, not {workers}")
-        kernels = _kernels()
-        self.workers = workers
+        kernels, libc = _loops(), ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self.workers, self._libc = workers, libc
         self._tasks: list = [None] * workers
         self._errors: list[BaseException | None] = [None] * workers
         self._local = threading.local()
@@ -103,12 +104,13 @@ class Team:
         _control[:] = 0
         _control[LOCK_SPINS] = max(1, int(self._spins * LOCK_SECONDS / SPIN_SECONDS))
         _control[FALLBACK] = ctypes.cast(_blas_fallback, ctypes.c_void_p).value
-        _control[SEM_WAIT] = ctypes.cast(_libc.sem_wait, ctypes.c_void_p).value
-        _control[SEM_POST] = ctypes.cast(_libc.sem_post, ctypes.c_void_p).value
-        _control[PTHREAD_SELF] = ctypes.cast(_libc.pthread_self, ctypes.c_void_p).value
+        _control[SEM_WAIT] = ctypes.cast(libc.sem_wait, ctypes.c_void_p).value
+        _control[SEM_POST] = ctypes.cast(libc.sem_post, ctypes.c_void_p).value
+        _control[PTHREAD_SELF] = ctypes.cast(libc.pthread_self, ctypes.c_void_p).value
         _control[SEMAPHORES] = ctypes.addressof(_semaphores)
         for worker in range(workers):
-            _libc.sem_init(ctypes.byref(_semaphores, SEMAPHORE_BYTES * worker), 0, 0)
+            if libc.sem_init(ctypes.byref(_semaphores, SEMAPHORE_BYTES * worker), 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "the kernels' team could not make its semaphores")
         self._threads = [threading.Thread(target=self._serve, args=(worker,), name=f"vf-kernels-team-{worker}", daemon=True)
                          for worker in range(workers)]
         for thread in self._threads:
@@ -126,7 +128,7 @@ class Team:
         return max(1000, int(SPIN_SECONDS / per_spin))
 
     def _serve(self, worker: int) -> None:
-        serve, semaphore = _kernels().serve, ctypes.addressof(_semaphores) + SEMAPHORE_BYTES * worker
+        serve, semaphore = _loops().serve, ctypes.addressof(_semaphores) + SEMAPHORE_BYTES * worker
         self._local.inside = True
         seen, report = 0, False
         while True:
@@ -154,7 +156,7 @@ class Team:
 
     def _split(self, part, items: int, parts: int, kernel) -> None:
         parts = min(parts, self.workers + 1, items)
-        kernels = _kernels()
+        kernels = _loops()
         if parts <= 1 or getattr(self._local, "inside", False) or not kernels.try_lock(CONTROL, 1):
             part(0, items)()
             return
@@ -201,7 +203,7 @@ class Team:
             _control[base + KIND] = STOP
             _control[base + GENERATION] += 1
             if _control[base + ASLEEP]:
-                _libc.sem_post(ctypes.byref(_semaphores, SEMAPHORE_BYTES * worker))
+                self._libc.sem_post(ctypes.byref(_semaphores, SEMAPHORE_BYTES * worker))
 
 
 @functools.cache
@@ -243,8 +245,11 @@ def run_split(work, items: int, parts: int) -> None:
     first here and the others on a thread pool (a thread per core, started as needed)."""
     global _pool
     crew = team()
-    if crew is not None or parts <= 1:
-        (crew.split(work, items, parts) if crew is not None else work(0, items))
+    if crew is not None:
+        crew.split(work, items, parts)
+        return
+    if parts <= 1:
+        work(0, items)
         return
     with _team_lock:
         if _pool is None:
@@ -274,7 +279,10 @@ def over_rows(work, rows: int, elements: int, kernel=None) -> None:
         parts = min(parts, threads_in_force())
     crew = team() if parts > 1 else None
     if crew is None:
-        kernel(*work(0, rows)) if kernel is not None else work(0, rows)
+        if kernel is None:
+            work(0, rows)
+        else:
+            kernel(*work(0, rows))
     elif kernel is None:
         crew.split(work, rows, parts)
     else:
@@ -282,9 +290,11 @@ def over_rows(work, rows: int, elements: int, kernel=None) -> None:
 
 
 def enabled() -> bool:
-    """Whether kernels split over a team: numba present, more than one core, VERTEXFLOW_TEAM not "off"."""
+    """Whether kernels split over a team: Linux (POSIX semaphores that macOS lacks), numba present, more
+    than one core, VERTEXFLOW_TEAM not "off"."""
     switch = os.environ.get("VERTEXFLOW_TEAM", "").strip().lower()
-    return switch not in ("off", "0", "false", "no") and available() and cores() > 1
+    return (sys.platform.startswith("linux") and switch not in ("off", "0", "false", "no") and available()
+            and cores() > 1)
 
 
 def team() -> Team | None:
