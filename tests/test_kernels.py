@@ -433,3 +433,22 @@ def test_kernels_compiled_in_one_process_are_loaded_from_disk_in_the_next(tmp_pa
         assert done.returncode == 0, done.stderr[-2000:]
         found.append(entries())
     assert found[0] and found[1] == found[0]
+
+
+@pytest.mark.skipif(not kernels.available() or not im2col._gemm(np.float32), reason="numba and numpy's ILP64 OpenBLAS")
+@settings(max_examples=30, deadline=None)
+@given(images=st.integers(2, 5), channels=st.integers(1, 6), size=st.integers(3, 12), outs=st.integers(2, 8),
+       k=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 1), groups=st.sampled_from([1, 2]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_a_run_of_images_in_one_call_gives_numpys_products_bits(images, channels, size, outs, k, stride, padding,
+                                                                 groups, dtype, seed):
+    # CBLAS's gemm called from the compiled image loop is the routine numpy's matmul calls: the same bits.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((images, channels * groups, size, size)).astype(dtype)
+    w = rng.standard_normal((outs * groups, channels, k, k)).astype(dtype)
+    args = ((stride, stride), (padding, padding), (1, 1), groups)
+    got = im2col.conv2d(x, w, *args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(im2col, "_gemm", lambda dtype: 0)  # numpy's product image by image
+        expected = im2col.conv2d(x, w, *args)
+    np.testing.assert_array_equal(got, expected)

@@ -124,3 +124,26 @@ def address_of(typingctx, pointer):
     def codegen(context, builder, signature, args):
         return builder.ptrtoint(args[0], _I64)
     return types.int64(types.voidptr), codegen
+
+
+@intrinsic
+def call_gemm(typingctx, address, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """CBLAS's row-major c = alpha * a @ b + beta * c of an ILP64 build (64-bit sizes), float32 or
+    float64 by alpha's type: void (*)(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
+    c, ldc), the matrices' addresses as integers."""
+    if alpha not in (types.float32, types.float64) or beta != alpha:
+        return None
+
+    def codegen(context, builder, signature, args):
+        real = ir.FloatType() if alpha == types.float32 else ir.DoubleType()
+        pointer = real.as_pointer()
+        target = _function(builder, args[0], _VOID, [_I32, _I32, _I32, _I64, _I64, _I64, real, pointer, _I64,
+                                                     pointer, _I64, real, pointer, _I64])
+        row_major, no_transpose = ir.Constant(_I32, 101), ir.Constant(_I32, 111)
+        m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args[1:]
+        builder.call(target, [row_major, no_transpose, no_transpose, m_, n_, k_, alpha_,
+                              builder.inttoptr(a_, pointer), lda_, builder.inttoptr(b_, pointer), ldb_, beta_,
+                              builder.inttoptr(c_, pointer), ldc_])
+        return context.get_dummy_value()
+    return types.none(types.int64, types.int64, types.int64, types.int64, alpha, types.int64, types.int64,
+                      types.int64, types.int64, beta, types.int64, types.int64), codegen

@@ -12,17 +12,21 @@ clipped to the image (the padding is never materialized).
 
 Images are split over as many threads as BLAS may use at that moment
 (`machine.blas_split`: the executor's share of the cores), each running its
-products on one BLAS thread with a scratch buffer of its own; numba's kernels
-and numpy's products release the GIL. (One product per image is too small for
-OpenBLAS to split well, and two threads calling a two-thread OpenBLAS at once
-take turns.)
+products on one BLAS thread with a scratch buffer of its own. A run of images
+is one compiled call that builds each image's columns and calls CBLAS's gemm
+(numpy's own OpenBLAS, through its address) without taking the GIL between
+images: numpy's product per image took it back each time, and two threads
+took turns for it. (One product per image is too small for OpenBLAS to split
+well, and two threads calling a two-thread OpenBLAS at once take turns.)
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from ..machine import blas_split, cores
+from ..machine import _blas_controller, blas_split, cores
 from . import available
 from .team import run_split
 
@@ -31,11 +35,14 @@ DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _kernels():
+    global _columns  # a module global for `image_products`, which calls it (see norm._kernels)
     if not _compiled:
         import numba
 
+        from .atomics import call_gemm
+
         @numba.njit(cache=True, nogil=True)
-        def columns(x, n, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
+        def _columns(x, n, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
             """Image n's windows as rows of cols: row (c, i, j) holds tap (i, j) of channel c at every output pixel."""
             channels, height, width = x.shape[1], x.shape[2], x.shape[3]
             # Flat arrays indexed by unsigned offsets: numba then knows no index is negative (no
@@ -126,8 +133,42 @@ def _kernels():
                                 for q in range(lo, hi):
                                     target[np.uint64(start + q * sw)] += source[np.uint64(base + q)]
 
-        _compiled.update(columns=columns, accumulate=accumulate)
+        @numba.njit(cache=True, nogil=True)
+        def image_products(x, weights, out, cols, first, last, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, gemm):
+            """Images [first, last): each one's columns, then a product per group straight into out (N,
+            G, O / G, OH * OW), by CBLAS's gemm at address `gemm`: the whole run in one call without
+            the GIL (numpy's product per image took the GIL back between images)."""
+            groups, per_group, rows = weights.shape
+            pixels, size = oh * ow, x.itemsize
+            one, zero = weights.dtype.type(1), weights.dtype.type(0)
+            w_base, c_base, o_base = weights.ctypes.data, cols.ctypes.data, out.ctypes.data
+            for n in range(first, last):
+                _columns(x, n, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols)
+                for g in range(groups):
+                    call_gemm(gemm, per_group, pixels, rows, one, w_base + g * per_group * rows * size, rows,
+                              c_base + g * rows * pixels * size, pixels, zero,
+                              o_base + (n * groups + g) * per_group * pixels * size, pixels)
+
+        _compiled.update(columns=_columns, accumulate=accumulate, image_products=image_products)
     return _compiled
+
+
+@functools.cache
+def _gemm(dtype) -> int:
+    """The address of CBLAS's gemm for this dtype in the OpenBLAS numpy calls, where it is an ILP64
+    build (numpy's wheels: 64-bit sizes, which `atomics.call_gemm` passes); 0 elsewhere."""
+    import ctypes
+
+    name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(np.dtype(dtype))
+    for lib in _blas_controller().lib_controllers if name else ():
+        if lib.internal_api != "openblas" or "numpy" not in lib.filepath:
+            continue
+        handle = ctypes.CDLL(lib.filepath)
+        for symbol in (f"scipy_cblas_{name}64_", f"cblas_{name}64_"):
+            found = getattr(handle, symbol, None)
+            if found is not None:
+                return ctypes.cast(found, ctypes.c_void_p).value
+    return 0
 
 
 def usable(dtype) -> bool:
@@ -150,11 +191,18 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int,
     x = np.ascontiguousarray(x, dtype)
     weights = np.ascontiguousarray(w, dtype).reshape(groups, outs // groups, per_group * kh * kw)
     flat = out.reshape(n_images, groups, outs // groups, oh * ow)
-    columns = _kernels()["columns"]
+    kernels, gemm = _kernels(), _gemm(dtype)
+    columns = kernels["columns"]
     rows = per_group * kh * kw
 
     def images(first: int, last: int) -> None:
         cols = np.empty((channels * kh * kw, oh * ow), x.dtype)
+        # Runs of images in one call (numpy calls gemv for a row or a column; one image pays the
+        # longer call's argument checks for nothing: the inception block at batch 1 ran 4% slower).
+        if gemm and last - first > 1 and outs // groups > 1 and oh * ow > 1:
+            kernels["image_products"](x, weights, flat, cols, first, last, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
+                                      gemm)
+            return
         for n in range(first, last):
             columns(x, n, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols)
             for g in range(groups):
