@@ -50,6 +50,22 @@ def _blas_controller():
         return _controller
 
 
+def openblas_functions(names) -> list[tuple[str, object]]:
+    """For each OpenBLAS loaded, the first of `names` it exports, as (its file, a ctypes function):
+    builds prefix and suffix their symbols differently (numpy's wheels: `scipy_..._64_`)."""
+    import ctypes
+
+    found = []
+    for lib in _blas_controller().lib_controllers:
+        if lib.internal_api != "openblas":
+            continue
+        handle = ctypes.CDLL(lib.filepath)
+        function = next((getattr(handle, name) for name in names if hasattr(handle, name)), None)
+        if function is not None:
+            found.append((lib.filepath, function))
+    return found
+
+
 def blas_info() -> list[dict]:
     """The BLAS libraries numpy uses: {internal_api, version, num_threads, architecture} each."""
     return [

@@ -26,7 +26,7 @@ import functools
 
 import numpy as np
 
-from ..machine import _blas_controller, blas_split, cores
+from ..machine import blas_split, cores, openblas_functions
 from . import available
 from .team import run_split
 
@@ -160,15 +160,9 @@ def _gemm(dtype) -> int:
     import ctypes
 
     name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(np.dtype(dtype))
-    for lib in _blas_controller().lib_controllers if name else ():
-        if lib.internal_api != "openblas" or "numpy" not in lib.filepath:
-            continue
-        handle = ctypes.CDLL(lib.filepath)
-        for symbol in (f"scipy_cblas_{name}64_", f"cblas_{name}64_"):
-            found = getattr(handle, symbol, None)
-            if found is not None:
-                return ctypes.cast(found, ctypes.c_void_p).value
-    return 0
+    found = [function for path, function in openblas_functions([f"scipy_cblas_{name}64_", f"cblas_{name}64_"])
+             if "numpy" in path] if name else []
+    return ctypes.cast(found[0], ctypes.c_void_p).value if found else 0
 
 
 def usable(dtype) -> bool:

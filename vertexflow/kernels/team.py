@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..machine import _blas_controller, cores, threads_in_force
+from ..machine import cores, openblas_functions, threads_in_force
 from . import available
 
 # The control block's slots: a global block, then a block of 16 (two cache lines) per worker.
@@ -208,23 +208,12 @@ class Team:
 
 @functools.cache
 def _openblas_setters():
-    """OpenBLAS's `set_threads_callback_function` in each OpenBLAS loaded that has one (0.3.27+),
-    whatever prefix and suffix its build gave its symbols."""
-    setters = []
-    for lib in _blas_controller().lib_controllers:
-        if lib.internal_api != "openblas":
-            continue
-        handle = ctypes.CDLL(lib.filepath)
-        for prefix in ("", "scipy_"):
-            for suffix in ("", "64_", "_64"):
-                setter = getattr(handle, f"{prefix}openblas_set_threads_callback_function{suffix}", None)
-                if setter is not None:
-                    setter.argtypes = [ctypes.c_void_p]
-                    setters.append(setter)
-                    break
-            else:
-                continue
-            break
+    """OpenBLAS's `set_threads_callback_function` in each OpenBLAS loaded that has one (0.3.27+)."""
+    names = [f"{prefix}openblas_set_threads_callback_function{suffix}"
+             for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
+    setters = [setter for _, setter in openblas_functions(names)]
+    for setter in setters:
+        setter.argtypes = [ctypes.c_void_p]
     return setters
 
 
