@@ -127,6 +127,14 @@ def address_of(typingctx, pointer):
 
 
 @intrinsic
+def pointer_at(typingctx, address):
+    """The integer `address` as a void pointer (what `numba.carray` takes with a dtype)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], _BYTES)
+    return types.voidptr(types.int64), codegen
+
+
+@intrinsic
 def call_gemm(typingctx, address, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """CBLAS's row-major c = alpha * a @ b + beta * c of an ILP64 build (64-bit sizes), float32 or
     float64 by alpha's type: void (*)(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,

@@ -54,21 +54,33 @@ def planes(out, bias, p0, p1):  # the bias along an inner axis (a convolution's 
 """
 
 
+# Each activation's name in activations.py, and the fast-math flags of its passes.
+ACTIVATIONS = {NONE: ("identity", False), CLIP: ("clip", False), HARD_SIGMOID: ("hard_sigmoid", False),
+               HARD_SWISH: ("hard_swish", False), GELU: ("gelu", FUSED)}
+
+
+def passes_source(code: int) -> str:
+    """The source of the passes (`rows`, `planes`) for an activation code: the same text wherever they are
+    compiled (here, and inside a product's kernel, `products.py`), so the same bits."""
+    import hashlib
+    import inspect
+
+    from . import activations
+
+    name, fastmath = ACTIVATIONS[code]
+    digest = hashlib.sha256(inspect.getsource(activations).encode()).hexdigest()[:12]
+    return _PASSES.format(name=name, digest=digest, fastmath=fastmath)
+
+
 def _kernels():
     """One pair of passes per activation (a branch inside the loop would keep it from vectorizing),
     generated as source that imports its activation (`generated.py`): defined in a function around
     the activation, a pass was a closure, which numba's disk cache missed in every new process."""
     if not _compiled:
-        import hashlib
-        import inspect
+        from . import generated
 
-        from . import activations, generated
-
-        digest = hashlib.sha256(inspect.getsource(activations).encode()).hexdigest()[:12]
-        for code, name, fastmath in ((NONE, "identity", False), (CLIP, "clip", False),
-                                     (HARD_SIGMOID, "hard_sigmoid", False), (HARD_SWISH, "hard_swish", False),
-                                     (GELU, "gelu", FUSED)):
-            passes = generated.module(f"epilogue_{name}", _PASSES.format(name=name, digest=digest, fastmath=fastmath))
+        for code, (name, _) in ACTIVATIONS.items():
+            passes = generated.module(f"epilogue_{name}", passes_source(code))
             _compiled[code] = (passes.rows, passes.planes)
     return _compiled
 

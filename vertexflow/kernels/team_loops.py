@@ -149,6 +149,31 @@ def is_worker(control, thread):
             return True
     return False
 
+@numba.njit(nogil=True, cache=True)
+def on_team(control, routine, count, data, size, extra):
+    """Jobs 0 to count - 1 of a C routine(job, data + job * size, extra) at once: job 0 on this thread,
+    the others on the workers, none taking the GIL. False, having run nothing, where the team cannot
+    take them (too many jobs; this thread holds the team's lock or is one of its workers; the lock
+    stays taken by another caller)."""
+    thread = call_self(load(control, PTHREAD_SELF))
+    if count - 1 > load(control, WORKERS) or thread == load(control, OWNER) or is_worker(control, thread):
+        return False
+    if try_lock(control, load(control, LOCK_SPINS)) != 1:
+        return False
+    publish(control, count - 1, BLAS_JOB, routine, data, size, extra)
+    call_job(routine, 0, data, extra)
+    finish(control, count - 1)
+    return True
+
+@numba.njit(nogil=True, cache=True)
+def run_jobs(control, routine, count, data, size, extra):
+    """Jobs of a C routine as `on_team` runs them, or where the team cannot take them, one after another
+    on this thread (jobs that do not wait for each other, unlike OpenBLAS's)."""
+    if count > 1 and on_team(control, routine, count, data, size, extra):
+        return
+    for job in range(count):
+        call_job(routine, job, data + job * size, extra)
+
 @numba.cfunc(types.void(types.int32, types.voidptr, types.int32, types.uint64, types.voidptr, types.int32),
              cache=True)
 def blas_callback(sync, routine, jobs, size, data, extra):
@@ -158,13 +183,7 @@ def blas_callback(sync, routine, jobs, size, data, extra):
     if count <= 1:
         call_job(routine_address, 0, data_address, extra)
         return
-    thread = call_self(load(control, PTHREAD_SELF))
-    served = (count - 1 <= load(control, WORKERS) and thread != load(control, OWNER)
-              and not is_worker(control, thread))
-    if served and try_lock(control, load(control, LOCK_SPINS)) == 1:
-        publish(control, count - 1, BLAS_JOB, routine_address, data_address, np.int64(size), extra)
-        call_job(routine_address, 0, data_address, extra)
-        finish(control, count - 1)
+    if on_team(control, routine_address, count, data_address, np.int64(size), extra):
         store(control, TEAM_PRODUCTS, load(control, TEAM_PRODUCTS) + 1)
         return
     store(control, FALLBACK_PRODUCTS, load(control, FALLBACK_PRODUCTS) + 1)
