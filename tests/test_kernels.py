@@ -228,12 +228,12 @@ def test_products_of_stacked_and_transposed_operands_equal_numpy():
     out = np.empty((4, 6, 7), np.float32)
     assert op.forward(np, a, b, out=out) is out
     np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-6)
-    rows = rng.normal(size=(8, 32)).astype(np.float32)
-    weight = rng.normal(size=(24, 32)).astype(np.float32)
+    rows = rng.normal(size=(16, 32)).astype(np.float32)  # more rows than kernels/products.py takes
+    weight = rng.normal(size=(40, 32)).astype(np.float32)
     got = op.forward(np, rows, weight.T)
     assert got.flags.f_contiguous and not got.flags.c_contiguous  # computed transposed, handed on so
     np.testing.assert_allclose(got, rows @ weight.T, rtol=1e-5)
-    out = np.empty((8, 24), np.float32)
+    out = np.empty((16, 40), np.float32)
     value = op.forward(np, rows, weight.T, out=out)
     assert value.base is out  # out's memory, in column-major order
     np.testing.assert_array_equal(value, got)
@@ -401,7 +401,7 @@ def test_an_epilogue_bound_to_a_shape_gives_the_bits_of_the_general_one(form, co
 
 _EVERY_KERNEL_FAMILY = """
 import numpy as np
-from vertexflow.kernels import epilogue, norm, special
+from vertexflow.kernels import epilogue, norm, products, special
 
 x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
 norm.softmax_last(x)
@@ -410,6 +410,9 @@ special.erf32(x), special.gelu32(x), special.gelu_grad32(x, x)
 for code in (epilogue.NONE, epilogue.CLIP, epilogue.HARD_SIGMOID, epilogue.HARD_SWISH, epilogue.GELU):
     epilogue.bias_activation(x.copy(), np.ones(32, np.float32), 1, code, 0.5, 1.0)
     epilogue.bias_activation(x.reshape(8, 8, 32).copy(), np.ones(8, np.float32), 1, code, 0.5, 1.0)
+    products.MIN_PART_PRODUCTS = 1  # split too: its jobs and their caller
+    for dtype in (np.float32, np.float64):
+        products.times_transposed(x[:8].astype(dtype), x.astype(dtype), None, np.ones(64, dtype), code, 0.5, 1.0)
 """
 
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vertexflow as vf
+from vertexflow.kernels import products
 from vertexflow.ops.shape import Identity
 from vertexflow.rewrites import ProductEpilogue, plan_rewrites
 
@@ -31,10 +32,16 @@ def product_graphs(draw):
     dtype = draw(st.sampled_from(["float32", "float64"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     g = vf.Graph()
-    if draw(st.booleans()):
+    kind = draw(st.sampled_from(["matmul", "linear", "conv"]))
+    if kind == "matmul":
         x = g.input("x", shape=(None, 6), dtype=dtype)
         w = g.param("w", value=rng.normal(size=(6, 5)).astype(dtype))
         product, bias_shape, feed = x @ w, (5,), rng.normal(size=(3, 6)).astype(dtype)
+    elif kind == "linear":  # an exported Linear, its weight (out, in) used transposed (kernels/products.py at 4-8 rows)
+        x = g.input("x", shape=(None, 6), dtype=dtype)
+        w = g.param("w", value=rng.normal(size=(10, 6)).astype(dtype))
+        rows = draw(st.sampled_from([3, 4, 8]))
+        product, bias_shape, feed = x @ vf.transpose(w), (10,), rng.normal(size=(rows, 6)).astype(dtype)
     else:
         groups = draw(st.sampled_from([1, 2]))
         x = g.input("x", shape=(None, 2, 6, 6), dtype=dtype)
@@ -53,14 +60,16 @@ def product_graphs(draw):
 @given(case=product_graphs())
 def test_a_product_epilogue_gives_the_bits_of_its_vertices_on_every_executor(case):
     g, x, out, feed = case
-    plain = vf.SequentialExecutor(g, optimize=False)
-    want = plain.run({x: feed}, out)
-    tape = vf.SequentialExecutor(g)
-    for _ in range(3):  # the first call checked, then compiled
-        np.testing.assert_array_equal(tape.run({x: feed}, out), want)
-    with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as actors:
-        for _ in range(2):
-            np.testing.assert_array_equal(actors.run({x: feed}, out), want)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(products, "MIN_PRODUCTS", 0)  # kernels/products.py for a Linear of any size
+        plain = vf.SequentialExecutor(g, optimize=False)
+        want = plain.run({x: feed}, out)
+        tape = vf.SequentialExecutor(g)
+        for _ in range(3):  # the first call checked, then compiled
+            np.testing.assert_array_equal(tape.run({x: feed}, out), want)
+        with vf.ActorExecutor(g, threads=2, heavy_flops=0, schedule="network") as actors:
+            for _ in range(2):
+                np.testing.assert_array_equal(actors.run({x: feed}, out), want)
 
 
 def _specs(nodes):

@@ -78,6 +78,59 @@ def test_a_kernel_split_runs_its_parts_at_once(crew):
     assert met.tolist() == [1] * parts
 
 
+def test_c_jobs_run_at_once_on_the_team_without_the_gil(crew):
+    import numba
+    from numba import types
+
+    from vertexflow.kernels import atomics, team_loops
+
+    atomic_load, atomic_store = atomics.load, atomics.store
+
+    @numba.cfunc(types.void(types.int32, types.voidptr, types.int32))
+    def meet(index, data, extra):
+        # Job k raises its flag, then waits (bounded) for every other job's: run one after the other,
+        # the first job would give up before the second began.
+        row = numba.carray(data, 3, np.int64)
+        flags, job, count = row[0], row[1], row[2]
+        atomic_store(flags, job, 1)
+        for _ in range(2_000_000_000):
+            met = True
+            for k in range(count):
+                met = met and atomic_load(flags, k) != 0
+            if met:
+                atomic_store(flags, count + job, 1)
+                return
+
+    parts = crew.workers + 1
+    flags = np.zeros(2 * parts, np.int64)
+    record = np.array([[flags.ctypes.data, k, parts] for k in range(parts)], np.int64)
+    before = crew.statistics()["worker_products"]
+    team_loops.run_jobs(team_module.CONTROL, meet.address, parts, record.ctypes.data, record.strides[0], 0)
+    assert flags[parts:].tolist() == [1] * parts
+    assert [b - a for a, b in zip(before, crew.statistics()["worker_products"])] == [1] * crew.workers
+
+
+def test_c_jobs_from_inside_a_split_run_one_after_another(crew, monkeypatch):
+    from vertexflow.kernels import products
+
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((8, 64), np.float32), rng.standard_normal((64, 64), np.float32)
+    want = products.times_transposed(x, w)
+    monkeypatch.setattr(products, "MIN_PART_PRODUCTS", 1)  # a product of jobs, however small
+    got = {}
+
+    def work(first, last):  # from inside a part the team is busy: its jobs run on this thread, in turn
+        got[first] = products.times_transposed(x, w)
+
+    before = crew.statistics()["worker_products"]
+    with machine.blas_threads(machine.cores()):
+        crew.split(work, 2, 2)
+    assert sorted(got) == [0, 1]
+    for value in got.values():
+        np.testing.assert_array_equal(value, want)
+    assert crew.statistics()["worker_products"] == before
+
+
 def test_an_error_in_a_part_is_raised_by_the_caller_and_the_team_goes_on(crew):
     def work(first, last):
         if first > 0:

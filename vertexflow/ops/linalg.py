@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Spec, format_shape
+from ..kernels import products
 from .base import Op, broadcast_shapes, require_numeric
 
 
@@ -54,6 +55,9 @@ class Matmul(Op):
             # index otherwise (a (64, 64, 64) @ (64, 256) product ran 2.5x slower).
             flat = xp.matmul(a.reshape(-1, a.shape[-1]), b, out=None if out is None else out.reshape(-1, b.shape[1]))
             return flat.reshape(*a.shape[:-1], b.shape[1]) if out is None else out
+        if xp is np and b.ndim == 2 and b.T.flags.c_contiguous and (out is None or out.flags.c_contiguous) and \
+                products.takes(a, b.T):
+            return products.times_transposed(a, b.T, out)
         if a.ndim == 2 and 2 <= a.shape[0] <= 128 and b.ndim == 2 and xp is np and \
                 computes_transposed(a.shape[0], b.shape[1]) and a.dtype == b.dtype and b.flags.f_contiguous and \
                 not b.flags.c_contiguous:
