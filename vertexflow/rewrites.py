@@ -130,16 +130,18 @@ class ProductEpilogue(Op):
             return value if self.act is None else self.act.after(xp, value)
         b = bias[0] if bias else None
         if self._in_small_product(a, w, b, out):
-            return products.times_transposed(a, w.T, out, None if b is None else b.reshape(-1), self._code,
-                                             *self._params)
+            value = products.times_transposed(a, w.T, out, None if b is None else b.reshape(-1), self._code,
+                                              *self._params)
+            return value if self._after is None else self._after(xp, value)
         if self._by_images:
             return self.product.forward(xp, a, w, out=out, then=functools.partial(self._in_place, xp, b))
         return self._epilogue(xp, b, self.product.forward(xp, a, w, out=out))
 
     def _in_small_product(self, a, w, b, out) -> bool:
         """Whether the product is one of a few rows by a transposed matrix (`kernels/products.py`), which
-        runs the epilogue itself: a bias along the last axis, an activation with a kernel code."""
-        return (type(self.product) is Matmul and self._after is None and w.ndim == 2 and w.T.flags.c_contiguous
+        runs the epilogue itself (a bias along the last axis, an activation with a kernel code; numpy's
+        sigmoid and tanh after it)."""
+        return (type(self.product) is Matmul and w.ndim == 2 and w.T.flags.c_contiguous
                 and (out is None or out.flags.c_contiguous) and products.takes(a, w.T)
                 and (b is None or (self.bias_axis == 1 and b.dtype == a.dtype and b.size == w.shape[1]
                                    and b.flags.c_contiguous)))

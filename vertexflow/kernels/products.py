@@ -72,7 +72,8 @@ def dots(x, w, c, j0, j1, zero):  # c[:, j0:j1] = x @ w[j0:j1].T
 def part(x, w, c, j0, j1, zero, bias, p0, p1, apply):  # columns j0:j1, then their epilogue
     dots(x, w, c, j0, j1, zero)
     if apply:
-        rows(c[:, j0:j1], bias[j0:j1], p0, p1)
+        for i in range(c.shape[0]):  # row by row: contiguous, so the pass vectorizes
+            rows(c[i, j0:j1].reshape((1, j1 - j0)), bias[j0:j1], p0, p1)
 {jobs}
 
 @numba.njit(cache=True, nogil=True)
