@@ -18,6 +18,8 @@ loop over runtime sizes on a padded copy of the input.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import available
@@ -90,6 +92,10 @@ def _kernels():
 
 
 # Geometries with a kernel of their own (the windows exported CNNs use); others take the general loop.
+# How much longer a depthwise flop takes than a matrix product's (22 against about 90 GFLOP/s a core
+# here): `im2col.split` sizes its threshold in a product's flops. Counted as such, a MobileNet block's
+# depthwise convolution at batch 8 (5.3 MFLOP, 230 us on one core) ran whole; split, in 150 us.
+SLOWER = 4.0
 SPECIALIZED = {(k, k, s, s, 1, 1) for k in (3, 5, 7) for s in (1, 2)}
 
 
@@ -122,8 +128,11 @@ def forward(x, w, out, mult, ph, pw):
 """
 
 
+@functools.cache
 def _forward_kernel(kernel, stride, dilation):
-    """The forward kernel for this geometry: generated for it, or the general loop for large windows."""
+    """The forward kernel for this geometry: generated for it, or the general loop for large windows.
+    (Kept: its source written out and hashed again cost 60 us a call, a quarter of a MobileNet
+    block's depthwise convolution at batch 8.)"""
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     if (kh, kw, sh, sw, dh, dw) not in SPECIALIZED:
         return None
@@ -159,14 +168,14 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None,
     if kernel is not None:
         x, w = np.ascontiguousarray(x, dtype), np.ascontiguousarray(w, dtype)
         split(x.shape[0], lambda first, last: kernel(x[first:last], w, out[first:last], mult, ph, pw),
-              2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out.nbytes // out.shape[0])
+              SLOWER * 2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out.nbytes // out.shape[0])
         return out
     xp = pad(x) if (ph or pw) else x
     if compiled:
         xp, w = np.ascontiguousarray(xp, dtype), np.ascontiguousarray(w, dtype)
         forward = _kernels()["forward"]
         split(x.shape[0], lambda first, last: forward(xp[first:last], w, out[first:last], *stride, *dilation, mult),
-              2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out.nbytes // out.shape[0])
+              SLOWER * 2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out.nbytes // out.shape[0])
         return out
     (sh, sw), (dh, dw) = stride, dilation
     source = np.repeat(xp, mult, axis=1) if mult > 1 else xp

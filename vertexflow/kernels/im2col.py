@@ -28,7 +28,7 @@ import numpy as np
 
 from ..machine import blas_split, cores, openblas_functions
 from . import available
-from .team import run_split
+from .team import run_split, team
 
 _compiled: dict[str, object] = {}
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -240,9 +240,11 @@ def conv2d_input_gradient(g: np.ndarray, w: np.ndarray, x_shape, stride, padding
     return out
 
 
-# Work a thread of the pool must get for a split to pay: waking a thread and sharing the cache cost
-# about 100 us a call here (a block of 8 images ran slower split than not).
-MIN_SPLIT_FLOPS = 8e6
+# Work (in a matrix product's flops) a thread must get for a split to pay. With a thread pool that
+# slept between calls, waking it and sharing the cache cost about 100 us (8e6 then); the team's
+# workers spin, and a split of Python parts costs 20-40 us: at 3e6 a MobileNet block at batch 8 ran
+# 12% faster (its 1x1 convolutions, 14 MFLOP, split), the other models the same within noise.
+MIN_SPLIT_FLOPS, MIN_POOL_SPLIT_FLOPS = 3e6, 8e6  # the team's threshold; the pool's (the team off)
 
 
 # Output an epilogue reads while it is still in cache (the 2 MB L2 of each core here, with room for
@@ -268,7 +270,8 @@ def split(items: int, work, flops: float, then=None, item_bytes: int = 0) -> Non
                 inner(start, stop)
                 then(start, stop)
 
-    with blas_split(max(1, min(items, cores(), int(flops // MIN_SPLIT_FLOPS)))) as threads:
+    least = MIN_SPLIT_FLOPS if team() is not None else MIN_POOL_SPLIT_FLOPS
+    with blas_split(max(1, min(items, cores(), int(flops // least)))) as threads:
         if threads == 1:
             work(0, items)
             return
