@@ -28,7 +28,7 @@ import numpy as np
 
 from ..machine import blas_split, cores, openblas_functions
 from . import available
-from .team import run_split, team
+from .team import enabled, run_split
 
 _compiled: dict[str, object] = {}
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -270,8 +270,10 @@ def split(items: int, work, flops: float, then=None, item_bytes: int = 0) -> Non
                 inner(start, stop)
                 then(start, stop)
 
-    least = MIN_SPLIT_FLOPS if team() is not None else MIN_POOL_SPLIT_FLOPS
-    with blas_split(max(1, min(items, cores(), int(flops // least)))) as threads:
+    parts = min(items, cores(), int(flops // MIN_SPLIT_FLOPS))
+    if parts > 1 and not enabled():
+        parts = min(parts, int(flops // MIN_POOL_SPLIT_FLOPS))
+    with blas_split(max(1, parts)) as threads:
         if threads == 1:
             work(0, items)
             return

@@ -55,6 +55,8 @@ class Matmul(Op):
             # index otherwise (a (64, 64, 64) @ (64, 256) product ran 2.5x slower).
             flat = xp.matmul(a.reshape(-1, a.shape[-1]), b, out=None if out is None else out.reshape(-1, b.shape[1]))
             return flat.reshape(*a.shape[:-1], b.shape[1]) if out is None else out
+        # a few rows times a weight stored transposed (an exported Linear at a small batch): a kernel of
+        # our own, which packs nothing (kernels/products.py)
         if xp is np and b.ndim == 2 and b.T.flags.c_contiguous and (out is None or out.flags.c_contiguous) and \
                 products.takes(a, b.T):
             return products.times_transposed(a, b.T, out)
