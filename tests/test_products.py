@@ -115,3 +115,16 @@ def test_an_exported_linear_at_a_small_batch_gives_the_bits_of_its_vertices(acti
     if activation in (None, "relu"):
         np.testing.assert_allclose(want, reference if activation is None else np.maximum(reference, 0), rtol=1e-4,
                                    atol=1e-4)
+
+
+def test_nan_and_infinity_reach_the_outputs_they_touch():
+    x, w, _ = _operands(8, 64, 20, np.float32, 1)
+    x[2, 5], w[7, 3], x[5, 9] = np.nan, np.inf, 1e30
+    got = products.times_transposed(x, w)
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[2]).all()  # NaN's row
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])  # infinity's column, signed
+    assert np.isinf(got[np.arange(8) != 2, 7]).all()
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite].astype(np.float32), rtol=1e-4, atol=1e-2)

@@ -3,7 +3,7 @@ with the product's epilogue (bias and activation) applied as each part is done.
 
 OpenBLAS packs both operands into blocks at every call; for a product of 4 to
 8 rows by a weight matrix of hundreds of rows, packing the weights costs as
-much as the arithmetic, and the product ran 1.6-2x slower than onnxruntime's,
+much as the arithmetic, and the product ran about 2x slower than onnxruntime's,
 which packs its weights once at load. The weights of an exported Linear are
 stored (out, in): each output is a dot product of a row of x with a row of W,
 both contiguous. So the kernel here takes blocks of 4 rows of x and 4 rows of
@@ -34,8 +34,9 @@ from .epilogue import NONE, passes_source
 from .team import CONTROL, team
 
 ROWS, COLUMNS = 4, 4  # the block of outputs kept in registers
-# Rows this kernel takes: 4 to 8, where it ran 1.1-2.8x faster than numpy's OpenBLAS on two threads
-# (`python bench/small_products.py`); at 16 rows OpenBLAS's packed blocks were as fast, at 32 faster.
+# Rows this kernel takes: 4 to 8, where it ran 1.3-2.7x faster than numpy's OpenBLAS on two threads
+# (`python bench/small_products.py`, weights of 256 x 512 to 1024 x 512); at 16 rows OpenBLAS's
+# packed blocks were about as fast (0.8-1.3x the kernel's time), at 32 faster.
 MIN_ROWS, MAX_ROWS = 4, 8
 # Multiply-adds below which numpy's call is cheaper than this kernel's (a 4 x 64 x 256 product took
 # 5.7 us here against numpy's 3.0; from 4 x 256 x 512 on, the kernel was faster).
