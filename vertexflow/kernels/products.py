@@ -1,13 +1,13 @@
 """Products of a few rows by a matrix stored transposed, x @ W.T (an exported Linear at a small batch),
 with the product's epilogue (bias and activation) applied as each part is done.
 
-OpenBLAS packs both operands into blocks at every call; for a product of 4 to
+OpenBLAS packs both operands into blocks at every call; for a product of 3 to
 8 rows by a weight matrix of hundreds of rows, packing the weights costs as
 much as the arithmetic, and the product ran about 2x slower than onnxruntime's,
 which packs its weights once at load. The weights of an exported Linear are
 stored (out, in): each output is a dot product of a row of x with a row of W,
-both contiguous. So the kernel here takes blocks of 4 rows of x and 4 rows of
-W and keeps their 16 dot products in registers (LLVM vectorizes the loop
+both contiguous. So the kernel here takes blocks of 4 rows of x (2 or 1 at the
+edge) and 4 rows of W and keeps their 16 dot products in registers (LLVM vectorizes the loop
 along the shared axis, each accumulator a vector), each block of W read once
 by every block of x in turn, nothing packed.
 
@@ -34,10 +34,11 @@ from .epilogue import NONE, passes_source
 from .team import CONTROL, team
 
 ROWS, COLUMNS = 4, 4  # the block of outputs kept in registers
-# Rows this kernel takes: 4 to 8, where it ran 1.3-2.7x faster than numpy's OpenBLAS on two threads
-# (`python bench/small_products.py`, weights of 256 x 512 to 1024 x 512); at 16 rows OpenBLAS's
-# packed blocks were about as fast (0.8-1.3x the kernel's time), at 32 faster.
-MIN_ROWS, MAX_ROWS = 4, 8
+# Rows this kernel takes: 3 to 8, where it ran 1.3-3.3x faster than numpy's OpenBLAS on two threads
+# (`python bench/small_products.py`, weights of 256 x 512 to 1024 x 512); at 2 rows it was faster on
+# the larger weights only (512 x 1024: 23 against 73 us; 512 x 512: 20 against 13); at 16 rows
+# OpenBLAS's packed blocks were about as fast (0.8-1.3x the kernel's time), at 32 faster.
+MIN_ROWS, MAX_ROWS = 3, 8
 # Multiply-adds below which numpy's call is cheaper than this kernel's (a 4 x 64 x 256 product took
 # 5.7 us here against numpy's 3.0; from 4 x 256 x 512 on, the kernel was faster).
 MIN_PRODUCTS = 1 << 18
@@ -63,7 +64,7 @@ def dots(x, w, c, j0, j1, zero):  # c[:, j0:j1] = x @ w[j0:j1].T
         width = {columns} if j + {columns} <= j1 else 1
         i = 0
         while i < rows:
-            height = {rows} if i + {rows} <= rows else 1
+            height = {rows} if i + {rows} <= rows else 2 if i + 2 <= rows else 1
 {blocks}
             i += height
         j += width
@@ -122,9 +123,10 @@ def _source(code: int) -> str:
     """The kernels for an activation code: the epilogue's passes (`rows`), `dots`, `part`, a C job per
     dtype (its arguments a row of RECORD int64), and `split`."""
     blocks = []
-    for rows, columns, word in ((ROWS, COLUMNS, "if"), (1, COLUMNS, "elif"), (ROWS, 1, "elif"), (1, 1, "else")):
-        blocks.append(f"            {word} height == {rows} and width == {columns}:" if word != "else"
-                      else "            else:")
+    shapes = [(rows, columns) for columns in (COLUMNS, 1) for rows in (ROWS, 2, 1)]
+    for k, (rows, columns) in enumerate(shapes):
+        blocks.append("            else:" if k == len(shapes) - 1 else
+                      f"            {'if' if k == 0 else 'elif'} height == {rows} and width == {columns}:")
         blocks += _block(rows, columns, " " * 16)
     jobs = "".join(_JOB.format(dtype=d.name, record=RECORD) for d in DTYPES)
     return passes_source(code) + _TEMPLATE.format(rows=ROWS, columns=COLUMNS, record=RECORD, blocks="\n".join(blocks),
