@@ -34,7 +34,7 @@ from .epilogue import NONE, passes_source
 from .team import CONTROL, team
 
 ROWS, COLUMNS = 4, 4  # the block of outputs kept in registers
-# Rows this kernel takes: 3 to 8, where it ran 1.3-3.3x faster than numpy's OpenBLAS on two threads
+# Rows this kernel takes: 3 to 8, where it ran 1.3-3.4x faster than numpy's OpenBLAS on two threads
 # (`python bench/small_products.py`, weights of 256 x 512 to 1024 x 512); at 2 rows it was faster on
 # the larger weights only (512 x 1024: 23 against 73 us; 512 x 512: 20 against 13); at 16 rows
 # OpenBLAS's packed blocks were about as fast (0.8-1.3x the kernel's time), at 32 faster.
