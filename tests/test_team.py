@@ -223,6 +223,15 @@ def test_threads_in_force_is_one_inside_a_kernels_split():
         assert machine.threads_in_force() == 2
 
 
+def test_threads_in_force_follows_blas_limits_set_by_threadpoolctl():
+    from threadpoolctl import threadpool_limits
+
+    with machine.blas_threads(2):
+        with threadpool_limits(1, user_api="blas"):  # a user's own limit, read through OpenBLAS's getter
+            assert machine.threads_in_force() == 1
+        assert machine.threads_in_force() == 2
+
+
 def test_a_team_needs_a_worker():
     with pytest.raises(ValueError, match="a team has 1 to 63 workers, not 0"):
         team_module.Team(0)
