@@ -9,10 +9,12 @@ stored (out, in): each output is a dot product of a row of x with a row of W,
 both contiguous. So the kernel here takes blocks of 4 rows of x (2 or 1 at the
 edge) and 4 rows of W and keeps their 16 dot products in registers (LLVM vectorizes the loop
 along the shared axis, each accumulator a vector), each block of W read once
-by every block of x in turn, nothing packed.
+by every block of x in turn, nothing packed. A block's rows of W lie a page apart
+where rows are shorter than a page (`PAGE`): weights out of the caches streamed
+10-20% faster so (`bench/small_products.py --weights 8`).
 
-The columns split over the kernels' team in whole blocks of four, the odd
-columns in the last part, as C jobs that the workers run without the GIL
+The columns split over the kernels' team in whole groups of blocks (the tail
+in the last part), as C jobs that the workers run without the GIL
 (`team_loops.run_jobs`: a split costs about 3 us, where a split whose parts
 take the GIL costs 10 or more). Which loop computes an output never depends
 on the split, so neither do the bits. The sums are reassociated (vector
@@ -45,6 +47,9 @@ MIN_PRODUCTS = 1 << 18
 # Multiply-adds a part of a split product must get for the split to pay (a split costs about 3 us).
 MIN_PART_PRODUCTS = 1 << 19
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# A block reads its rows of W a page apart where rows are shorter than a page: the CPU's prefetcher
+# follows one stream a 4 KB page, so four rows side by side in one or two pages streamed as one or two.
+PAGE = 4096
 RECORD = 12  # int64 slots of a job's arguments: x, w, c, rows, depth, columns, j0, j1, bias, p0, p1, apply
 
 _TEMPLATE = """
@@ -57,17 +62,25 @@ from vertexflow.kernels.team_loops import run_jobs
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={{'reassoc', 'contract'}})
-def dots(x, w, c, j0, j1, zero):  # c[:, j0:j1] = x @ w[j0:j1].T
+def dots(x, w, c, j0, j1, zero):  # c[:, j0:j1] = x @ w[j0:j1].T, j0 a multiple of the group
     rows, depth = x.shape
+    spread = max(1, {page} // (depth * x.itemsize))
+    group = {columns} * spread
     j = j0
     while j < j1:
-        width = {columns} if j + {columns} <= j1 else 1
-        i = 0
-        while i < rows:
-            height = {rows} if i + {rows} <= rows else 2 if i + 2 <= rows else 1
+        if j + group <= j1:  # a whole group: `spread` blocks, each of rows a page apart
+            width, step, starts, advance = {columns}, spread, spread, group
+        else:  # the tail: blocks of contiguous rows, then single ones
+            width = {columns} if j + {columns} <= j1 else 1
+            step, starts, advance = 1, 1, width
+        for start in range(starts):
+            jb = j + start
+            i = 0
+            while i < rows:
+                height = {rows} if i + {rows} <= rows else 2 if i + 2 <= rows else 1
 {blocks}
-            i += height
-        j += width
+                i += height
+        j += advance
 
 
 @numba.njit(cache=True, nogil=True)
@@ -81,14 +94,15 @@ def part(x, w, c, j0, j1, zero, bias, p0, p1, apply):  # columns j0:j1, then the
 @numba.njit(cache=True, nogil=True)
 def split(x, w, c, parts, control, routine, bias, p0, p1, apply):  # the columns in `parts` jobs on the team
     columns = w.shape[0]
-    blocks = columns // {columns}
+    group = {columns} * max(1, {page} // (x.shape[1] * x.itemsize))
+    blocks = columns // group
     record = np.empty((parts, {record}), np.int64)
     reals = record.view(np.float64)
     for k in range(parts):
         record[k, 0], record[k, 1], record[k, 2] = x.ctypes.data, w.ctypes.data, c.ctypes.data
         record[k, 3], record[k, 4], record[k, 5] = x.shape[0], x.shape[1], columns
-        record[k, 6] = blocks * k // parts * {columns}
-        record[k, 7] = columns if k == parts - 1 else blocks * (k + 1) // parts * {columns}
+        record[k, 6] = blocks * k // parts * group
+        record[k, 7] = columns if k == parts - 1 else blocks * (k + 1) // parts * group
         record[k, 8], record[k, 11] = bias.ctypes.data, apply
         reals[k, 9], reals[k, 10] = p0, p1
     run_jobs(control, routine, parts, record.ctypes.data, {record} * 8, 0)
@@ -108,14 +122,15 @@ def job_{dtype}(index, arguments, extra):
 
 
 def _block(rows: int, columns: int, indent: str) -> list[str]:
-    """One block: `rows` rows of x from i, `columns` rows of w from j, their dot products into c."""
+    """One block: `rows` rows of x from i, `columns` rows of w from jb, `step` apart, their dot products
+    into c."""
     lines = [f"{indent}x{r} = x[i + {r}]" for r in range(rows)]
-    lines += [f"{indent}w{u} = w[j + {u}]" for u in range(columns)]
+    lines += [f"{indent}w{u} = w[jb + {u} * step]" for u in range(columns)]
     lines += [f"{indent}s{r}_{u} = zero" for r in range(rows) for u in range(columns)]
     lines.append(f"{indent}for k in range(depth):")
     lines += [f"{indent}    y{u} = w{u}[k]" for u in range(columns)]
     lines += [f"{indent}    s{r}_{u} += x{r}[k] * y{u}" for r in range(rows) for u in range(columns)]
-    lines += [f"{indent}c[i + {r}, j + {u}] = s{r}_{u}" for r in range(rows) for u in range(columns)]
+    lines += [f"{indent}c[i + {r}, jb + {u} * step] = s{r}_{u}" for r in range(rows) for u in range(columns)]
     return lines
 
 
@@ -125,12 +140,12 @@ def _source(code: int) -> str:
     blocks = []
     shapes = [(rows, columns) for columns in (COLUMNS, 1) for rows in (ROWS, 2, 1)]
     for k, (rows, columns) in enumerate(shapes):
-        blocks.append("            else:" if k == len(shapes) - 1 else
-                      f"            {'if' if k == 0 else 'elif'} height == {rows} and width == {columns}:")
-        blocks += _block(rows, columns, " " * 16)
+        blocks.append("                else:" if k == len(shapes) - 1 else
+                      f"                {'if' if k == 0 else 'elif'} height == {rows} and width == {columns}:")
+        blocks += _block(rows, columns, " " * 20)
     jobs = "".join(_JOB.format(dtype=d.name, record=RECORD) for d in DTYPES)
-    return passes_source(code) + _TEMPLATE.format(rows=ROWS, columns=COLUMNS, record=RECORD, blocks="\n".join(blocks),
-                                                  jobs=jobs)
+    return passes_source(code) + _TEMPLATE.format(rows=ROWS, columns=COLUMNS, record=RECORD, page=PAGE,
+                                                  blocks="\n".join(blocks), jobs=jobs)
 
 
 @functools.cache
@@ -144,6 +159,12 @@ def _module(code: int):
 def _job(code: int, dtype: np.dtype) -> int:
     """The address of the C job for this activation and dtype."""
     return getattr(_module(code), f"job_{dtype.name}").address
+
+
+def group(depth: int, dtype) -> int:
+    """The columns a group of blocks covers (as `dots` and `split` compute it): COLUMNS times the rows of W
+    a page holds. Parts split at whole groups, so every column's block is the same however many parts."""
+    return COLUMNS * max(1, PAGE // (depth * np.dtype(dtype).itemsize))
 
 
 def takes(a: np.ndarray, w: np.ndarray) -> bool:
@@ -169,7 +190,7 @@ def times_transposed(a: np.ndarray, w: np.ndarray, out: np.ndarray | None = None
     if bias is None:  # an epilogue without a bias adds zeros, as epilogue.bias_activation does
         bias = np.zeros(columns if apply else 0, a.dtype)
     module = _module(code)
-    parts = min(columns // COLUMNS, rows * depth * columns // MIN_PART_PRODUCTS)
+    parts = min(columns // group(depth, a.dtype), rows * depth * columns // MIN_PART_PRODUCTS)
     if parts > 1:
         parts = min(parts, threads_in_force()) if team() is not None else 1
     if parts <= 1:
