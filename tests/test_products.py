@@ -86,6 +86,7 @@ def test_other_shapes_and_layouts_are_left_to_numpy(rows):
         patch.setattr(products, "MIN_PRODUCTS", 8 * 16 * 12 + 1)
         assert not products.takes(x, w)  # too small to pay
     assert not products.takes(x.T.copy().T, w)  # column-major rows
+    assert not products.takes(x, w, np.empty((12, 8), np.float32).T)  # a column-major out
     assert not products.takes(x, w.astype(np.float64))  # mixed dtypes
     assert not products.takes(x.astype(np.float16), w.astype(np.float16))
 

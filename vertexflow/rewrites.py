@@ -141,8 +141,7 @@ class ProductEpilogue(Op):
         """Whether the product is one of a few rows by a transposed matrix (`kernels/products.py`), which
         runs the epilogue itself (a bias along the last axis, an activation with a kernel code; numpy's
         sigmoid and tanh after it)."""
-        return (type(self.product) is Matmul and w.ndim == 2 and w.T.flags.c_contiguous
-                and (out is None or out.flags.c_contiguous) and products.takes(a, w.T)
+        return (type(self.product) is Matmul and w.ndim == 2 and products.takes(a, w.T, out)
                 and (b is None or (self.bias_axis == 1 and b.dtype == a.dtype and b.size == w.shape[1]
                                    and b.flags.c_contiguous)))
 

@@ -167,12 +167,12 @@ def group(depth: int, dtype) -> int:
     return COLUMNS * max(1, PAGE // (depth * np.dtype(dtype).itemsize))
 
 
-def takes(a: np.ndarray, w: np.ndarray) -> bool:
-    """Whether this kernel computes a @ w.T: both 2-D and row-major, of one dtype (float32 or float64),
-    a of MIN_ROWS to MAX_ROWS rows, MIN_PRODUCTS multiply-adds or more."""
+def takes(a: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> bool:
+    """Whether this kernel computes a @ w.T (into `out`): both 2-D and row-major, of one dtype (float32 or
+    float64), a of MIN_ROWS to MAX_ROWS rows, MIN_PRODUCTS multiply-adds or more, `out` None or row-major."""
     return (a.ndim == 2 and MIN_ROWS <= a.shape[0] <= MAX_ROWS and w.ndim == 2 and a.dtype == w.dtype
             and a.size * w.shape[0] >= MIN_PRODUCTS and a.dtype in DTYPES and a.flags.c_contiguous
-            and w.flags.c_contiguous and available())
+            and w.flags.c_contiguous and (out is None or out.flags.c_contiguous) and available())
 
 
 def times_transposed(a: np.ndarray, w: np.ndarray, out: np.ndarray | None = None, bias: np.ndarray | None = None,

@@ -57,8 +57,7 @@ class Matmul(Op):
             return flat.reshape(*a.shape[:-1], b.shape[1]) if out is None else out
         # a few rows times a weight stored transposed (an exported Linear at a small batch): a kernel of
         # our own, which packs nothing (kernels/products.py)
-        if xp is np and b.ndim == 2 and b.T.flags.c_contiguous and (out is None or out.flags.c_contiguous) and \
-                products.takes(a, b.T):
+        if xp is np and b.ndim == 2 and products.takes(a, b.T, out):
             return products.times_transposed(a, b.T, out)
         if a.ndim == 2 and 2 <= a.shape[0] <= 128 and b.ndim == 2 and xp is np and \
                 computes_transposed(a.shape[0], b.shape[1]) and a.dtype == b.dtype and b.flags.f_contiguous and \
