@@ -7,6 +7,8 @@ fallback that runs where numba is missing (forced here by patching
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -366,8 +368,13 @@ def test_generated_kernels_are_written_to_the_cache_folder_not_the_package(tmp_p
 
 @settings(max_examples=30, deadline=None)
 @given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=3), dtype=st.sampled_from(["float32", "float64"]),
-       order=st.sampled_from("CF"))
-def test_relus_derivative_in_one_pass_equals_numpys_bitwise(shape, dtype, order):
+       order=st.sampled_from("CF"), least=st.sampled_from([0, special.RELU_GRAD_MIN]))
+def test_relus_derivative_in_one_pass_equals_numpys_bitwise(shape, dtype, order, least):
+    with mock.patch.object(special, "RELU_GRAD_MIN", least):  # 0: the kernel for every size drawn
+        _relus_derivative_equals_numpys(shape, dtype, order, least == 0)
+
+
+def _relus_derivative_equals_numpys(shape, dtype, order, kernel):
     rng = np.random.default_rng(len(shape))
     g = np.asarray(rng.normal(size=shape), dtype, order=order)
     y = np.maximum(np.asarray(rng.normal(size=shape), dtype, order=order), 0)
@@ -380,6 +387,37 @@ def test_relus_derivative_in_one_pass_equals_numpys_bitwise(shape, dtype, order)
     out = np.empty_like(g)
     assert special.relu_grad(g, y, out=out) is out
     np.testing.assert_array_equal(out.view(f"u{g.itemsize}"), want.view(f"u{g.itemsize}"))
+    other = np.empty(g.shape, dtype, order="F" if order == "C" else "C")  # an out laid out otherwise: numpy's form
+    np.testing.assert_array_equal(special.relu_grad(g, y, out=other).view(f"u{g.itemsize}"), want.view(f"u{g.itemsize}"))
+    flipped = np.array(g, order="F" if order == "C" else "C")  # g laid out otherwise than y: copied in y's layout
+    got = special.relu_grad(flipped, y)
+    np.testing.assert_array_equal(got.view(f"u{g.itemsize}"), want.view(f"u{g.itemsize}"))
+    assert got.flags[f"{order}_CONTIGUOUS"] or not kernel
+    np.testing.assert_array_equal(flipped, g)  # the copy, not g, written
+    row = y[..., :1]  # broadcast
+    np.testing.assert_array_equal(special.relu_grad(g, row).view(f"u{g.itemsize}"),
+                                  np.multiply(g, row > 0).view(f"u{g.itemsize}"))
+
+
+@pytest.mark.parametrize("copies", [1, 1000])  # 9 elements (numpy's form, with the kernel's threshold at 0) and 9,000
+def test_relus_derivative_reads_nan_and_infinity_as_numpy_does(copies, monkeypatch):
+    if copies == 1:
+        monkeypatch.setattr(special, "RELU_GRAD_MIN", 0)
+    y = np.tile(np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 2.0], np.float32), copies)
+    g = np.tile(np.array([1.0, 2.0, 3.0, np.inf, -np.inf, -1.0, np.nan, 4.0, -5.0], np.float32), copies)
+    with np.errstate(invalid="ignore"):
+        want = np.multiply(g, y > 0)
+    if copies == 1:
+        with np.errstate(all="raise"):  # no flag the product itself would not raise numpy's
+            got = special.relu_grad(g[:3], y[:3])
+        np.testing.assert_array_equal(got.view(np.uint32), want[:3].view(np.uint32))
+    with np.errstate(invalid="ignore"):
+        got = special.relu_grad(g, y)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    g64, y64 = g.astype(np.float64), y.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(special.relu_grad(g64, y64).view(np.uint64),
+                                      np.multiply(g64, y64 > 0).view(np.uint64))
 
 
 @pytest.mark.parametrize("code", [epilogue.NONE, epilogue.CLIP, epilogue.HARD_SWISH, epilogue.GELU])
