@@ -52,7 +52,7 @@ from .core import (
 from .errors import FeedError, GraphError
 from .gpu.backend import get_backend
 from .graph import Graph, Node, Spec, ancestors, format_shape
-from .memory import BufferPool, owner
+from .memory import BufferPool, owner_ids
 from .ops.base import derivative_is_async, is_async
 from .rewrites import plan_step
 from .tape import Program, Tape, compile_program, compile_tape, fused_instructions, running_site
@@ -278,16 +278,19 @@ class Executor(abc.ABC):
             sources: the step's feeds (the graph's params and constants are always protected).
         """
         source_ids = None
+        to_host = None if self.xp is np else self.backend.to_host
         out = []
         for value, node in zip(values, nodes):
-            value = self.backend.to_host(value)
+            if to_host is not None:
+                value = to_host(value)
             if node is None or node.kind != "op" or not node.op.writes_out or node.op.views:
                 # A source, a gradient, or an op that may return a view of its input.
                 if source_ids is None:
-                    source_ids = {id(owner(s)) for s in sources}
-                    source_ids |= {id(owner(n.value)) for n in self._stored_nodes()}
-                if isinstance(value, np.ndarray) and id(owner(value)) in source_ids:
-                    value = np.array(value)
+                    source_ids = owner_ids([*sources, *(n.value for n in self._stored_nodes())])
+                if isinstance(value, np.ndarray):
+                    base = value.base
+                    if id(value if base is None else base) in source_ids:
+                        value = np.array(value)
             out.append(value)
         return out
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,11 @@ def owner(array) -> Any:
     """The array that owns `array`'s memory (itself, or the base of a view)."""
     base = getattr(array, "base", None)
     return array if base is None else base
+
+
+def owner_ids(arrays: Iterable[Any]) -> set[int]:
+    """{id(owner(a)) for a in arrays}, without a call per array (every backward call asks it)."""
+    return {id(a) if (base := getattr(a, "base", None)) is None else id(base) for a in arrays}
 
 
 class BufferPool:

@@ -464,6 +464,8 @@ _opened = itertools.count()
 
 def open_tracers() -> list[Tracer]:
     """The tracers of the `vf.trace()` blocks that record a call made on this thread, oldest first."""
+    if not _everywhere and not getattr(_here, "stack", None):
+        return []  # every untraced call asks: no lock taken when no block is open
     with _blocks_lock:
         blocks = list(_everywhere)
     blocks += getattr(_here, "stack", [])
