@@ -59,6 +59,79 @@ def test_in_place_writes_never_touch_feeds_params_or_fetched_values():
     assert not np.shares_memory(again[0], again[1])
 
 
+def test_a_training_step_writes_in_place_only_over_values_no_derivative_rule_reads():
+    g = vf.Graph()
+    x = g.input("x", shape=(None, 16), dtype="float64")
+    w1, w2, b, c = (g.param(n, value=np.linspace(-1, 1, size).reshape(shape)) for n, size, shape in
+                    [("w1", 256, (16, 16)), ("w2", 256, (16, 16)), ("b", 16, (16,)), ("c", 16, (16,))])
+    h = vf.relu(x @ w1 + b)  # the add may write over the product, relu over the add: their rules read neither
+    z = x @ w2
+    p = z * c  # the product's rule reads z: nothing may write over it
+    loss = vf.sum(h * h) + vf.sum(p) + vf.sum(vf.relu(z) * 2.0)
+    feed = np.random.default_rng(0).normal(size=(8, 16))
+    tape = vf.SequentialExecutor(g)
+    want = tape.backward({x: feed}, loss)  # one vertex at a time, nothing in place
+    source = tape.program(loss, {x: feed}, backward=True)
+    assert sum("out=" in line for line in source.splitlines()) == 2  # the add over the product, relu over it
+    with pytest.raises(vf.GraphError, match="one loss to fetch and the feeds"):
+        tape.program(loss, backward=True)
+    for _ in range(2):  # had relu(z) written over z, c's and w2's gradients would read it
+        value, grads = tape.backward({x: feed}, loss)
+        np.testing.assert_array_equal(value, want[0])
+        for param in (w1, w2, b, c):
+            np.testing.assert_array_equal(grads[param], want[1][param])
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.sampled_from([1, 3, 8, 40]), widths=st.lists(st.integers(1, 70), min_size=2, max_size=4),
+       dtype=st.sampled_from(["float32", "float64"]), labels=st.booleans(), wrt=st.integers(0, 7), seed=st.integers(0, 99))
+def test_bound_derivative_rules_give_the_bits_of_vjp(batch, widths, dtype, labels, wrt, seed):
+    """Matmul, a bias's add, relu and cross-entropy bind their derivative rules for the compiled sweep
+    (Op.bind_vjp); the first call runs their vjp through the execution core."""
+    rng = np.random.default_rng(seed)
+    g = vf.Graph("mlp")
+    x = g.input("x", shape=(None, widths[0]), dtype=dtype)
+    h, params = x, []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        w = g.param(f"w{i}", value=rng.normal(size=(n_in, n_out)).astype(dtype))
+        b = g.param(f"b{i}", value=rng.normal(size=(n_out,)).astype(dtype))
+        h = (h @ w) + b if i % 2 == 0 else b + (h @ w)
+        h, params = vf.relu(h) if i < len(widths) - 2 else h, params + [w, b]
+    feeds = {x: rng.normal(size=(batch, widths[0])).astype(dtype)}
+    if labels:
+        y = g.input("y", shape=(None,), dtype="int64")
+        loss = vf.cross_entropy(h, y)
+        feeds[y] = rng.integers(0, widths[-1], batch)
+    else:
+        loss = vf.sum(h * h)
+    chosen = [p for i, p in enumerate([x, *params]) if wrt >> (i % 3) & 1] or params[:1]
+    tape = vf.SequentialExecutor(g)
+    want = tape.backward(feeds, loss, chosen)  # the first call: each vjp through the core
+    for _ in range(2):  # compiled: the bound rules
+        value, grads = tape.backward(feeds, loss, chosen)
+        np.testing.assert_array_equal(value, want[0])
+        for p in chosen:
+            assert grads[p].dtype == want[1][p].dtype
+            np.testing.assert_array_equal(grads[p], want[1][p])
+
+
+@pytest.mark.parametrize("g_shape", [(3, 4), (2, 3, 4)])
+def test_a_bound_add_rule_sums_a_gradient_of_any_shape_as_vjp_does(g_shape):
+    from vertexflow.autodiff.namespace import ArrayMath
+    from vertexflow.graph import Spec
+    from vertexflow.ops.elementwise import Add
+
+    rng = np.random.default_rng(1)
+    a, b, grad = rng.normal(size=(3, 4)), rng.normal(size=(4,)), rng.normal(size=g_shape)
+    for needs in [(True, True), (True, False), (False, True)]:
+        bound = Add().bind_vjp(np, needs, (Spec((3, 4), a.dtype), Spec((4,), b.dtype)), Spec((3, 4), a.dtype))
+        got, want = bound(grad, a, b, a + b), Add().vjp(ArrayMath(np, needs), grad, (a, b), a + b)
+        for x, y in zip(got, want):
+            assert (x is None) == (y is None)
+            if x is not None:
+                np.testing.assert_array_equal(x, y)
+
+
 def test_the_program_is_readable_python():
     g = vf.Graph()
     x = g.input("x", shape=(None, 3))

@@ -433,18 +433,26 @@ class SequentialExecutor(Executor):
             tape = self._tapes[key] = compile_tape(targets, keep)
         return tape
 
-    def program(self, fetch: Fetch | Sequence[Fetch], feeds: Feeds = None) -> str:
+    def program(self, fetch: Fetch | Sequence[Fetch], feeds: Feeds = None, *, backward: bool = False) -> str:
         """A readable listing of the tape for `fetch`: one line per instruction.
 
-        With `feeds`, the Python code the tape is compiled to for those fed shapes.
+        With `feeds`, the Python code the tape is compiled to for those fed shapes; with
+        `backward=True` as well, the code of the training step `backward(feeds, fetch)` runs
+        (the forward sweep, then one derivative rule a line).
         """
         nodes, _ = self._fetches(fetch)
-        tape = self.tape(nodes)
+        if backward:
+            if feeds is None or len(nodes) != 1:
+                raise GraphError("program(..., backward=True) takes one loss to fetch and the feeds")
+            plan = self._plan(nodes[0], None)
+            tape = self._backward_tape(nodes[0], plan, [])
+        else:
+            plan, tape = None, self.tape(nodes)
         if feeds is None:
             return tape.listing()
         checked = self._feeds(feeds, tape.inputs)
         specs, pooled = self._specs(id(tape), tape.order, checked)
-        return self._compiled(tape, specs, pooled, None).source
+        return self._compiled(tape, specs, pooled, plan).source
 
     def run(self, feeds: Feeds, fetch: Fetch | Sequence[Fetch], *, timeout: float | None = None):
         start = time.perf_counter()
@@ -477,10 +485,7 @@ class SequentialExecutor(Executor):
     def backward_nodes(self, feeds: Feeds, loss: Node, plan: ReversePlan, extra: list[Node], single: bool,
                        fetched: bool, timeout: float | None, tracer):
         """`backward` with the fetches and the reverse plan resolved and the tracer given."""
-        tape = self._backward_tapes.get((id(plan), *(n.id for n in extra)))
-        if tape is None:
-            keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
-            tape = self._backward_tapes[(id(plan), *(n.id for n in extra))] = self.tape([loss, *extra], keep)
+        tape = self._backward_tape(loss, plan, extra)
         values, totals, sources = self._execute(tape, feeds, timeout, _as_trace(self, tracer), plan)
         grads = gradient_result(plan, totals, self.backend.to_host, feeds)
         value, *given = self._hand_out([values[0], *grads.values()], [loss, *([None] * len(grads))], sources)
@@ -489,13 +494,25 @@ class SequentialExecutor(Executor):
             return value, grads
         return value, grads, self._results(values[1:], extra, single, sources)
 
+    def _backward_tape(self, loss: Node, plan: ReversePlan, extra: Sequence[Node]) -> Tape:
+        """The tape of a training step: the loss and `extra` fetched, every value the sweep is handed kept."""
+        key = (id(plan), *(n.id for n in extra))
+        tape = self._backward_tapes.get(key)
+        if tape is None:
+            keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
+            tape = self._backward_tapes[key] = self.tape([loss, *extra], keep)
+        return tape
+
     # -- running a tape ----------------------------------------------------------------------
     def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, trace=None,
                  reverse: ReversePlan | None = None):
         """Run the tape (and the reverse sweep); (fetched values, {wrt id: gradient}, the sources loaded)."""
         checked = self._feeds(feeds, tape.inputs)
         specs, pooled = self._specs(id(tape), tape.order, checked)
-        sources = [checked[n.id] if n.kind == "input" else self._device_value(n) for _, n in tape.loads]
+        if self.xp is np:  # a param's or constant's array itself
+            sources = [checked[n.id] if n.kind == "input" else n.value for _, n in tape.loads]
+        else:
+            sources = [checked[n.id] if n.kind == "input" else self._device_value(n) for _, n in tape.loads]
         key = (id(tape), id(specs), None if reverse is None else id(reverse))
         if trace is None and not self.check_numerics and key in self._programs and not tape.awaits:
             program = self._compiled(tape, specs, pooled, reverse)

@@ -31,8 +31,10 @@ its deadline names the vertex running, read from the thread's frame.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
+import operator
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -262,17 +264,25 @@ def _taker(buffers, spec: Spec, op, args: Sequence[str]) -> tuple[Callable, str]
 
 
 def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spec], tape: Tape,
-                    pooled: Mapping[int, Spec], fused: Mapping[int, Any] = {}) -> dict[int, int]:  # noqa: B006
+                    pooled: Mapping[int, Spec], fused: Mapping[int, Any] = {},  # noqa: B006
+                    reverse: ReversePlan | None = None) -> dict[int, int]:
     """{instruction index: slot} for elementwise vertices that can write into an input's array.
 
     An input qualifies when it is an array of its own (made by an op that writes a fresh
     array or into a pool buffer, or written in place itself), this vertex is its last
-    reader, nobody keeps it (fetched, or needed by the reverse sweep), and it has the
-    output's shape and dtype. numpy then computes into it as its temporary elision does.
+    reader, nobody reads its values later (fetched, or read by a derivative rule of
+    `reverse`), and it has the output's shape and dtype. numpy then computes into it as its
+    temporary elision does. A value the reverse sweep reads only the shape of (an add's
+    output, for the add's rule) is overwritten like any other: its array keeps its shape.
     """
     owned: set[int] = set()  # slots whose array nobody else refers to
     targets: dict[int, int] = {}
-    kept_slots = {tape.slot_of[k] for k in tape.kept}
+    if reverse is None:
+        kept_slots = {tape.slot_of[k] for k in tape.kept}
+    else:  # the program keeps every value the sweep is handed; its last forward readers are these
+        kept_slots = values_read(tape, reverse)
+        frees = last_reads([ins.args for ins in instructions], kept_slots)
+        instructions = [dataclasses.replace(ins, free=free) for ins, free in zip(instructions, frees)]
     for ins in instructions:
         node = ins.node
         spec = specs.get(node.id)
@@ -298,6 +308,20 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
     return targets
 
 
+def values_read(tape: Tape, reverse: ReversePlan) -> set[int]:
+    """The slots whose values a training step reads after the forward sweep: the fetched ones and
+    those the derivative rules that run read (an op's `vjp_reads_inputs` and `vjp_reads_output`)."""
+    slot_of = tape.slot_of
+    read = set(tape.fetch_slots)
+    for node in reverse.order:
+        if node.kind == "op" and any(e >= 0 for e in reverse.outgoing.get(node.id, ())):
+            if node.op.vjp_reads_inputs:
+                read.update(slot_of[i.id] for i in node.inputs)
+            if node.op.vjp_reads_output:
+                read.add(slot_of[node.id])
+    return read
+
+
 def compile_program(tape: Tape, instructions: Sequence[Instruction], specs: Mapping[int, Spec],
                     pooled: Mapping[int, Spec], fused: Mapping[int, Any], xp, buffers=None, blas_lock=None,
                     reverse: ReversePlan | None = None) -> Program:
@@ -316,7 +340,7 @@ def compile_program(tape: Tape, instructions: Sequence[Instruction], specs: Mapp
     out.lines.append(f"def program({', '.join(loads)}):")
     if blas_lock is not None:
         namespace["L"] = blas_lock
-    targets = inplace_targets(instructions, specs, tape, pooled, fused) if reverse is None else {}
+    targets = inplace_targets(instructions, specs, tape, pooled, fused, reverse)
     for ins in instructions:
         node = ins.node
         op = fused.get(node.id) or node.op
@@ -346,7 +370,7 @@ def compile_program(tape: Tape, instructions: Sequence[Instruction], specs: Mapp
     if reverse is None:
         out.line(f"return ({', '.join(fetched)},)")
     else:
-        wrt = _reverse_lines(out, namespace, reverse, tape, var, xp, blas_lock)
+        wrt = _reverse_lines(out, namespace, reverse, tape, var, xp, blas_lock, specs)
         out.line(f"return ({', '.join(fetched)},), ({''.join(name + ', ' for name in wrt)})")
     name = f"<vertexflow program {next(_counter)}>"
     source = "\n".join(out.lines) + "\n"
@@ -362,25 +386,37 @@ def _sum_edges(add: Callable, *parts):
     return total
 
 
-def _derivative(op, math: ArrayMath, positions: tuple[int, ...]):
-    """The op's derivative rule as a call taking (g, *inputs, output) and giving the gradients sent."""
-    vjp = op.vjp
+def _derivative(op, math: ArrayMath, positions: tuple[int, ...], bound: Callable | None = None):
+    """The op's derivative rule as a call taking (g, *inputs, output) and giving the gradients sent:
+    the rule bound for the specs (`Op.bind_vjp`) where the op has one, else its vjp on arrays."""
     none = (None,) * len(positions)
+    if bound is None:
+        vjp = op.vjp
 
-    def derivative(g, *values):
-        if g is None:
-            return none
-        grads = vjp(math, g, values[:-1], values[-1])
-        return tuple(grads[p] for p in positions)
+        def bound(g, *values):
+            return vjp(math, g, values[:-1], values[-1])
+
+    if len(positions) == 1:
+        position = positions[0]
+
+        def derivative(g, *values):
+            return none if g is None else (bound(g, *values)[position],)
+    else:
+        pick = operator.itemgetter(*positions)
+
+        def derivative(g, *values):
+            return none if g is None else pick(bound(g, *values))
 
     return derivative
 
 
 def _reverse_lines(out: _Writer, namespace: dict, reverse: ReversePlan, tape: Tape, var: dict, xp,
-                   blas_lock) -> list[str]:
+                   blas_lock, specs: Mapping[int, Spec]) -> list[str]:
     """Append the reverse sweep of `reverse`; the names holding the wrt vertices' gradients."""
     arrays = ArrayMath(xp)
-    namespace["ones_like"] = arrays.ones_like
+    output = reverse.output
+    spec = specs[output.id]
+    namespace["seed"] = functools.partial(xp.ones, spec.shape, spec.dtype)  # d output / d output, a fresh array
     namespace["total"] = functools.partial(_sum_edges, arrays.add)
     slot_of = tape.slot_of
     wanted = {w.id for w in reverse.wrt}
@@ -394,12 +430,11 @@ def _reverse_lines(out: _Writer, namespace: dict, reverse: ReversePlan, tape: Ta
     pinned = set(tape.fetch_slots)
     frees = last_reads(reads, pinned)
     result = {}
-    output = reverse.output
     for node, free in zip(reverse.order, frees):
         g = f"g{node.id}"
         parts = []
         for edge in reverse.incoming[node.id]:
-            parts.append(f"ones_like({var[slot_of[output.id]]})" if edge == 0 else f"e{edge}")
+            parts.append("seed()" if edge == 0 else f"e{edge}")
         outgoing = reverse.outgoing.get(node.id) if node.kind == "op" else None
         if not parts:  # nothing reaches it (its consumers pass no gradient): it sends none either
             silent = [f"e{e}" for e in outgoing or () if e >= 0]
@@ -415,7 +450,9 @@ def _reverse_lines(out: _Writer, namespace: dict, reverse: ReversePlan, tape: Ta
         if outgoing and any(e >= 0 for e in outgoing):
             positions = tuple(p for p, e in enumerate(outgoing) if e >= 0)
             d = f"d{node.id}"
-            namespace[d] = _derivative(node.op, ArrayMath(xp, reverse.needs[node.id]), positions)
+            needs = reverse.needs[node.id]
+            bound = node.op.bind_vjp(xp, needs, tuple(specs[i.id] for i in node.inputs), specs[node.id])
+            namespace[d] = _derivative(node.op, ArrayMath(xp, needs), positions, bound)
             values = [var[slot_of[i.id]] for i in node.inputs] + [var[slot_of[node.id]]]
             sent = ", ".join(f"e{outgoing[p]}" for p in positions)
             site = Site(node, BACKWARD, (g, *values[:-1]))

@@ -15,7 +15,7 @@ import abc
 import functools
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,12 @@ class Op(abc.ABC):
     # holding one always runs as a network, never one vertex after another. An op whose `forward`
     # is `async def` waits holding no thread: its actor awaits it (see `waits`).
     blocking: bool = False
+    # Whether `vjp` reads the values of the inputs, and of the output, beyond their shapes and dtypes
+    # (an add's rule reads neither, relu's its output only, a product's its inputs only). The compiled
+    # training step lets an elementwise vertex write in place over a value no derivative rule reads,
+    # as it does in a forward step (see tape.inplace_targets); left True, nothing is overwritten.
+    vjp_reads_inputs: bool = True
+    vjp_reads_output: bool = True
 
     @abc.abstractmethod
     def infer(self, *specs: Spec) -> Spec:
@@ -96,6 +102,17 @@ class Op(abc.ABC):
         if self.ufunc and type(self).__module__.startswith("vertexflow."):
             return getattr(xp, self.ufunc)
         return functools.partial(self.forward, xp)
+
+    def bind_vjp(self, xp, needs: tuple[bool, ...], specs: tuple[Spec, ...], out: Spec):
+        """The derivative rule bound for inputs of these concrete specs (giving `out`): what the compiled
+        reverse sweep calls, as bound(g, *inputs, output) -> one gradient per input, None where `needs`
+        asks for none.
+
+        The default, None, has the sweep call `vjp` on arrays. An op may bind its rule where vjp's
+        dispatch (a Python call per array op, about a microsecond each) shows beside the arithmetic; the
+        bound rule must give vjp's bits, which the executors that call vjp give.
+        """
+        return None
 
     def cost(self, *specs: Spec) -> float:
         """Estimated flops; by default one per input element."""
@@ -233,6 +250,26 @@ def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise ShapeError(f"repeated axis in {axis!r}")
     return tuple(sorted(out))
+
+
+def summing_to(xp, given: tuple[int, ...], shape: tuple[int, ...]) -> Callable | None:
+    """ArrayMath.sum_to from an array of shape `given` to `shape`, chosen ahead as a call (a bound
+    derivative rule's): None where the shapes are equal (the array itself)."""
+    if given == shape:
+        return None
+    if len(given) == 2 and len(shape) == 1 and given[1] == shape[0]:
+        return _sum_rows  # a bias's gradient: the reduction sum_to_shape makes, without its reshape
+    return functools.partial(sum_to_shape, xp, shape=shape)
+
+
+def _sum_rows(x):
+    return x.sum(axis=0)
+
+
+def sum_to(xp, x, shape: tuple[int, ...]):
+    """x summed to `shape` as a derivative rule sums a broadcast gradient (`summing_to`'s choice)."""
+    reduce = summing_to(xp, x.shape, shape)
+    return x if reduce is None else reduce(x)
 
 
 def sum_to_shape(xp, x, shape: tuple[int, ...]):

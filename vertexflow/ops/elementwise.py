@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from ..graph import Spec, as_dtype
-from .base import Op, broadcast_shapes, numel, require_float, require_numeric
+from .base import Op, broadcast_shapes, numel, require_float, require_numeric, sum_to, summing_to
 
 
 # -- unary -------------------------------------------------------------------
@@ -68,6 +68,7 @@ class Sign(Unary):
 
 class Exp(Unary):
     name = "exp"
+    vjp_reads_inputs = False  # g * y
     ufunc = "exp"
     per_element = 8.0
 
@@ -92,6 +93,7 @@ class Log(Unary):
 
 class Sqrt(Unary):
     name = "sqrt"
+    vjp_reads_inputs = False  # g / 2y
     ufunc = "sqrt"
     per_element = 2.0
 
@@ -104,6 +106,7 @@ class Sqrt(Unary):
 
 class Tanh(Unary):
     name = "tanh"
+    vjp_reads_inputs = False  # g (1 - y^2)
     ufunc = "tanh"
     per_element = 8.0
 
@@ -116,6 +119,7 @@ class Tanh(Unary):
 
 class Sigmoid(Unary):
     name = "sigmoid"
+    vjp_reads_inputs = False  # g y (1 - y)
     per_element = 12.0
 
     def forward(self, xp, x, out=None):
@@ -160,6 +164,7 @@ _TWO_OVER_SQRT_PI = 1.1283791670955126
 
 class Relu(Unary):
     name = "relu"
+    vjp_reads_inputs = False  # g (y > 0)
 
     def forward(self, xp, x, out=None):
         # The ufunc itself: np.clip's Python wrapper costs more than the pass on a small array. (NaN
@@ -168,6 +173,14 @@ class Relu(Unary):
 
     def vjp(self, F, g, xs, y):
         return (F.apply(_RELU_GRAD, g, y),)
+
+    def bind_vjp(self, xp, needs, specs, out):
+        rule = _RELU_GRAD.bind(xp, (out, out), out)
+
+        def derivative(g, x, y):
+            return (rule(g, y),)
+
+        return derivative
 
 
 class ReluGrad(Op):
@@ -186,6 +199,13 @@ class ReluGrad(Op):
 
             return relu_grad(g, y, out=out)
         return xp.multiply(g, y > 0, out=out)
+
+    def bind(self, xp, specs, out):
+        if xp.__name__ == "numpy":
+            from ..kernels.special import relu_grad
+
+            return relu_grad
+        return super().bind(xp, specs, out)
 
     def vjp(self, F, h, xs, y):
         return (F.apply(_RELU_GRAD, h, xs[1]), None)  # linear in g; y only selects
@@ -280,6 +300,7 @@ def _promote(*specs: Spec):
 
 class Add(Binary):
     name = "add"
+    vjp_reads_inputs = vjp_reads_output = False  # g, summed to each input's shape
     ufunc = "add"
 
     def forward(self, xp, a, b, out=None):
@@ -290,9 +311,23 @@ class Add(Binary):
         need_a, need_b = F.needs_input_grad
         return (F.sum_to(g, a) if need_a else None, F.sum_to(g, b) if need_b else None)
 
+    def bind_vjp(self, xp, needs, specs, out):
+        # g itself, or g summed to an input's shape (a bias's gradient): the reductions chosen ahead
+        (need_a, need_b), (a, b), shape = needs, specs, out.shape
+        to_a, to_b = (summing_to(xp, shape, s.shape) for s in (a, b))
+
+        def derivative(g, x, y, z):
+            if g.shape != shape:  # a gradient shaped otherwise than the output: reduced by its own shape
+                return (sum_to(xp, g, a.shape) if need_a else None, sum_to(xp, g, b.shape) if need_b else None)
+            return (None if not need_a else g if to_a is None else to_a(g),
+                    None if not need_b else g if to_b is None else to_b(g))
+
+        return derivative
+
 
 class Subtract(Binary):
     name = "sub"
+    vjp_reads_inputs = vjp_reads_output = False  # g and -g, summed to each input's shape
     ufunc = "subtract"
 
     def forward(self, xp, a, b, out=None):
@@ -306,6 +341,7 @@ class Subtract(Binary):
 
 class Multiply(Binary):
     name = "mul"
+    vjp_reads_output = False
     ufunc = "multiply"
 
     def forward(self, xp, a, b, out=None):
