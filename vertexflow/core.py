@@ -528,8 +528,9 @@ def zero_gradient(node: Node, output_name: str, feeds: Mapping | None = None):
     )
 
 
-def gradient_result(reverse, totals: Mapping[int, Any], to_host: Callable, feeds: Mapping | None = None) -> dict:
-    """{wrt vertex: gradient} as a backward call returns it; zeros for what the loss does not reach.
+def gradient_result(reverse, totals: Mapping[int, Any], to_host: Callable | None, feeds: Mapping | None = None) -> dict:
+    """{wrt vertex: gradient} as a backward call returns it (copied to the host by `to_host`, unless None);
+    zeros for what the loss does not reach.
 
     Raises:
         the error of a Failure among the totals.
@@ -539,7 +540,11 @@ def gradient_result(reverse, totals: Mapping[int, Any], to_host: Callable, feeds
         total = totals.get(w.id)
         if type(total) is Failure:
             raise total.error
-        out[w] = to_host(total) if total is not None else zero_gradient(w, reverse.output.name, feeds)
+        if total is None:
+            total = zero_gradient(w, reverse.output.name, feeds)
+        elif to_host is not None:
+            total = to_host(total)
+        out[w] = total
     return out
 
 

@@ -55,7 +55,7 @@ from .graph import Graph, Node, Spec, ancestors, format_shape
 from .memory import BufferPool, owner_ids
 from .ops.base import derivative_is_async, is_async
 from .rewrites import plan_step
-from .tape import Program, Tape, compile_program, compile_tape, fused_instructions, running_site
+from .tape import Program, Tape, compile_program, compile_tape, fused_instructions, running_site, values_read
 from .trace.tracer import active_tracer
 
 Fetch = Node | str
@@ -266,7 +266,8 @@ class Executor(abc.ABC):
             found = self._spec_cache[signature] = (specs, pooled)
         return found
 
-    def _hand_out(self, values: Sequence[Any], nodes: Sequence[Node | None], sources: Iterable[Any] = ()) -> list:
+    def _hand_out(self, values: Sequence[Any], nodes: Sequence[Node | None], sources: Iterable[Any] = (),
+                  stored: Sequence[Node] | None = None) -> list:
         """Values as the user gets them: on the host, and never the storage of a feed, a param or a
         constant (a fetched input, a reshape or transpose of a param, a gradient that is one): those
         are copied, so writing into a result never changes the caller's arrays or a later run.
@@ -276,6 +277,8 @@ class Executor(abc.ABC):
         Args:
             nodes: the vertex of each value (None for a gradient).
             sources: the step's feeds (the graph's params and constants are always protected).
+            stored: the params and constants to protect besides `sources` (default: all the graph's; a
+                tape's call gives those it does not load, the others being among its sources).
         """
         source_ids = None
         to_host = None if self.xp is np else self.backend.to_host
@@ -286,7 +289,8 @@ class Executor(abc.ABC):
             if node is None or node.kind != "op" or not node.op.writes_out or node.op.views:
                 # A source, a gradient, or an op that may return a view of its input.
                 if source_ids is None:
-                    source_ids = owner_ids([*sources, *(n.value for n in self._stored_nodes())])
+                    stored = self._stored_nodes() if stored is None else stored
+                    source_ids = owner_ids([*sources, *(n.value for n in stored)])
                 if isinstance(value, np.ndarray):
                     base = value.base
                     if id(value if base is None else base) in source_ids:
@@ -294,15 +298,21 @@ class Executor(abc.ABC):
             out.append(value)
         return out
 
-    def _stored_nodes(self) -> list[Node]:
-        """The graph's params and constants (kept until the graph grows)."""
+    def _stored_nodes(self, tape: Tape | None = None) -> list[Node]:
+        """The graph's params and constants (kept until the graph grows); with `tape`, those it does not load."""
         count = len(self.graph._nodes)
         if getattr(self, "_stored", None) is None or self._stored[0] != count:
-            self._stored = (count, [n for n in self.graph.nodes if n.kind in ("param", "const")])
-        return self._stored[1]
+            self._stored = (count, [n for n in self.graph.nodes if n.kind in ("param", "const")], {})
+        if tape is None:
+            return self._stored[1]
+        found = self._stored[2].get(id(tape))
+        if found is None or found[0] is not tape:  # (a tape let go and its id taken again)
+            found = self._stored[2][id(tape)] = (tape, [n for n in self._stored[1] if n.id not in tape.slot_of])
+        return found[1]
 
-    def _results(self, values: list, nodes: Sequence[Node], single: bool, sources: Iterable[Any] = ()):
-        host = self._hand_out(values, nodes, sources)
+    def _results(self, values: list, nodes: Sequence[Node], single: bool, sources: Iterable[Any] = (),
+                 tape: Tape | None = None):
+        host = self._hand_out(values, nodes, sources, None if tape is None else self._stored_nodes(tape))
         return host[0] if single else host
 
     def _plan(self, loss: Node, wrt) -> ReversePlan:
@@ -468,12 +478,12 @@ class SequentialExecutor(Executor):
         """`run` with the fetches resolved and the tracer given (what other executors call)."""
         tape = self.tape(nodes)
         values, _, sources = self._execute(tape, feeds, timeout, _as_trace(self, tracer))
-        return self._results(values, nodes, single, sources)
+        return self._results(values, nodes, single, sources, tape)
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
         start = time.perf_counter()
         timeout = check_timeout(timeout)
-        (loss,), _ = self._fetches([loss])
+        (loss,), _ = self._fetches(loss)
         extra, single = self._fetches(fetch) if fetch is not None else ([], False)
         trace = _as_trace(self, self._tracer())
         result = self.backward_nodes(feeds, loss, self._plan(loss, wrt), extra, single, fetch is not None,
@@ -487,16 +497,17 @@ class SequentialExecutor(Executor):
         """`backward` with the fetches and the reverse plan resolved and the tracer given."""
         tape = self._backward_tape(loss, plan, extra)
         values, totals, sources = self._execute(tape, feeds, timeout, _as_trace(self, tracer), plan)
-        grads = gradient_result(plan, totals, self.backend.to_host, feeds)
-        value, *given = self._hand_out([values[0], *grads.values()], [loss, *([None] * len(grads))], sources)
+        grads = gradient_result(plan, totals, None if self.xp is np else self.backend.to_host, feeds)
+        value, *given = self._hand_out([values[0], *grads.values()], [loss, *([None] * len(grads))], sources,
+                                       self._stored_nodes(tape))
         grads = dict(zip(grads, given))
         if not fetched:
             return value, grads
-        return value, grads, self._results(values[1:], extra, single, sources)
+        return value, grads, self._results(values[1:], extra, single, sources, tape)
 
     def _backward_tape(self, loss: Node, plan: ReversePlan, extra: Sequence[Node]) -> Tape:
         """The tape of a training step: the loss and `extra` fetched, every value the sweep is handed kept."""
-        key = (id(plan), *(n.id for n in extra))
+        key = _backward_key(plan, extra)
         tape = self._backward_tapes.get(key)
         if tape is None:
             keep = {n.id for n in plan.order} | {i.id for n in plan.order for i in n.inputs}
@@ -524,8 +535,10 @@ class SequentialExecutor(Executor):
                     buffers.end_step()
                 return result
 
-            progress = Progress(program=program)
-            result = self._watch(compiled, timeout, tape, reverse, progress)
+            if timeout is None:  # here, nothing watching it
+                result = compiled()
+            else:
+                result = self._watch(compiled, timeout, tape, reverse, Progress(program=program))
             if reverse is None:
                 return list(result), {}, sources
             values, totals = result
@@ -546,7 +559,7 @@ class SequentialExecutor(Executor):
         if reverse is None:
             tape = self.tape(nodes)
         else:
-            tape = self._backward_tapes.get((id(reverse), *(n.id for n in extra)))
+            tape = self._backward_tapes.get(_backward_key(reverse, extra))
             if tape is None:
                 return
         checked = self._feeds(feeds, tape.inputs)
@@ -559,7 +572,7 @@ class SequentialExecutor(Executor):
         key = (id(tape), id(specs), None if reverse is None else id(reverse))
         program = self._programs.get(key)
         if program is None:
-            instructions, fused = self._fused(tape, specs)
+            instructions, fused = self._fused(tape, specs, reverse)
             program = self._programs[key] = compile_program(tape, instructions, specs, pooled, fused, self.xp,
                                                             self.buffers, reverse=reverse)
         return program
@@ -609,14 +622,23 @@ class SequentialExecutor(Executor):
             raise timeout_error(timeout, tape_waiting(tape, reverse, progress))
         return result
 
-    def _fused(self, tape: Tape, specs: dict):
-        """The tape's instructions for these specs with rewrites and fused groups as one each (cached)."""
+    def _fused(self, tape: Tape, specs: dict, reverse: ReversePlan | None = None):
+        """The tape's instructions for these specs with rewrites and fused groups as one each (cached).
+
+        With `reverse` (a training step's program), a rewrite's group may hold values the sweep reads the
+        shape of only (`values_read`), provided they are shaped as the group's value, which stands for
+        them; the elementwise fusion, whose bits are not the unfused vertices', stays out of training steps
+        (their first, checked call runs vertex by vertex, as the actors do).
+        """
         if not (self.optimize or self.fuse):
             return tape.instructions, {}
-        key = (id(tape), id(specs))
+        key = (id(tape), id(specs), reverse is not None)
         found = self._fusion_cache.get(key)
         if found is None:
-            plan = plan_step(tape.order, specs, tape.kept, optimize=self.optimize, fuse=self.fuse)
+            keep = tape.kept if reverse is None else values_read(tape, reverse)
+            plan = plan_step(tape.order, specs, keep, optimize=self.optimize, fuse=self.fuse and reverse is None)
+            if reverse is not None:
+                plan = plan.only(lambda op: all(specs[m.id] == specs[op.group.root.id] for m in op.group.members))
             found = self._fusion_cache[key] = fused_instructions(tape, plan) if plan.ops else (tape.instructions, {})
         return found
 
@@ -679,6 +701,11 @@ def reverse_arrays(executor: Executor, plan: ReversePlan, value_of, trace=None,
 
     with np.errstate(all="ignore"):
         return sweep(plan, seed_gradient(executor.xp, value_of(plan.output)), apply_vjp, ArrayMath(executor.xp).add)
+
+
+def _backward_key(plan: ReversePlan, extra: Sequence[Node]):
+    """The key of a training step's tape: its reverse plan and the extra values it fetches."""
+    return (id(plan), *(n.id for n in extra)) if extra else id(plan)
 
 
 def _as_trace(executor: Executor, tracer):

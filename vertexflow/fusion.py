@@ -26,8 +26,9 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -267,6 +268,11 @@ class FusionPlan:
     @classmethod
     def none(cls) -> FusionPlan:
         return cls({}, frozenset())
+
+    def only(self, keep: Callable[[Any], bool]) -> FusionPlan:
+        """The plan with only the groups whose op `keep` accepts."""
+        ops = {root: op for root, op in self.ops.items() if keep(op)}
+        return FusionPlan(ops, frozenset(m.id for op in ops.values() for m in op.group.members if m is not op.group.root))
 
 
 def plan_fusion(order: Sequence[Node], specs: Mapping[int, Spec], keep: Iterable[int]) -> FusionPlan:

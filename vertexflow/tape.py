@@ -280,7 +280,7 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
     if reverse is None:
         kept_slots = {tape.slot_of[k] for k in tape.kept}
     else:  # the program keeps every value the sweep is handed; its last forward readers are these
-        kept_slots = values_read(tape, reverse)
+        kept_slots = {tape.slot_of[k] for k in values_read(tape, reverse)}
         frees = last_reads([ins.args for ins in instructions], kept_slots)
         instructions = [dataclasses.replace(ins, free=free) for ins, free in zip(instructions, frees)]
     for ins in instructions:
@@ -309,16 +309,16 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
 
 
 def values_read(tape: Tape, reverse: ReversePlan) -> set[int]:
-    """The slots whose values a training step reads after the forward sweep: the fetched ones and
+    """The vertices whose values a training step reads after the forward sweep: the fetched ones and
     those the derivative rules that run read (an op's `vjp_reads_inputs` and `vjp_reads_output`)."""
-    slot_of = tape.slot_of
-    read = set(tape.fetch_slots)
+    fetched = set(tape.fetch_slots)
+    read = {node.id for node in tape.order if tape.slot_of[node.id] in fetched}
     for node in reverse.order:
         if node.kind == "op" and any(e >= 0 for e in reverse.outgoing.get(node.id, ())):
             if node.op.vjp_reads_inputs:
-                read.update(slot_of[i.id] for i in node.inputs)
+                read.update(i.id for i in node.inputs)
             if node.op.vjp_reads_output:
-                read.add(slot_of[node.id])
+                read.add(node.id)
     return read
 
 
@@ -364,6 +364,12 @@ def compile_program(tape: Tape, instructions: Sequence[Instruction], specs: Mapp
             out.line(f"{var[ins.out]} = {call}", 2, site)
         else:
             out.line(f"{var[ins.out]} = {call}", 1, site)
+        if node.id in fused and reverse is not None:
+            # a group fused in a training step: the sweep reads its inner values' shapes only, the
+            # group's own (the plan kept groups whose inner values are shaped as it is)
+            inner = [var[tape.slot_of[m.id]] for m in op.group.members if m is not node and m.id in tape.kept]
+            if inner:
+                out.line(f"{' = '.join(inner)} = {var[ins.out]}")
         if ins.free:
             out.line("del " + ", ".join(var[s] for s in ins.free))
     fetched = [var[s] for s in tape.fetch_slots]
