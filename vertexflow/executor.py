@@ -275,7 +275,7 @@ class Executor(abc.ABC):
         (A value in a pooled buffer stays busy while the user holds it, so needs nothing here.)
 
         Args:
-            nodes: the vertex of each value (None for a gradient).
+            nodes: the vertex of each value (None for a gradient, MADE for one the program made).
             sources: the step's feeds (the graph's params and constants are always protected).
             stored: the params and constants to protect besides `sources` (default: all the graph's; a
                 tape's call gives those it does not load, the others being among its sources).
@@ -286,15 +286,16 @@ class Executor(abc.ABC):
         for value, node in zip(values, nodes):
             if to_host is not None:
                 value = to_host(value)
-            if node is None or node.kind != "op" or not node.op.writes_out or node.op.views:
+            if node is not MADE and isinstance(value, np.ndarray) and (
+                    node is None or node.kind != "op" or not (node.op.writes_out or node.op.fresh_output) or
+                    node.op.views):
                 # A source, a gradient, or an op that may return a view of its input.
                 if source_ids is None:
                     stored = self._stored_nodes() if stored is None else stored
                     source_ids = owner_ids([*sources, *(n.value for n in stored)])
-                if isinstance(value, np.ndarray):
-                    base = value.base
-                    if id(value if base is None else base) in source_ids:
-                        value = np.array(value)
+                base = value.base
+                if id(value if base is None else base) in source_ids:
+                    value = np.array(value)
             out.append(value)
         return out
 
@@ -477,7 +478,7 @@ class SequentialExecutor(Executor):
     def run_nodes(self, feeds: Feeds, nodes: list[Node], single: bool, timeout: float | None, tracer):
         """`run` with the fetches resolved and the tracer given (what other executors call)."""
         tape = self.tape(nodes)
-        values, _, sources = self._execute(tape, feeds, timeout, _as_trace(self, tracer))
+        values, _, sources, _ = self._execute(tape, feeds, timeout, _as_trace(self, tracer))
         return self._results(values, nodes, single, sources, tape)
 
     def backward(self, feeds: Feeds, loss: Fetch, wrt=None, *, fetch=None, timeout: float | None = None):
@@ -496,10 +497,11 @@ class SequentialExecutor(Executor):
                        fetched: bool, timeout: float | None, tracer):
         """`backward` with the fetches and the reverse plan resolved and the tracer given."""
         tape = self._backward_tape(loss, plan, extra)
-        values, totals, sources = self._execute(tape, feeds, timeout, _as_trace(self, tracer), plan)
+        values, totals, sources, made = self._execute(tape, feeds, timeout, _as_trace(self, tracer), plan)
         grads = gradient_result(plan, totals, None if self.xp is np else self.backend.to_host, feeds)
-        value, *given = self._hand_out([values[0], *grads.values()], [loss, *([None] * len(grads))], sources,
-                                       self._stored_nodes(tape))
+        value, *given = self._hand_out([values[0], *grads.values()], [loss, *(MADE if w.id in made else None
+                                                                               for w in grads)],
+                                       sources, self._stored_nodes(tape))
         grads = dict(zip(grads, given))
         if not fetched:
             return value, grads
@@ -517,7 +519,8 @@ class SequentialExecutor(Executor):
     # -- running a tape ----------------------------------------------------------------------
     def _execute(self, tape: Tape, feeds: Feeds, timeout: float | None, trace=None,
                  reverse: ReversePlan | None = None):
-        """Run the tape (and the reverse sweep); (fetched values, {wrt id: gradient}, the sources loaded)."""
+        """Run the tape (and the reverse sweep); (fetched values, {wrt id: gradient}, the sources loaded,
+        the wrt ids whose gradients the compiled sweep made: `Program.made`)."""
         checked = self._feeds(feeds, tape.inputs)
         specs, pooled = self._specs(id(tape), tape.order, checked)
         if self.xp is np:  # a param's or constant's array itself
@@ -540,9 +543,10 @@ class SequentialExecutor(Executor):
             else:
                 result = self._watch(compiled, timeout, tape, reverse, Progress(program=program))
             if reverse is None:
-                return list(result), {}, sources
+                return list(result), {}, sources, program.made
             values, totals = result
-            return list(values), {w.id: t for w, t in zip(reverse.wrt, totals) if t is not None}, sources
+            return list(values), {w.id: t for w, t in zip(reverse.wrt, totals) if t is not None}, sources, \
+                program.made
         # A checked call: the same instructions one at a time, each output checked against its spec the
         # first time these shapes run; the next plain call compiles them.
         first = key not in self._programs
@@ -550,7 +554,7 @@ class SequentialExecutor(Executor):
         result = self._watch(partial(self._interpret, tape, specs, pooled, sources, trace, reverse, progress, first),
                              timeout, tape, reverse, progress)
         self._programs.setdefault(key, None)
-        return (*result, sources)
+        return (*result, sources, frozenset())
 
     def prepare(self, feeds: Feeds, nodes: list[Node], reverse: ReversePlan | None = None,
                 extra: Sequence[Node] = ()) -> None:
@@ -701,6 +705,10 @@ def reverse_arrays(executor: Executor, plan: ReversePlan, value_of, trace=None,
 
     with np.errstate(all="ignore"):
         return sweep(plan, seed_gradient(executor.xp, value_of(plan.output)), apply_vjp, ArrayMath(executor.xp).add)
+
+
+# A value's place in `_hand_out`'s nodes for a gradient the compiled sweep made (`Program.made`).
+MADE = "made by the step"
 
 
 def _backward_key(plan: ReversePlan, extra: Sequence[Node]):

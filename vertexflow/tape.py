@@ -154,6 +154,7 @@ class Program:
     def __init__(self, source: str, namespace: dict, sites: dict[int, Site], name: str):
         self.source = source
         self.sites = sites
+        self.made: frozenset[int] = frozenset()  # wrt vertices whose gradients the sweep made (no alias)
         code = compile(source, name, "exec")
         exec(code, namespace)  # noqa: S102 - our own generated code
         self.function = namespace["program"]
@@ -376,11 +377,14 @@ def compile_program(tape: Tape, instructions: Sequence[Instruction], specs: Mapp
     if reverse is None:
         out.line(f"return ({', '.join(fetched)},)")
     else:
-        wrt = _reverse_lines(out, namespace, reverse, tape, var, xp, blas_lock, specs)
+        wrt, made = _reverse_lines(out, namespace, reverse, tape, var, xp, blas_lock, specs)
         out.line(f"return ({', '.join(fetched)},), ({''.join(name + ', ' for name in wrt)})")
     name = f"<vertexflow program {next(_counter)}>"
     source = "\n".join(out.lines) + "\n"
-    return Program(source, namespace, out.sites, name)
+    program = Program(source, namespace, out.sites, name)
+    if reverse is not None:
+        program.made = frozenset(w.id for w, fresh in zip(reverse.wrt, made) if fresh)
+    return program
 
 
 def _sum_edges(add: Callable, *parts):
@@ -417,8 +421,10 @@ def _derivative(op, math: ArrayMath, positions: tuple[int, ...], bound: Callable
 
 
 def _reverse_lines(out: _Writer, namespace: dict, reverse: ReversePlan, tape: Tape, var: dict, xp,
-                   blas_lock, specs: Mapping[int, Spec]) -> list[str]:
-    """Append the reverse sweep of `reverse`; the names holding the wrt vertices' gradients."""
+                   blas_lock, specs: Mapping[int, Spec]) -> tuple[list[str], list[bool]]:
+    """Append the reverse sweep of `reverse`; the names holding the wrt vertices' gradients, and whether
+    each is an array the sweep made (from the seed through rules of ops with `vjp_fresh`, or a sum of
+    edges), which no feed, param or constant can share memory with."""
     arrays = ArrayMath(xp)
     output = reverse.output
     spec = specs[output.id]
@@ -436,11 +442,13 @@ def _reverse_lines(out: _Writer, namespace: dict, reverse: ReversePlan, tape: Ta
     pinned = set(tape.fetch_slots)
     frees = last_reads(reads, pinned)
     result = {}
+    made = {0: True}  # edge -> whether its value is an array the sweep made (edge 0: the seed)
     for node, free in zip(reverse.order, frees):
         g = f"g{node.id}"
         parts = []
         for edge in reverse.incoming[node.id]:
             parts.append("seed()" if edge == 0 else f"e{edge}")
+        g_made = all(made.get(edge, False) for edge in reverse.incoming[node.id])
         outgoing = reverse.outgoing.get(node.id) if node.kind == "op" else None
         if not parts:  # nothing reaches it (its consumers pass no gradient): it sends none either
             silent = [f"e{e}" for e in outgoing or () if e >= 0]
@@ -452,8 +460,9 @@ def _reverse_lines(out: _Writer, namespace: dict, reverse: ReversePlan, tape: Ta
         if edges:
             out.line("del " + ", ".join(edges))
         if node.id in wanted:
-            result[node.id] = g
+            result[node.id] = g, g_made
         if outgoing and any(e >= 0 for e in outgoing):
+            made.update((e, g_made and node.op.vjp_fresh) for e in outgoing if e >= 0)
             positions = tuple(p for p, e in enumerate(outgoing) if e >= 0)
             d = f"d{node.id}"
             needs = reverse.needs[node.id]
@@ -472,7 +481,8 @@ def _reverse_lines(out: _Writer, namespace: dict, reverse: ReversePlan, tape: Ta
                 out.line(f"del {g}")
         if free:
             out.line("del " + ", ".join(var[s] for s in free))
-    return [result.get(w.id, "None") for w in reverse.wrt]
+    found = [result.get(w.id, ("None", True)) for w in reverse.wrt]
+    return [name for name, _ in found], [fresh for _, fresh in found]
 
 
 # -- an actor's segments ---------------------------------------------------------------------------

@@ -63,6 +63,13 @@ class Op(abc.ABC):
     # as it does in a forward step (see tape.inplace_targets); left True, nothing is overwritten.
     vjp_reads_inputs: bool = True
     vjp_reads_output: bool = True
+    # True where every gradient `vjp` returns is an array it computed, or g itself or a view of g, never
+    # an input's or the output's array: a gradient made so from the seed is handed out without the
+    # check that it shares no memory with a feed or a param.
+    vjp_fresh: bool = False
+    # True for an op without `writes_out` whose forward still always returns an array it made (a loss):
+    # its value is handed out without that check either.
+    fresh_output: bool = False
 
     @abc.abstractmethod
     def infer(self, *specs: Spec) -> Spec:

@@ -69,6 +69,7 @@ class Sign(Unary):
 class Exp(Unary):
     name = "exp"
     vjp_reads_inputs = False  # g * y
+    vjp_fresh = True
     ufunc = "exp"
     per_element = 8.0
 
@@ -94,6 +95,7 @@ class Log(Unary):
 class Sqrt(Unary):
     name = "sqrt"
     vjp_reads_inputs = False  # g / 2y
+    vjp_fresh = True
     ufunc = "sqrt"
     per_element = 2.0
 
@@ -107,6 +109,7 @@ class Sqrt(Unary):
 class Tanh(Unary):
     name = "tanh"
     vjp_reads_inputs = False  # g (1 - y^2)
+    vjp_fresh = True
     ufunc = "tanh"
     per_element = 8.0
 
@@ -120,6 +123,7 @@ class Tanh(Unary):
 class Sigmoid(Unary):
     name = "sigmoid"
     vjp_reads_inputs = False  # g y (1 - y)
+    vjp_fresh = True
     per_element = 12.0
 
     def forward(self, xp, x, out=None):
@@ -165,6 +169,7 @@ _TWO_OVER_SQRT_PI = 1.1283791670955126
 class Relu(Unary):
     name = "relu"
     vjp_reads_inputs = False  # g (y > 0)
+    vjp_fresh = True
 
     def forward(self, xp, x, out=None):
         # The ufunc itself: np.clip's Python wrapper costs more than the pass on a small array. (NaN
@@ -301,6 +306,7 @@ def _promote(*specs: Spec):
 class Add(Binary):
     name = "add"
     vjp_reads_inputs = vjp_reads_output = False  # g, summed to each input's shape
+    vjp_fresh = True
     ufunc = "add"
 
     def forward(self, xp, a, b, out=None):
@@ -328,6 +334,7 @@ class Add(Binary):
 class Subtract(Binary):
     name = "sub"
     vjp_reads_inputs = vjp_reads_output = False  # g and -g, summed to each input's shape
+    vjp_fresh = True
     ufunc = "subtract"
 
     def forward(self, xp, a, b, out=None):
@@ -342,6 +349,7 @@ class Subtract(Binary):
 class Multiply(Binary):
     name = "mul"
     vjp_reads_output = False
+    vjp_fresh = True
     ufunc = "multiply"
 
     def forward(self, xp, a, b, out=None):

@@ -3,6 +3,7 @@ determinants."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -31,6 +32,7 @@ class Matmul(Op):
     blas = True
     writes_out = True
     vjp_reads_output = False
+    vjp_fresh = True
 
     def infer(self, a: Spec, b: Spec) -> Spec:
         require_numeric(a, b)
@@ -105,16 +107,23 @@ class Matmul(Op):
             gb = F.squeeze(gb, 1) if b_vec else gb
         return (ga, gb)
 
+    def bind(self, xp, specs, out):
+        a, b = specs
+        return xp.matmul if _numpys_own(xp, a.shape, b.shape, True) else functools.partial(self.forward, xp)
+
     def bind_vjp(self, xp, needs, specs, out):
         a, b = specs
         if a.ndim != 2 or b.ndim != 2:
             return None
         need_a, need_b = needs
-        forward = self.forward
+        # vjp's matrix rule, its products made as vjp makes them (numpy's own where forward would call it)
+        by_g = xp.matmul if _numpys_own(xp, (a.shape[0], b.shape[1]), b.shape[::-1], False) else \
+            functools.partial(self.forward, xp, transposed=False)
+        of_g = xp.matmul if _numpys_own(xp, a.shape[::-1], (a.shape[0], b.shape[1]), False) else \
+            functools.partial(self.forward, xp, transposed=False)
 
-        def derivative(g, x, w, y):  # vjp's matrix rule, its products made as vjp makes them
-            return (forward(xp, g, w.T, transposed=False) if need_a else None,
-                    forward(xp, x.T, g, transposed=False) if need_b else None)
+        def derivative(g, x, w, y):
+            return (by_g(g, w.T) if need_a else None, of_g(x.T, g) if need_b else None)
 
         return derivative
 
@@ -123,6 +132,18 @@ class Matmul(Op):
         # BLAS does ~16 flops in the time a plain ufunc handles one element.
         k = a.shape[-1] or 1
         return 2.0 * k * math.prod(d or 1 for d in spec.shape) / 16.0
+
+
+def _numpys_own(xp, a: tuple, b: tuple, transposed: bool) -> bool:
+    """Whether `Matmul.forward` on 2-D operands of these concrete shapes calls numpy's matmul as it is,
+    whatever their layouts: rows neither the small-product kernel takes nor, with `transposed`, a
+    product computed transposed (the bound call then skips forward's checks)."""
+    if xp is not np or len(a) != 2 or len(b) != 2 or None in a or None in b:
+        return False
+    rows, cols = a[0], b[1]
+    if products.MIN_ROWS <= rows <= products.MAX_ROWS:
+        return False
+    return not (transposed and computes_transposed(rows, cols))
 
 
 # OpenBLAS runs a product of fewer multiply-adds than this on one thread (its SMP threshold).

@@ -22,6 +22,7 @@ class CrossEntropy(Op):
     """Mean softmax cross-entropy of logits (N, C) against integer labels (N,), fused and stable."""
 
     name = "cross_entropy"
+    vjp_fresh = fresh_output = True
 
     def infer(self, logits: Spec, labels: Spec) -> Spec:
         require_float(logits)
