@@ -467,11 +467,17 @@ def _reverse_lines(out: _Writer, namespace: dict, reverse: ReversePlan, tape: Ta
             d = f"d{node.id}"
             needs = reverse.needs[node.id]
             bound = node.op.bind_vjp(xp, needs, tuple(specs[i.id] for i in node.inputs), specs[node.id])
-            namespace[d] = _derivative(node.op, ArrayMath(xp, needs), positions, bound)
             values = [var[slot_of[i.id]] for i in node.inputs] + [var[slot_of[node.id]]]
-            sent = ", ".join(f"e{outgoing[p]}" for p in positions)
             site = Site(node, BACKWARD, (g, *values[:-1]))
-            call = f"{sent}, = {d}({g}, {', '.join(values)})"
+            if bound is None:
+                namespace[d] = _derivative(node.op, ArrayMath(xp, needs), positions, bound)
+                sent = ", ".join(f"e{outgoing[p]}" for p in positions)
+                call = f"{sent}, = {d}({g}, {', '.join(values)})"
+            else:  # called from the line itself: a gradient per input, those not sent unpacked into _
+                namespace[d] = bound
+                sent = ", ".join(f"e{e}" if e >= 0 else "_" for e in outgoing)
+                none = "(" + "None, " * len(outgoing) + ")"
+                call = f"{sent}, = {d}({g}, {', '.join(values)}) if {g} is not None else {none}"
             if blas_lock is not None and node.op.blas:
                 out.line("with L:", 1)
                 out.line(call, 2, site)
