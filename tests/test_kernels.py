@@ -384,6 +384,9 @@ def _relus_derivative_equals_numpys(shape, dtype, order, kernel):
     want = np.multiply(g, y > 0)
     got = special.relu_grad(g, y)
     np.testing.assert_array_equal(got.view(f"u{g.itemsize}"), want.view(f"u{g.itemsize}"))
+    bound = special.relu_grad_for(g.shape, dtype)  # a compiled step's, for these specs
+    for a, b in [(g, y), (np.asfortranarray(g), y), (g, np.asfortranarray(y))]:
+        np.testing.assert_array_equal(bound(a, b).view(f"u{g.itemsize}"), want.view(f"u{g.itemsize}"))
     out = np.empty_like(g)
     assert special.relu_grad(g, y, out=out) is out
     np.testing.assert_array_equal(out.view(f"u{g.itemsize}"), want.view(f"u{g.itemsize}"))

@@ -120,6 +120,35 @@ def test_bound_derivative_rules_give_the_bits_of_vjp(batch, widths, dtype, label
             np.testing.assert_array_equal(grads[p], want[1][p])
 
 
+def test_a_training_loops_compiled_step_still_sees_traces_new_shapes_and_new_params():
+    g = vf.Graph()
+    x = g.input("x", shape=(None, 5))
+    w = g.param("w", value=np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3))
+    loss = vf.sum(vf.relu(x @ w))
+    rng = np.random.default_rng(0)
+    feeds = {x: rng.normal(size=(4, 5)).astype(np.float32)}
+
+    def by_hand(feed, weight):
+        return feed.T @ ((feed @ weight) > 0).astype(np.float32)
+
+    tape = vf.SequentialExecutor(g)
+    for _ in range(3):  # checked, compiled, then the loop's own step
+        np.testing.assert_allclose(tape.backward(feeds, loss)[1][w], by_hand(feeds[x], w.value), rtol=1e-6)
+    with vf.trace() as tracer:
+        tape.backward(feeds, loss.name)  # by its name: a loop's step of its own, traced all the same
+        tape.backward(feeds, loss)
+    assert {s.phase for s in tracer.spans} == {"forward", "backward"}
+    assert sum(s.phase == "backward" and s.vertex == loss.inputs[0].name for s in tracer.spans) == 2
+    w.value = w.value * -1.0  # an optimizer's new array
+    feeds = {x: rng.normal(size=(7, 5)).astype(np.float32)}  # and another batch size
+    for _ in range(3):
+        value, grads = tape.backward(feeds, loss)
+        np.testing.assert_allclose(grads[w], by_hand(feeds[x], w.value), rtol=1e-6)
+        np.testing.assert_allclose(value, np.maximum(feeds[x] @ w.value, 0).sum(), rtol=1e-5)
+    with pytest.raises(vf.FeedError, match="missing feeds for 'x'"):
+        tape.backward({}, loss)
+
+
 @pytest.mark.parametrize("g_shape", [(3, 4), (2, 3, 4)])
 def test_a_bound_add_rule_sums_a_gradient_of_any_shape_as_vjp_does(g_shape):
     from vertexflow.autodiff.namespace import ArrayMath

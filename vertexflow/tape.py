@@ -72,6 +72,15 @@ class Tape:
     kept: frozenset[int] = frozenset()  # ids of the values never let go (fetched, or for the reverse sweep)
     awaits: bool = False  # some vertex's forward or derivative is async: it runs one vertex at a time
 
+    @functools.cached_property
+    def _load_plan(self) -> tuple[tuple[int | None, Node], ...]:
+        return tuple((node.id if node.kind == "input" else None, node) for _, node in self.loads)
+
+    def stored_sources(self, fed: Mapping[int, Any]) -> list:
+        """The arrays a call loads, in load order: the fed inputs' from `fed` ({input id: array}), the
+        params' and constants' own stored arrays (what a CPU call loads)."""
+        return [fed[i] if i is not None else node._value for i, node in self._load_plan]
+
     def listing(self) -> str:
         lines = []
         for slot, node in self.loads:

@@ -265,7 +265,9 @@ def summing_to(xp, given: tuple[int, ...], shape: tuple[int, ...]) -> Callable |
     if given == shape:
         return None
     if len(given) == 2 and len(shape) == 1 and given[1] == shape[0]:
-        return _sum_rows  # a bias's gradient: the reduction sum_to_shape makes, without its reshape
+        # a bias's gradient: the reduction sum_to_shape makes, without its reshape (for numpy, the
+        # ufunc's own reduce that ndarray.sum calls, without its Python frame)
+        return functools.partial(np.add.reduce, axis=0) if xp is np else _sum_rows
     return functools.partial(sum_to_shape, xp, shape=shape)
 
 
