@@ -317,6 +317,46 @@ def test_row_softmax_and_layer_norm_equal_numpy(form, dtype):
     np.testing.assert_allclose(ln, want, rtol=20 * tol, atol=20 * tol)
 
 
+def test_the_float32_softmaxs_exp_is_within_an_ulp_of_float64s_rounded():
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    from vertexflow.kernels import softmax_rows
+
+    rng = np.random.default_rng(11)
+    special_points = [0.0, -0.0, -1e-8, -0.5, -87.33, -87.34, -88.0, -100.0, -103.97, -103.98, -104.0, -200.0]
+    t = np.concatenate([special_points, -rng.exponential(20.0, 1_000_000), rng.uniform(-104, 0, 100_000)])
+    t = t.astype(np.float32)
+    got = np.empty_like(t)
+    softmax_rows.exp_of(t, got)
+    want = np.exp(t.astype(np.float64)).astype(np.float32)
+    assert _ulps(got, want).max() <= 1  # denormal results too (scaled in two steps, rounded once)
+    assert (_ulps(got, want) == 0).mean() > 0.9
+    odd = np.array([np.nan, -np.inf, np.float32(-np.nan)], np.float32)
+    out = np.empty_like(odd)
+    softmax_rows.exp_of(odd, out)
+    assert np.isnan(out[0]) and out[1] == 0.0 and np.isnan(out[2])
+
+
+def test_a_float32_softmax_split_over_the_team_gives_the_bits_of_one_part(monkeypatch):
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(257, 64)) * 5).astype(np.float32)
+    x[3, 5], x[4] = np.nan, -np.inf  # rows that come out NaN, as numpy's
+    x[5, 7] = np.inf
+    monkeypatch.setattr(norm, "MIN_JOB_ELEMENTS", 10**9)
+    one = norm.softmax_last(x)
+    monkeypatch.setattr(norm, "MIN_JOB_ELEMENTS", 64)
+    split = norm.softmax_last(x)
+    np.testing.assert_array_equal(split.view(np.int32), one.view(np.int32))
+    with np.errstate(invalid="ignore"):
+        e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+        want = e / e.sum(-1, keepdims=True)
+    np.testing.assert_array_equal(np.isnan(one), np.isnan(want))
+    # x - max in float32 (as numpy's softmax): its rounding, up to |x - max| * 2^-24, is the result's
+    np.testing.assert_allclose(one[6:], want[6:], rtol=5e-6, atol=1e-30)
+
+
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 40), n=st.integers(1, 300), offset=st.sampled_from([0.0, 10.0, -1000.0]),
        scale=st.sampled_from([1e-2, 1.0, 30.0]))

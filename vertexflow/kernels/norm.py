@@ -13,10 +13,13 @@ the normalized, scaled and shifted row. The numpy twins compute the same express
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from ..machine import threads_in_force
 from . import available
-from .team import MIN_PART_ELEMENTS, over_rows
+from .team import CONTROL, MIN_PART_ELEMENTS, over_rows, team
 
 _compiled: dict[str, object] = {}
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -107,6 +110,18 @@ def _kernels():
     return _compiled
 
 
+# Elements a C job of a row-wise pass must get for a split to pay: a split costs about 3 us and the
+# next op's reads of the other core's cache; a float32 softmax does 16K elements in about 14 us.
+MIN_JOB_ELEMENTS = 16384
+
+
+@functools.cache
+def _softmax_job() -> int:
+    from . import softmax_rows
+
+    return softmax_rows.job.address
+
+
 def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
@@ -117,12 +132,21 @@ def usable(x: np.ndarray) -> bool:
 
 
 def softmax_last(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """softmax over the last axis: exp(x - max) / sum, row by row."""
+    """softmax over the last axis: exp(x - max) / sum, row by row (float32: one compiled pass a block of
+    rows, split over the team in C jobs, `softmax_rows.py`)."""
     x = np.ascontiguousarray(x)
     if out is None or not out.flags.c_contiguous:
         out = np.empty_like(x)
-    kernels = _kernels()
     rows, out_rows = _rows(x), _rows(out)
+    if x.dtype == np.float32:
+        from . import softmax_rows
+
+        parts = min(rows.shape[0], x.size // MIN_JOB_ELEMENTS)
+        if parts > 1:
+            parts = min(parts, threads_in_force()) if team() is not None else 1
+        softmax_rows.split(rows, out_rows, max(parts, 1), CONTROL, _softmax_job())
+        return out
+    kernels = _kernels()
 
     def part(first: int, last: int) -> None:  # the three passes over a part's rows while they are in cache
         block = out_rows[first:last]
