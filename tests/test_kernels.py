@@ -320,20 +320,20 @@ def test_row_softmax_and_layer_norm_equal_numpy(form, dtype):
 def test_the_float32_softmaxs_exp_is_within_an_ulp_of_float64s_rounded():
     if not kernels.available():
         pytest.skip("numba is not installed")
-    from vertexflow.kernels import softmax_rows
+    from vertexflow.kernels import norm_jobs
 
     rng = np.random.default_rng(11)
     special_points = [0.0, -0.0, -1e-8, -0.5, -87.33, -87.34, -88.0, -100.0, -103.97, -103.98, -104.0, -200.0]
     t = np.concatenate([special_points, -rng.exponential(20.0, 1_000_000), rng.uniform(-104, 0, 100_000)])
     t = t.astype(np.float32)
     got = np.empty_like(t)
-    softmax_rows.exp_of(t, got)
+    norm_jobs.exp_of(t, got)
     want = np.exp(t.astype(np.float64)).astype(np.float32)
     assert _ulps(got, want).max() <= 1  # denormal results too (scaled in two steps, rounded once)
     assert (_ulps(got, want) == 0).mean() > 0.9
     odd = np.array([np.nan, -np.inf, np.float32(-np.nan)], np.float32)
     out = np.empty_like(odd)
-    softmax_rows.exp_of(odd, out)
+    norm_jobs.exp_of(odd, out)
     assert np.isnan(out[0]) and out[1] == 0.0 and np.isnan(out[2])
 
 
@@ -355,6 +355,23 @@ def test_a_float32_softmax_split_over_the_team_gives_the_bits_of_one_part(monkey
     np.testing.assert_array_equal(np.isnan(one), np.isnan(want))
     # x - max in float32 (as numpy's softmax): its rounding, up to |x - max| * 2^-24, is the result's
     np.testing.assert_allclose(one[6:], want[6:], rtol=5e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_layer_norm_split_over_the_team_gives_the_bits_of_one_part(dtype, monkeypatch):
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(129, 96)).astype(dtype)
+    weight, bias = rng.normal(size=96).astype(dtype), rng.normal(size=96).astype(dtype)
+    monkeypatch.setattr(norm, "MIN_JOB_ELEMENTS", 10**9)
+    one = norm.layer_norm_last(x, weight, bias, 1e-5)
+    monkeypatch.setattr(norm, "MIN_JOB_ELEMENTS", 96)
+    split = norm.layer_norm_last(x, weight, bias, 1e-5)
+    np.testing.assert_array_equal(split, one)
+    mu = x.mean(-1, keepdims=True)
+    want = (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * weight + bias
+    np.testing.assert_allclose(one, want, rtol=2e-5 if dtype == "float32" else 1e-12, atol=2e-5 if dtype == "float32" else 1e-12)
 
 
 @settings(max_examples=40, deadline=None)

@@ -3,12 +3,14 @@
 numpy computes a softmax over short rows as a max reduction (np.maximum's
 slow loop here), a broadcast subtract, exp, a sum and a broadcast divide: the
 reductions and broadcasts over rows of 64 cost several times the exp. Here the
-rows are walked directly: `softmax_last` subtracts each row's max, numpy's
-own SIMD exp runs on the whole buffer, and each row is scaled by the inverse of its
-sum (within an ulp of numpy's division);
-`layer_norm_last` takes each row's mean and variance (two passes over the
-row, as numpy's mean of squared deviations, in the row's dtype) and writes
-the normalized, scaled and shifted row. The numpy twins compute the same expressions.
+rows are walked directly. A float32 softmax and every layer norm run as C jobs
+over whole rows on the kernels' team (`norm_jobs.py`): a float32 softmax in one
+pass a block of rows with an exp of our own; `layer_norm_last` takes each row's
+mean and variance (two passes over the row, as numpy's mean of squared
+deviations, in the row's dtype) and writes the normalized, scaled and shifted
+row. A float64 softmax subtracts each row's max, numpy's own SIMD exp runs on
+the whole buffer, and each row is scaled by the inverse of its sum (within an
+ulp of numpy's division). The numpy twins compute the same expressions.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..machine import threads_in_force
 from . import available
-from .team import CONTROL, MIN_PART_ELEMENTS, over_rows, team
+from .team import CONTROL, over_rows, team
 
 _compiled: dict[str, object] = {}
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -29,7 +31,7 @@ def _kernels():
     # Kernels calling other kernels find them as module globals, not as variables of this function: a
     # closure over a compiled function got a new disk-cache entry in every process (the closure's
     # bytes hold the function's per-process id) and was compiled again each time.
-    global _row_sum, _row_statistics
+    global _row_sum
     if not _compiled:
         import numba
 
@@ -63,29 +65,15 @@ def _kernels():
                 for k in range(n):
                     target[k] = row[k] - m
 
-        # The reductions in functions of their own, free to reorder their sums (fastmath "reassoc"): LLVM
+        # The reduction in a function of its own, free to reorder its sums (fastmath "reassoc"): LLVM
         # then sums a row in SIMD lanes (eight partial sums by hand stayed scalar: a softmax's division
-        # pass over 16,384 rows of 64 took 635 us, now 340 us; a layer norm's statistics likewise).
+        # pass over 16,384 rows of 64 took 635 us, now 340 us).
         @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
         def _row_sum(row):
             s = row[0] * 0
             for k in range(row.shape[0]):
                 s += row[k]
             return s
-
-        @numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
-        def _row_statistics(row, count):
-            """The row's mean and its sum of squared deviations, in the row's dtype (`count`: its length
-            in that dtype; the float32 literals promote to nothing wider)."""
-            s = np.float32(0)
-            for k in range(row.shape[0]):
-                s += row[k]
-            mu = s / count
-            v = np.float32(0)
-            for k in range(row.shape[0]):
-                d = row[k] - mu
-                v += d * d
-            return mu, v
 
         @numba.njit(cache=True, nogil=True)
         def divide_by_sum(e):
@@ -96,17 +84,7 @@ def _kernels():
                 for k in range(n):
                     row[k] = row[k] * inverse
 
-        @numba.njit(cache=True, nogil=True, error_model="numpy")
-        def layer_norm(x, weight, bias, eps, count, out):
-            rows, n = x.shape
-            for r in range(rows):
-                row, target = x[r], out[r]
-                mu, v = _row_statistics(row, count)
-                rstd = np.float32(1) / np.sqrt(v / count + eps)
-                for k in range(n):
-                    target[k] = (row[k] - mu) * rstd * weight[k] + bias[k]
-
-        _compiled.update(shift_by_max=shift_by_max, divide_by_sum=divide_by_sum, layer_norm=layer_norm)
+        _compiled.update(shift_by_max=shift_by_max, divide_by_sum=divide_by_sum)
     return _compiled
 
 
@@ -116,10 +94,18 @@ MIN_JOB_ELEMENTS = 16384
 
 
 @functools.cache
-def _softmax_job() -> int:
-    from . import softmax_rows
+def _job(name: str) -> int:
+    from . import norm_jobs
 
-    return softmax_rows.job.address
+    return getattr(norm_jobs, name).address
+
+
+def _parts(rows: int, elements: int) -> int:
+    """The C jobs a row-wise pass over `elements` in `rows` rows runs in (1: on the caller)."""
+    parts = min(rows, elements // MIN_JOB_ELEMENTS)
+    if parts > 1:
+        parts = min(parts, threads_in_force()) if team() is not None else 1
+    return max(parts, 1)
 
 
 def _rows(a: np.ndarray) -> np.ndarray:
@@ -133,18 +119,17 @@ def usable(x: np.ndarray) -> bool:
 
 def softmax_last(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """softmax over the last axis: exp(x - max) / sum, row by row (float32: one compiled pass a block of
-    rows, split over the team in C jobs, `softmax_rows.py`)."""
+    rows, split over the team in C jobs, `norm_jobs.py`)."""
     x = np.ascontiguousarray(x)
     if out is None or not out.flags.c_contiguous:
         out = np.empty_like(x)
     rows, out_rows = _rows(x), _rows(out)
     if x.dtype == np.float32:
-        from . import softmax_rows
+        from . import norm_jobs
 
-        parts = min(rows.shape[0], x.size // MIN_JOB_ELEMENTS)
-        if parts > 1:
-            parts = min(parts, threads_in_force()) if team() is not None else 1
-        softmax_rows.split(rows, out_rows, max(parts, 1), CONTROL, _softmax_job())
+        nothing = np.empty(0, np.float32)
+        norm_jobs.split(rows, out_rows, nothing, nothing, 0.0, _parts(rows.shape[0], x.size), CONTROL,
+                        _job("softmax_job"))
         return out
     kernels = _kernels()
 
@@ -168,12 +153,9 @@ def layer_norm_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: fl
     n = x.shape[-1]
     w = np.ascontiguousarray(np.broadcast_to(weight, (n,)), x.dtype)
     b = np.ascontiguousarray(np.broadcast_to(bias, (n,)), x.dtype)
-    t = x.dtype.type
-    kernel, rows, out_rows = _kernels()["layer_norm"], _rows(x), _rows(out)
-    if x.size < 2 * MIN_PART_ELEMENTS:
-        kernel(rows, w, b, t(eps), t(n), out_rows)
-        return out
-    eps, n = t(eps), t(n)
-    over_rows(lambda first, last: (rows[first:last], w, b, eps, n, out_rows[first:last]), rows.shape[0], x.size,
-              kernel)
+    from . import norm_jobs
+
+    rows, out_rows = _rows(x), _rows(out)
+    norm_jobs.split(rows, out_rows, w, b, float(eps), _parts(rows.shape[0], x.size), CONTROL,
+                    _job(f"layer_norm_job{x.dtype.itemsize * 8}"))
     return out

@@ -1,11 +1,13 @@
-"""softmax over the rows of a float32 array in one compiled pass per block of rows, its parts run as C
-jobs on the kernels' team (`team_loops.run_jobs`: a split costs about 3 us, where Python parts cost 24).
+"""Row-wise normalizations over the last axis as C jobs on the kernels' team (`team_loops.run_jobs`: a
+split costs about 3 us, where Python parts cost 24 and gated kernel parts 47): a float32 softmax in one
+compiled pass a block of rows, and the layer norm of `norm.py` (float32 and float64). A call of one part
+runs the same job on the caller, so the bits never depend on the split.
 
-Per row: the max, read as integers (a float's bits, negatives' flipped, order as the floats do, NaN of
-either sign at an end), so the reduction vectorizes with no fast-math; exp(x - max) with an exp of our
-own (below); the row's sum (its additions reordered, in SIMD lanes); the row scaled by the sum's
-inverse. Rows go in blocks of 16, their sums first and their scaling after: a row scaled right after
-its own sum waited on that sum's and the division's latency (a softmax over 2,048 rows of 64 took
+softmax, per row: the max, read as integers (a float's bits, negatives' flipped, order as the floats
+do, NaN of either sign at an end), so the reduction vectorizes with no fast-math; exp(x - max) with an
+exp of our own (below); the row's sum (its additions reordered, in SIMD lanes); the row scaled by the
+sum's inverse. Rows go in blocks of 16, their sums first and their scaling after: a row scaled right
+after its own sum waited on that sum's and the division's latency (a softmax over 2,048 rows of 64 took
 170 us so, 111 blocked).
 
 The exp: exp(t) = 2^n exp(r), n = round(t / ln 2) by adding and taking away 1.5 * 2^23, r = t - n ln 2
@@ -15,8 +17,12 @@ steps (denormals, rounded once), below -103.97 zero; NaN kept. Against float64's
 it is within 1 ulp (94% exact; numpy's own float32 exp: within 2, 61% exact) over a million draws
 (tests/test_kernels.py).
 
+layer norm, per row: the mean and the sum of squared deviations in two passes over the row, in its
+dtype (as torch's and onnxruntime's CPU kernels compute a float32 layer norm), then the normalized,
+scaled and shifted row.
+
 Module-level functions of a module that imports numba, as `team_loops.py`'s, so that numba's disk cache
-finds them again in the next process; imported where numba is (`norm.softmax_last`).
+finds them again in the next process; imported where numba is (`norm.py`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ TWO_TO_MINUS_64 = F(2.0**-64)
 C0, C1, C2, C3, C4, C5, C6, C7 = (F(1 / math.factorial(k)) for k in range(8))
 SIGN = np.int32(0x7FFFFFFF)
 BLOCK = 16
-RECORD = 6  # a job's arguments: x, out (addresses), rows, columns, first row, last row
+# A job's arguments, int64 (eps as a float64's bits): x, out, weight, bias (addresses), rows, columns,
+# first row, last row, eps
+RECORD = 9
 
 
 @intrinsic
@@ -115,7 +123,7 @@ def _scale(row, factor):
 
 
 @numba.njit(cache=True, nogil=True)
-def rows(x, out, first, last):
+def softmax_rows(x, out, first, last):
     """softmax of rows first:last of x into out (2-D, row-major float32)."""
     sums = np.empty(BLOCK, np.float32)
     for start in range(first, last, BLOCK):
@@ -127,21 +135,74 @@ def rows(x, out, first, last):
             _scale(out[r], F(1) / sums[r - start])
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+def _row_statistics(row, count):
+    """The row's mean and its sum of squared deviations, in the row's dtype (`count`: its length in
+    that dtype; the float32 literals promote to nothing wider)."""
+    s = np.float32(0)
+    for k in range(row.shape[0]):
+        s += row[k]
+    mu = s / count
+    v = np.float32(0)
+    for k in range(row.shape[0]):
+        d = row[k] - mu
+        v += d * d
+    return mu, v
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def layer_norm_rows(x, weight, bias, eps, count, out, first, last):
+    """(x - mean) / sqrt(var + eps) * weight + bias of rows first:last of x into out, in x's dtype (eps
+    and count, the rows' length, given in it)."""
+    for r in range(first, last):
+        row, target = x[r], out[r]
+        mu, v = _row_statistics(row, count)
+        rstd = np.float32(1) / np.sqrt(v / count + eps)
+        for k in range(row.shape[0]):
+            target[k] = (row[k] - mu) * rstd * weight[k] + bias[k]
+
+
 @numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
-def job(index, arguments, extra):
+def softmax_job(index, arguments, extra):
     a = numba.carray(arguments, RECORD, np.int64)
-    x = numba.carray(pointer_at(a[0]), (a[2], a[3]), np.float32)
-    out = numba.carray(pointer_at(a[1]), (a[2], a[3]), np.float32)
-    rows(x, out, a[4], a[5])
+    x = numba.carray(pointer_at(a[0]), (a[4], a[5]), np.float32)
+    out = numba.carray(pointer_at(a[1]), (a[4], a[5]), np.float32)
+    softmax_rows(x, out, a[6], a[7])
+
+
+@numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
+def layer_norm_job32(index, arguments, extra):
+    a = numba.carray(arguments, RECORD, np.int64)
+    x = numba.carray(pointer_at(a[0]), (a[4], a[5]), np.float32)
+    out = numba.carray(pointer_at(a[1]), (a[4], a[5]), np.float32)
+    weight = numba.carray(pointer_at(a[2]), a[5], np.float32)
+    bias = numba.carray(pointer_at(a[3]), a[5], np.float32)
+    eps = np.float32(numba.carray(arguments, RECORD, np.float64)[8])
+    layer_norm_rows(x, weight, bias, eps, np.float32(a[5]), out, a[6], a[7])
+
+
+@numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
+def layer_norm_job64(index, arguments, extra):
+    a = numba.carray(arguments, RECORD, np.int64)
+    x = numba.carray(pointer_at(a[0]), (a[4], a[5]), np.float64)
+    out = numba.carray(pointer_at(a[1]), (a[4], a[5]), np.float64)
+    weight = numba.carray(pointer_at(a[2]), a[5], np.float64)
+    bias = numba.carray(pointer_at(a[3]), a[5], np.float64)
+    eps = numba.carray(arguments, RECORD, np.float64)[8]
+    layer_norm_rows(x, weight, bias, eps, np.float64(a[5]), out, a[6], a[7])
 
 
 @numba.njit(cache=True, nogil=True)
-def split(x, out, parts, control, routine):
-    """softmax of x's rows into out in `parts` jobs of whole rows (one part: the same job, here)."""
+def split(x, out, weight, bias, eps, parts, control, routine):
+    """A job over x's rows into out in `parts` jobs of whole rows (one part: the same job, here); weight,
+    bias and eps for a layer norm (empty and 0 for a softmax)."""
     count = x.shape[0]
     record = np.empty((parts, RECORD), np.int64)
+    reals = record.view(np.float64)
     for k in range(parts):
         record[k, 0], record[k, 1] = x.ctypes.data, out.ctypes.data
-        record[k, 2], record[k, 3] = count, x.shape[1]
-        record[k, 4], record[k, 5] = count * k // parts, count * (k + 1) // parts
+        record[k, 2], record[k, 3] = weight.ctypes.data, bias.ctypes.data
+        record[k, 4], record[k, 5] = count, x.shape[1]
+        record[k, 6], record[k, 7] = count * k // parts, count * (k + 1) // parts
+        reals[k, 8] = eps
     run_jobs(control, routine, parts, record.ctypes.data, RECORD * 8, 0)
