@@ -480,6 +480,26 @@ def test_relus_derivative_reads_nan_and_infinity_as_numpy_does(copies, monkeypat
                                       np.multiply(g64, y64 > 0).view(np.uint64))
 
 
+@pytest.mark.parametrize("code", [epilogue.CLIP, epilogue.HARD_SWISH, epilogue.GELU])
+@pytest.mark.parametrize("shape, axis", [((37, 24), 1), ((5, 6, 40), 1)])  # a product's rows, a convolution's planes
+def test_an_epilogue_split_into_jobs_on_the_team_gives_the_bits_of_one_pass(code, shape, axis, monkeypatch):
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(code)
+    dtype = np.float32 if code == epilogue.GELU else np.float64
+    value = (rng.normal(size=shape) * 3).astype(dtype)
+    value.flat[:3] = [np.nan, -0.0, np.inf]
+    bias = rng.normal(size=shape[axis]).astype(dtype)
+    monkeypatch.setattr(epilogue, "MIN_JOB_ELEMENTS", {})
+    monkeypatch.setattr(epilogue, "MIN_CHEAP_JOB_ELEMENTS", 10**9)
+    one = epilogue.bias_activation(value.copy(), bias, axis, code, 1 / 6, 0.5)
+    monkeypatch.setattr(epilogue, "MIN_CHEAP_JOB_ELEMENTS", 8)
+    split = epilogue.bias_activation(value.copy(), bias, axis, code, 1 / 6, 0.5)
+    np.testing.assert_array_equal(split.view(f"u{value.itemsize}"), one.view(f"u{value.itemsize}"))
+    apply = epilogue.bound(shape, dtype, axis, code, 1 / 6, 0.5)
+    np.testing.assert_array_equal(apply(value.copy(), bias).view(f"u{value.itemsize}"), one.view(f"u{value.itemsize}"))
+
+
 @pytest.mark.parametrize("code", [epilogue.NONE, epilogue.CLIP, epilogue.HARD_SWISH, epilogue.GELU])
 def test_an_epilogue_bound_to_a_shape_gives_the_bits_of_the_general_one(form, code):
     rng = np.random.default_rng(8)
