@@ -522,8 +522,11 @@ import numpy as np
 from vertexflow.kernels import epilogue, norm, products, special
 
 x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+norm.MIN_JOB_ELEMENTS = epilogue.MIN_CHEAP_JOB_ELEMENTS = special.RELU_GRAD_MIN = 32  # split: jobs and callers
 norm.softmax_last(x)
-norm.layer_norm_last(x, np.ones(32, np.float32), np.zeros(32, np.float32), 1e-5)
+for dtype in (np.float32, np.float64):
+    norm.layer_norm_last(x.astype(dtype), np.ones(32, dtype), np.zeros(32, dtype), 1e-5)
+    special.relu_grad(x.astype(dtype), x.astype(dtype))
 special.erf32(x), special.gelu32(x), special.gelu_grad32(x, x)
 for code in (epilogue.NONE, epilogue.CLIP, epilogue.HARD_SIGMOID, epilogue.HARD_SWISH, epilogue.GELU):
     epilogue.bias_activation(x.copy(), np.ones(32, np.float32), 1, code, 0.5, 1.0)

@@ -170,26 +170,25 @@ def softmax_job(index, arguments, extra):
     softmax_rows(x, out, a[6], a[7])
 
 
+@numba.njit(cache=True, nogil=True)
+def _layer_norm_job(arguments, dtype):
+    a = numba.carray(arguments, RECORD, np.int64)
+    x = numba.carray(pointer_at(a[0]), (a[4], a[5]), dtype)
+    out = numba.carray(pointer_at(a[1]), (a[4], a[5]), dtype)
+    weight = numba.carray(pointer_at(a[2]), a[5], dtype)
+    bias = numba.carray(pointer_at(a[3]), a[5], dtype)
+    eps = dtype(numba.carray(arguments, RECORD, np.float64)[8])
+    layer_norm_rows(x, weight, bias, eps, dtype(a[5]), out, a[6], a[7])
+
+
 @numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
 def layer_norm_job32(index, arguments, extra):
-    a = numba.carray(arguments, RECORD, np.int64)
-    x = numba.carray(pointer_at(a[0]), (a[4], a[5]), np.float32)
-    out = numba.carray(pointer_at(a[1]), (a[4], a[5]), np.float32)
-    weight = numba.carray(pointer_at(a[2]), a[5], np.float32)
-    bias = numba.carray(pointer_at(a[3]), a[5], np.float32)
-    eps = np.float32(numba.carray(arguments, RECORD, np.float64)[8])
-    layer_norm_rows(x, weight, bias, eps, np.float32(a[5]), out, a[6], a[7])
+    _layer_norm_job(arguments, np.float32)
 
 
 @numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
 def layer_norm_job64(index, arguments, extra):
-    a = numba.carray(arguments, RECORD, np.int64)
-    x = numba.carray(pointer_at(a[0]), (a[4], a[5]), np.float64)
-    out = numba.carray(pointer_at(a[1]), (a[4], a[5]), np.float64)
-    weight = numba.carray(pointer_at(a[2]), a[5], np.float64)
-    bias = numba.carray(pointer_at(a[3]), a[5], np.float64)
-    eps = numba.carray(arguments, RECORD, np.float64)[8]
-    layer_norm_rows(x, weight, bias, eps, np.float64(a[5]), out, a[6], a[7])
+    _layer_norm_job(arguments, np.float64)
 
 
 @numba.njit(cache=True, nogil=True)
