@@ -22,7 +22,7 @@ from vertexflow.ops.activation import Gelu, HardSigmoid, HardSwish
 from vertexflow.ops.elementwise import Clip
 from vertexflow.ops.nn import Conv2d
 from vertexflow.ops.norm import LayerNorm
-from vertexflow.ops.reduce import Softmax
+from vertexflow.ops.reduce import Mean, Softmax
 
 try:
     import torch
@@ -357,6 +357,33 @@ def test_a_float32_softmax_split_over_the_team_gives_the_bits_of_one_part(monkey
     np.testing.assert_allclose(one[6:], want[6:], rtol=5e-6, atol=1e-30)
 
 
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3), dtype=st.sampled_from(["float32", "float64"]),
+       keepdims=st.booleans(), given_out=st.booleans())
+def test_a_mean_over_the_last_axis_equals_numpys_to_rounding(shape, dtype, keepdims, given_out):
+    rng = np.random.default_rng(len(shape) * 100 + shape[-1])
+    x = (rng.normal(size=shape) * 10 + 3).astype(dtype)
+    want = x.mean(axis=-1, keepdims=keepdims)
+    out = np.empty(want.shape, dtype) if given_out else None
+    got = Mean(-1, keepdims).forward(np, x, out=out)
+    assert got.shape == want.shape and got.dtype == want.dtype and (out is None or got is out)
+    bound = np.abs(x).mean(axis=-1, keepdims=keepdims) * x.shape[-1] * np.finfo(dtype).eps
+    assert (np.abs(got - x.astype(np.float64).mean(axis=-1, keepdims=keepdims)) <= bound).all()
+
+
+def test_a_mean_split_over_the_team_gives_the_bits_of_one_part_and_keeps_nan_and_infinity(monkeypatch):
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    x = np.random.default_rng(6).normal(size=(9, 31, 50)).astype(np.float32)
+    x[0, 0, 4], x[0, 1, 7], x[0, 2, :2] = np.nan, np.inf, [np.inf, -np.inf]
+    monkeypatch.setattr(norm, "MIN_JOB_ELEMENTS", 10**9)
+    one = Mean(2, True).forward(np, x)
+    monkeypatch.setattr(norm, "MIN_JOB_ELEMENTS", 50)
+    split = Mean(2, True).forward(np, x)
+    np.testing.assert_array_equal(split.view(np.int32), one.view(np.int32))
+    assert np.isnan(one[0, 0, 0]) and one[0, 1, 0] == np.inf and np.isnan(one[0, 2, 0])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_layer_norm_split_over_the_team_gives_the_bits_of_one_part(dtype, monkeypatch):
     if not kernels.available():
@@ -526,6 +553,7 @@ norm.MIN_JOB_ELEMENTS = epilogue.MIN_CHEAP_JOB_ELEMENTS = special.RELU_GRAD_MIN 
 norm.softmax_last(x)
 for dtype in (np.float32, np.float64):
     norm.layer_norm_last(x.astype(dtype), np.ones(32, dtype), np.zeros(32, dtype), 1e-5)
+    norm.mean_last(x.astype(dtype))
     special.relu_grad(x.astype(dtype), x.astype(dtype))
 special.erf32(x), special.gelu32(x), special.gelu_grad32(x, x)
 for code in (epilogue.NONE, epilogue.CLIP, epilogue.HARD_SIGMOID, epilogue.HARD_SWISH, epilogue.GELU):

@@ -143,6 +143,20 @@ def softmax_last(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def mean_last(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The mean over the last axis of a row-major float array, keeping it as size 1 (a global average
+    pool's): each row's sum in SIMD lanes over its length, in C jobs on the team (numpy's pairwise sum
+    through its reduction machinery took 34 us on (8, 64, 256) float32, and 73 after a convolution)."""
+    if out is None or not out.flags.c_contiguous:
+        out = np.empty(x.shape[:-1] + (1,), x.dtype)
+    from . import norm_jobs
+
+    rows = _rows(x)
+    norm_jobs.split(rows, out.reshape(-1, 1), rows[:0, 0], rows[:0, 0], 0.0, _parts(rows.shape[0], x.size), CONTROL,
+                    _job(f"mean_job{x.dtype.itemsize * 8}"))
+    return out
+
+
 def layer_norm_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
                     out: np.ndarray | None = None) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis, in x's dtype (as torch's and

@@ -110,7 +110,7 @@ def _exp_shifted(row, m, target):
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _row_sum(row):
-    s = F(0)
+    s = F(0)  # float64 rows: unified to float64
     for k in range(row.shape[0]):
         s += row[k]
     return s
@@ -189,6 +189,30 @@ def layer_norm_job32(index, arguments, extra):
 @numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
 def layer_norm_job64(index, arguments, extra):
     _layer_norm_job(arguments, np.float64)
+
+
+@numba.njit(cache=True, nogil=True)
+def mean_rows(x, count, out, first, last):
+    """Each row's mean, its sum (additions reordered, in SIMD lanes) over `count` in x's dtype."""
+    for r in range(first, last):
+        out[r] = _row_sum(x[r]) / count
+
+
+@numba.njit(cache=True, nogil=True)
+def _mean_job(arguments, dtype):
+    a = numba.carray(arguments, RECORD, np.int64)
+    x = numba.carray(pointer_at(a[0]), (a[4], a[5]), dtype)
+    mean_rows(x, dtype(a[5]), numba.carray(pointer_at(a[1]), a[4], dtype), a[6], a[7])
+
+
+@numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
+def mean_job32(index, arguments, extra):
+    _mean_job(arguments, np.float32)
+
+
+@numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
+def mean_job64(index, arguments, extra):
+    _mean_job(arguments, np.float64)
 
 
 @numba.njit(cache=True, nogil=True)

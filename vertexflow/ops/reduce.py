@@ -52,6 +52,13 @@ class Mean(Reduce):
         return super().infer(x)
 
     def forward(self, xp, x, out=None):
+        if xp.__name__ == "numpy" and x.ndim >= 1 and normalize_axes(self.axis, x.ndim) == (x.ndim - 1,) and \
+                x.flags.c_contiguous and (out is None or out.flags.c_contiguous):
+            from ..kernels import norm
+
+            if norm.usable(x):  # over the last axis (a global average pool): row sums in C jobs
+                mean = norm.mean_last(x, None if out is None else out.reshape(x.shape[:-1] + (1,)))
+                return out if out is not None else mean if self.keepdims else mean.reshape(x.shape[:-1])
         return xp.mean(x, axis=self.axis, keepdims=self.keepdims, out=out)
 
     def vjp(self, F, g, xs, y):
