@@ -153,7 +153,7 @@ def mean_last(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
     rows = _rows(x)
     norm_jobs.split(rows, out.reshape(-1, 1), rows[:0, 0], rows[:0, 0], 0.0, _parts(rows.shape[0], x.size), CONTROL,
-                    _job(f"mean_job{x.dtype.itemsize * 8}"))
+                    _job("mean_job"))
     return out
 
 
@@ -171,5 +171,5 @@ def layer_norm_last(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: fl
 
     rows, out_rows = _rows(x), _rows(out)
     norm_jobs.split(rows, out_rows, w, b, float(eps), _parts(rows.shape[0], x.size), CONTROL,
-                    _job(f"layer_norm_job{x.dtype.itemsize * 8}"))
+                    _job("layer_norm_job"))
     return out

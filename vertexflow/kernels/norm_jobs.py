@@ -182,13 +182,11 @@ def _layer_norm_job(arguments, dtype):
 
 
 @numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
-def layer_norm_job32(index, arguments, extra):
-    _layer_norm_job(arguments, np.float32)
-
-
-@numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
-def layer_norm_job64(index, arguments, extra):
-    _layer_norm_job(arguments, np.float64)
+def layer_norm_job(index, arguments, bits):
+    if bits == 64:
+        _layer_norm_job(arguments, np.float64)
+    else:
+        _layer_norm_job(arguments, np.float32)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -206,19 +204,17 @@ def _mean_job(arguments, dtype):
 
 
 @numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
-def mean_job32(index, arguments, extra):
-    _mean_job(arguments, np.float32)
-
-
-@numba.cfunc(types.void(types.int32, types.voidptr, types.int32), cache=True)
-def mean_job64(index, arguments, extra):
-    _mean_job(arguments, np.float64)
+def mean_job(index, arguments, bits):
+    if bits == 64:
+        _mean_job(arguments, np.float64)
+    else:
+        _mean_job(arguments, np.float32)
 
 
 @numba.njit(cache=True, nogil=True)
 def split(x, out, weight, bias, eps, parts, control, routine):
     """A job over x's rows into out in `parts` jobs of whole rows (one part: the same job, here); weight,
-    bias and eps for a layer norm (empty and 0 for a softmax)."""
+    bias and eps for a layer norm (empty and 0 otherwise); each job told the bits of x's dtype."""
     count = x.shape[0]
     record = np.empty((parts, RECORD), np.int64)
     reals = record.view(np.float64)
@@ -228,4 +224,4 @@ def split(x, out, weight, bias, eps, parts, control, routine):
         record[k, 4], record[k, 5] = count, x.shape[1]
         record[k, 6], record[k, 7] = count * k // parts, count * (k + 1) // parts
         reals[k, 8] = eps
-    run_jobs(control, routine, parts, record.ctypes.data, RECORD * 8, 0)
+    run_jobs(control, routine, parts, record.ctypes.data, RECORD * 8, x.itemsize * 8)  # the jobs' `bits`
