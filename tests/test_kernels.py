@@ -17,7 +17,7 @@ from scipy import special as sp_special
 
 import vertexflow as vf
 from vertexflow import kernels
-from vertexflow.kernels import conv, epilogue, im2col, loss, norm, special
+from vertexflow.kernels import conv, direct_conv, epilogue, im2col, loss, norm, special
 from vertexflow.ops.activation import Gelu, HardSigmoid, HardSwish
 from vertexflow.ops.elementwise import Clip
 from vertexflow.ops.nn import Conv2d
@@ -153,6 +153,62 @@ def test_convolutions_by_image_columns_and_their_gradients_equal_torch(data):
     _, grads = vf.SequentialExecutor(graph).backward({xn: x}, loss, [xn, wn])
     np.testing.assert_allclose(grads[xn], tx.grad.numpy(), **tol)
     np.testing.assert_allclose(grads[wn], tw.grad.numpy(), **tol)
+
+
+@needs_torch
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_direct_convolutions_equal_torch_and_carry_the_epilogues_bits(data):
+    """The direct kernel over drawn geometries: output channels that do not fill the last block of 4
+    and rows that do not fill the last block of 8 or 16 (blocks that overlap the one before), strides
+    (the buffer's phases), padding and dilation, against torch; with a bias and an activation, the
+    bits of the epilogue's own pass after it."""
+    cin = data.draw(st.integers(1, 6), label="channels")
+    cout = data.draw(st.integers(4, 9), label="outputs")
+    kh, kw = data.draw(st.sampled_from([(3, 3), (1, 9), (5, 5), (2, 3), (1, 1)]), label="kernel")
+    stride = data.draw(st.sampled_from([(1, 1), (2, 2), (1, 2), (3, 1), (1, 3)]), label="stride")
+    padding = data.draw(st.sampled_from([(0, 0), (1, 1), (0, 4), (2, 1)]), label="padding")
+    dilation = data.draw(st.sampled_from([(1, 1), (2, 1), (1, 2)]), label="dilation")
+    h = data.draw(st.integers(dilation[0] * (kh - 1) + 1, 12), label="height")
+    least = max(1, dilation[1] * (kw - 1) + 1 + stride[1] * 7 - 2 * padding[1])  # at least 8 outputs a row
+    w = data.draw(st.integers(least, least + 30), label="width")
+    dtype = data.draw(st.sampled_from(["float32", "float64"]), label="dtype")
+    batch = data.draw(st.integers(1, 4), label="batch")
+    code = data.draw(st.sampled_from([epilogue.NONE, epilogue.CLIP, epilogue.HARD_SWISH]
+                                     + ([epilogue.GELU] if dtype == "float32" else [])), label="activation")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(batch, cin, h, w)).astype(dtype)
+    weight = rng.normal(size=(cout, cin, kh, kw)).astype(dtype)
+    bias = rng.normal(size=cout).astype(dtype)
+    op = Conv2d(stride, padding, dilation)
+    if (kh, kw) != (1, 1) or padding != (0, 0):
+        assert op.algorithm(np, x.shape, weight.shape, x.dtype) == "direct"
+    got = direct_conv.conv2d(x, weight, stride, padding, dilation)
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), stride=stride, padding=padding,
+                                      dilation=dilation).numpy()
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got, want, **tol)
+    p0, p1 = {epilogue.CLIP: (0.0, 6.0), epilogue.HARD_SWISH: (1 / 6, 0.5)}.get(code, (0.0, 0.0))
+    fused = direct_conv.conv2d(x, weight, stride, padding, dilation, None, bias, code, p0, p1)
+    np.testing.assert_array_equal(fused, epilogue.bias_activation(got, bias, 1, code, p0, p1))
+
+
+def test_the_slp_vectorizer_is_on_only_while_the_direct_kernels_compile():
+    """numba keeps its SLP vectorizer off (numba#8852): the direct kernels' module asks for it, and it
+    is on while such a module is imported, then as it was, also when the import fails."""
+    from numba.core import config
+
+    from vertexflow.kernels import generated
+
+    before = config.SLP_VECTORIZE
+    with pytest.raises(ZeroDivisionError):
+        with generated._slp_vectorizer():
+            assert config.SLP_VECTORIZE
+            raise ZeroDivisionError
+    assert config.SLP_VECTORIZE == before
+    with mock.patch.object(direct_conv, "module") as compile_module:
+        direct_conv._module.__wrapped__(16, epilogue.NONE, np.dtype(np.float32))
+    assert compile_module.call_args.kwargs == {"slp": True}
 
 
 @needs_torch

@@ -187,13 +187,14 @@ def test_a_product_epilogue_on_another_array_module_applies_its_activation(activ
     np.testing.assert_allclose(op.forward(other, feed, w.value, b.value), want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["pointwise", "depthwise", "columns"])
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise", "direct", "columns"])
 @pytest.mark.parametrize("activation", ["relu", "hard_swish", "gelu", "tanh"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_convolutions_epilogue_run_by_runs_of_images_gives_the_bits_of_its_vertices(kind, activation, dtype,
                                                                                        monkeypatch):
     """Outputs larger than the cache get their epilogue a few images at a time, on the threads that
-    computed them (made small here so that small images take that path)."""
+    computed them (made small here so that small images take that path); the direct kernel runs it on
+    each image as it is done (grouped convolutions take the columns' product)."""
     from vertexflow import rewrites
     from vertexflow.kernels import im2col
 
@@ -204,7 +205,7 @@ def test_a_convolutions_epilogue_run_by_runs_of_images_gives_the_bits_of_its_ver
     g = vf.Graph()
     x = g.input("x", shape=(11, 4, 9, 9), dtype=dtype)
     shape, groups = {"pointwise": ((6, 4, 1, 1), 1), "depthwise": ((4, 1, 3, 3), 4),
-                     "columns": ((6, 4, 3, 3), 1)}[kind]
+                     "direct": ((6, 4, 3, 3), 1), "columns": ((6, 2, 3, 3), 2)}[kind]
     w = g.param("w", value=rng.normal(size=shape).astype(dtype))
     b = g.param("b", value=rng.normal(size=(shape[0], 1, 1)).astype(dtype))
     out = ACTIVATIONS[activation](vf.conv2d(x, w, padding=shape[2] // 2, groups=groups) + b)

@@ -8,7 +8,9 @@ first call and are cached on disk by numba (`cache=True`), so a process pays
 the compilation once per machine.
 
 What lives here: `erf` and `gelu` for float32 in one vectorised pass
-(`special.py`), depthwise convolutions and their gradients (`conv.py`), the
+(`special.py`), depthwise convolutions and their gradients (`conv.py`), other
+convolutions summed directly in registers (`direct_conv.py`) or by per-image
+columns and BLAS (`im2col.py`), the
 epilogues a product carries (bias and activation in one pass, `epilogue.py`),
 and row-wise normalizations (`norm.py`).
 

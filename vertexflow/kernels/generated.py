@@ -9,10 +9,18 @@ file in the user's cache folder (`$VERTEXFLOW_CACHE_DIR`, else
 folder) and imported from there, which lets numba's `cache=True` keep the
 machine code between processes (next to the file; the kernels written in
 the package itself keep theirs in its `__pycache__`, or `NUMBA_CACHE_DIR`).
+
+A kernel written as straight-line code for LLVM's SLP vectorizer (the
+direct convolution's blocks) is imported with `slp=True`: numba keeps that
+vectorizer off by default (numba#8852), and reads the switch when it builds
+each compiled function's optimizer, so it is on for the kernels compiled
+while such a module is imported. Those kernels name their signatures, so they
+compile then and never again: no later call compiles them without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -41,8 +49,9 @@ def cache_dir() -> str:
     return folder
 
 
-def module(name: str, source: str) -> ModuleType:
-    """The module compiled from `source` (written to the cache folder once, keyed by its text)."""
+def module(name: str, source: str, slp: bool = False) -> ModuleType:
+    """The module compiled from `source` (written to the cache folder once, keyed by its text); with
+    `slp`, numba's SLP vectorizer is on while it is imported (its kernels compile then)."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     key = f"vf_{name}_{digest}"
     with _lock:
@@ -58,6 +67,24 @@ def module(name: str, source: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(key, path)
         loaded = importlib.util.module_from_spec(spec)
         sys.modules[key] = loaded
-        spec.loader.exec_module(loaded)
+        if slp:
+            with _slp_vectorizer():
+                spec.loader.exec_module(loaded)
+        else:
+            spec.loader.exec_module(loaded)
         _modules[key] = loaded
         return loaded
+
+
+@contextlib.contextmanager
+def _slp_vectorizer():
+    """numba's SLP vectorizer on for what compiles meanwhile (any thread's: another thread compiling
+    then gets it too, which changes its speed, not its meaning, but for LLVM's bugs)."""
+    from numba.core import config
+
+    before = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = True
+    try:
+        yield
+    finally:
+        config.SLP_VECTORIZE = before

@@ -340,6 +340,13 @@ class Conv2d(Op, Window):
 
             return depthwise(x, w, self.stride, self.padding, self.dilation, lambda a: self._padded(xp, a), out,
                              then)
+        if kind == "direct":
+            from ..kernels import direct_conv
+
+            out = direct_conv.conv2d(x, w, self.stride, self.padding, self.dilation, out)
+            if then is not None:
+                then(out)
+            return out
         if kind == "columns":
             from ..kernels import im2col
 
@@ -359,7 +366,9 @@ class Conv2d(Op, Window):
 
     def algorithm(self, xp, x_shape, w_shape, dtype) -> str:
         """The kernel for these shapes: "pointwise" (1x1: one product per image), "depthwise" (one
-        input channel per group, float32 or float64: a direct pass per plane), "columns" (float32 or
+        input channel per group, float32 or float64: a direct pass per plane), "direct" (no groups,
+        float32 or float64 with numba, rows of at least 8 outputs and at least 4 channels: blocks of
+        outputs summed in registers, `kernels/direct_conv.py`), "columns" (float32 or
         float64 with numba: each image's columns built in cache, one product per image and group,
         images split over the BLAS threads), or "im2col" (the whole batch's columns, one product per
         group; cupy, and float16, which BLAS accumulates in float32)."""
@@ -369,8 +378,11 @@ class Conv2d(Op, Window):
             return "pointwise"
         if self.groups > 1 and self.groups == x_shape[1] and w_shape[1] == 1 and dtype in (np.float32, np.float64):
             return "depthwise"
-        from ..kernels import im2col
+        from ..kernels import direct_conv, im2col
 
+        out_width = self._out_hw(x_shape[2], x_shape[3], w_shape[2:])[1]
+        if direct_conv.usable(dtype, w_shape[0], out_width, self.groups):
+            return "direct"
         if im2col.usable(dtype):
             return "columns"
         return "im2col"
