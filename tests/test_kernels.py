@@ -211,6 +211,39 @@ def test_the_slp_vectorizer_is_on_only_while_the_direct_kernels_compile():
     assert compile_module.call_args.kwargs == {"slp": True}
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_compiled_pooling_gives_the_bits_of_numpys_passes_and_keeps_nan(data):
+    """Max and average pooling at stride 1 over drawn windows, paddings and dilations: the compiled pass
+    (`kernels/pool.py`) against the numpy form's pass per tap, to the bit, NaN and infinities included;
+    and the maximum against torch where it is installed."""
+    from vertexflow.ops.nn import AvgPool2d, MaxPool2d
+
+    kh, kw = data.draw(st.sampled_from([(2, 2), (3, 3), (1, 3), (3, 2)]), label="kernel")
+    stride = (1, 1)  # (the compiled pass's; other strides take numpy's passes)
+    dilation = data.draw(st.sampled_from([(1, 1), (2, 1)]), label="dilation")
+    padding = (data.draw(st.integers(0, kh // 2), label="pad h"), data.draw(st.integers(0, kw // 2), label="pad w"))
+    h = data.draw(st.integers(dilation[0] * (kh - 1) + 1, 14), label="height")
+    w = data.draw(st.integers(dilation[1] * (kw - 1) + 2, 14), label="width")
+    dtype = data.draw(st.sampled_from(["float32", "float64"]), label="dtype")
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(data.draw(st.integers(1, 3), label="batch"), 3, h, w)).astype(dtype)
+    x.flat[rng.integers(0, x.size, 3)] = [np.nan, np.inf, -np.inf]
+    for op, combine in ((MaxPool2d((kh, kw), stride, padding, dilation), np.maximum),
+                        (AvgPool2d((kh, kw), stride, padding, dilation), np.add)):
+        assert op._compiled(np, x)
+        fill = -np.inf if combine is np.maximum else 0.0
+        with np.errstate(invalid="ignore"):  # inf + -inf in a window: NaN, as the compiled sum gives
+            want = op._reduce_taps(np, x, op.kernel, combine, fill=fill)
+            if combine is np.add:
+                want /= want.dtype.type(kh * kw)
+        np.testing.assert_array_equal(op.forward(np, x), want)
+    if torch is not None:
+        np.testing.assert_array_equal(MaxPool2d((kh, kw), stride, padding, dilation).forward(np, x),
+                                      torch.nn.functional.max_pool2d(torch.tensor(x), (kh, kw), stride, padding,
+                                                                     dilation).numpy())
+
+
 @needs_torch
 @pytest.mark.parametrize("kernel, dilation", [((3, 3), 1), ((5, 5), 1), ((7, 3), 1), ((3, 5), 2), ((1, 7), 1)])
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (6, 2), (9, 16)])

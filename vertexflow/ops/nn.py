@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Spec, format_shape
+from ..kernels import pool
 from .base import Op, numel, require_float
 
 
@@ -557,6 +558,13 @@ class Pool2d(Op, Window):
     def cost(self, x: Spec) -> float:
         return float(numel(x) * self.kernel[0] * self.kernel[1] / (self.stride[0] * self.stride[1]))
 
+    def _compiled(self, xp, x) -> bool:
+        """Whether the compiled pass pools x (`kernels/pool.py`): numpy arrays of float32 or float64, stride
+        1, a window smaller than the padded image (one window over it all is one reduction a plane)."""
+        ph, pw = self.padding
+        whole = tuple(self.kernel) == (x.shape[2] + 2 * ph, x.shape[3] + 2 * pw) and self.dilation == (1, 1)
+        return xp is np and not whole and pool.usable(x.dtype, self.stride)
+
 
 class MaxPool2d(Pool2d):
     name = "max_pool2d"
@@ -567,6 +575,8 @@ class MaxPool2d(Pool2d):
         return super().infer(x)
 
     def forward(self, xp, x):
+        if self._compiled(xp, x):
+            return pool.pool2d(x, self.kernel, self.padding, self.dilation, take_max=True)
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         # A pass per tap (nine for 3x3) beats numpy reducing small strided window axes by ~30x.
         return self._reduce_taps(xp, x, self.kernel, xp.maximum, fill=fill)
@@ -617,9 +627,9 @@ class MaxPool2dSelect(Pool2d):
         return 2.0 * numel(x) * self.kernel[0] * self.kernel[1]
 
 
-def _first_max(pool: Pool2d, xp, x):
+def _first_max(op: Pool2d, xp, x):
     """(N, C, OH, OW) index of each window's first maximum, counting taps row by row."""
-    windows = pool._windows(xp, x, pool.kernel, fill=-np.inf)
+    windows = op._windows(xp, x, op.kernel, fill=-np.inf)
     n, c, oh, ow, kh, kw = windows.shape
     return windows.reshape(n, c, oh, ow, kh * kw).argmax(axis=4)
 
@@ -630,7 +640,10 @@ class AvgPool2d(Pool2d):
     name = "avg_pool2d"
 
     def forward(self, xp, x):
-        total = self._reduce_taps(xp, x, self.kernel, xp.add)
+        if self._compiled(xp, x):
+            total = pool.pool2d(x, self.kernel, self.padding, self.dilation, take_max=False)
+        else:
+            total = self._reduce_taps(xp, x, self.kernel, xp.add)
         return xp.divide(total, x.dtype.type(self.kernel[0] * self.kernel[1]), out=total)
 
     def vjp(self, F, g, xs, y):
