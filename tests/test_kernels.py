@@ -118,6 +118,26 @@ def test_the_generated_depthwise_kernels_equal_torch(form, geometry):
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("code, dtype", [(code, dtype) for code in (epilogue.NONE, epilogue.CLIP, epilogue.HARD_SWISH)
+                                         for dtype in ("float32", "float64")] + [(epilogue.GELU, "float32")])
+@pytest.mark.parametrize("geometry", [(3, 1), (3, 2), (5, 1), (4, 1)])
+def test_a_depthwise_kernel_runs_the_epilogue_with_the_bits_of_its_pass_after(code, dtype, geometry):
+    """The generated depthwise kernels (3x3 and 5x5, stride 1 and 2) run the bias and the activation
+    as each plane is stored; GELU (float32 only: the rewrite's choice), whose pass has flags of its own,
+    and windows without a generated kernel (4x4) take the pass after. The same bits either way."""
+    size, stride = geometry
+    rng = np.random.default_rng(size * 10 + stride)
+    x = rng.normal(size=(3, 5, 11, 13)).astype(dtype)
+    weight = rng.normal(size=(10, 1, size, size)).astype(dtype)  # two outputs a channel
+    bias = rng.normal(size=(10, 1, 1)).astype(dtype)
+    p0, p1 = {epilogue.CLIP: (0.0, 6.0), epilogue.HARD_SWISH: (1 / 6, 0.5)}.get(code, (0.0, 0.0))
+    geometry = ((stride, stride), (size // 2, size // 2), (1, 1))
+    alone = conv.depthwise(x, weight, *geometry, pad=lambda a: Conv2d(*geometry)._padded(np, a))
+    fused = conv.depthwise(x, weight, *geometry, pad=lambda a: Conv2d(*geometry)._padded(np, a),
+                           epilogue=(bias, code, p0, p1))
+    np.testing.assert_array_equal(fused, epilogue.bias_activation(alone, bias, 1, code, p0, p1))
+
+
 @needs_torch
 @settings(max_examples=25, deadline=None)
 @given(st.data())

@@ -34,8 +34,8 @@ import numpy as np
 
 from .fusion import FusionPlan, Group
 from .graph import Node, Spec
-from .kernels import direct_conv, products
 from .kernels import epilogue as ep
+from .kernels import products
 from .ops import activation
 from .ops import elementwise as ew
 from .ops.base import Op, numel
@@ -133,10 +133,8 @@ class ProductEpilogue(Op):
             value = products.times_transposed(a, w.T, out, None if b is None else b.reshape(-1), self._code,
                                               *self._params)
             return value if self._after is None else self._after(xp, value)
-        if self._in_direct_conv(a, w, b):
-            conv = self.product
-            value = direct_conv.conv2d(a, w, conv.stride, conv.padding, conv.dilation, out, b, self._code,
-                                       *self._params)
+        if self._in_conv_kernel(a, w, b):
+            value = self.product.forward(xp, a, w, out=out, epilogue=(b, self._code, *self._params))
             return value if self._after is None else self._after(xp, value)
         if self._by_images:
             return self.product.forward(xp, a, w, out=out, then=functools.partial(self._in_place, xp, b))
@@ -150,10 +148,10 @@ class ProductEpilogue(Op):
                 and (b is None or (self.bias_axis == 1 and b.dtype == a.dtype and b.size == w.shape[1]
                                    and b.flags.c_contiguous)))
 
-    def _in_direct_conv(self, a, w, b) -> bool:
-        """Whether the product is a convolution the direct kernel computes (`kernels/direct_conv.py`),
-        which runs the epilogue's pass on each image itself (a bias along the channels)."""
-        return (type(self.product) is Conv2d and self.product.algorithm(np, a.shape, w.shape, a.dtype) == "direct"
+    def _in_conv_kernel(self, a, w, b) -> bool:
+        """Whether the product is a convolution whose kernel runs the epilogue on each image or plane it
+        stores (the direct and the depthwise ones: `Conv2d.runs_epilogue`), a bias along the channels."""
+        return (type(self.product) is Conv2d and self.product.runs_epilogue(np, a.shape, w.shape, a.dtype)
                 and (b is None or (self.bias_axis == 1 and b.dtype == a.dtype and b.size == w.shape[0])))
 
     def _epilogue(self, xp, b, value):

@@ -23,6 +23,7 @@ import functools
 import numpy as np
 
 from . import available
+from .epilogue import ACTIVATIONS, NONE, bias_activation, passes_source
 from .im2col import split
 
 _compiled: dict[str, object] = {}
@@ -99,23 +100,31 @@ SLOWER = 4.0
 SPECIALIZED = {(k, k, s, s, 1, 1) for k in (3, 5, 7) for s in (1, 2)}
 
 
-def _forward_source(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> str:
+def _forward_source(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, code: int) -> str:
     """A depthwise forward for one geometry: each plane copied into one zeroed, padded buffer (the
     border stays zero from plane to plane), then the taps written out. At stride 1 the output is
     computed as rows of the buffer's width, each output t = r * cols + q reading its taps at t plus
     the tap's offset: one loop over the plane (a loop per row of 16 outputs cost more than its
     arithmetic: a MobileNet block's depthwise convolution at batch 8,
     (8, 144, 16, 16), took 161 us on two threads, 140 so), the columns past ow
-    computed and dropped. Elsewhere, along each row."""
+    computed and dropped. Elsewhere, along each row. With `apply`, each plane's epilogue (the bias
+    and the activation `code`, inlined from `activations.py` with the flags of the epilogue's own pass:
+    its bits) as it is stored, where it is in cache."""
     loads = "\n".join(f"        w{i}_{j} = w[o, 0, {i}, {j}]" for i in range(kh) for j in range(kw))
     if (sh, sw) == (1, 1):
         terms = " + ".join(f"w{i}_{j} * B[np.uint64(t + {i * dh} * cols + {j * dw})]"
                            for i in range(kh) for j in range(kw))
         body = f"""        for t in range(oh * cols):
             T[np.uint64(t)] = {terms}
-        for r in range(oh):
-            for q in range(ow):
-                Y[np.uint64(p * plane + r * ow + q)] = T[np.uint64(r * cols + q)]"""
+        if apply:
+            b = bias[o]
+            for r in range(oh):
+                for q in range(ow):
+                    Y[np.uint64(p * plane + r * ow + q)] = activate(T[np.uint64(r * cols + q)] + b, p0, p1)
+        else:
+            for r in range(oh):
+                for q in range(ow):
+                    Y[np.uint64(p * plane + r * ow + q)] = T[np.uint64(r * cols + q)]"""
     else:
         rows = "\n".join(f"            R{i} = buf[r * {sh} + {i * dh}]" for i in range(kh))
         terms = " + ".join(f"w{i}_{j} * R{i}[q * {sw} + {j * dw}]" for i in range(kh) for j in range(kw))
@@ -123,13 +132,15 @@ def _forward_source(kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> str
 {rows}
             D = out[n, o, r]
             for q in range(ow):
-                D[q] = {terms}"""
-    return f"""import numpy as np
-import numba
+                D[q] = {terms}
+            if apply:
+                for q in range(ow):
+                    D[q] = activate(D[q] + bias[o], p0, p1)"""
+    return passes_source(code) + f"""import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def forward(x, w, out, mult, ph, pw):
+def forward(x, w, out, mult, ph, pw, bias, p0, p1, apply):
     n_images, outs, oh, ow = out.shape
     channels, h, wd = x.shape[1], x.shape[2], x.shape[3]
     cols, plane = wd + 2 * pw, oh * ow
@@ -150,7 +161,7 @@ def forward(x, w, out, mult, ph, pw):
 
 
 @functools.cache
-def _forward_kernel(kernel, stride, dilation):
+def _forward_kernel(kernel, stride, dilation, code=NONE):
     """The forward kernel for this geometry: generated for it, or the general loop for large windows.
     (Kept: its source written out and hashed again cost 60 us a call, a quarter of a MobileNet
     block's depthwise convolution at batch 8.)"""
@@ -159,8 +170,8 @@ def _forward_kernel(kernel, stride, dilation):
         return None
     from .generated import module
 
-    return module(f"depthwise_{kh}x{kw}_s{sh}x{sw}_d{dh}x{dw}",
-                  _forward_source(kh, kw, sh, sw, dh, dw)).forward
+    return module(f"depthwise_{kh}x{kw}_s{sh}x{sw}_d{dh}x{dw}_{ACTIVATIONS[code][0]}",
+                  _forward_source(kh, kw, sh, sw, dh, dw, code)).forward
 
 
 def _out_hw(padded_shape, kernel, stride, dilation):
@@ -169,13 +180,17 @@ def _out_hw(padded_shape, kernel, stride, dilation):
     return (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
 
 
-def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None, out=None, then=None) -> np.ndarray:
+def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None, out=None, then=None,
+              epilogue=None) -> np.ndarray:
     """The depthwise convolution of x (N, C, H, W) by w (C * mult, 1, kh, kw), zero-padded by `padding`.
 
     Args:
         pad: pads x as the caller's other kernels do (for the numpy fallback and large windows).
         out: the output array to fill, or None.
         then: called with out[first:last] as soon as those images are done (an epilogue, in cache).
+        epilogue: (bias or None, activation code, p0, p1): `epilogue.bias_activation` along the
+            channels, in the generated kernels as each plane is stored (but GELU's, whose pass has
+            flags of its own), after the convolution elsewhere.
     """
     mult = w.shape[0] // x.shape[1]
     (ph, pw) = padding
@@ -185,12 +200,25 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None,
     if out is None:
         out = np.empty((x.shape[0], w.shape[0], oh, ow), dtype)
     compiled = available() and dtype in _COMPILED_DTYPES
-    kernel = _forward_kernel(tuple(w.shape[2:]), tuple(stride), tuple(dilation)) if compiled else None
+    if epilogue is not None and (ACTIVATIONS[epilogue[1]][1] or not compiled):  # (GELU's pass: flags of its own)
+        then, epilogue = _pass_after(epilogue), None
+    code = NONE if epilogue is None else epilogue[1]
+    kernel = _forward_kernel(tuple(w.shape[2:]), tuple(stride), tuple(dilation), code) if compiled else None
     if kernel is not None:
         x, w = np.ascontiguousarray(x, dtype), np.ascontiguousarray(w, dtype)
-        split(x.shape[0], lambda first, last: kernel(x[first:last], w, out[first:last], mult, ph, pw),
+        t = dtype.type
+        if epilogue is None:
+            bias, p0, p1 = np.zeros(0, dtype), t(0), t(0)
+        else:
+            bias, p0, p1 = (np.zeros(w.shape[0], dtype) if epilogue[0] is None else
+                            np.ascontiguousarray(epilogue[0], dtype).reshape(-1)), t(epilogue[2]), t(epilogue[3])
+        apply = epilogue is not None
+        split(x.shape[0], lambda first, last: kernel(x[first:last], w, out[first:last], mult, ph, pw, bias, p0, p1,
+                                                     apply),
               SLOWER * 2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out.nbytes // out.shape[0])
         return out
+    if epilogue is not None:  # a window without a generated kernel
+        then = _pass_after(epilogue)
     xp = pad(x) if (ph or pw) else x
     if compiled:
         xp, w = np.ascontiguousarray(xp, dtype), np.ascontiguousarray(w, dtype)
@@ -208,6 +236,12 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None,
     if then is not None:
         then(out)
     return out
+
+
+def _pass_after(epilogue):
+    """The epilogue (bias, code, p0, p1) as a pass over each run of images once they are done."""
+    bias, code, p0, p1 = epilogue
+    return functools.partial(bias_activation, bias=bias, axis=1, code=code, p0=p0, p1=p1)
 
 
 def _images(then, out):

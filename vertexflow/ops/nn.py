@@ -313,9 +313,11 @@ class Conv2d(Op, Window):
             raise ShapeError(f"kernel {format_shape(w.shape[2:])} does not fit input {format_shape(x.shape)} with padding {self.padding}")
         return Spec((x.shape[0], w.shape[0], oh, ow), np.result_type(x.dtype, w.dtype))
 
-    def forward(self, xp, x, w, out=None, then=None):
+    def forward(self, xp, x, w, out=None, then=None, epilogue=None):
         """The convolution into `out` (or a new array); then(images), if given, on each run of output
-        images as soon as they are done, by the thread that computed them (an epilogue, in cache)."""
+        images as soon as they are done, by the thread that computed them (an epilogue, in cache).
+        `epilogue`, (bias or None, activation code, p0, p1) of `kernels/epilogue.py`, is run by the
+        kernel itself on each image or plane it stores, where `runs_epilogue` says it can."""
         kind = self.algorithm(xp, x.shape, w.shape, x.dtype)
         if kind == "pointwise":
             # A 1x1 convolution is one product per image: (O, C) @ (C, H*W), already NCHW; the images
@@ -340,14 +342,17 @@ class Conv2d(Op, Window):
             from ..kernels.conv import depthwise
 
             return depthwise(x, w, self.stride, self.padding, self.dilation, lambda a: self._padded(xp, a), out,
-                             then)
+                             then, epilogue)
         if kind == "direct":
             from ..kernels import direct_conv
 
-            out = direct_conv.conv2d(x, w, self.stride, self.padding, self.dilation, out)
+            out = direct_conv.conv2d(x, w, self.stride, self.padding, self.dilation, out,
+                                     *(epilogue or ()))
             if then is not None:
                 then(out)
             return out
+        if epilogue is not None:
+            raise AssertionError(f"internal error: conv2d's {kind} kernel runs no epilogue")
         if kind == "columns":
             from ..kernels import im2col
 
@@ -364,6 +369,10 @@ class Conv2d(Op, Window):
         if then is not None:
             then(out)
         return out
+
+    def runs_epilogue(self, xp, x_shape, w_shape, dtype) -> bool:
+        """Whether the kernel for these shapes runs a product's epilogue itself (`forward`'s `epilogue`)."""
+        return self.algorithm(xp, x_shape, w_shape, dtype) in ("direct", "depthwise")
 
     def algorithm(self, xp, x_shape, w_shape, dtype) -> str:
         """The kernel for these shapes: "pointwise" (1x1: one product per image), "depthwise" (one
