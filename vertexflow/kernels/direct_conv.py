@@ -65,9 +65,14 @@ def convolve(x, weights, offsets, starts, out, buf, bias, p0, p1, apply, ph, pw,
     xf, bf, yf, wf = x.reshape(-1), buf.reshape(-1), out.reshape(-1), weights.reshape(-1)
     zero = out.dtype.type(0)
     blocks_per_row = (ow + {last_lane}) // {lanes}
-    buf[:] = 0
+    # Without padding or a stride along the rows the buffer would be the image itself: read x there
+    copy = ph > 0 or pw > 0 or sw > 1
+    data = bf if copy else xf
+    if copy:
+        buf[:] = 0
     for n in range(first, last):
-        for c in range(channels):  # the image into the buffer, its columns dealt to the stride's phases
+        origin = 0 if copy else n * channels * height * width
+        for c in range(channels if copy else 0):  # the image into the buffer, its columns dealt to the stride's phases
             for y in range(height):
                 source = ((n * channels + c) * height + y) * width
                 target = (c * rows + y + ph) * row_stride
@@ -86,7 +91,7 @@ def convolve(x, weights, offsets, starts, out, buf, bias, p0, p1, apply, ph, pw,
             row = r * ow
             for qb in range(blocks_per_row):
                 q = min(qb * {lanes}, ow - {lanes})
-                base = r * sh * row_stride + q
+                base = origin + r * sh * row_stride + q
                 for block in range(starts.shape[0]):
 {body}
         if apply:  # the epilogue's own pass on the image, in cache: its bits
@@ -142,7 +147,7 @@ def _source(lanes: int, code: int, dtype: np.dtype) -> str:
               f"{pad}    s = np.uint64(base + offsets[t])"]
     lines += [f"{pad}    w{b} = wf[k + np.uint64({b})]" for b in range(BLOCK)]
     lines.append(f"{pad}    k += np.uint64({BLOCK})")
-    lines += [f"{pad}    x{lane} = bf[s + np.uint64({lane})]" for lane in range(lanes)]
+    lines += [f"{pad}    x{lane} = data[s + np.uint64({lane})]" for lane in range(lanes)]
     lines += [f"{pad}    a{b}_{lane} += w{b} * x{lane}" for b in range(BLOCK) for lane in range(lanes)]
     for b in range(BLOCK):
         lines.append(f"{pad}y = np.uint64(image + (starts[block] + {b}) * plane + row + q)")
