@@ -213,6 +213,33 @@ def test_direct_convolutions_equal_torch_and_carry_the_epilogues_bits(data):
     np.testing.assert_array_equal(fused, epilogue.bias_activation(got, bias, 1, code, p0, p1))
 
 
+@needs_torch
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 3), (2, 1), (1, 3)])
+@pytest.mark.parametrize("code", [epilogue.NONE, epilogue.CLIP, epilogue.GELU])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_transposed_convolution_of_tiles_apart_equals_torch_with_its_epilogues_bits(kernel, code, dtype):
+    """kernel = stride: each input pixel's tile of outputs, a 1x1 convolution's channels moved to their
+    place, against torch; the epilogue run as they move (GELU's pass after) gives the pass's bits."""
+    from vertexflow.ops.nn import ConvTranspose2d
+
+    if code == epilogue.GELU and dtype == "float64":
+        code = epilogue.HARD_SWISH  # (GELU's epilogue is float32's)
+    rng = np.random.default_rng(sum(kernel))
+    x = rng.normal(size=(3, 5, 7, 9)).astype(dtype)
+    weight = rng.normal(size=(5, 6, *kernel)).astype(dtype)
+    bias = rng.normal(size=(6, 1, 1)).astype(dtype)
+    op = ConvTranspose2d(stride=kernel)
+    assert op.runs_epilogue(np, x.shape, weight.shape, x.dtype)
+    got = op.forward(np, x, weight)
+    want = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(weight), stride=kernel).numpy()
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got, want, **tol)
+    p0, p1 = {epilogue.CLIP: (0.0, 6.0), epilogue.HARD_SWISH: (1 / 6, 0.5)}.get(code, (0.0, 0.0))
+    fused = op.forward(np, x, weight, epilogue=(bias, code, p0, p1))
+    np.testing.assert_array_equal(fused, epilogue.bias_activation(got.copy(), bias, 1, code, p0, p1))
+    assert not ConvTranspose2d(stride=2, padding=1).runs_epilogue(np, x.shape, (5, 6, 2, 2), x.dtype)
+
+
 def test_the_slp_vectorizer_is_on_only_while_the_direct_kernels_compile():
     """numba keeps its SLP vectorizer off (numba#8852): the direct kernels' module asks for it, and it
     is on while such a module is imported, then as it was, also when the import fails."""

@@ -219,6 +219,31 @@ def test_a_convolutions_epilogue_run_by_runs_of_images_gives_the_bits_of_its_ver
         np.testing.assert_array_equal(tape.run({x: feed}, out), want)
 
 
+@pytest.mark.parametrize("activation", ["relu", "hard_swish", "gelu", "tanh"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_transposed_convolution_of_tiles_apart_takes_its_epilogue_with_the_bits_of_its_vertices(activation, dtype):
+    """A UNet's upsampling (kernel = stride) with its bias and activation is one op, as a convolution
+    is; one whose tiles overlap is left alone (its kernel runs no epilogue)."""
+    rng = np.random.default_rng(7)
+    g = vf.Graph()
+    x = g.input("x", shape=(4, 6, 5, 8), dtype=dtype)
+    w = g.param("w", value=rng.normal(size=(6, 8, 2, 2)).astype(dtype))
+    b = g.param("b", value=rng.normal(size=(8, 1, 1)).astype(dtype))
+    out = ACTIVATIONS[activation](vf.conv_transpose2d(x, w, stride=2) + b)
+    overlapping = ACTIVATIONS[activation](vf.conv_transpose2d(x, w, stride=1) + b)
+    tape = vf.SequentialExecutor(g)
+    for fetched, grouped in ((out, True), (overlapping, False)):
+        order = tape.tape([fetched]).order
+        ops = plan_rewrites(order, _specs(order), {fetched.id}).ops.values()
+        assert [repr(op) for op in ops] == ([f"ProductEpilogue(conv_transpose2d + bias + {activation})"]
+                                            if grouped else [])
+    feed = rng.normal(size=(4, 6, 5, 8)).astype(dtype)
+    want = vf.SequentialExecutor(g, optimize=False).run({x: feed}, [out, overlapping])
+    for _ in range(2):
+        for got, expected in zip(tape.run({x: feed}, [out, overlapping]), want):
+            np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
 def test_a_convolution_reshaped_on_its_way_to_its_activation_is_one_op(activation):
     """An imported Conv1d: expand_dims, conv2d, its bias, squeeze (and a naming identity), then the

@@ -17,7 +17,8 @@ compared bit for bit. `optimize=False` on an executor turns them off.
 
 The rewrites:
 
-- `product_epilogue`: a matrix product or convolution, then a bias added
+- `product_epilogue`: a matrix product or convolution (a transposed one whose tiles
+  lie apart too), then a bias added
   along one axis, then an activation (relu, clip, hard sigmoid, hard swish,
   GELU, sigmoid, tanh), or any two of them: one op that writes the product and
   runs the epilogue on it in place, in one pass (`kernels/epilogue.py`). Identity
@@ -40,7 +41,7 @@ from .ops import activation
 from .ops import elementwise as ew
 from .ops.base import Op, numel
 from .ops.linalg import Matmul
-from .ops.nn import Conv2d
+from .ops.nn import Conv2d, ConvTranspose2d
 from .ops.shape import ExpandDims, Identity, Reshape, Squeeze
 
 _SHAPE_ONLY = (Squeeze, ExpandDims, Reshape)
@@ -151,7 +152,8 @@ class ProductEpilogue(Op):
     def _in_conv_kernel(self, a, w, b) -> bool:
         """Whether the product is a convolution whose kernel runs the epilogue on each image or plane it
         stores (the direct and the depthwise ones: `Conv2d.runs_epilogue`), a bias along the channels."""
-        return (type(self.product) is Conv2d and self.product.runs_epilogue(np, a.shape, w.shape, a.dtype)
+        return (type(self.product) in (Conv2d, ConvTranspose2d)
+                and self.product.runs_epilogue(np, a.shape, w.shape, a.dtype)
                 and (b is None or (self.bias_axis == 1 and b.dtype == a.dtype and b.size == w.shape[0])))
 
     def _epilogue(self, xp, b, value):
@@ -213,11 +215,14 @@ def product_epilogue(order: Sequence[Node], specs: Mapping[int, Spec], keep: Ite
 
     found = []
     for node in order:
-        if node.kind != "op" or type(node.op) not in (Matmul, Conv2d):
+        if node.kind != "op" or type(node.op) not in (Matmul, Conv2d, ConvTranspose2d):
             continue
         spec = specs.get(node.id)
         if spec is None or not spec.static or spec.dtype.kind != "f" or spec.ndim < 1:
             continue
+        if type(node.op) is ConvTranspose2d and not node.op.runs_epilogue(
+                np, specs[node.inputs[0].id].shape, specs[node.inputs[1].id].shape, spec.dtype):
+            continue  # (its other kernels take no epilogue)
         members, inputs = [node], list(node.inputs)
         bias_axis, act = None, None
         nxt, passed = sole(node)

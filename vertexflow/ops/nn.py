@@ -496,8 +496,32 @@ class ConvTranspose2d(Conv2dGradInput):
             raise ShapeError(f"output {format_shape(shape)} is empty for {format_shape(x.shape)} with padding {self.padding}")
         return Spec(shape, np.result_type(x.dtype, w.dtype))
 
-    def forward(self, xp, x, w):
-        return self._input_gradient(xp, x, w, self._out_shape(x.shape, w.shape))
+    writes_out = True
+
+    def forward(self, xp, x, w, out=None, epilogue=None):
+        """The transposed convolution into `out` (or a new array); `epilogue`, (bias or None, activation
+        code, p0, p1) of `kernels/epilogue.py`, run by the kernel where `runs_epilogue` says it can."""
+        if self.runs_epilogue(xp, x.shape, w.shape, np.result_type(x.dtype, w.dtype)):
+            from ..kernels import direct_conv
+
+            return direct_conv.conv_transpose2d(x, w, out, *(epilogue or ()))
+        if epilogue is not None:
+            raise AssertionError("internal error: conv_transpose2d's kernel runs no epilogue here")
+        result = self._input_gradient(xp, x, w, self._out_shape(x.shape, w.shape))
+        if out is not None and result is not out:
+            out[...] = result
+            return out
+        return result
+
+    def runs_epilogue(self, xp, x_shape, w_shape, dtype) -> bool:
+        """Whether the kernel for these shapes runs a product's epilogue itself: the tiles of a
+        transposed convolution apart (`kernels/direct_conv.tiles_apart`) and the direct kernel's
+        1x1 convolution usable for them."""
+        from ..kernels import direct_conv
+
+        return (xp is np and direct_conv.tiles_apart(w_shape, self.stride, self.padding, self.dilation,
+                                                     self.output_padding, self.groups)
+                and direct_conv.usable(dtype, w_shape[1] * w_shape[2] * w_shape[3], x_shape[3], 1))
 
     def vjp(self, F, h, xs, y):
         x, w = xs
