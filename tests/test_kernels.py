@@ -291,6 +291,18 @@ def test_compiled_pooling_gives_the_bits_of_numpys_passes_and_keeps_nan(data):
                                                                      dilation).numpy())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("size", [(16, 16), (7, 5), (1, 1)])
+def test_a_global_average_pool_is_each_planes_mean(dtype, size):
+    """A window over the whole image (an inception head's) takes the mean kernel over each plane."""
+    from vertexflow.ops.nn import AvgPool2d
+
+    x = np.random.default_rng(8).normal(size=(3, 5, *size)).astype(dtype)
+    got = AvgPool2d(size).forward(np, x)
+    assert got.shape == (3, 5, 1, 1)
+    np.testing.assert_allclose(got[:, :, 0, 0], x.mean(axis=(2, 3)), rtol=1e-6 if dtype == "float32" else 1e-13)
+
+
 @needs_torch
 @pytest.mark.parametrize("kernel, dilation", [((3, 3), 1), ((5, 5), 1), ((7, 3), 1), ((3, 5), 2), ((1, 7), 1)])
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (6, 2), (9, 16)])
