@@ -198,17 +198,13 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, out: np.ndar
     (`epilogue.bias_activation` along the channels) on each image as soon as it is done. The images
     split over the team where each part gets MIN_SPLIT_FLOPS and the executor leaves this vertex the
     cores."""
-    from .im2col import MIN_SPLIT_FLOPS
+    from .im2col import MIN_SPLIT_FLOPS, operands
 
+    x, out, oh, ow = operands(x, w, stride, padding, dilation, out)
     n_images, channels, height, width = x.shape
     outs, _, kh, kw = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    oh = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    dtype = np.result_type(x.dtype, w.dtype)
-    if out is None or not out.flags.c_contiguous:
-        out = np.empty((n_images, outs, oh, ow), dtype)
-    x = np.ascontiguousarray(x, dtype)
+    dtype = x.dtype
     starts = _starts(outs)
     # (blocks, taps, BLOCK): a block's weights for one tap side by side, its taps in order
     weights = np.ascontiguousarray(np.asarray(w, dtype).reshape(outs, -1)[starts[:, None] + np.arange(BLOCK)]

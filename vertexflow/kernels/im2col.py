@@ -170,19 +170,29 @@ def usable(dtype) -> bool:
     return available() and np.dtype(dtype) in DTYPES
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int,
-           out: np.ndarray | None = None, then=None) -> np.ndarray:
-    """Cross-correlation of x (N, C, H, W) with w (O, C / groups, kh, kw), as torch's conv2d, into `out`;
-    then(out[first:last]) on each run of images as soon as they are done (an epilogue)."""
-    n_images, channels, height, width = x.shape
-    outs, per_group, kh, kw = w.shape
+def operands(x: np.ndarray, w: np.ndarray, stride, padding, dilation, out: np.ndarray | None):
+    """A convolution's input in its result dtype and row-major, its output (`out` where it is row-major,
+    else a new array) and the output's height and width."""
+    n_images, _, height, width = x.shape
+    outs, _, kh, kw = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     oh = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     dtype = np.result_type(x.dtype, w.dtype)
     if out is None or not out.flags.c_contiguous:
         out = np.empty((n_images, outs, oh, ow), dtype)
-    x = np.ascontiguousarray(x, dtype)
+    return np.ascontiguousarray(x, dtype), out, oh, ow
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int,
+           out: np.ndarray | None = None, then=None) -> np.ndarray:
+    """Cross-correlation of x (N, C, H, W) with w (O, C / groups, kh, kw), as torch's conv2d, into `out`;
+    then(out[first:last]) on each run of images as soon as they are done (an epilogue)."""
+    x, out, oh, ow = operands(x, w, stride, padding, dilation, out)
+    n_images, channels = x.shape[:2]
+    outs, per_group, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    dtype = x.dtype
     weights = np.ascontiguousarray(w, dtype).reshape(groups, outs // groups, per_group * kh * kw)
     flat = out.reshape(n_images, groups, outs // groups, oh * ow)
     kernels, gemm = _kernels(), _gemm(dtype)
