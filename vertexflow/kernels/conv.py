@@ -24,7 +24,7 @@ import numpy as np
 
 from . import available
 from .epilogue import ACTIVATIONS, NONE, bias_activation, passes_source
-from .im2col import split
+from .im2col import split, split_kernel
 
 _compiled: dict[str, object] = {}
 _COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # numba has no float16
@@ -212,10 +212,14 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride, padding, dilation, pad=None,
         else:
             bias, p0, p1 = (np.zeros(w.shape[0], dtype) if epilogue[0] is None else
                             np.ascontiguousarray(epilogue[0], dtype).reshape(-1)), t(epilogue[2]), t(epilogue[3])
-        apply = epilogue is not None
-        split(x.shape[0], lambda first, last: kernel(x[first:last], w, out[first:last], mult, ph, pw, bias, p0, p1,
-                                                     apply),
-              SLOWER * 2.0 * out.size * w.shape[2] * w.shape[3], _images(then, out), out.nbytes // out.shape[0])
+        apply, flops = epilogue is not None, SLOWER * 2.0 * out.size * w.shape[2] * w.shape[3]
+        if then is None:
+            split_kernel(x.shape[0], kernel, lambda first, last: (x[first:last], w, out[first:last], mult, ph, pw,
+                                                                  bias, p0, p1, apply), flops)
+        else:
+            split(x.shape[0], lambda first, last: kernel(x[first:last], w, out[first:last], mult, ph, pw, bias, p0,
+                                                         p1, apply), flops, _images(then, out),
+                  out.nbytes // out.shape[0])
         return out
     if epilogue is not None:  # a window without a generated kernel
         then = _pass_after(epilogue)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..machine import blas_split, cores, openblas_functions
 from . import available
-from .team import enabled, run_split
+from .team import enabled, run_split, team
 
 _compiled: dict[str, object] = {}
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -260,6 +260,23 @@ MIN_SPLIT_FLOPS, MIN_POOL_SPLIT_FLOPS = 3e6, 8e6  # the team's threshold; the po
 # Output an epilogue reads while it is still in cache (the 2 MB L2 of each core here, with room for
 # the inputs): a separate pass over a 9 MB MobileNet activation ran at memory speed on one core.
 CHUNK_BYTES = 512 * 1024
+
+
+def split_kernel(items: int, kernel, arguments, flops: float) -> None:
+    """kernel(*arguments(first, last)) over [0, items) in the slices `split` would make, for a numba
+    kernel that gives the GIL up (nogil): on the team, its workers take the GIL only to start their
+    calls, once this thread has given it up for its own (`Team.split_kernel`: a split of Python parts
+    that wait for the GIL cost 40 us, this one 10)."""
+    parts = min(items, cores(), int(flops // MIN_SPLIT_FLOPS))
+    crew = team() if parts > 1 else None
+    if crew is None:
+        split(items, lambda first, last: kernel(*arguments(first, last)), flops)
+        return
+    with blas_split(parts) as threads:
+        if threads == 1:
+            kernel(*arguments(0, items))
+            return
+        crew.split_kernel(kernel, arguments, items, threads)
 
 
 def split(items: int, work, flops: float, then=None, item_bytes: int = 0) -> None:
