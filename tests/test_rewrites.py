@@ -205,7 +205,7 @@ def test_a_convolutions_epilogue_run_by_runs_of_images_gives_the_bits_of_its_ver
     g = vf.Graph()
     x = g.input("x", shape=(11, 4, 9, 9), dtype=dtype)
     shape, groups = {"pointwise": ((6, 4, 1, 1), 1), "depthwise": ((4, 1, 3, 3), 4),
-                     "direct": ((6, 4, 3, 3), 1), "columns": ((6, 2, 3, 3), 2)}[kind]
+                     "direct": ((8, 4, 3, 3), 1), "columns": ((6, 2, 3, 3), 2)}[kind]
     w = g.param("w", value=rng.normal(size=shape).astype(dtype))
     b = g.param("b", value=rng.normal(size=(shape[0], 1, 1)).astype(dtype))
     out = ACTIVATIONS[activation](vf.conv2d(x, w, padding=shape[2] // 2, groups=groups) + b)

@@ -5,17 +5,18 @@ then asks BLAS for a (O, C * kh * kw) by (C * kh * kw, OH * OW) product: with
 the 16 to 64 output channels of a small CNN, that product is a short, wide
 matrix BLAS runs at half its speed (43 GFLOP/s on one core here, against 100
 for a square one). Here the sum runs where it is used: for a block of 4
-output channels and a row of 16 (or 8) neighbouring output pixels, 64
-accumulators stay in registers while the loop walks the taps (c, i, j); each
-tap loads 16 neighbouring input pixels once and 4 weights, and does 64
-multiply-adds. On one core: 100-115 GFLOP/s, 1.3-2.8x the im2col path, on
+output channels and a row of 16 neighbouring output pixels (8 by 8 on rows
+narrower than 16), 64 accumulators stay in registers while the loop walks the
+taps (c, i, j); each tap loads 16 neighbouring input pixels once and 4
+weights, and does 64 multiply-adds. On one core: 100-115 GFLOP/s, 1.3-2.8x the im2col path, on
 the 3x3 and 5x5 convolutions of the exported models (UNet, inception; 3 to
 128 channels).
 
 Data: each image is copied into a zero-bordered scratch buffer (the padding,
 once per image, so the loop checks no bounds), its columns dealt into
 `stride` phases so that a strided convolution still reads 16 neighbouring
-pixels of one phase. A table of offsets gives each tap's place in that
+pixels of one phase (an image without padding or such a stride is read in
+place). A table of offsets gives each tap's place in that
 buffer. The last block of a row (or of the channels) that would run past
 the end starts earlier instead and overlaps the one before, computing the
 same outputs again with the same operations: the same bits.
@@ -41,8 +42,11 @@ from .epilogue import NONE, passes_source
 from .generated import module
 from .team import CONTROL, team
 
-BLOCK = 4  # output channels a block: with 16 lanes, 8 registers of 8 floats on AVX2, 4 of 16 on AVX-512
 LANES = (16, 8)  # output pixels a block, the widest that fits the output row
+# Output channels a block, by its lanes: 64 sums, 8 registers of 8 floats on AVX2 (4 of 16 on AVX-512
+# for 16 lanes, 8 of 8 for 8). Blocks of 4 by 8 lanes left 4 registers of sums, fewer than a
+# multiply-add's latency covers: a ViT's patch convolution ran at half speed.
+BLOCKS = {16: 4, 8: 8}
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -139,21 +143,23 @@ RECORD = 27  # int64 slots of a job's arguments (`job` in the template reads the
 
 
 def _source(lanes: int, code: int, dtype: np.dtype) -> str:
-    """The kernel for blocks of `lanes` output pixels and BLOCK output channels with an activation's
-    epilogue (its passes, `epilogue.passes_source`), a C job for `dtype` and `split`, as numba source."""
+    """The kernel for blocks of `lanes` output pixels and BLOCKS[lanes] output channels with an
+    activation's epilogue (its passes, `epilogue.passes_source`), a C job for `dtype` and `split`, as
+    numba source."""
+    block = BLOCKS[lanes]
     pad = " " * 20
-    lines = [f"{pad}a{b}_{lane} = zero" for b in range(BLOCK) for lane in range(lanes)]
-    lines += [f"{pad}k = np.uint64(block * taps * {BLOCK})",
+    lines = [f"{pad}a{b}_{lane} = zero" for b in range(block) for lane in range(lanes)]
+    lines += [f"{pad}k = np.uint64(block * taps * {block})",
               f"{pad}for t in range(taps):",
               f"{pad}    s = np.uint64(base + offsets[t])"]
-    lines += [f"{pad}    w{b} = wf[k + np.uint64({b})]" for b in range(BLOCK)]
-    lines.append(f"{pad}    k += np.uint64({BLOCK})")
+    lines += [f"{pad}    w{b} = wf[k + np.uint64({b})]" for b in range(block)]
+    lines.append(f"{pad}    k += np.uint64({block})")
     lines += [f"{pad}    x{lane} = data[s + np.uint64({lane})]" for lane in range(lanes)]
-    lines += [f"{pad}    a{b}_{lane} += w{b} * x{lane}" for b in range(BLOCK) for lane in range(lanes)]
-    for b in range(BLOCK):
+    lines += [f"{pad}    a{b}_{lane} += w{b} * x{lane}" for b in range(block) for lane in range(lanes)]
+    for b in range(block):
         lines.append(f"{pad}y = np.uint64(image + (starts[block] + {b}) * plane + row + q)")
         lines += [f"{pad}yf[y + np.uint64({lane})] = a{b}_{lane}" for lane in range(lanes)]
-    return passes_source(code) + _TEMPLATE.format(record=RECORD, lanes=lanes, last_lane=lanes - 1, block=BLOCK,
+    return passes_source(code) + _TEMPLATE.format(record=RECORD, lanes=lanes, last_lane=lanes - 1, block=block,
                                                   dtype=dtype.name, body="\n".join(lines))
 
 
@@ -161,7 +167,7 @@ def _source(lanes: int, code: int, dtype: np.dtype) -> str:
 def _module(lanes: int, code: int, dtype: np.dtype):
     from .epilogue import ACTIVATIONS
 
-    return module(f"direct_conv_{BLOCK}x{lanes}_{ACTIVATIONS[code][0]}_{dtype.name}", _source(lanes, code, dtype),
+    return module(f"direct_conv_{BLOCKS[lanes]}x{lanes}_{ACTIVATIONS[code][0]}_{dtype.name}", _source(lanes, code, dtype),
                   slp=True)
 
 
@@ -170,11 +176,20 @@ def lanes_for(out_width: int) -> int:
     return next((lanes for lanes in LANES if out_width >= lanes), 0)
 
 
-def usable(dtype, out_channels: int, out_width: int, groups: int) -> bool:
+# Taps a strided convolution needs for this kernel to pay: each image is dealt to the stride's phases
+# one pixel at a time first. With 27 and 48 taps (a MobileNet stem, 3x3 stride 2 over 3 channels; a
+# ViT's 4x4 stride-4 patches) the columns' product was 10-15% faster; with 144 (a 1-D model's 9 taps
+# over 16 channels, stride 2) the direct kernel was 0.7x its time on one core.
+MIN_STRIDED_TAPS = 64
+
+
+def usable(dtype, out_channels: int, out_width: int, groups: int, stride: int = 1, taps: int = 0) -> bool:
     """Whether this kernel runs such a convolution: numba present, float32 or float64, no groups, at
-    least BLOCK output channels and a row at least as wide as the narrowest block."""
-    return (available() and np.dtype(dtype) in DTYPES and groups == 1 and out_channels >= BLOCK
-            and lanes_for(out_width) > 0)
+    a row at least as wide as the narrowest block, as many output channels as its block has, and along
+    the rows a stride of 1 or MIN_STRIDED_TAPS taps (`taps`: input channels times the window's size)."""
+    lanes = lanes_for(out_width)
+    return (available() and np.dtype(dtype) in DTYPES and groups == 1 and lanes > 0 and out_channels >= BLOCKS[lanes]
+            and (stride == 1 or taps >= MIN_STRIDED_TAPS))
 
 
 @functools.lru_cache(maxsize=256)
@@ -186,9 +201,9 @@ def _offsets(channels, kh, kw, dh, dw, sw, rows, cols) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _starts(outs: int) -> np.ndarray:
+def _starts(outs: int, block: int) -> np.ndarray:
     """The first channel of each block; the last block ends at the last channel (overlapping if need be)."""
-    return np.array([min(o, outs - BLOCK) for o in range(0, outs, BLOCK)], np.int64)
+    return np.array([min(o, outs - block) for o in range(0, outs, block)], np.int64)
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, out: np.ndarray | None = None,
@@ -205,9 +220,14 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, out: np.ndar
     outs, _, kh, kw = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     dtype = x.dtype
-    starts = _starts(outs)
-    # (blocks, taps, BLOCK): a block's weights for one tap side by side, its taps in order
-    weights = np.ascontiguousarray(np.asarray(w, dtype).reshape(outs, -1)[starts[:, None] + np.arange(BLOCK)]
+    lanes = lanes_for(ow)
+    if lanes == 0 or outs < BLOCKS[lanes]:  # (its blocks would write outside the output)
+        raise ValueError(f"internal error: the direct kernel takes rows of {LANES[-1]} outputs or more and as many "
+                         f"channels as a block: got {ow} and {outs} (`usable` says where it runs)")
+    block = BLOCKS[lanes]
+    starts = _starts(outs, block)
+    # (blocks, taps, block): a block's weights for one tap side by side, its taps in order
+    weights = np.ascontiguousarray(np.asarray(w, dtype).reshape(outs, -1)[starts[:, None] + np.arange(block)]
                                    .transpose(0, 2, 1))
     rows, cols = height + 2 * ph, -(-(width + 2 * pw) // sw)
     offsets = _offsets(channels, kh, kw, dh, dw, sw, rows, cols)
@@ -218,7 +238,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, out: np.ndar
         parts = min(parts, threads_in_force()) if team() is not None else 1
     parts = max(parts, 1)
     bufs = np.empty((parts, channels, rows, sw, cols), dtype)
-    kernels = _module(lanes_for(ow), code, dtype)
+    kernels = _module(lanes, code, dtype)
     t = dtype.type
     kernels.split(x, weights, offsets, starts, out, bufs, bias, t(p0), t(p1), apply, ph, pw, sh, parts, CONTROL,
                   kernels.job.address)

@@ -391,7 +391,7 @@ class Conv2d(Op, Window):
         from ..kernels import direct_conv, im2col
 
         out_width = self._out_hw(x_shape[2], x_shape[3], w_shape[2:])[1]
-        if direct_conv.usable(dtype, w_shape[0], out_width, self.groups):
+        if direct_conv.usable(dtype, w_shape[0], out_width, self.groups, self.stride[1], math.prod(w_shape[1:])):
             return "direct"
         if im2col.usable(dtype):
             return "columns"
