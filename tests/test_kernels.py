@@ -244,6 +244,21 @@ def test_a_transposed_convolution_of_tiles_apart_equals_torch_with_its_epilogues
     assert not ConvTranspose2d(stride=2, padding=1).runs_epilogue(np, x.shape, (5, 6, 2, 2), x.dtype)
 
 
+def test_the_direct_kernel_refuses_a_geometry_its_blocks_would_write_past():
+    """Rows narrower than 8 outputs, or fewer channels than a block, are not its (`usable` says no and
+    the op takes the columns); called anyway, it raises vertexflow's internal error, writing nothing."""
+    from vertexflow.errors import InternalError
+
+    x = np.ones((1, 2, 5, 5), np.float32)
+    assert not direct_conv.usable(x.dtype, 4, 5, 1)
+    assert Conv2d(1, 1).algorithm(np, x.shape, (4, 2, 3, 3), x.dtype) == "columns"
+    with pytest.raises(InternalError, match="rows of 8 outputs or more"):
+        direct_conv.conv2d(x, np.ones((4, 2, 3, 3), np.float32), (1, 1), (1, 1), (1, 1))
+    with pytest.raises(InternalError, match="as many channels as a block: got 9 and 6"):
+        direct_conv.conv2d(np.ones((1, 2, 5, 9), np.float32), np.ones((6, 2, 3, 3), np.float32), (1, 1), (1, 1),
+                           (1, 1))
+
+
 def test_the_slp_vectorizer_is_on_only_while_the_direct_kernels_compile():
     """numba keeps its SLP vectorizer off (numba#8852): the direct kernels' module asks for it, and it
     is on while such a module is imported, then as it was, also when the import fails."""

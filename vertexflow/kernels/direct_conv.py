@@ -36,6 +36,7 @@ import threading
 
 import numpy as np
 
+from ..errors import InternalError
 from ..machine import threads_in_force
 from . import available
 from .epilogue import NONE, passes_source
@@ -222,8 +223,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, out: np.ndar
     dtype = x.dtype
     lanes = lanes_for(ow)
     if lanes == 0 or outs < BLOCKS[lanes]:  # (its blocks would write outside the output)
-        raise ValueError(f"internal error: the direct kernel takes rows of {LANES[-1]} outputs or more and as many "
-                         f"channels as a block: got {ow} and {outs} (`usable` says where it runs)")
+        raise InternalError(f"the direct kernel takes rows of {LANES[-1]} outputs or more and as many channels as a "
+                            f"block: got {ow} and {outs} (`usable` says where it runs)")
     block = BLOCKS[lanes]
     starts = _starts(outs, block)
     # (blocks, taps, block): a block's weights for one tap side by side, its taps in order

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import InternalError, ShapeError
 from ..graph import Spec, format_shape
 from ..kernels import pool
 from .base import Op, numel, require_float
@@ -352,7 +352,7 @@ class Conv2d(Op, Window):
                 then(out)
             return out
         if epilogue is not None:
-            raise AssertionError(f"internal error: conv2d's {kind} kernel runs no epilogue")
+            raise InternalError(f"conv2d's {kind} kernel runs no epilogue (runs_epilogue says which do)")
         if kind == "columns":
             from ..kernels import im2col
 
@@ -377,8 +377,9 @@ class Conv2d(Op, Window):
     def algorithm(self, xp, x_shape, w_shape, dtype) -> str:
         """The kernel for these shapes: "pointwise" (1x1: one product per image), "depthwise" (one
         input channel per group, float32 or float64: a direct pass per plane), "direct" (no groups,
-        float32 or float64 with numba, rows of at least 8 outputs and at least 4 channels: blocks of
-        outputs summed in registers, `kernels/direct_conv.py`), "columns" (float32 or
+        float32 or float64 with numba, rows of at least 8 outputs, as many channels as a block has,
+        64 taps where the rows are strided: blocks of outputs summed in registers,
+        `kernels/direct_conv.py`), "columns" (float32 or
         float64 with numba: each image's columns built in cache, one product per image and group,
         images split over the BLAS threads), or "im2col" (the whole batch's columns, one product per
         group; cupy, and float16, which BLAS accumulates in float32)."""
@@ -469,6 +470,7 @@ class ConvTranspose2d(Conv2dGradInput):
     conv_transpose2d: the input gradient of the convolution with w, so its rules are that op's."""
 
     name = "conv_transpose2d"
+    writes_out = True
 
     def __init__(self, stride=1, padding=0, dilation=1, groups=1, output_padding=0):
         super().__init__(stride, padding, dilation, groups)
@@ -496,8 +498,6 @@ class ConvTranspose2d(Conv2dGradInput):
             raise ShapeError(f"output {format_shape(shape)} is empty for {format_shape(x.shape)} with padding {self.padding}")
         return Spec(shape, np.result_type(x.dtype, w.dtype))
 
-    writes_out = True
-
     def forward(self, xp, x, w, out=None, epilogue=None):
         """The transposed convolution into `out` (or a new array); `epilogue`, (bias or None, activation
         code, p0, p1) of `kernels/epilogue.py`, run by the kernel where `runs_epilogue` says it can."""
@@ -506,7 +506,7 @@ class ConvTranspose2d(Conv2dGradInput):
 
             return direct_conv.conv_transpose2d(x, w, out, *(epilogue or ()))
         if epilogue is not None:
-            raise AssertionError("internal error: conv_transpose2d's kernel runs no epilogue here")
+            raise InternalError("conv_transpose2d's kernel runs no epilogue here (runs_epilogue says where)")
         result = self._input_gradient(xp, x, w, self._out_shape(x.shape, w.shape))
         if out is not None and result is not out:
             out[...] = result
