@@ -8,9 +8,10 @@ for a square one). Here the sum runs where it is used: for a block of 4
 output channels and a row of 16 neighbouring output pixels (8 by 8 on rows
 narrower than 16), 64 accumulators stay in registers while the loop walks the
 taps (c, i, j); each tap loads 16 neighbouring input pixels once and 4
-weights, and does 64 multiply-adds. On one core: 100-115 GFLOP/s, 1.3-2.8x the im2col path, on
-the 3x3 and 5x5 convolutions of the exported models (UNet, inception; 3 to
-128 channels).
+weights, and does 64 multiply-adds. On the exported models' convolutions at batch 8 (and two
+wider ones, `bench/convolutions.py`): 56-100 GFLOP/s on one core where the
+columns ran at 39-87, 109-174 on two (58-165); onnxruntime's Conv 82-115
+and 133-228.
 
 Data: each image is copied into a zero-bordered scratch buffer (the padding,
 once per image, so the loop checks no bounds), its columns dealt into
