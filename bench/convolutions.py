@@ -29,7 +29,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+from timing import interleaved_medians
 
 # (in channels, out channels, kernel, stride, padding, input height, input width)
 SHAPES = (
@@ -116,16 +117,7 @@ def child(form: str, batch: int, cores: int, runs: int) -> dict:
         calls = _calls(form, shape, batch, cores, rng)
         if calls is None:
             return {}
-        times = {name: [] for name in calls}
-        for _ in range(10):
-            for fn in calls.values():
-                fn()
-        for _ in range(runs):
-            for name, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        medians = {name: statistics.median(t) for name, t in times.items()}
+        medians = interleaved_medians(calls, runs, warmup=10)
         result[_key(shape)] = medians["run"] - medians.get("call", 0.0)
     return result
 

@@ -22,7 +22,8 @@ import json
 import statistics
 import subprocess
 import sys
-import time
+
+from timing import interleaved_medians
 
 SHAPES = ((512, 1024), (1024, 512), (256, 512), (512, 512), (64, 256), (512, 10))  # (inner, cols)
 
@@ -38,16 +39,7 @@ def child(rows: int, runs: int) -> dict:
         out, flipped = np.empty((rows, cols), np.float32), np.empty((cols, rows), np.float32)
         forms = {"rows_major": functools.partial(np.matmul, x, w.T, out=out),
                  "transposed": functools.partial(np.matmul, w, x.T, out=flipped)}
-        times = {name: [] for name in forms}
-        for _ in range(20):
-            for fn in forms.values():
-                fn()
-        for _ in range(runs):
-            for name, fn in forms.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        result[f"{inner}x{cols}"] = {name: statistics.median(t) for name, t in times.items()}
+        result[f"{inner}x{cols}"] = interleaved_medians(forms, runs)
     return result
 
 

@@ -31,7 +31,8 @@ import json
 import statistics
 import subprocess
 import sys
-import time
+
+from timing import interleaved_medians
 
 SHAPES = ((512, 1024), (1024, 512), (256, 512), (512, 512), (64, 256), (512, 10))  # (inner, cols)
 
@@ -99,16 +100,7 @@ def child(form: str, rows: int, count: int, runs: int) -> dict:
         calls = _calls(form, x, [rng.normal(size=(cols, inner)).astype(np.float32) for _ in range(count)])
         if calls is None:
             return {}
-        times = {name: [] for name in calls}
-        for _ in range(20):
-            for fn in calls.values():
-                fn()
-        for _ in range(runs):
-            for name, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        medians = {name: statistics.median(t) for name, t in times.items()}
+        medians = interleaved_medians(calls, runs)
         result[f"{inner}x{cols}"] = (min(medians.values()) if form == "numpy" else
                                      medians["gemm"] - medians["call"] if form == "onnxruntime" else
                                      medians["vertexflow"])
