@@ -106,9 +106,11 @@ def test_depthwise_convolution_and_its_gradients_equal_torch(data):
 
 
 @needs_torch
-@pytest.mark.parametrize("geometry", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (7, 2, 3)])
+@pytest.mark.parametrize("geometry", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (7, 2, 3), (3, 1, 0), (5, 1, 1), (7, 1, 3)])
 def test_the_generated_depthwise_kernels_equal_torch(form, geometry):
-    """The geometries with a kernel of their own (and, in the numpy form, the per-tap passes)."""
+    """The geometries with a kernel of their own (and, in the numpy form, the per-tap passes): at
+    stride 1 with "same" padding (3, 1, 1) the kernel of `_same_source`, with other padding the
+    padded buffer's."""
     k, stride, padding = geometry
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 6, 15, 13)).astype(np.float32)
@@ -118,20 +120,36 @@ def test_the_generated_depthwise_kernels_equal_torch(form, geometry):
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@needs_torch
+def test_a_same_padded_depthwise_kernel_keeps_a_rows_infinities_out_of_the_next_row():
+    """The "same" kernel reads a plane without padded columns: the tap past a row's end is the next
+    row's first value, replaced by zero. An infinity or a NaN at a row's edge reaches only the outputs
+    whose windows hold it, as in torch's padded convolution."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 3, 9, 8)).astype(np.float32)
+    x[0, 0, 2, -1], x[0, 1, 4, 0], x[1, 2, 0, 0] = np.inf, np.nan, -np.inf
+    weight = rng.normal(size=(3, 1, 3, 3)).astype(np.float32)
+    got = Conv2d(1, 1, 1, 3).forward(np, x, weight)
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), padding=1, groups=3).numpy()
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("code, dtype", [(code, dtype) for code in (epilogue.NONE, epilogue.CLIP, epilogue.HARD_SWISH)
                                          for dtype in ("float32", "float64")] + [(epilogue.GELU, "float32")])
-@pytest.mark.parametrize("geometry", [(3, 1), (3, 2), (5, 1), (4, 1)])
+@pytest.mark.parametrize("geometry", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (4, 1, 2), (3, 1, 0)])
 def test_a_depthwise_kernel_runs_the_epilogue_with_the_bits_of_its_pass_after(code, dtype, geometry):
-    """The generated depthwise kernels (3x3 and 5x5, stride 1 and 2) run the bias and the activation
-    as each plane is stored; GELU (float32 only: the rewrite's choice), whose pass has flags of its own,
-    and windows without a generated kernel (4x4) take the pass after. The same bits either way."""
-    size, stride = geometry
+    """The generated depthwise kernels (3x3 and 5x5, stride 1 and 2; "same" padding and other) run the
+    bias and the activation as each plane is stored; GELU (float32 only: the rewrite's choice), whose
+    pass has flags of its own, and windows without a generated kernel (4x4) take the pass after. The
+    same bits either way."""
+    size, stride, padding = geometry
     rng = np.random.default_rng(size * 10 + stride)
     x = rng.normal(size=(3, 5, 11, 13)).astype(dtype)
     weight = rng.normal(size=(10, 1, size, size)).astype(dtype)  # two outputs a channel
     bias = rng.normal(size=(10, 1, 1)).astype(dtype)
     p0, p1 = {epilogue.CLIP: (0.0, 6.0), epilogue.HARD_SWISH: (1 / 6, 0.5)}.get(code, (0.0, 0.0))
-    geometry = ((stride, stride), (size // 2, size // 2), (1, 1))
+    geometry = ((stride, stride), (padding, padding), (1, 1))
     alone = conv.depthwise(x, weight, *geometry, pad=lambda a: Conv2d(*geometry)._padded(np, a))
     fused = conv.depthwise(x, weight, *geometry, pad=lambda a: Conv2d(*geometry)._padded(np, a),
                            epilogue=(bias, code, p0, p1))

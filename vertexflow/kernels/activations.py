@@ -26,9 +26,12 @@ def clip(v, p0, p1):  # np.clip's order: NaN kept
 @numba.njit(inline="always")
 def hard_sigmoid(v, p0, p1):  # np.clip(v * alpha + beta, 0, 1): +0.0 below, as clip's bound
     g = v * p0 + p1
-    zero = abs(p0) * 0
+    # bounds in v's dtype: with an integer's 0 and 1 they were float64, and float32's pass, converting
+    # each element there and back, did not vectorize (3.3x slower: 12.6 us for a (144, 16, 16) image)
+    zero = abs(p0) * np.float32(0)
+    one = zero + np.float32(1)
     g = zero if g < zero else g
-    return zero + 1 if g > 1 else g
+    return one if g > one else g
 
 
 @numba.njit(inline="always")
