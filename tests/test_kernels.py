@@ -17,7 +17,7 @@ from scipy import special as sp_special
 
 import vertexflow as vf
 from vertexflow import kernels
-from vertexflow.kernels import conv, direct_conv, epilogue, im2col, loss, norm, special
+from vertexflow.kernels import conv, direct_conv, epilogue, im2col, loss, norm, pointwise, special
 from vertexflow.ops.activation import Gelu, HardSigmoid, HardSwish
 from vertexflow.ops.elementwise import Clip
 from vertexflow.ops.nn import Conv2d
@@ -485,6 +485,35 @@ def test_a_pointwise_convolution_is_one_product_per_image_and_equals_torch(strid
     np.testing.assert_allclose(out, want.numpy(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.skipif(not pointwise.usable((2, 1, 2, 1), (2, 1, 1, 1), np.float32),
+                    reason="numba and numpy's ILP64 OpenBLAS")
+@settings(max_examples=30, deadline=None)
+@given(images=st.integers(2, 6), channels=st.integers(1, 40), outs=st.integers(2, 40), height=st.integers(1, 9),
+       width=st.integers(1, 17), dtype=st.sampled_from([np.float32, np.float64]),
+       code=st.sampled_from([epilogue.NONE, epilogue.CLIP, epilogue.HARD_SWISH]), split=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_a_pointwise_convolutions_c_jobs_give_numpys_products_bits_and_the_epilogue_of_the_pass_after(
+        images, channels, outs, height, width, dtype, code, split, seed):
+    """`kernels/pointwise.py`: each image's gemm from the compiled jobs is the routine numpy's matmul
+    calls on one BLAS thread, split over the team or not; its epilogue has the bits of the pass after."""
+    assume(height * width > 1)  # (one pixel: numpy's gemv, which the kernel leaves to numpy)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((images, channels, height, width)).astype(dtype)
+    w = rng.standard_normal((outs, channels, 1, 1)).astype(dtype)
+    bias = rng.standard_normal((outs, 1, 1)).astype(dtype)
+    p0, p1 = {epilogue.CLIP: (0.0, 0.5), epilogue.HARD_SWISH: (1 / 6, 0.5)}.get(code, (0.0, 0.0))
+    op = Conv2d(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pointwise, "MIN_PART_FLOPS", 1.0 if split else 1e30)
+        assert op.runs_epilogue(np, x.shape, w.shape, x.dtype)
+        got = op.forward(np, x, w)
+        fused = op.forward(np, x, w, epilogue=(bias, code, p0, p1))
+        patch.setattr(pointwise, "usable", lambda *shapes_and_dtype: False)  # numpy's product image by image
+        expected = op.forward(np, x, w)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(fused, epilogue.bias_activation(expected, bias, 1, code, p0, p1))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_row_softmax_and_layer_norm_equal_numpy(form, dtype):
     x = np.random.default_rng(5).normal(scale=4, size=(6, 7, 33)).astype(dtype)
@@ -772,7 +801,7 @@ def test_kernels_compiled_in_one_process_are_loaded_from_disk_in_the_next(tmp_pa
     assert found[0] and found[1] == found[0]
 
 
-@pytest.mark.skipif(not kernels.available() or not im2col._gemm(np.float32), reason="numba and numpy's ILP64 OpenBLAS")
+@pytest.mark.skipif(not kernels.available() or not im2col.gemm_address(np.float32), reason="numba and numpy's ILP64 OpenBLAS")
 @settings(max_examples=30, deadline=None)
 @given(images=st.integers(2, 5), channels=st.integers(1, 6), size=st.integers(3, 12), outs=st.integers(2, 8),
        k=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 1), groups=st.sampled_from([1, 2]),
@@ -786,6 +815,6 @@ def test_a_run_of_images_in_one_call_gives_numpys_products_bits(images, channels
     args = ((stride, stride), (padding, padding), (1, 1), groups)
     got = im2col.conv2d(x, w, *args)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(im2col, "_gemm", lambda dtype: 0)  # numpy's product image by image
+        patch.setattr(im2col, "gemm_address", lambda dtype: 0)  # numpy's product image by image
         expected = im2col.conv2d(x, w, *args)
     np.testing.assert_array_equal(got, expected)

@@ -99,6 +99,11 @@ def _set_counts(libs, counts) -> None:
     (threadpoolctl's documented `clear_controlling_thread`).
     """
     global _holder
+    setters = _thread_setters()
+    if setters is not None:
+        for set_count, count in zip(setters, counts):
+            set_count(count)
+        return
     thread = threading.get_ident()
     for lib, count in zip(libs, counts):
         lib.set_num_threads(count)
@@ -133,8 +138,27 @@ def _thread_counters() -> tuple:
                  for lib in _blas_controller().lib_controllers)
 
 
-@contextlib.contextmanager
-def blas_split(parts: int) -> Iterator[int]:
+@functools.cache
+def _thread_setters() -> tuple | None:
+    """Each BLAS library's thread-count setter through ctypes, where every library is an OpenBLAS on
+    its own threads (pthreads, whose count is process-wide); else None, and threadpoolctl's setters.
+    A kernel's split sets the count twice a call: threadpoolctl's setters and getters made
+    `blas_split` cost 8 us, a quarter of an inception block's 1x1 convolution at batch 8."""
+    import ctypes
+
+    libs = _blas_controller().lib_controllers
+    if not libs or any(lib.internal_api != "openblas" or getattr(lib, "threading_layer", None) != "pthreads"
+                       for lib in libs):
+        return None
+    names = [f"{prefix}openblas_set_num_threads{suffix}" for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
+    direct = dict(openblas_functions(names))
+    for function in direct.values():
+        function.restype, function.argtypes = None, [ctypes.c_int]
+    setters = tuple(direct.get(lib.filepath) for lib in libs)
+    return setters if all(setter is not None for setter in setters) else None
+
+
+class blas_split:  # noqa: N801 (a function's name, as callers write it: `with blas_split(parts) as threads`)
     """A block in which a kernel runs up to `parts` BLAS calls at once on threads of its own, each call
     single-threaded: yields how many threads to use, at most `parts` and the BLAS thread count in force
     when the first block began (the cores an executor leaves this vertex). BLAS's count comes back
@@ -144,25 +168,35 @@ def blas_split(parts: int) -> Iterator[int]:
     single-threaded until the last ends, and a block gets the threads the others left (at least one).
     Every call in a block is single-threaded however many threads there are, so a kernel's values do
     not depend on how its work was split (OpenBLAS rounds some shapes differently on two threads).
+    (A class, not a generator's context: a small kernel's split enters one at every call.)
     """
-    global _splits, _split_threads
-    with _count_lock:
-        libs = _blas_controller().lib_controllers
-        if _splits == 0:
-            _after_splits[:] = [lib.num_threads for lib in libs]
-            if any(count != 1 for count in _after_splits):
-                _set_counts(libs, [1] * len(libs))
-        threads = max(1, min(parts, max(_after_splits, default=1) - _split_threads))
-        _splits += 1
-        _split_threads += threads
-    try:
-        yield threads
-    finally:
+
+    __slots__ = ("parts", "threads")
+
+    def __init__(self, parts: int):
+        self.parts = parts
+        self.threads = 1
+
+    def __enter__(self) -> int:
+        global _splits, _split_threads
+        with _count_lock:
+            if _splits == 0:
+                counts = [count() for count in _thread_counters()]
+                _after_splits[:] = counts
+                if max(counts, default=1) != 1 or min(counts, default=1) != 1:
+                    _set_counts(_blas_controller().lib_controllers, [1] * len(counts))
+            self.threads = max(1, min(self.parts, max(_after_splits, default=1) - _split_threads))
+            _splits += 1
+            _split_threads += self.threads
+        return self.threads
+
+    def __exit__(self, *exc) -> None:
+        global _splits, _split_threads
         with _count_lock:
             _splits -= 1
-            _split_threads -= threads
-            if _splits == 0 and any(count != 1 for count in _after_splits):
-                _set_counts(libs, _after_splits)
+            _split_threads -= self.threads
+            if _splits == 0 and (max(_after_splits, default=1) != 1 or min(_after_splits, default=1) != 1):
+                _set_counts(_blas_controller().lib_controllers, _after_splits)
 
 
 class BlasThreads:

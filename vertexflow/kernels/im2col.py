@@ -154,7 +154,7 @@ def _kernels():
 
 
 @functools.cache
-def _gemm(dtype) -> int:
+def gemm_address(dtype) -> int:
     """The address of CBLAS's gemm for this dtype in the OpenBLAS numpy calls, where it is an ILP64
     build (numpy's wheels: 64-bit sizes, which `atomics.call_gemm` passes); 0 elsewhere."""
     import ctypes
@@ -195,7 +195,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups: int,
     dtype = x.dtype
     weights = np.ascontiguousarray(w, dtype).reshape(groups, outs // groups, per_group * kh * kw)
     flat = out.reshape(n_images, groups, outs // groups, oh * ow)
-    kernels, gemm = _kernels(), _gemm(dtype)
+    kernels, gemm = _kernels(), gemm_address(dtype)
     columns = kernels["columns"]
     rows = per_group * kh * kw
 
