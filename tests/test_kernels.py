@@ -17,7 +17,7 @@ from scipy import special as sp_special
 
 import vertexflow as vf
 from vertexflow import kernels
-from vertexflow.kernels import conv, direct_conv, epilogue, im2col, loss, norm, pointwise, special
+from vertexflow.kernels import conv, direct_conv, epilogue, im2col, image_jobs, loss, norm, special
 from vertexflow.ops.activation import Gelu, HardSigmoid, HardSwish
 from vertexflow.ops.elementwise import Clip
 from vertexflow.ops.nn import Conv2d
@@ -485,30 +485,34 @@ def test_a_pointwise_convolution_is_one_product_per_image_and_equals_torch(strid
     np.testing.assert_allclose(out, want.numpy(), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif(not pointwise.usable((2, 1, 2, 1), (2, 1, 1, 1), np.float32),
+@pytest.mark.skipif(not image_jobs.usable((2, 1, 2, 1), (2, 1, 1, 1), 1, (2, 1), np.float32),
                     reason="numba and numpy's ILP64 OpenBLAS")
-@settings(max_examples=30, deadline=None)
-@given(images=st.integers(2, 6), channels=st.integers(1, 40), outs=st.integers(2, 40), height=st.integers(1, 9),
-       width=st.integers(1, 17), dtype=st.sampled_from([np.float32, np.float64]),
+@settings(max_examples=40, deadline=None)
+@given(images=st.integers(2, 5), channels=st.integers(1, 12), outs=st.integers(2, 12), size=st.integers(2, 11),
+       k=st.sampled_from([1, 1, 2, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
+       groups=st.sampled_from([1, 1, 2]), dtype=st.sampled_from([np.float32, np.float64]),
        code=st.sampled_from([epilogue.NONE, epilogue.CLIP, epilogue.HARD_SWISH]), split=st.booleans(),
        seed=st.integers(0, 2**16))
-def test_a_pointwise_convolutions_c_jobs_give_numpys_products_bits_and_the_epilogue_of_the_pass_after(
-        images, channels, outs, height, width, dtype, code, split, seed):
-    """`kernels/pointwise.py`: each image's gemm from the compiled jobs is the routine numpy's matmul
-    calls on one BLAS thread, split over the team or not; its epilogue has the bits of the pass after."""
-    assume(height * width > 1)  # (one pixel: numpy's gemv, which the kernel leaves to numpy)
+def test_a_convolutions_image_jobs_give_numpys_products_bits_and_the_epilogue_of_the_pass_after(
+        images, channels, outs, size, k, stride, padding, groups, dtype, code, split, seed):
+    """`kernels/image_jobs.py` (1x1 and column convolutions): each image's gemm from the compiled jobs is
+    the routine numpy's matmul calls on one BLAS thread, split over the team or not; its epilogue has
+    the bits of the pass after."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((images, channels, height, width)).astype(dtype)
-    w = rng.standard_normal((outs, channels, 1, 1)).astype(dtype)
-    bias = rng.standard_normal((outs, 1, 1)).astype(dtype)
+    x = rng.standard_normal((images, channels * groups, size, size)).astype(dtype)
+    w = rng.standard_normal((outs * groups, channels, k, k)).astype(dtype)
+    bias = rng.standard_normal((outs * groups, 1, 1)).astype(dtype)
     p0, p1 = {epilogue.CLIP: (0.0, 0.5), epilogue.HARD_SWISH: (1 / 6, 0.5)}.get(code, (0.0, 0.0))
-    op = Conv2d(1)
+    out_size = (size + 2 * padding - k) // stride + 1
+    assume(out_size > 1)  # (one output pixel: numpy's gemv, which the jobs leave to numpy)
+    op = Conv2d(stride, padding, 1, groups)
+    assume(op.algorithm(np, x.shape, w.shape, x.dtype) in ("pointwise", "columns"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pointwise, "MIN_PART_FLOPS", 1.0 if split else 1e30)
+        patch.setattr(image_jobs, "MIN_PART_FLOPS", 1.0 if split else 1e30)
         assert op.runs_epilogue(np, x.shape, w.shape, x.dtype)
         got = op.forward(np, x, w)
         fused = op.forward(np, x, w, epilogue=(bias, code, p0, p1))
-        patch.setattr(pointwise, "usable", lambda *shapes_and_dtype: False)  # numpy's product image by image
+        patch.setattr(image_jobs, "usable", lambda *shapes_and_dtype: False)  # numpy's, or Python parts'
         expected = op.forward(np, x, w)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(fused, epilogue.bias_activation(expected, bias, 1, code, p0, p1))

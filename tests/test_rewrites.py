@@ -193,15 +193,16 @@ def test_a_product_epilogue_on_another_array_module_applies_its_activation(activ
 def test_a_convolutions_epilogue_run_by_runs_of_images_gives_the_bits_of_its_vertices(kind, activation, dtype,
                                                                                        monkeypatch):
     """Outputs larger than the cache get their epilogue a few images at a time, on the threads that
-    computed them (made small here so that small images take that path); the direct kernel runs it on
-    each image as it is done (grouped convolutions take the columns' product)."""
+    computed them (made small here so that small images take that path); the direct kernel and the
+    image jobs (1x1 and column convolutions, grouped ones among them) run it on each image as it is
+    done."""
     from vertexflow import rewrites
-    from vertexflow.kernels import im2col, pointwise
+    from vertexflow.kernels import im2col, image_jobs
 
     monkeypatch.setattr(rewrites, "_IN_CACHE", 0)
     monkeypatch.setattr(im2col, "CHUNK_BYTES", 6000)  # one to four images a run
     monkeypatch.setattr(im2col, "MIN_SPLIT_FLOPS", 1.0)  # and split over the threads
-    monkeypatch.setattr(pointwise, "MIN_PART_FLOPS", 1.0)
+    monkeypatch.setattr(image_jobs, "MIN_PART_FLOPS", 1.0)
     rng = np.random.default_rng(3)
     g = vf.Graph()
     x = g.input("x", shape=(11, 4, 9, 9), dtype=dtype)

@@ -319,10 +319,11 @@ class Conv2d(Op, Window):
         `epilogue`, (bias or None, activation code, p0, p1) of `kernels/epilogue.py`, is run by the
         kernel itself on each image or plane it stores, where `runs_epilogue` says it can."""
         kind = self.algorithm(xp, x.shape, w.shape, x.dtype)
-        if kind == "pointwise" and self._pointwise_kernel(x.shape, w.shape, np.result_type(x.dtype, w.dtype)):
-            from ..kernels import pointwise
+        if kind in ("pointwise", "columns") and self._image_jobs(x.shape, w.shape, np.result_type(x.dtype, w.dtype)):
+            from ..kernels import image_jobs
 
-            out = pointwise.conv2d(x, w, out, *(epilogue or ()))
+            out = image_jobs.conv2d(x, w, self.stride, self.padding, self.dilation, self.groups, out,
+                                    *(epilogue or ()))
             if then is not None:
                 then(out)
             return out
@@ -331,8 +332,6 @@ class Conv2d(Op, Window):
             # split over the threads BLAS may use (each product single-threaded, so the same bits).
             from ..kernels.im2col import split
 
-            if epilogue is not None:
-                raise InternalError("conv2d's pointwise product runs no epilogue here (runs_epilogue says where)")
 
             sh, sw = self.stride
             xs = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
@@ -383,15 +382,16 @@ class Conv2d(Op, Window):
     def runs_epilogue(self, xp, x_shape, w_shape, dtype) -> bool:
         """Whether the kernel for these shapes runs a product's epilogue itself (`forward`'s `epilogue`)."""
         kind = self.algorithm(xp, x_shape, w_shape, dtype)
-        return kind in ("direct", "depthwise") or (kind == "pointwise" and
-                                                   self._pointwise_kernel(x_shape, w_shape, dtype))
+        return kind in ("direct", "depthwise") or (kind in ("pointwise", "columns") and
+                                                   self._image_jobs(x_shape, w_shape, dtype))
 
-    def _pointwise_kernel(self, x_shape, w_shape, dtype) -> bool:
-        """Whether a 1x1 convolution runs as `kernels/pointwise.py`'s C jobs (at stride 1, two images or
-        more), not numpy's product per image."""
-        from ..kernels import pointwise
+    def _image_jobs(self, x_shape, w_shape, dtype) -> bool:
+        """Whether a 1x1 or column convolution runs as `kernels/image_jobs.py`'s C jobs (two images or
+        more, each a matrix product), not Python parts on the team."""
+        from ..kernels import image_jobs
 
-        return self.stride == (1, 1) and pointwise.usable(x_shape, w_shape, dtype)
+        return image_jobs.usable(x_shape, w_shape, self.groups, self._out_hw(x_shape[2], x_shape[3], w_shape[2:]),
+                                 dtype)
 
     def algorithm(self, xp, x_shape, w_shape, dtype) -> str:
         """The kernel for these shapes: "pointwise" (1x1: one product per image), "depthwise" (one
