@@ -7,6 +7,7 @@ fallback that runs where numba is missing (forced here by patching
 
 from __future__ import annotations
 
+import math
 from unittest import mock
 
 import numpy as np
@@ -575,18 +576,22 @@ def test_a_float32_softmax_split_over_the_team_gives_the_bits_of_one_part(monkey
     np.testing.assert_allclose(one[6:], want[6:], rtol=5e-6, atol=1e-30)
 
 
-@settings(max_examples=30, deadline=None)
-@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3), dtype=st.sampled_from(["float32", "float64"]),
-       keepdims=st.booleans(), given_out=st.booleans())
-def test_a_mean_over_the_last_axis_equals_numpys_to_rounding(shape, dtype, keepdims, given_out):
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=4), dtype=st.sampled_from(["float32", "float64"]),
+       keepdims=st.booleans(), given_out=st.booleans(), trailing=st.integers(1, 3))
+def test_a_mean_over_the_last_axes_equals_numpys_to_rounding(shape, dtype, keepdims, given_out, trailing):
+    """Over the last axis or the last few (a global average pool's (2, 3)), the row kernel's mean; over
+    every axis, numpy's."""
     rng = np.random.default_rng(len(shape) * 100 + shape[-1])
     x = (rng.normal(size=shape) * 10 + 3).astype(dtype)
-    want = x.mean(axis=-1, keepdims=keepdims)
-    out = np.empty(want.shape, dtype) if given_out else None
-    got = Mean(-1, keepdims).forward(np, x, out=out)
+    axes = tuple(range(max(0, len(shape) - trailing), len(shape)))
+    want = x.mean(axis=axes, keepdims=keepdims)
+    out = np.empty(want.shape, dtype) if given_out and want.ndim else None
+    got = Mean(axes, keepdims).forward(np, x, out=out)
     assert got.shape == want.shape and got.dtype == want.dtype and (out is None or got is out)
-    bound = np.abs(x).mean(axis=-1, keepdims=keepdims) * x.shape[-1] * np.finfo(dtype).eps
-    assert (np.abs(got - x.astype(np.float64).mean(axis=-1, keepdims=keepdims)) <= bound).all()
+    count = math.prod(x.shape[k] for k in axes)
+    bound = np.abs(x).mean(axis=axes, keepdims=keepdims) * count * np.finfo(dtype).eps
+    assert (np.abs(got - x.astype(np.float64).mean(axis=axes, keepdims=keepdims)) <= bound).all()
 
 
 def test_a_mean_split_over_the_team_gives_the_bits_of_one_part_and_keeps_nan_and_infinity(monkeypatch):

@@ -52,13 +52,18 @@ class Mean(Reduce):
         return super().infer(x)
 
     def forward(self, xp, x, out=None):
-        if xp.__name__ == "numpy" and x.ndim >= 1 and normalize_axes(self.axis, x.ndim) == (x.ndim - 1,) and \
-                x.flags.c_contiguous and (out is None or out.flags.c_contiguous):
+        axes = normalize_axes(self.axis, x.ndim) if xp.__name__ == "numpy" and x.ndim >= 1 else ()
+        # (all axes, a numpy scalar's mean, and an empty array's stay numpy's)
+        trailing = 0 < len(axes) < x.ndim and axes == tuple(range(x.ndim - len(axes), x.ndim)) and x.size > 0
+        if trailing and x.flags.c_contiguous and (out is None or out.flags.c_contiguous):
             from ..kernels import norm
 
-            if norm.usable(x):  # over the last axis (a global average pool): row sums in C jobs
-                mean = norm.mean_last(x, None if out is None else out.reshape(x.shape[:-1] + (1,)))
-                return out if out is not None else mean if self.keepdims else mean.reshape(x.shape[:-1])
+            if norm.usable(x):  # over the last axes (a global average pool's (2, 3)): row sums in C jobs
+                kept = x.shape[:x.ndim - len(axes)]
+                rows = x.reshape(kept + (-1,))
+                mean = norm.mean_last(rows, None if out is None else out.reshape(kept + (1,)))
+                return out if out is not None else (mean.reshape(kept + (1,) * len(axes)) if self.keepdims
+                                                    else mean.reshape(kept))
         return xp.mean(x, axis=self.axis, keepdims=self.keepdims, out=out)
 
     def vjp(self, F, g, xs, y):
