@@ -473,6 +473,26 @@ def test_a_pooled_buffer_for_an_elementwise_op_is_laid_out_as_its_input():
     assert pool.take((300, 200), np.dtype(np.float32)) is not None and pool.reused == 1
 
 
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=4), data=st.data())
+def test_a_pooled_buffer_takes_the_axis_order_of_a_permuted_input(shape, data):
+    """An attention's keys transposed, (B, H, D, T) as a view of (B, T, H, D): the buffer for an
+    elementwise op on them has their memory order (the same strides), so numpy walks both arrays
+    in one order; a strided slice (not dense) gets a row-major buffer."""
+    from vertexflow.memory import BufferPool
+
+    perm = data.draw(st.permutations(range(len(shape))), label="axes")
+    base = np.zeros(shape, np.float64)
+    permuted = base.transpose(perm)
+    buffer = BufferPool().take_like(permuted.shape, np.dtype(np.float32), permuted)
+    assert buffer.shape == permuted.shape and buffer.dtype == np.float32
+    steps = [(b // 4, p // 8) for b, p, n in zip(buffer.strides, permuted.strides, permuted.shape) if n > 1]
+    assert all(b == p for b, p in steps)  # (an axis of one element has any stride)
+    np.multiply(permuted, 2.0, out=buffer)  # (a writable buffer of that shape)
+    sliced = np.zeros([2 * n for n in shape])[tuple(slice(None, None, 2) for _ in shape)]
+    assert BufferPool().take_like(sliced.shape, np.dtype(np.float64), sliced).flags.c_contiguous
+
+
 @needs_torch
 @pytest.mark.parametrize("stride", [1, 2])
 def test_a_pointwise_convolution_is_one_product_per_image_and_equals_torch(stride):
