@@ -262,6 +262,28 @@ def test_a_transposed_convolution_of_tiles_apart_equals_torch_with_its_epilogues
     assert not ConvTranspose2d(stride=2, padding=1).runs_epilogue(np, x.shape, (5, 6, 2, 2), x.dtype)
 
 
+@needs_torch
+@pytest.mark.parametrize("blocks", [4, 8])
+def test_the_direct_kernel_with_either_block_for_16_lanes_equals_torch(blocks, monkeypatch):
+    """Blocks of 16 output pixels hold 4 output channels where the CPU has 16 vector registers (AVX2),
+    8 where it has 32 (AVX-512; `direct_conv._blocks`): either against torch, with channels that do
+    not fill the last block, and the epilogue's bits."""
+    monkeypatch.setitem(direct_conv.BLOCKS, 16, blocks)
+    direct_conv._module.cache_clear()  # (its modules are made for the block in force)
+    try:
+        rng = np.random.default_rng(blocks)
+        x = rng.normal(size=(2, 3, 9, 21)).astype(np.float32)
+        weight = rng.normal(size=(blocks + 3, 3, 3, 3)).astype(np.float32)
+        bias = rng.normal(size=blocks + 3).astype(np.float32)
+        got = direct_conv.conv2d(x, weight, (1, 1), (1, 1), (1, 1))
+        want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(weight), padding=1).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        fused = direct_conv.conv2d(x, weight, (1, 1), (1, 1), (1, 1), None, bias, epilogue.CLIP, 0.0, 6.0)
+        np.testing.assert_array_equal(fused, epilogue.bias_activation(got, bias, 1, epilogue.CLIP, 0.0, 6.0))
+    finally:
+        direct_conv._module.cache_clear()
+
+
 def test_the_direct_kernel_refuses_a_geometry_its_blocks_would_write_past():
     """Rows narrower than 8 outputs, or fewer channels than a block, are not its (`usable` says no and
     the op takes the columns); called anyway, it raises vertexflow's internal error, writing nothing."""
