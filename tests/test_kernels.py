@@ -498,9 +498,10 @@ def test_a_pooled_buffer_for_an_elementwise_op_is_laid_out_as_its_input():
 @settings(max_examples=30, deadline=None)
 @given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=4), data=st.data())
 def test_a_pooled_buffer_takes_the_axis_order_of_a_permuted_input(shape, data):
-    """An attention's keys transposed, (B, H, D, T) as a view of (B, T, H, D): the buffer for an
-    elementwise op on them has their memory order (the same strides), so numpy walks both arrays
-    in one order; a strided slice (not dense) gets a row-major buffer."""
+    """An attention's keys transposed, (B, H, D, T) as a view of (B, T, H, D), scaled: the buffer for
+    an elementwise op on them (and scalars) has their memory order (the same strides), so numpy walks
+    both arrays in one order; beside a row-major array of their shape, and for a strided slice (not
+    dense), a row-major buffer."""
     from vertexflow.memory import BufferPool
 
     perm = data.draw(st.permutations(range(len(shape))), label="axes")
@@ -511,6 +512,11 @@ def test_a_pooled_buffer_takes_the_axis_order_of_a_permuted_input(shape, data):
     steps = [(b // 4, p // 8) for b, p, n in zip(buffer.strides, permuted.strides, permuted.shape) if n > 1]
     assert all(b == p for b, p in steps)  # (an axis of one element has any stride)
     np.multiply(permuted, 2.0, out=buffer)  # (a writable buffer of that shape)
+    scaled = BufferPool().take_like(permuted.shape, np.dtype(np.float32), permuted, np.float32(2), np.ones(1))
+    assert [b // 4 for b, n in zip(scaled.strides, shape) if n > 1] == [b // 4 for b, n in zip(buffer.strides, shape)
+                                                                         if n > 1]
+    beside = BufferPool().take_like(permuted.shape, np.dtype(np.float32), permuted, np.ones(permuted.shape))
+    assert beside.flags.c_contiguous or permuted.flags.f_contiguous  # (a column-major first input's order stays)
     sliced = np.zeros([2 * n for n in shape])[tuple(slice(None, None, 2) for _ in shape)]
     assert BufferPool().take_like(sliced.shape, np.dtype(np.float64), sliced).flags.c_contiguous
 

@@ -115,10 +115,13 @@ class BufferPool:
 
     def take_like(self, shape: tuple, dtype, *inputs) -> Any:
         """A buffer as `take` gives, laid out as the first input of its shape: in column-major order
-        when that input is (a product computed transposed, ops/linalg.py), in its axes' order when it
-        is a dense array with axes permuted (an attention's keys transposed), so an elementwise op reads
-        and writes its arrays in one order (across orders, numpy's add ran 28x slower here, and a
-        ViT's scaling of its transposed keys at batch 64 took 0.9 ms against 27 us)."""
+        when that input is (a product computed transposed, ops/linalg.py), so an elementwise op reads
+        and writes its arrays in one order (across orders, numpy's add ran 28x slower here); in its
+        axes' order when it is a dense array with axes permuted and the op's only array (an attention's
+        keys transposed, scaled: at batch 64 a ViT's took 0.9 ms into a row-major buffer, 24 us so).
+        Beside other arrays of other orders, row-major: the ViT's residual adds of a permuted array
+        and a row-major one took 0.23-0.28 ms into a buffer of the first's order, 0.14-0.18 into numpy's
+        own choice, about as into a row-major one."""
         buffer = self.take(shape, dtype)
         for x in inputs:
             if getattr(x, "shape", None) == shape:
@@ -127,9 +130,10 @@ class BufferPool:
                     break
                 if flags.f_contiguous:
                     return buffer.reshape(shape[::-1]).T
-                order = _dense_order(x)
-                if order is not None:
-                    return buffer.reshape(tuple(shape[a] for a in order)).transpose(np.argsort(order))
+                if all(y is x or getattr(y, "size", 1) <= 1 for y in inputs):
+                    order = _dense_order(x)
+                    if order is not None:
+                        return buffer.reshape(tuple(shape[a] for a in order)).transpose(np.argsort(order))
                 break
         return buffer
 
