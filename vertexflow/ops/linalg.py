@@ -56,11 +56,13 @@ class Matmul(Op):
         """a @ b; `transposed=False` never computes it transposed (`computes_transposed`): the derivative
         rules' products, whose values meet the forward sweep's row-major arrays in elementwise rules
         (relu's after an MLP's g @ W.T copied the column-major value back: 15 us more than it saved)."""
-        if a.ndim > 2 and b.ndim == 2 and (out is None or out.flags.c_contiguous):
+        if a.ndim > 2 and b.ndim == 2 and (out is None or out.flags.c_contiguous) and \
+                (a.flags.c_contiguous or math.prod(a.shape[:-2]) > 1):
             # (..., k) @ (k, n) as one (rows, k) @ (k, n) product: numpy calls BLAS once per leading
             # index otherwise (a (64, 64, 64) @ (64, 256) product ran 2.5x slower), a row-major input or
             # not (a copy first: a ViT's (64, 64, 64) tokens, stored token-major, by a (64, 192)
-            # projection took 920 us as 64 products, 617 copied and as one).
+            # projection took 920 us as 64 products, 617 copied and as one; one matrix is one product
+            # already, which numpy makes without the copy)
             a = xp.ascontiguousarray(a)
             flat = xp.matmul(a.reshape(-1, a.shape[-1]), b, out=None if out is None else out.reshape(-1, b.shape[1]))
             return flat.reshape(*a.shape[:-1], b.shape[1]) if out is None else out
