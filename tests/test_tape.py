@@ -38,6 +38,39 @@ def test_compiled_calls_give_the_bits_of_the_first_checked_call(case, optimize, 
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("executor", ["sequential", "actor"])
+def test_in_place_writes_never_touch_an_array_a_live_view_shows(executor):
+    """x * x may write into tanh(x)'s array only where no value that may be a view of it (a transpose)
+    is read later, fetched, or kept for the reverse sweep: each of the three read wrong values from
+    the second call on (the first runs one vertex at a time), and the gradient of w @ t.T was x * x's."""
+    rng = np.random.default_rng(1)
+    g = vf.Graph()
+    a = g.input("a", shape=(4, 4), dtype="float64")
+    b = g.input("b", shape=(4, 4), dtype="float64")
+    w = g.param("w", value=rng.normal(size=(4, 4)))
+    t = vf.tanh(a)
+    shown = vf.transpose(t)
+    later = vf.exp(shown)  # reads the view after t * t
+    square = t * t
+    loss = vf.sum(square) + vf.mean((w @ shown) @ b)
+    feeds = {"a": rng.normal(size=(4, 4)), "b": rng.normal(size=(4, 4))}
+    t_value = np.tanh(feeds["a"])
+    grad_w = np.ones((4, 4)) / 16 @ feeds["b"].T @ t_value  # d mean(w @ t.T @ b) / d w
+    run = vf.SequentialExecutor(g, optimize=False) if executor == "sequential" else \
+        vf.ActorExecutor(g, schedule="network")
+    try:
+        for _ in range(3):
+            got_shown, got_later, got_square = run.run(feeds, [shown, later, square])
+            np.testing.assert_array_equal(got_shown, t_value.T)
+            np.testing.assert_allclose(got_later, np.exp(t_value.T), rtol=1e-12)
+            np.testing.assert_allclose(got_square, t_value * t_value, rtol=1e-12)
+            _, grads = run.backward(feeds, loss)
+            np.testing.assert_allclose(grads[w], grad_w, rtol=1e-12, atol=1e-15)
+    finally:
+        if executor == "actor":
+            run.close()
+
+
 def test_in_place_writes_never_touch_feeds_params_or_fetched_values():
     g = vf.Graph()
     x = g.input("x", shape=(None, 64), dtype="float64")

@@ -287,6 +287,12 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
     """
     owned: set[int] = set()  # slots whose array nobody else refers to
     targets: dict[int, int] = {}
+    # A value that is not an array of its own (a transpose's, a reshape's: maybe a view of its inputs)
+    # shows its inputs' arrays: while it lives (until its slot is freed; never, if it is fetched or kept
+    # for the reverse sweep), nothing writes into them in place. (A transpose of x read after x * x was
+    # written into x's array showed x * x.)
+    shows: dict[int, set[int]] = {}  # a slot that may show arrays -> the slots of those arrays
+    shown: dict[int, set[int]] = {}  # an array's slot -> the live slots that may show it
     if reverse is None:
         kept_slots = {tape.slot_of[k] for k in tape.kept}
     else:  # the program keeps every value the sweep is handed; its last forward readers are these
@@ -301,7 +307,8 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
                 type(op).__module__.startswith("vertexflow."):
             for pos, slot in enumerate(ins.args):
                 producer = node.inputs[pos] if pos < len(node.inputs) else None
-                if producer is None or slot not in owned or slot not in ins.free or slot in kept_slots:
+                if producer is None or slot not in owned or slot not in ins.free or slot in kept_slots or \
+                        shown.get(slot):
                     continue
                 given = specs.get(producer.id)
                 if given is not None and given.shape == spec.shape and given.dtype == spec.dtype:
@@ -311,8 +318,15 @@ def inplace_targets(instructions: Sequence[Instruction], specs: Mapping[int, Spe
         if ins.index in targets or (node.id in pooled and not op.views) or owns_its_array(node) or handed:
             if ins.out not in kept_slots:
                 owned.add(ins.out)
+        elif node.id not in fused:  # (a fused group's kernel writes an array of its own)
+            arrays = set().union(*(shows.get(slot, {slot}) for slot in ins.args))
+            shows[ins.out] = arrays
+            for slot in arrays:
+                shown.setdefault(slot, set()).add(ins.out)
         for slot in ins.free:
             owned.discard(slot)
+            for array in shows.pop(slot, ()):
+                shown[array].discard(slot)
         if ins.index in targets:
             owned.add(ins.out)
     return targets
@@ -538,14 +552,16 @@ class SegmentProgram:
 
 
 def compile_segment(entries: Sequence, specs: Mapping[int, Spec], pooled: Mapping[int, Spec], xp, buffers=None,
-                    blas_lock=None, made: Sequence[tuple[int, bool | None]] = ()) -> SegmentProgram:
+                    blas_lock=None, made: Sequence[tuple[int, bool | None]] = (),
+                    shown: Iterable[int] = ()) -> SegmentProgram:
     """A segment's entries as one generated function `segment(values, status)` for these specs.
 
     In place where it is safe: an elementwise member may write into an input made in this
     actor (in this segment, or in an earlier one: `made`, (id, writes a fresh array: Segment.made)) that
     nothing else reads (not sent, fetched, or kept for the reverse sweep, which the entries'
-    frees already leave out).
+    frees already leave out) and no value that may be a view of it shows (`shown`: Segment.shown).
     """
+    shown = frozenset(shown)
     out = _Writer()
     namespace: dict[str, Any] = {}
     if blas_lock is not None:
@@ -570,8 +586,8 @@ def compile_segment(entries: Sequence, specs: Mapping[int, Spec], pooled: Mappin
                 type(op).__module__.startswith("vertexflow."):
             for key, producer in zip(entry.inputs, in_nodes):
                 given = specs.get(producer.id)
-                if key in owned and key in entry.free and given is not None and given.shape == spec.shape and \
-                        given.dtype == spec.dtype:
+                if key in owned and key in entry.free and key not in shown and given is not None and \
+                        given.shape == spec.shape and given.dtype == spec.dtype:
                     target = key
                     break
         if target is not None:

@@ -110,7 +110,8 @@ class Compiled:
         if program is None:
             runner = self.runner
             program = self.programs[key] = compile_segment(segment.entries, specs, state.pooled, runner.xp,
-                                                           runner.buffers, runner.blas_lock, segment.made)
+                                                           runner.buffers, runner.blas_lock, segment.made,
+                                                           segment.shown)
         return program
 
     def checked(self, segment: Segment, state, succeeded: bool) -> None:

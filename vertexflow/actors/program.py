@@ -67,6 +67,9 @@ class Segment:
     # whether its op writes a fresh array of its own (False: only where it is given a pool buffer; None: it
     # may hand on a view of its input, a reshape's): a member here may write into one in place.
     made: tuple[tuple[int, bool | None], ...] = ()
+    # Values a member of this actor reads into a value that is not an array of its own (a transpose, a
+    # reshape: maybe a view of it): never written in place here, since the view may outlive its reader.
+    shown: frozenset[int] = frozenset()
 
     @property
     def keys(self) -> tuple[int, ...]:
@@ -143,11 +146,13 @@ def compile_program(actor: ActorPlan, plan: NetworkPlan, workers: bool) -> Actor
     frees = iter(last_reads([entry[2] for entry in order], keep))
     segments = []
     made: list[tuple[int, bool | None]] = []
-    for t, piece, worker, awaits in pieces:
-        entries = tuple(Entry(*entry[:5], next(frees), entry[5]) for entry in piece)
+    entries_of = [tuple(Entry(*entry[:5], next(frees), entry[5]) for entry in piece) for _, piece, _, _ in pieces]
+    shown = frozenset(key for entries in entries_of for e in entries
+                      if not e.is_source and e.op is None and not owns_its_array(e.member) for key in e.inputs)
+    for (t, _, worker, awaits), entries in zip(pieces, entries_of):
         joins = any(take.position != FEED and plan.inputs_of(take.member)[take.position].kind not in SOURCE_KINDS
                     for take in t)
-        segments.append(Segment(tuple(t), entries, worker, awaits, joins, tuple(made)))
+        segments.append(Segment(tuple(t), entries, worker, awaits, joins, tuple(made), shown))
         made += [(e.member.id, None if e.op is None and e.member.op.views else e.op is None and owns_its_array(e.member))
                  for e in entries if not e.is_source and not e.readers and not e.fetched]
     segments = tuple(segments)
