@@ -183,7 +183,7 @@ class blas_split:  # noqa: N801 (a function's name, as callers write it: `with b
             if _splits == 0:
                 counts = [count() for count in _thread_counters()]
                 _after_splits[:] = counts
-                if max(counts, default=1) != 1 or min(counts, default=1) != 1:
+                if any(count != 1 for count in counts):
                     _set_counts(_blas_controller().lib_controllers, [1] * len(counts))
             self.threads = max(1, min(self.parts, max(_after_splits, default=1) - _split_threads))
             _splits += 1
@@ -195,7 +195,7 @@ class blas_split:  # noqa: N801 (a function's name, as callers write it: `with b
         with _count_lock:
             _splits -= 1
             _split_threads -= self.threads
-            if _splits == 0 and (max(_after_splits, default=1) != 1 or min(_after_splits, default=1) != 1):
+            if _splits == 0 and any(count != 1 for count in _after_splits):
                 _set_counts(_blas_controller().lib_controllers, _after_splits)
 
 

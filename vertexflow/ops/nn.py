@@ -332,7 +332,8 @@ class Conv2d(Op, Window):
             # split over the threads BLAS may use (each product single-threaded, so the same bits).
             from ..kernels.im2col import split
 
-
+            if epilogue is not None:
+                raise InternalError("conv2d's pointwise product runs no epilogue here (runs_epilogue says where)")
             sh, sw = self.stride
             xs = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
             n, c, oh, ow = xs.shape
